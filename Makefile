@@ -1,0 +1,40 @@
+# memfit developer tasks. `make demo` and `make test` work on a fresh machine from a clean clone:
+# they create .venv and install everything the project needs into it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The CPU torch wheel on this kind of machine; a bare `torch` would pull a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+# DeepSpeed JIT-compiles its ops on first use (~1 min each); keep them in the ignored build area.
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/build/torch_extensions
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export DS_BUILD_OPS := 0
+
+.PHONY: demo test test-quick bench clean venv
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[full,detect,dev]"
+	touch $@
+
+demo: venv
+	@for f in examples/*.yaml; do echo "== advise $$f"; $(VENV)/bin/advise "$$f" || exit 1; done
+
+test: venv
+	$(PY) -m pytest -q
+
+test-quick: venv
+	$(PY) -m pytest -q -m "not slow"
+
+bench: venv
+	$(PY) bench/cold_path.py
+	$(PY) bench/accuracy.py
+	$(PY) bench/rules_throughput.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,1 @@
+"""memfit command-line interface: parses arguments, calls memfit.engine, renders results."""

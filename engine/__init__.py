@@ -1,0 +1,1 @@
+"""memfit.engine: the library behind `advise`."""

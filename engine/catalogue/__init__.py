@@ -1,0 +1,1 @@
+"""Bundled model configs (package data): the offline catalogue."""

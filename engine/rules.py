@@ -1,0 +1,196 @@
+"""Rule files: load, check against the schema and the facts vocabulary, and represent them.
+
+A rule is data: `when` (conditions over named facts), `then` (reject, score, advise, set a knob),
+`because` (an explanation template over fact names), `source`, and `tests` (examples that fire or not).
+Everything is checked when loaded, and every problem of every file is reported at once.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import string
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from .errors import RuleError
+from .facts import FACT_TYPES
+
+ORDERING_OPS = ("lt", "le", "gt", "ge")
+OPS = ("eq", "ne", *ORDERING_OPS, "in", "not_in")
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    description: str
+    when: dict
+    then: dict
+    because: str
+    source: str
+    tests: tuple
+    priority: int
+    file: str
+    topic: str
+
+    @property
+    def facts_used(self) -> frozenset[str]:
+        return frozenset(_facts_in(self.when))
+
+
+def _facts_in(cond: dict) -> Iterable[str]:
+    for key in ("all", "any"):
+        if key in cond:
+            for sub in cond[key]:
+                yield from _facts_in(sub)
+            return
+    yield cond["fact"]
+    for op in OPS:
+        v = cond.get(op)
+        if isinstance(v, dict):
+            yield v["fact"]
+
+
+def _schema() -> dict:
+    text = resources.files("memfit.schemas").joinpath("rule.schema.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def _suggest(name: str) -> str:
+    close = difflib.get_close_matches(name, list(FACT_TYPES), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _value_ok(fact_type: type, value: Any) -> bool:
+    if fact_type is bool:
+        return isinstance(value, bool)
+    if fact_type in (int, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, str)
+
+
+def _check_condition(cond: dict, where: str) -> list[str]:
+    if "all" in cond or "any" in cond:
+        key = "all" if "all" in cond else "any"
+        return [p for i, sub in enumerate(cond[key]) for p in _check_condition(sub, f"{where}.{key}[{i}]")]
+    name = cond["fact"]
+    if name not in FACT_TYPES:
+        return [f"{where}.fact: unknown fact '{name}'{_suggest(name)}"]
+    ftype = FACT_TYPES[name]
+    op = next(k for k in cond if k != "fact")
+    value = cond[op]
+    if op in ORDERING_OPS and ftype not in (int, float):
+        return [f"{where}.{op}: '{name}' is {ftype.__name__}; only numbers can be ordered"]
+    if isinstance(value, dict):
+        other = value["fact"]
+        if other not in FACT_TYPES:
+            return [f"{where}.{op}.fact: unknown fact '{other}'{_suggest(other)}"]
+        if (FACT_TYPES[other] in (int, float)) != (ftype in (int, float)) or \
+                (ftype not in (int, float) and FACT_TYPES[other] is not ftype):
+            return [f"{where}.{op}: cannot compare {name} ({ftype.__name__}) with {other} "
+                    f"({FACT_TYPES[other].__name__})"]
+        return []
+    values = value if op in ("in", "not_in") else [value]
+    bad = [v for v in values if not _value_ok(ftype, v)]
+    return [f"{where}.{op}: '{name}' is {ftype.__name__} (got {bad[0]!r})"] if bad else []
+
+
+def _check_template(template: str, where: str) -> list[str]:
+    problems = []
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        return [f"{where}: bad template ({exc})"]
+    for f in fields:
+        if f not in FACT_TYPES:
+            problems.append(f"{where}: unknown fact '{{{f}}}'{_suggest(f)} (only plain fact names are allowed)")
+    return problems
+
+
+def _check_rule(raw: dict, where: str) -> list[str]:
+    problems = _check_condition(raw["when"], f"{where}.when")
+    problems += _check_template(raw["because"], f"{where}.because")
+    used = frozenset(_facts_in(raw["when"]))
+    for i, example in enumerate(raw["tests"]):
+        unknown = [k for k in example["facts"] if k not in FACT_TYPES]
+        problems += [f"{where}.tests[{i}].facts.{k}: unknown fact{_suggest(k)}" for k in unknown]
+        missing = sorted(used - set(example["facts"]))
+        if missing:
+            problems.append(f"{where}.tests[{i}].facts: must give every fact the rule reads (missing {', '.join(missing)})")
+        problems += [f"{where}.tests[{i}].facts.{k}: expected {FACT_TYPES[k].__name__} (got {v!r})"
+                     for k, v in example["facts"].items() if k in FACT_TYPES and not _value_ok(FACT_TYPES[k], v)]
+    fires = {e["fires"] for e in raw["tests"]}
+    if fires != {True, False}:
+        problems.append(f"{where}.tests: needs at least one example that fires and one that does not")
+    return problems
+
+
+def _read_file(path: Path, text: str, validator) -> tuple[list[Rule], list[str]]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        return [], [f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}"]
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    if errors:
+        return [], [f"{path}: {_json_path(e.absolute_path)}: {e.message}" for e in errors]
+    rules, problems = [], []
+    for i, raw in enumerate(data["rules"]):
+        where = f"{path}: rules[{i}] ({raw['id']})"
+        problems += _check_rule(raw, where)
+        rules.append(Rule(id=raw["id"], description=raw["description"], when=raw["when"], then=raw["then"],
+                          because=raw["because"], source=raw["source"], tests=tuple(raw["tests"]),
+                          priority=raw.get("priority", 0), file=str(path), topic=data["topic"]))
+    return rules, problems
+
+
+def _json_path(parts) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def builtin_rule_files() -> list[tuple[str, str]]:
+    """(name, text) of the rule files shipped in memfit.rules, sorted by name."""
+    root = resources.files("memfit.rules")
+    return sorted((f"rules/{p.name}", p.read_text(encoding="utf-8"))
+                  for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_rules(extra_dirs: Iterable[str | Path] = (), include_builtin: bool = True) -> list[Rule]:
+    """Load and check the built-in rules plus every *.yaml in extra_dirs.
+
+    Raises:
+        RuleError: every problem of every file (schema, unknown facts, types, duplicate ids, examples
+        that cannot be evaluated).
+    """
+    import jsonschema  # only on the path that loads rules
+
+    validator = jsonschema.Draft202012Validator(_schema())
+    sources: list[tuple[str, str]] = builtin_rule_files() if include_builtin else []
+    problems: list[str] = []
+    for d in extra_dirs:
+        directory = Path(d)
+        if not directory.is_dir():
+            problems.append(f"{directory}: rule directory not found")
+            continue
+        for f in sorted(directory.glob("*.yaml")):
+            sources.append((str(f), f.read_text(encoding="utf-8")))
+    rules: list[Rule] = []
+    for name, text in sources:
+        found, issues = _read_file(Path(name), text, validator)
+        rules += found
+        problems += issues
+    seen: dict[str, str] = {}
+    for r in rules:
+        if r.id in seen:
+            problems.append(f"{r.file}: rule id '{r.id}' already defined in {seen[r.id]}")
+        seen.setdefault(r.id, r.file)
+    if problems:
+        raise RuleError(problems)
+    return rules

@@ -1,0 +1,73 @@
+"""Sizes with units, and the one table of bytes per dtype.
+
+Plain numbers are GiB (2**30 bytes). Strings carry their unit, "80 GiB" binary and "1.5TB" SI, with
+one deliberate exception: GPU makers' "80GB" is 80 GiB (an A100 80GB reports 81,920 MiB), so GPU
+memory reads "GB" as GiB, while host RAM and NVMe read "GB" as SI (744GB = 692.9 GiB), the direction
+that never overstates capacity. Every reading is reported back to the user (`describe_size`).
+"""
+from __future__ import annotations
+
+import re
+
+GIB = 2**30
+
+_UNITS = {
+    "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+    "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+}
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+# Bytes per element of each storage dtype. int4 is 0.5: two values per byte (bitsandbytes nf4/fp4).
+BYTES_PER_DTYPE = {
+    "fp32": 4.0,
+    "tf32": 4.0,
+    "bf16": 2.0,
+    "fp16": 2.0,
+    "int8": 1.0,
+    "fp8": 1.0,
+    "int4": 0.5,
+    "nf4": 0.5,
+}
+
+
+def parse_size_gib(value: object, gb_means_gib: bool = False) -> float:
+    """Read a size as GiB.
+
+    Args:
+        value: a number (already GiB) or a string such as "96GB", "80 GiB", "1.5TB".
+        gb_means_gib: read "GB"/"TB" as binary units (GPU vendors' convention).
+    Returns:
+        The size in GiB.
+    Raises:
+        ValueError: with a message naming the accepted forms.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size such as 80, \"96GB\" or \"80 GiB\" (got {value!r})")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m:
+            number, unit = float(m.group(1)), m.group(2).lower()
+            if unit == "":
+                return number
+            if gb_means_gib and unit in ("gb", "tb", "g", "t"):
+                unit = unit[0] + "ib"
+            if unit in _UNITS:
+                return number * _UNITS[unit] / GIB
+    raise ValueError(f"expected a size such as 80, \"96GB\" or \"80 GiB\" (got {value!r})")
+
+
+def describe_size(value: object, gb_means_gib: bool = False) -> str:
+    """How a size was read, for the explanation: '744GB read as 692.9 GiB'."""
+    size = parse_size_gib(value, gb_means_gib)
+    if isinstance(value, str) and not value.strip().lower().endswith("gib"):
+        return f"{value.strip()} read as {size:.1f} GiB"
+    return f"{size:g} GiB"
+
+
+def gib(n_bytes: float) -> float:
+    """Bytes to GiB."""
+    return n_bytes / GIB

@@ -1,0 +1,1 @@
+"""Bundled rule files (package data; read with importlib.resources)."""
