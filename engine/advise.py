@@ -31,10 +31,6 @@ def _as_plan(plan: Plan | str | Path) -> Plan:
     return plan if isinstance(plan, Plan) else load_plan(plan)
 
 
-def _plan_name(plan: Plan) -> str:
-    return getattr(plan, "_source", None) or (plan.model if isinstance(plan.model, str) else "inline model")
-
-
 def model_summary(model: ModelFacts, plan: Plan, method: str) -> ModelSummary:
     lora = plan.training.lora
     by_method = {"full": model.total_params,
@@ -63,8 +59,8 @@ def _memory_report(c: Candidate) -> MemoryReport:
     return MemoryReport(gpu_peak_gib=round(e.gpu_peak_gib, 3), gpu_peak_phase=e.gpu_peak_phase,
                         host_peak_gib=round(e.host_peak_gib, 3), host_peak_phase=e.host_peak_phase,
                         nvme_gib=round(e.nvme_gib, 3), gpu_fits=e.gpu_fits, host_fits=e.host_fits,
-                        breakdown={"gpu": {k: round(v, 3) for k, v in e.gpu.model_dump().items()},
-                                   "host": {k: round(v, 3) for k, v in e.host.model_dump().items()}})
+                        breakdown={"gpu": {k: round(v, 3) for k, v in e.gpu.as_dict().items()},
+                                   "host": {k: round(v, 3) for k, v in e.host.as_dict().items()}})
 
 
 def _ds_config(strategy: Strategy, plan: Plan, model: ModelFacts) -> tuple[dict, list[str]]:
@@ -140,7 +136,7 @@ def advise(plan: Plan | str | Path, *, rules_dirs: Iterable[str | Path] = (), me
     results = [_result(i + 1, c, v, plan, model) for i, (c, v) in enumerate(judged)]
     best = next((r for r in results if r.feasible), None)
     return Advice(
-        memfit_version=VERSION, plan=str(getattr(plan, "base_dir", ".")), model=model_summary(
+        memfit_version=VERSION, plan=plan.source, model=model_summary(
             model, plan, best.method if best else judged[0][0].strategy.method),
         hardware=hardware_summary(plan), evaluator=evaluator_name, rules_loaded=len(rules),
         summary=_summary(best, results), what_it_would_take=what_it_would_take(plan, model, judged),
@@ -226,12 +222,12 @@ def estimate(plan: Plan | str | Path) -> EstimateResult:
     e = estimate_memory(plan, model, s)
     ds = deepspeed_estimate(model, s, plan)
     return EstimateResult(
-        plan=str(plan.base_dir), model=model_summary(model, plan, s.method), strategy=s.model_dump(),
+        plan=plan.source, model=model_summary(model, plan, s.method), strategy=s.model_dump(),
         gpu_peak_gib=round(e.gpu_peak_gib, 3), host_peak_gib=round(e.host_peak_gib, 3), nvme_gib=round(e.nvme_gib, 3),
         gpu_fits=e.gpu_fits, host_fits=e.host_fits, nvme_fits=e.nvme_fits, gpu_capacity_gib=e.gpu_capacity_gib,
         host_capacity_gib=e.host_capacity_gib, gpu_peak_phase=e.gpu_peak_phase, host_peak_phase=e.host_peak_phase,
-        breakdown={"gpu": {k: round(v, 3) for k, v in e.gpu.model_dump().items()},
-                   "host": {k: round(v, 3) for k, v in e.host.model_dump().items()}},
+        breakdown={"gpu": {k: round(v, 3) for k, v in e.gpu.as_dict().items()},
+                   "host": {k: round(v, 3) for k, v in e.host.as_dict().items()}},
         max_micro_batch_size=_largest(plan, model, s, "micro_batch_size", 1, 4096),
         max_seq_len=_largest(plan, model, s, "seq_len", 1, 1 << 21),
         deepspeed_estimate=ds.model_dump() if ds else None)

@@ -13,8 +13,7 @@ Composition (docs/explanation/memory-model.md has every term with its source):
 from __future__ import annotations
 
 import math
-
-from pydantic import BaseModel, ConfigDict
+from dataclasses import dataclass, fields
 
 from .activations import activation_bytes
 from .model_states import frozen_weight_bytes, state_bytes, trainable_params
@@ -41,11 +40,18 @@ OFFLOAD_SLACK_PINNED = 0.30
 OFFLOAD_SLACK_UNPINNED = 0.15
 
 
-class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class _Breakdown:
+    def as_dict(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+    @property
+    def total_gib(self) -> float:
+        return sum(self.as_dict().values())
 
 
-class GpuBreakdown(Frozen):
+# Plain frozen dataclasses: the sweep builds hundreds of these per plan, and the cold path is timed.
+@dataclass(frozen=True)
+class GpuBreakdown(_Breakdown):
     weights_gib: float
     gradients_gib: float
     optimizer_states_gib: float
@@ -57,7 +63,8 @@ class GpuBreakdown(Frozen):
     nccl_gib: float
 
 
-class HostBreakdown(Frozen):
+@dataclass(frozen=True)
+class HostBreakdown(_Breakdown):
     process_baseline_gib: float
     offloaded_optimizer_gib: float
     offloaded_params_gib: float
@@ -68,7 +75,8 @@ class HostBreakdown(Frozen):
     dataset_gib: float
 
 
-class MemoryEstimate(Frozen):
+@dataclass(frozen=True)
+class MemoryEstimate:
     """Best point estimates of peak use; `*_fits` compare them with capacity (no headroom)."""
 
     gpu_peak_gib: float
@@ -108,8 +116,8 @@ def estimate_memory(plan, facts, strategy) -> MemoryEstimate:
     gpu, gpu_phase, accum = _gpu_peak(plan, facts, strategy)
     host, host_phase, nvme = _host_peak(plan, facts, strategy)
     hw = plan.hardware
-    gpu_peak = sum(gpu.model_dump().values())
-    host_peak = sum(host.model_dump().values())
+    gpu_peak = gpu.total_gib
+    host_peak = host.total_gib
     return MemoryEstimate(
         gpu_peak_gib=gpu_peak, gpu_peak_phase=gpu_phase,
         host_peak_gib=host_peak, host_peak_phase=host_phase,

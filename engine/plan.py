@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .errors import PlanError
 from .gpus import find_gpu, GPUS
@@ -33,7 +33,7 @@ class Hardware(_Strict):
     gpus_per_node: int = Field(1, ge=1)
     nodes: int = Field(1, ge=1)
     host_memory: Size = Field(..., description="host RAM per node; a number is GiB, '744GB' is SI")
-    nvme: Size = Field(0, description="free NVMe per node for ZeRO-Infinity")
+    nvme: Size = Field(0.0, description="free NVMe per node for ZeRO-Infinity")
     nvme_path: str | None = Field(None, description="mount point of the NVMe used for offload")
     bf16: bool | None = Field(None, description="whether the GPU supports bf16; default from the catalogue, else true")
 
@@ -138,7 +138,7 @@ class Policy(_Strict):
 
 
 class Data(_Strict):
-    dataset_size: Size = Field(0, description="tokenised data set size on disk/in memory")
+    dataset_size: Size = Field(0.0, description="tokenised data set size on disk/in memory")
     dataloader_workers: int = Field(2, ge=0)
     preprocessing_workers: int = Field(1, ge=1)
     streaming: Union[bool, Auto] = "auto"
@@ -157,7 +157,18 @@ class Plan(_Strict):
     data: Data = Data()
     rules: list[str] = Field(default_factory=list, description="extra rule directories, relative to the plan")
     measured: list[str] = Field(default_factory=list, description="logs of real runs, relative to the plan")
-    base_dir: str = Field(".", exclude=True, description="folder relative paths are read from (set by load_plan)")
+    # Folder that relative paths (model, rules, measured) are read from; set by load_plan. Private: not
+    # a plan key, not in the schema.
+    _base_dir: str = PrivateAttr(".")
+    _source: str = PrivateAttr("<plan>")
+
+    @property
+    def base_dir(self) -> str:
+        return self._base_dir
+
+    @property
+    def source(self) -> str:
+        return self._source
 
     @field_validator("model")
     @classmethod
@@ -204,7 +215,7 @@ def plan_from_dict(data: Any, source: str = "<plan>", base_dir: str | Path = "."
     if not isinstance(data, dict):
         raise PlanError(f"{source}: the plan must be a mapping with model, hardware, training (got {type(data).__name__})")
     try:
-        return Plan.model_validate({**data, "base_dir": str(base_dir)})
+        plan = Plan.model_validate(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -212,6 +223,8 @@ def plan_from_dict(data: Any, source: str = "<plan>", base_dir: str | Path = "."
             if line not in problems:
                 problems.append(line)
         raise PlanError(problems) from None
+    plan._base_dir, plan._source = str(base_dir), source
+    return plan
 
 
 def load_plan(path: str | Path) -> Plan:
@@ -226,7 +239,7 @@ def load_plan(path: str | Path) -> Plan:
     except OSError as exc:
         raise PlanError(f"{p}: cannot read the plan ({exc.strerror or exc})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

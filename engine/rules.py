@@ -6,19 +6,25 @@ Everything is checked when loaded, and every problem of every file is reported a
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import hashlib
 import json
+import os
 import string
+import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import yaml
 
 from .errors import RuleError
 from .facts import FACT_TYPES
 
+# libyaml's loader where PyYAML was built with it: 10x faster than the pure-Python one on the rule base.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 ORDERING_OPS = ("lt", "le", "gt", "ge")
 OPS = ("eq", "ne", *ORDERING_OPS, "in", "not_in")
 
@@ -130,7 +136,7 @@ def _check_rule(raw: dict, where: str) -> list[str]:
 
 def _read_file(path: Path, text: str, validator) -> tuple[list[Rule], list[str]]:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_YAML_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
@@ -165,13 +171,13 @@ def builtin_rule_files() -> list[tuple[str, str]]:
 def load_rules(extra_dirs: Iterable[str | Path] = (), include_builtin: bool = True) -> list[Rule]:
     """Load and check the built-in rules plus every *.yaml in extra_dirs.
 
+    A rule base whose exact bytes (with the same schema and facts vocabulary) were checked before is
+    read back from the cache of checked rule bases, as Python reuses .pyc files; any change re-checks.
+
     Raises:
         RuleError: every problem of every file (schema, unknown facts, types, duplicate ids, examples
         that cannot be evaluated).
     """
-    import jsonschema  # only on the path that loads rules
-
-    validator = jsonschema.Draft202012Validator(_schema())
     sources: list[tuple[str, str]] = builtin_rule_files() if include_builtin else []
     problems: list[str] = []
     for d in extra_dirs:
@@ -181,7 +187,28 @@ def load_rules(extra_dirs: Iterable[str | Path] = (), include_builtin: bool = Tr
             continue
         for f in sorted(directory.glob("*.yaml")):
             sources.append((str(f), f.read_text(encoding="utf-8")))
+    if problems:
+        raise RuleError(problems)
+    key = _cache_key(sources)
+    cached = _read_cache(key)
+    if cached is not None:
+        return cached
+    rules = check_sources(sources)
+    _write_cache(key, rules)
+    return rules
+
+
+def check_sources(sources: Sequence[tuple[str, str]]) -> list[Rule]:
+    """Parse and check (name, text) rule files; every problem of every file at once.
+
+    Raises:
+        RuleError: schema violations, unknown facts, type errors, duplicate ids.
+    """
+    import jsonschema  # only when a rule base is checked (it is the slowest import on the cold path)
+
+    validator = jsonschema.Draft202012Validator(_schema())
     rules: list[Rule] = []
+    problems: list[str] = []
     for name, text in sources:
         found, issues = _read_file(Path(name), text, validator)
         rules += found
@@ -194,3 +221,40 @@ def load_rules(extra_dirs: Iterable[str | Path] = (), include_builtin: bool = Tr
     if problems:
         raise RuleError(problems)
     return rules
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("MEMFIT_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "memfit")
+    return Path(root)
+
+
+def _cache_key(sources: Sequence[tuple[str, str]]) -> str:
+    h = hashlib.sha256()
+    h.update(Path(__file__).read_bytes())  # the checker itself
+    h.update(json.dumps(_schema(), sort_keys=True).encode())
+    h.update(json.dumps({k: v.__name__ for k, v in FACT_TYPES.items()}, sort_keys=True).encode())
+    for name, text in sources:
+        h.update(name.encode() + b"\0" + text.encode() + b"\0")
+    return h.hexdigest()[:32]
+
+
+def _read_cache(key: str) -> list[Rule] | None:
+    try:
+        data = json.loads((_cache_dir() / f"rules-{key}.json").read_text(encoding="utf-8"))
+        return [Rule(**{**r, "tests": tuple(r["tests"])}) for r in data]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _write_cache(key: str, rules: Sequence[Rule]) -> None:
+    """Best effort: a read-only home only costs the re-check next time."""
+    try:
+        d = _cache_dir()
+        d.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".rules-")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump([dataclasses.asdict(r) for r in rules], fh)
+        os.replace(tmp, d / f"rules-{key}.json")
+    except OSError:
+        pass

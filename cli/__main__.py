@@ -1,0 +1,4 @@
+"""`python -m memfit.cli` runs the `advise` command."""
+from .main import entry
+
+entry()

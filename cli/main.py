@@ -1,0 +1,116 @@
+"""`advise`: the command line. Parses arguments, calls memfit.engine, renders, maps errors to exit codes.
+
+`advise plan.yaml` is shorthand for `advise plan plan.yaml`. Every MemfitError becomes `ERROR ...` lines
+on stderr and exit code 2; bad input never shows a traceback.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import click
+
+# Set before anything can import transformers: the hub is often unreachable, and an unknown id would
+# otherwise spend ~25 s on retries (DOMAIN.md §4).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+class _DefaultToPlan(click.Group):
+    """Routes `advise FILE ...` to the `plan` command."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["plan", *args]
+        return super().parse_args(ctx, args)
+
+
+def _dump(data) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+@click.group(cls=_DefaultToPlan, context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """memfit: which fine-tuning strategy fits your hardware, with what margin, and what to run.
+
+    \b
+    advise plan.yaml [--json] [--out DIR]    rank every strategy, explain each verdict
+    advise estimate plan.yaml [--json]       memory of the strategy the plan pins
+    advise review [--rules DIR] [--json]     property-test the rule base
+    """
+
+
+@cli.command("plan")
+@click.argument("plan_file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the advice as JSON (schemas/advice.schema.json).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write ds_config.json etc. into DIR.")
+@click.option("--force", is_flag=True, help="Overwrite existing files in --out.")
+@click.option("--rules", "rules_dirs", multiple=True, type=click.Path(file_okay=False), help="Extra rule directory (repeatable).")
+@click.option("--measured", multiple=True, type=click.Path(dir_okay=False), help="Log of a real run (repeatable).")
+@click.option("--backend", type=click.Choice(["auto", "durable", "python"]), default="auto", show_default=True)
+def plan_cmd(plan_file, as_json, out_dir, force, rules_dirs, measured, backend) -> None:
+    """Rank candidate strategies for PLAN_FILE."""
+    from memfit.engine import advise
+    from memfit.engine.outputs import advice_files, write_files
+
+    from .render import advice_text
+
+    advice = advise(plan_file, rules_dirs=rules_dirs, measured=measured, backend=backend)
+    if out_dir:
+        written = write_files(out_dir, advice_files(advice), force=force)
+    click.echo(json.dumps(advice.model_dump(mode="json"), indent=2) if as_json else advice_text(advice))
+    if out_dir and not as_json:
+        click.echo(f"\nwrote {len(written)} file(s) under {out_dir}")
+
+
+@cli.command("estimate")
+@click.argument("plan_file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def estimate_cmd(plan_file, as_json) -> None:
+    """Memory of exactly the strategy PLAN_FILE pins (no search)."""
+    from memfit.engine import estimate
+
+    from .render import estimate_text
+
+    result = estimate(plan_file)
+    click.echo(json.dumps(result.model_dump(mode="json"), indent=2) if as_json else estimate_text(result))
+
+
+@contextmanager
+def _errors_to_exit_codes() -> Iterator[None]:
+    from memfit.engine.errors import MemfitError
+
+    try:
+        yield
+    except MemfitError as exc:
+        for line in exc.problems:
+            click.echo(f"ERROR {line}", err=True)
+        raise SystemExit(exc.exit_code) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (testable without a subprocess)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        with _errors_to_exit_codes():
+            cli.main(args=args, prog_name="advise", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("ERROR interrupted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    except KeyboardInterrupt:
+        click.echo("ERROR interrupted", err=True)
+        return 130
+    return 0
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    raise SystemExit(main())

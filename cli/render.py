@@ -1,0 +1,97 @@
+"""Plain-text renderers for the terminal. Pure functions: result in, text out."""
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def _yn(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _offload(c) -> str:
+    parts = []
+    if c.offload_optimizer != "none":
+        parts.append(f"opt:{c.offload_optimizer}")
+    if c.offload_param != "none":
+        parts.append(f"param:{c.offload_param}")
+    if parts and not c.pin_memory:
+        parts.append("unpinned")
+    return ",".join(parts) or "-"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in rows]
+    return "\n".join(out)
+
+
+def advice_text(advice, show: int = 8, show_rejected: int = 6) -> str:
+    """The ranked table with the reason for every choice and rejection."""
+    m, hw = advice.model, advice.hardware
+    head = [f"model     {m.name}: {m.total_params / 1e9:.2f}B params ({m.model_type}, {m.num_layers} layers, "
+            f"largest module {m.largest_layer_params / 1e6:.0f}M)",
+            f"hardware  {hw.nodes} node(s) x {hw.gpus_per_node} GPU(s) of {hw.gpu_memory_gib:.1f} GiB, "
+            f"host {hw.host_memory_gib:.1f} GiB per node" + (f", NVMe {hw.nvme_gib:.0f} GiB" if hw.nvme_gib else ""),
+            "          " + "; ".join(hw.readings),
+            f"rules     {advice.rules_loaded} rules, evaluated by {advice.evaluator}", ""]
+    feasible = [c for c in advice.candidates if c.feasible][:show]
+    rejected = [c for c in advice.candidates if not c.feasible][:show_rejected]
+    headers = ["#", "method", "zero", "offload", "ckpt", "micro", "accum", "GPU GiB", "host GiB", "score"]
+
+    def row(c):
+        return [str(c.rank), c.method, str(c.zero_stage), _offload(c), _yn(c.gradient_checkpointing),
+                str(c.micro_batch_size), str(c.gradient_accumulation_steps), f"{c.memory.gpu_peak_gib:.1f}",
+                f"{c.memory.host_peak_gib:.0f}", f"{c.score:+g}"]
+
+    body = [advice.summary, ""]
+    if feasible:
+        body += ["Fits (best first):", _table(headers, [row(c) for c in feasible]), ""]
+        body += _why(feasible[0])
+    if rejected:
+        body += ["", "Rejected (closest first):"]
+        for c in rejected:
+            body.append(f"  {c.key}: GPU {c.memory.gpu_peak_gib:.1f} GiB, host {c.memory.host_peak_gib:.0f} GiB")
+            body += [f"      - {reason}" for reason in c.rejected_because]
+    if advice.what_it_would_take:
+        body += ["", "What it would take:"] + [f"  {line}" for line in advice.what_it_would_take]
+    if feasible and feasible[0].launch:
+        body += ["", "Launch:", f"  {feasible[0].launch.get('deepspeed', '')}"]
+    return "\n".join(head + body)
+
+
+def _why(c) -> list[str]:
+    lines = [f"Why #{c.rank} ({c.key}):"]
+    for e in c.explanation:
+        sign = f"{e.score:+g}" if e.score else e.effect
+        lines.append(f"  [{sign}] {e.rule}: {e.message}")
+        if e.advice:
+            lines.append(f"        advice: {e.advice}")
+    b = c.memory.breakdown
+    lines.append("  GPU breakdown (GiB): " + ", ".join(f"{k.removesuffix('_gib')} {v:.1f}" for k, v in b["gpu"].items() if v))
+    lines.append("  host breakdown (GiB): " + ", ".join(f"{k.removesuffix('_gib')} {v:.1f}" for k, v in b["host"].items() if v))
+    lines += [f"  note: {n}" for n in c.notes]
+    return lines
+
+
+def estimate_text(r) -> str:
+    s = r.strategy
+    lines = [f"model     {r.model.name}: {r.model.total_params / 1e9:.2f}B params, "
+             f"{r.model.trainable_params / 1e9:.3f}B trainable",
+             f"strategy  {s['method']} ZeRO-{s['zero_stage']} offload opt={s['offload_optimizer']} "
+             f"param={s['offload_param']} ckpt={_yn(s['gradient_checkpointing'])} micro-batch {s['micro_batch_size']}",
+             f"GPU       {r.gpu_peak_gib:.2f} GiB peak ({r.gpu_peak_phase}) of {r.gpu_capacity_gib:.1f}: "
+             f"{'fits' if r.gpu_fits else 'DOES NOT FIT'}",
+             f"host      {r.host_peak_gib:.1f} GiB peak per node ({r.host_peak_phase}) of {r.host_capacity_gib:.1f}: "
+             f"{'fits' if r.host_fits else 'DOES NOT FIT'}"]
+    if r.nvme_gib:
+        lines.append(f"NVMe      {r.nvme_gib:.0f} GiB per node: {'fits' if r.nvme_fits else 'DOES NOT FIT'}")
+    for side in ("gpu", "host"):
+        lines.append(f"  {side}: " + ", ".join(f"{k.removesuffix('_gib')} {v:.2f}" for k, v in r.breakdown[side].items() if v))
+    lines.append(f"largest micro-batch within the GPU budget: {r.max_micro_batch_size or 'none'}; "
+                 f"longest sequence: {r.max_seq_len or 'none'}")
+    if r.deepspeed_estimate:
+        d = r.deepspeed_estimate
+        lines.append(f"DeepSpeed's estimator (model states only): GPU {d['gpu_gib']:.2f} GiB, host {d['host_gib']:.1f} GiB")
+    return "\n".join(lines)

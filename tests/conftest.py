@@ -1,0 +1,29 @@
+"""Shared test set-up: offline Hugging Face, a private rules cache, and paths."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture(autouse=True)
+def _private_rules_cache(tmp_path_factory, monkeypatch):
+    # Each test session checks the rule base itself instead of trusting a cache from outside.
+    monkeypatch.setenv("MEMFIT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "memfit-cache"))
+
+
+# Property tests explore the same examples on every run, so CI cannot flake; set
+# HYPOTHESIS_PROFILE=explore to search afresh while developing.
+from hypothesis import settings as _settings  # noqa: E402
+
+_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+_settings.register_profile("explore", deadline=None)
+_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -1,0 +1,160 @@
+"""The memory model against first principles (bytes per parameter written out here) and its
+monotonicity properties (issue 3)."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from memfit.engine.memory import CUDA_CONTEXT_GIB, estimate_memory
+from memfit.engine.model_facts import resolve_model
+from memfit.engine.plan import plan_from_dict
+from memfit.engine.strategy import Strategy
+from memfit.engine.units import GIB
+
+QWEN32 = resolve_model("Qwen/Qwen2.5-32B-Instruct")
+LLAMA7 = resolve_model("meta-llama/Llama-2-7b-hf")
+P32 = 32_763_876_352  # Qwen2ForCausalLM with lm_head (DOMAIN.md §4, meta-device count)
+
+
+def plan(**training):
+    hw = training.pop("hardware", {"gpu_memory": 80, "gpus_per_node": 1, "host_memory": 1024})
+    return plan_from_dict({"model": "meta-llama/Llama-2-7b-hf", "hardware": hw,
+                           "training": {"seq_len": 2048, **training}}, "t.yaml")
+
+
+def test_model_that_trains_is_counted():
+    assert QWEN32.total_params == P32
+
+
+def test_full_adamw_mixed_step_is_20_bytes_per_param():
+    # bf16 weights 2 + bf16 grads 2 + fp32 master 4 + Adam m 4 + v 4 + fp32 grad partition 4 = 20 B
+    # (DeepSpeed's ZeRO-2 comment: 2 params_16bit + 18). ZeRO-0, one GPU, checkpointing, micro-batch 1:
+    # the optimizer step is the peak for a 7B model.
+    p = plan()
+    e = estimate_memory(p, LLAMA7, Strategy(method="full", zero_stage=0, gradient_checkpointing=True))
+    n = LLAMA7.total_params
+    assert e.gpu_peak_phase == "optimizer step"
+    assert e.gpu.weights_gib == pytest.approx(2 * n / GIB)
+    assert e.gpu.gradients_gib == pytest.approx(2 * n / GIB)
+    assert e.gpu.optimizer_states_gib == pytest.approx(16 * n / GIB)
+    assert e.gpu_peak_gib == pytest.approx(20 * n / GIB + CUDA_CONTEXT_GIB)
+    assert not e.gpu_fits  # 125.5 GiB of states on an 80 GiB card
+
+
+def test_zero3_shards_states_by_world_size():
+    # ZeRO-3 over 8 GPUs: every model state divided by 8 (Rajbhandari et al. 2020).
+    p = plan(hardware={"gpu_memory": 80, "gpus_per_node": 8, "host_memory": 1024})
+    e = estimate_memory(p, LLAMA7, Strategy(method="full", zero_stage=3, gradient_checkpointing=True))
+    n = LLAMA7.total_params
+    assert e.gpu.weights_gib == pytest.approx(2 * n / 8 / GIB)
+
+
+def test_motivating_case_host_terms():
+    # Full offload of Qwen2.5-32B: host holds fp32 master + m + v + fp32 grads (16 B/param) and the
+    # bf16 parameters (2 B/param): 18 B/param = 549 GiB raw, before pinned/allocator slack.
+    p = plan_from_dict({"model": "Qwen/Qwen2.5-32B-Instruct",
+                        "hardware": {"gpu_memory": "96GB", "host_memory": "744GB"},
+                        "training": {"seq_len": 2048}}, "t.yaml")
+    s = Strategy(method="full", zero_stage=3, offload_optimizer="cpu", offload_param="cpu",
+                 gradient_checkpointing=True)
+    e = estimate_memory(p, QWEN32, s)
+    assert e.host.offloaded_optimizer_gib == pytest.approx(16 * P32 / GIB)
+    assert e.host.offloaded_params_gib == pytest.approx(2 * P32 / GIB)
+    # Published: this run was killed by the host OOM killer (LLaMA-Factory issue 6755).
+    assert not e.host_fits
+    assert e.gpu_fits
+
+
+def test_lora_freezes_the_base():
+    # LoRA r16 all-linear on Qwen2.5-32B trains 134,217,728 parameters (peft count, DOMAIN.md §4): the
+    # base is 2 B/param bf16 with no gradients or optimizer states.
+    p = plan_from_dict({"model": "Qwen/Qwen2.5-32B-Instruct", "hardware": {"gpu_memory": 96, "host_memory": 700},
+                        "training": {"seq_len": 2048, "lora": {"rank": 16}}}, "t.yaml")
+    e = estimate_memory(p, QWEN32, Strategy(method="lora", zero_stage=0, gradient_checkpointing=True))
+    assert e.trainable_params == 134_217_728
+    assert e.gpu.weights_gib == pytest.approx((2 * P32 + 20 * 0 + 2 * 134_217_728) / GIB)
+
+
+def test_qlora_base_is_about_half_a_byte():
+    # NF4 with double quantisation: 4.127 bits per quantised weight (QLoRA paper, sec. 2).
+    p = plan(method="qlora")
+    e = estimate_memory(p, LLAMA7, Strategy(method="qlora", zero_stage=0, gradient_checkpointing=True))
+    q = LLAMA7.quantizable_params()
+    other = LLAMA7.total_params - q
+    lora = e.trainable_params
+    assert e.gpu.weights_gib == pytest.approx((q * 4.127 / 8 + other * 2 + lora * 2) / GIB, rel=1e-3)
+
+
+STAGES = st.sampled_from([0, 1, 2, 3])
+
+
+@st.composite
+def cases(draw):
+    method = draw(st.sampled_from(["full", "lora", "qlora"]))
+    return {
+        "method": method,
+        "seq": draw(st.integers(128, 16384)),
+        "mb": draw(st.integers(1, 16)),
+        "ckpt": draw(st.booleans()),
+        "gpus": draw(st.sampled_from([1, 2, 8])),
+        "precision": draw(st.sampled_from(["bf16", "fp32", "pure_bf16"])),
+        "attention": draw(st.sampled_from(["sdpa", "eager"])),
+        "model": draw(st.sampled_from(["Qwen/Qwen2.5-0.5B", "meta-llama/Llama-2-7b-hf", "Qwen/Qwen2.5-32B"])),
+    }
+
+
+def _est(c, **over):
+    c = {**c, **over}
+    p = plan_from_dict({"model": c["model"], "hardware": {"gpu_memory": 80, "gpus_per_node": c["gpus"], "host_memory": 4096},
+                        "training": {"seq_len": c["seq"], "precision": c["precision"], "attention": c["attention"]}}, "t.yaml")
+    s = Strategy(method=c["method"], zero_stage=c.get("stage", 0), offload_optimizer=c.get("opt", "none"),
+                 offload_param=c.get("param", "none"), gradient_checkpointing=c["ckpt"], micro_batch_size=c["mb"])
+    return estimate_memory(p, resolve_model(c["model"]), s)
+
+
+@settings(max_examples=60, deadline=None)
+@given(cases())
+def test_monotone_in_sequence_and_micro_batch(c):
+    base = _est(c)
+    assert _est(c, seq=c["seq"] + 256).gpu_peak_gib >= base.gpu_peak_gib
+    assert _est(c, mb=c["mb"] + 1).gpu_peak_gib >= base.gpu_peak_gib
+
+
+@settings(max_examples=60, deadline=None)
+@given(cases())
+def test_monotone_in_parameters(c):
+    sizes = ["Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-7B", "Qwen/Qwen2.5-32B", "Qwen/Qwen2.5-72B"]
+    peaks = [_est(c, model=m).gpu_peak_gib for m in sizes]
+    assert peaks == sorted(peaks)
+
+
+def _states(e):
+    return e.gpu.weights_gib + e.gpu.gradients_gib + e.gpu.optimizer_states_gib
+
+
+@settings(max_examples=60, deadline=None)
+@given(cases(), STAGES)
+def test_higher_stage_and_offload_never_raise_gpu(c, stage):
+    # A higher ZeRO stage never raises the model states per GPU; the whole peak may rise only by the
+    # stage's own communication buffers (buckets, the gathered largest module under ZeRO-3), which is
+    # real: on one GPU ZeRO shards nothing, and for a small model with a large tied embedding 4*L can
+    # exceed what ZeRO-3 saves.
+    lower = _est(c, stage=stage)
+    for higher in range(stage + 1, 4):
+        e = _est(c, stage=higher)
+        assert _states(e) <= _states(lower) + 1e-9
+        assert e.gpu_peak_gib <= lower.gpu_peak_gib + e.gpu.zero_buffers_gib + 1e-9
+    if stage >= 1:
+        assert _est(c, stage=stage, opt="cpu").gpu_peak_gib <= _est(c, stage=stage).gpu_peak_gib + 1e-9
+    if stage == 3:
+        assert _est(c, stage=3, opt="cpu", param="cpu").gpu_peak_gib <= _est(c, stage=3, opt="cpu").gpu_peak_gib + 1e-9
+
+
+@settings(max_examples=60, deadline=None)
+@given(cases(), st.sampled_from([1, 2, 3]))
+def test_offload_never_lowers_host(c, stage):
+    without = _est(c, stage=stage).host_peak_gib
+    with_opt = _est(c, stage=stage, opt="cpu").host_peak_gib
+    assert with_opt >= without
+    if stage == 3:
+        assert _est(c, stage=3, opt="cpu", param="cpu").host_peak_gib >= with_opt
