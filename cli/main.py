@@ -79,6 +79,41 @@ def estimate_cmd(plan_file, as_json) -> None:
     click.echo(json.dumps(result.model_dump(mode="json"), indent=2) if as_json else estimate_text(result))
 
 
+@cli.command("facts")
+@click.argument("logs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def facts_cmd(logs, as_json) -> None:
+    """Memory evidence in training LOGS (OOMs, DeepSpeed memory lines, nvidia-smi traces), in GiB."""
+    from memfit.engine.logs import parse_log
+
+    from .render import facts_text
+
+    per_file = {path: parse_log(path) for path in logs}
+    if as_json:
+        _dump({"facts": [f.model_dump(mode="json", exclude_none=True) for fs in per_file.values() for f in fs]})
+    else:
+        click.echo(facts_text(per_file))
+
+
+@cli.command("detect")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--nvme-path", type=click.Path(file_okay=False), help="Report free space on this NVMe mount.")
+@click.option("--hostfile", type=click.Path(dir_okay=False), help="DeepSpeed hostfile: nodes and slots.")
+def detect_cmd(as_json, nvme_path, hostfile) -> None:
+    """This machine's GPUs, host RAM, cores and NVMe space, as a plan's hardware: section."""
+    import yaml
+
+    from memfit.engine.detect import detect_hardware
+
+    found = detect_hardware(nvme_path=nvme_path, hostfile=hostfile)
+    if as_json:
+        _dump(found.model_dump(mode="json"))
+        return
+    for note in found.notes:
+        click.echo(f"# {note}")
+    click.echo(yaml.safe_dump({"hardware": found.to_hardware_dict()}, sort_keys=False).rstrip())
+
+
 @contextmanager
 def _errors_to_exit_codes() -> Iterator[None]:
     from memfit.engine.errors import MemfitError

@@ -35,7 +35,8 @@ def advice_text(advice, show: int = 8, show_rejected: int = 6) -> str:
             f"hardware  {hw.nodes} node(s) x {hw.gpus_per_node} GPU(s) of {hw.gpu_memory_gib:.1f} GiB, "
             f"host {hw.host_memory_gib:.1f} GiB per node" + (f", NVMe {hw.nvme_gib:.0f} GiB" if hw.nvme_gib else ""),
             "          " + "; ".join(hw.readings),
-            f"rules     {advice.rules_loaded} rules, evaluated by {advice.evaluator}", ""]
+            f"rules     {advice.rules_loaded} rules, evaluated by {advice.evaluator}"]
+    head += [f"measured  {line}" for line in advice.measured] + [""]
     feasible = [c for c in advice.candidates if c.feasible][:show]
     rejected = [c for c in advice.candidates if not c.feasible][:show_rejected]
     headers = ["#", "method", "zero", "offload", "ckpt", "micro", "accum", "GPU GiB", "host GiB", "score"]
@@ -94,4 +95,19 @@ def estimate_text(r) -> str:
     if r.deepspeed_estimate:
         d = r.deepspeed_estimate
         lines.append(f"DeepSpeed's estimator (model states only): GPU {d['gpu_gib']:.2f} GiB, host {d['host_gib']:.1f} GiB")
+    return "\n".join(lines)
+
+
+def facts_text(per_file) -> str:
+    """One line per piece of evidence, grouped by file; 'no memory evidence' for empty files."""
+    lines = []
+    for path, facts in per_file.items():
+        if not facts:
+            lines.append(f"{path}: no memory evidence")
+            continue
+        for f in facts:
+            numbers = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                                for k, v in f.model_dump(exclude_none=True).items()
+                                if k not in ("kind", "source", "line"))
+            lines.append(f"{f.source}: {f.kind}: {numbers}")
     return "\n".join(lines)

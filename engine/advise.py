@@ -21,7 +21,8 @@ from .results import (Advice, CandidateResult, EstimateResult, Explanation, Hard
                       ModelSummary)
 from .rules import Rule, load_rules
 from .strategy import Strategy
-from .sweep import Candidate, Evidence, sweep, within_budget
+from .measured import Evidence
+from .sweep import Candidate, sweep, within_budget
 from .units import describe_size
 
 VERSION = "0.1.0"
@@ -139,6 +140,7 @@ def advise(plan: Plan | str | Path, *, rules_dirs: Iterable[str | Path] = (), me
         memfit_version=VERSION, plan=plan.source, model=model_summary(
             model, plan, best.method if best else judged[0][0].strategy.method),
         hardware=hardware_summary(plan), evaluator=evaluator_name, rules_loaded=len(rules),
+        measured=list(evidence.notes),
         summary=_summary(best, results), what_it_would_take=what_it_would_take(plan, model, judged),
         candidates=results)
 

@@ -214,6 +214,8 @@ def plan_from_dict(data: Any, source: str = "<plan>", base_dir: str | Path = "."
     """
     if not isinstance(data, dict):
         raise PlanError(f"{source}: the plan must be a mapping with model, hardware, training (got {type(data).__name__})")
+    if data.get("hardware") == "detect":
+        data = {**data, "hardware": _detected_hardware(source)}
     try:
         plan = Plan.model_validate(data)
     except ValidationError as exc:
@@ -225,6 +227,18 @@ def plan_from_dict(data: Any, source: str = "<plan>", base_dir: str | Path = "."
         raise PlanError(problems) from None
     plan._base_dir, plan._source = str(base_dir), source
     return plan
+
+
+def _detected_hardware(source: str) -> dict:
+    """`hardware: detect`: this machine's GPUs, RAM and cores (NVML, torch.cuda, psutil)."""
+    from .detect import detect_hardware
+
+    found = detect_hardware()
+    hw = found.to_hardware_dict()
+    if "gpu_memory" not in hw:
+        raise PlanError(f"{source}: hardware: detect found no GPU on this machine ({'; '.join(found.notes)}); "
+                        "give the hardware mapping (gpu_memory, gpus_per_node, host_memory) instead")
+    return hw
 
 
 def load_plan(path: str | Path) -> Plan:

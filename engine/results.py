@@ -84,6 +84,7 @@ class Advice(_Out):
     hardware: HardwareSummary
     evaluator: str
     rules_loaded: int
+    measured: list[str] = Field(description="what the logs of real runs contributed, and what they could not")
     summary: str
     what_it_would_take: list[str]
     candidates: list[CandidateResult]
