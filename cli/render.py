@@ -16,6 +16,8 @@ def _offload(c) -> str:
         parts.append(f"param:{c.offload_param}")
     if parts and not c.pin_memory:
         parts.append("unpinned")
+    if c.zero_stage == 3 and not c.gather_16bit_on_save:
+        parts.append("no-16bit-save")
     return ",".join(parts) or "-"
 
 

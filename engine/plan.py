@@ -105,7 +105,14 @@ class Lora(_Strict):
     rank: int = Field(16, ge=1, le=4096)
     alpha: float = Field(32, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"
+    target_modules: Union[str, list[str]] = Field(
+        "all-linear", description="'all-linear' (every Linear in the decoder layers), one module name, or a list")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _one_name_is_a_list(cls, v: str | list[str]) -> str | list[str]:
+        # peft accepts one module name as a string; memfit counts it as a one-element list.
+        return v if v == "all-linear" or isinstance(v, list) else [v]
 
 
 class Training(_Strict):
@@ -113,7 +120,8 @@ class Training(_Strict):
     seq_len: int = Field(2048, ge=1)
     micro_batch_size: Union[int, Auto] = "auto"
     global_batch_size: int | None = Field(None, ge=1)
-    precision: Literal["bf16", "fp16", "fp32", "pure_bf16"] = "bf16"
+    precision: Literal["auto", "bf16", "fp16", "fp32", "pure_bf16"] = Field(
+        "auto", description="auto: bf16 where the GPU supports it, else fp16 with loss scaling")
     optimizer: Literal["adamw", "adamw_8bit", "adafactor", "sgd"] = "adamw"
     gradient_checkpointing: Union[bool, Auto] = "auto"
     attention: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
@@ -225,6 +233,9 @@ def plan_from_dict(data: Any, source: str = "<plan>", base_dir: str | Path = "."
             if line not in problems:
                 problems.append(line)
         raise PlanError(problems) from None
+    if plan.training.precision == "auto":
+        chosen = "bf16" if plan.hardware.supports_bf16 else "fp16"
+        plan = plan.model_copy(update={"training": plan.training.model_copy(update={"precision": chosen})})
     plan._base_dir, plan._source = str(base_dir), source
     return plan
 

@@ -27,3 +27,8 @@ from hypothesis import settings as _settings  # noqa: E402
 _settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 _settings.register_profile("explore", deadline=None)
 _settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true",
+                     help="rewrite tests/golden/*/advice.json and deepspeed.json from the current code")
