@@ -34,7 +34,7 @@ def within_budget(plan, est: MemoryEstimate, gpu_scale: float = 1.0, gpu_headroo
             and est.nvme_fits)
 
 
-def size_micro_batch(plan, model, shape: Strategy, evidence: Evidence = Evidence()) -> Strategy:
+def size_micro_batch(plan, model, shape: Strategy, evidence: Evidence = Evidence(), memo=None) -> Strategy:
     """Pin the plan's micro-batch, or take the largest within the GPU budget (1 if none fits)."""
     pinned = plan.training.micro_batch_size
     if pinned != "auto":
@@ -42,36 +42,50 @@ def size_micro_batch(plan, model, shape: Strategy, evidence: Evidence = Evidence
     scale, headroom = evidence.calibration(shape, plan.policy.gpu_headroom)
     budget = plan.hardware.gpu_memory_gib * (1 - headroom)
 
+    estimate = memo or (lambda s: estimate_memory(plan, model, s))
+
     def fits(mb: int) -> bool:
-        s = shape.model_copy(update={"micro_batch_size": mb})
-        return estimate_memory(plan, model, s).gpu_peak_gib * scale <= budget
+        return estimate(shape.model_copy(update={"micro_batch_size": mb})).gpu_peak_gib * scale <= budget
 
     best = largest_fitting(1, micro_batch_limit(plan), fits)
     return shape.model_copy(update={"micro_batch_size": best or 1})
 
 
+class _Memo:
+    """estimate_memory memoised per strategy: neighbours and micro-batch searches repeat strategies."""
+
+    def __init__(self, plan, model):
+        self.plan, self.model, self._cache = plan, model, {}
+
+    def __call__(self, s: Strategy) -> MemoryEstimate:
+        if s not in self._cache:
+            self._cache[s] = estimate_memory(self.plan, self.model, s)
+        return self._cache[s]
+
+
 def sweep(plan, model, evidence: Evidence = Evidence()) -> list[Candidate]:
     """All candidates of the plan, each with its estimate and facts (unranked, in search order)."""
-    sized = [size_micro_batch(plan, model, s, evidence) for s in strategy_shapes(plan)]
-    estimates = [estimate_memory(plan, model, s) for s in sized]
+    memo = _Memo(plan, model)
+    sized = [size_micro_batch(plan, model, s, evidence, memo) for s in strategy_shapes(plan)]
+    estimates = [memo(s) for s in sized]
     ok_by_method: dict[str, bool] = {}
     for s, e in zip(sized, estimates):
         ok = within_budget(plan, e, *evidence.calibration(s, plan.policy.gpu_headroom))
         ok_by_method[s.method] = ok_by_method.get(s.method, False) or ok
-    return [Candidate(s, e, _facts(plan, model, s, e, ok_by_method, evidence)) for s, e in zip(sized, estimates)]
+    return [Candidate(s, e, _facts(plan, memo, s, e, ok_by_method, evidence)) for s, e in zip(sized, estimates)]
 
 
-def _neighbour_ok(plan, model, ev: Evidence, strategy: Strategy, **change) -> bool:
+def _neighbour_ok(plan, memo: _Memo, ev: Evidence, strategy: Strategy, **change) -> bool:
     other = strategy.model_copy(update=change)
-    return within_budget(plan, estimate_memory(plan, model, other), *ev.calibration(other, plan.policy.gpu_headroom))
+    return within_budget(plan, memo(other), *ev.calibration(other, plan.policy.gpu_headroom))
 
 
-def _lower_stage_ok(plan, model, ev: Evidence, s: Strategy) -> bool:
-    return any(_neighbour_ok(plan, model, ev, s, zero_stage=z, offload_optimizer="none", offload_param="none")
+def _lower_stage_ok(plan, memo: _Memo, ev: Evidence, s: Strategy) -> bool:
+    return any(_neighbour_ok(plan, memo, ev, s, zero_stage=z, offload_optimizer="none", offload_param="none")
                for z in range(s.zero_stage))
 
 
-def _facts(plan, model, s: Strategy, e: MemoryEstimate, ok_by_method: dict, ev: Evidence) -> CandidateFacts:
+def _facts(plan, memo: _Memo, s: Strategy, e: MemoryEstimate, ok_by_method: dict, ev: Evidence) -> CandidateFacts:
     hw, pol, t = plan.hardware, plan.policy, plan.training
     g = e.gpu
     dynamic = g.activations_gib + g.logits_loss_gib
@@ -88,7 +102,7 @@ def _facts(plan, model, s: Strategy, e: MemoryEstimate, ok_by_method: dict, ev: 
         nodes=hw.nodes, gpus_per_node=hw.gpus_per_node, gpu_bf16=hw.supports_bf16,
         require_full_finetune=pol.require_full_finetune, method_pinned=t.method != "auto",
         nvme_path_set=hw.nvme_path is not None,
-        total_params_b=model.total_params / 1e9, trainable_params_b=e.trainable_params / 1e9,
+        total_params_b=memo.model.total_params / 1e9, trainable_params_b=e.trainable_params / 1e9,
         gpu_peak_gib=gpu_peak, gpu_capacity_gib=e.gpu_capacity_gib,
         gpu_usage=gpu_peak / e.gpu_capacity_gib, gpu_headroom=gpu_headroom,
         gpu_budget=1 - gpu_headroom,
@@ -103,11 +117,11 @@ def _facts(plan, model, s: Strategy, e: MemoryEstimate, ok_by_method: dict, ev: 
         host_excess_gib=e.host_peak_gib - e.host_capacity_gib * (1 - pol.host_headroom),
         nvme_needed_gib=e.nvme_gib, nvme_capacity_gib=e.nvme_capacity_gib,
         activation_share=dynamic / e.gpu_peak_gib if e.gpu_peak_gib else 0.0,
-        fits_without_checkpointing=_neighbour_ok(plan, model, ev, s, gradient_checkpointing=False),
-        fits_without_offload=_neighbour_ok(plan, model, ev, s, offload_optimizer="none", offload_param="none"),
-        fits_pinned=_neighbour_ok(plan, model, ev, s, pin_memory=True),
-        fits_with_gather=_neighbour_ok(plan, model, ev, s, gather_16bit_on_save=True),
-        lower_stage_fits=_lower_stage_ok(plan, model, ev, s),
+        fits_without_checkpointing=_neighbour_ok(plan, memo, ev, s, gradient_checkpointing=False),
+        fits_without_offload=_neighbour_ok(plan, memo, ev, s, offload_optimizer="none", offload_param="none"),
+        fits_pinned=_neighbour_ok(plan, memo, ev, s, pin_memory=True),
+        fits_with_gather=_neighbour_ok(plan, memo, ev, s, gather_16bit_on_save=True),
+        lower_stage_fits=_lower_stage_ok(plan, memo, ev, s),
         lora_fits=ok_by_method.get("lora", False), full_fits=ok_by_method.get("full", False),
         measured=ev.present, measured_oom=oom is not None, measured_oom_source=oom or "",
         measured_ratio=ev.ratio if ev.family == _family_of(s) else 0.0,
