@@ -149,7 +149,10 @@ def _gpu_peak(plan, facts, strategy) -> tuple[GpuBreakdown, str, int]:
         weights = 0.0
     grads = n_train * sb.gradients / g_div
     opt = n_train * (sb.master + sb.moments) / o_div
-    grad32 = n_train * sb.grad_fp32 / o_div
+    # Step transients: DeepSpeed's fp32 gradient partition (mixed precision), or, without ZeRO (the
+    # plain trainer path), torch AdamW's foreach temporaries; ZeRO's fused optimizers step in place.
+    temp = sb.foreach_temp if strategy.zero_stage == 0 else 0.0
+    grad32 = n_train * max(sb.grad_fp32, temp) / o_div
     if strategy.offload_optimizer != "none":
         opt = grad32 = 0.0
         if strategy.zero_stage >= 2:

@@ -70,12 +70,15 @@ class ModelFacts:
                    for x in self._targeted(target_modules))
 
     def quantizable_params(self) -> int:
-        """Weights that QLoRA stores in 4 bit: nn.Linear weights inside the decoder layers.
+        """Weights that QLoRA stores in 4 bit: Linear weights inside the decoder layers, experts included.
 
-        Embeddings, lm_head, norms, biases stay in 16 bit; so do MoE routers and fused expert
-        tensors, which transformers >= 5 keeps as parameters that bitsandbytes does not replace.
+        Embeddings, lm_head, norms, biases and MoE routers stay in 16 bit. Expert weights count as
+        quantised: transformers 4.x builds each expert from nn.Linear, which bitsandbytes replaces, and
+        a published Mixtral QLoRA run peaked at 43.2 GiB on one A100 (fms-acceleration benchmark,
+        bench/cases/published_extra.yaml), which only a 4-bit expert store explains. transformers 5
+        fuses experts into 3-D parameters; whether bitsandbytes quantises those is version-dependent.
         """
-        return sum(x.weight_params for x in self.linear_layers if x.kind == "linear")
+        return sum(x.weight_params for x in self.linear_layers if x.kind in ("linear", "expert"))
 
     def _targeted(self, target_modules: str | Sequence[str]) -> list[arch.LinearLayer]:
         if target_modules == "all-linear":

@@ -27,6 +27,8 @@ class StateBytes:
     master: float       # fp32 master weights (mixed precision only)
     moments: float      # optimizer moments (Adam m and v, SGD momentum, Adafactor factors)
     grad_fp32: float    # fp32 gradient partition built for the optimizer step (mixed precision)
+    foreach_temp: float  # torch AdamW (foreach) step temporaries: a copy of the second moments
+
 
     @property
     def optimizer(self) -> float:
@@ -63,6 +65,9 @@ def state_bytes(precision: str, optimizer: str, hidden_size: int) -> StateBytes:
         master=4.0 if mixed else 0.0,
         moments=moments,
         grad_fp32=4.0 if mixed else 0.0,
+        # torch/optim/adam.py `_multi_tensor_adam`: `exp_avg_sq_sqrt = torch._foreach_sqrt(exp_avg_sqs)`
+        # allocates a full copy of the second moments during the step.
+        foreach_temp=state_dtype if optimizer == "adamw" else 0.0,
     )
 
 

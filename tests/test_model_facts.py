@@ -104,7 +104,9 @@ def test_mixtral_total_and_active_written_out():
     assert f.active_params == f.total_params - L * (E - k) * expert
     assert f.largest_layer_params == E * expert  # one layer's fused experts module
     assert (f.num_experts, f.experts_per_token) == (8, 2)
-    assert f.quantizable_params() == L * attn  # fused experts are not nn.Linear in transformers 5
+    # Attention and expert weights are stored in 4 bit under QLoRA; router, norms, embeddings are not
+    # (a published Mixtral QLoRA run at 43.2 GiB on one A100 needs 4-bit experts; see quantizable_params).
+    assert f.quantizable_params() == L * (attn + E * expert)
 
 
 def test_phi3_fused_layers():
