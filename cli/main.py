@@ -53,14 +53,15 @@ def cli() -> None:
 @click.option("--backend", type=click.Choice(["auto", "durable", "python"]), default="auto", show_default=True)
 def plan_cmd(plan_file, as_json, out_dir, force, rules_dirs, measured, backend) -> None:
     """Rank candidate strategies for PLAN_FILE."""
-    from memfit.engine import advise
+    from memfit.engine import advise, load_plan
     from memfit.engine.outputs import advice_files, write_files
 
     from .render import advice_text
 
-    advice = advise(plan_file, rules_dirs=rules_dirs, measured=measured, backend=backend)
+    plan = load_plan(plan_file)
+    advice = advise(plan, rules_dirs=rules_dirs, measured=measured, backend=backend)
     if out_dir:
-        written = write_files(out_dir, advice_files(advice), force=force)
+        written = write_files(out_dir, advice_files(advice, plan), force=force)
     click.echo(json.dumps(advice.model_dump(mode="json"), indent=2) if as_json else advice_text(advice))
     if out_dir and not as_json:
         click.echo(f"\nwrote {len(written)} file(s) under {out_dir}")
@@ -112,6 +113,66 @@ def detect_cmd(as_json, nvme_path, hostfile) -> None:
     for note in found.notes:
         click.echo(f"# {note}")
     click.echo(yaml.safe_dump({"hardware": found.to_hardware_dict()}, sort_keys=False).rstrip())
+
+
+@cli.command("check")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False), help="Also check it fits this plan's hardware.")
+@click.option("--json", "as_json", is_flag=True)
+def check_cmd(config, plan_file, as_json) -> None:
+    """Review an existing DeepSpeed CONFIG: typos, impossible combinations, batch arithmetic, fit."""
+    from memfit.engine.tasks import check
+
+    from .render import check_text
+
+    result = check(config, plan_file)
+    click.echo(json.dumps(result.model_dump(), indent=2) if as_json else check_text(result))
+    if not result.ok:
+        raise SystemExit(1)
+
+
+@cli.command("verify")
+@click.argument("plan_file", type=click.Path(dir_okay=False))
+@click.option("--top", default=3, show_default=True, help="How many feasible plans to run.")
+@click.option("--timeout", "timeout_s", default=300.0, show_default=True, help="Seconds per config.")
+@click.option("--json", "as_json", is_flag=True)
+def verify_cmd(plan_file, top, timeout_s, as_json) -> None:
+    """Run the top plans' DeepSpeed configs for two real steps on a tiny model (CPU, gloo)."""
+    from memfit.engine.tasks import verify_plan
+
+    _, results = verify_plan(plan_file, top=top, timeout_s=timeout_s)
+    if as_json:
+        _dump({"results": [r.model_dump() for r in results]})
+    else:
+        for r in results:
+            state = "SKIP" if r.skipped else ("PASS" if r.passed else "FAIL")
+            detail = r.skipped or (f"losses {', '.join(f'{x:.3f}' for x in r.losses)} in {r.seconds:.1f} s"
+                                   if r.passed else (r.error or ""))
+            click.echo(f"{state}  {r.key}: {detail}")
+    if any(not r.passed and not r.skipped for r in results):
+        raise SystemExit(1)
+
+
+@cli.command("llamafactory")
+@click.argument("lf_yaml", type=click.Path(dir_okay=False))
+@click.option("--hardware", "hardware_file", required=True, type=click.Path(dir_okay=False),
+              help="A YAML file with a hardware: mapping (or a memfit plan).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write ds_config.json and lf.yaml into DIR.")
+@click.option("--force", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+def llamafactory_cmd(lf_yaml, hardware_file, out_dir, force, as_json) -> None:
+    """Advise on a LLaMA-Factory training YAML; --out writes a corrected one beside the DeepSpeed JSON."""
+    from memfit.engine import advise
+    from memfit.engine.outputs import write_files
+    from memfit.engine.tasks import llamafactory_files, plan_from_llamafactory_file
+
+    from .render import advice_text
+
+    plan = plan_from_llamafactory_file(lf_yaml, hardware_file)
+    advice = advise(plan)
+    if out_dir:
+        write_files(out_dir, llamafactory_files(lf_yaml, plan, advice), force=force)
+    click.echo(json.dumps(advice.model_dump(mode="json"), indent=2) if as_json else advice_text(advice))
 
 
 @contextmanager

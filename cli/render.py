@@ -113,3 +113,12 @@ def facts_text(per_file) -> str:
                                 if k not in ("kind", "source", "line"))
             lines.append(f"{f.source}: {f.kind}: {numbers}")
     return "\n".join(lines)
+
+
+def check_text(r) -> str:
+    """Findings of `advise check`, errors first, then the fit verdict when a plan was given."""
+    lines = [f"{f['severity'].upper():7} {f['key']}: {f['message']}" for f in r.findings] or ["no findings"]
+    if r.strategy:
+        lines.append(f"strategy {r.strategy}: GPU {r.gpu_peak_gib:.1f} GiB ({'fits' if r.gpu_fits else 'DOES NOT FIT'}), "
+                     f"host {r.host_peak_gib:.0f} GiB per node ({'fits' if r.host_fits else 'DOES NOT FIT'})")
+    return "\n".join(lines)

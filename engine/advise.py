@@ -235,6 +235,11 @@ def estimate(plan: Plan | str | Path) -> EstimateResult:
         deepspeed_estimate=ds.model_dump() if ds else None)
 
 
+def estimate_strategy(plan: Plan, model: ModelFacts, strategy: Strategy):
+    """The memory estimate of one strategy on a plan (for tools that bring their own strategy)."""
+    return estimate_memory(plan, model, strategy)
+
+
 def _largest(plan: Plan, model: ModelFacts, s: Strategy, what: str, lo: int, hi: int) -> int | None:
     budget = plan.hardware.gpu_memory_gib * (1 - plan.policy.gpu_headroom)
 

@@ -18,17 +18,20 @@ def _json(data) -> str:
     return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
 
-def advice_files(advice, max_plans: int = 5) -> dict[str, str]:
+def advice_files(advice, plan=None, max_plans: int = 5) -> dict[str, str]:
     """The files `advise --out DIR` writes: name -> text.
 
-    The top feasible plan goes to ds_config.json (concrete) and launch.sh; every feasible plan up to
-    `max_plans` gets plans/NN-<key>/ds_config.json; advice.json holds the whole result.
+    The top feasible plan goes to ds_config.json (concrete, for plain `deepspeed`), ds_config.hf.json
+    ("auto" where the HF Trainer / accelerate / LLaMA-Factory fill values; needs `plan`) and launch.sh;
+    every feasible plan up to `max_plans` gets plans/NN-<key>/ds_config.json; advice.json holds it all.
     """
     files = {"advice.json": _json(advice.model_dump(mode="json"))}
     feasible = [c for c in advice.candidates if c.feasible and c.deepspeed_config]
     if feasible:
         best = feasible[0]
         files["ds_config.json"] = _json(best.deepspeed_config)
+        if plan is not None:
+            files["ds_config.hf.json"] = _json(hf_config(best, plan))
         files["launch.sh"] = _launch_script(best)
         if "hostfile" in best.launch:
             files["hostfile"] = best.launch["hostfile"]
@@ -36,6 +39,16 @@ def advice_files(advice, max_plans: int = 5) -> dict[str, str]:
         folder = f"plans/{i:02d}-{c.key.replace('/', '-')}"
         files[f"{folder}/ds_config.json"] = _json(c.deepspeed_config)
     return files
+
+
+def hf_config(candidate, plan) -> dict:
+    """The HF-flavor DeepSpeed config of a candidate ("auto" where the HF Trainer fills values)."""
+    from .dsconfig import deepspeed_config
+    from .model_facts import resolve_model
+
+    s = candidate.to_strategy()
+    return deepspeed_config(s, plan, resolve_model(plan.model, plan.base_dir), flavor="hf",
+                            pin_memory=s.pin_memory, gather_16bit_on_save=s.gather_16bit_on_save)
 
 
 def _launch_script(c) -> str:

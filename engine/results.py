@@ -77,6 +77,16 @@ class CandidateResult(_Out):
     launch: dict[str, str]
 
 
+    def to_strategy(self):
+        """The Strategy this candidate stands for."""
+        from .strategy import Strategy
+
+        return Strategy(method=self.method, zero_stage=self.zero_stage, offload_optimizer=self.offload_optimizer,
+                        offload_param=self.offload_param, gradient_checkpointing=self.gradient_checkpointing,
+                        micro_batch_size=self.micro_batch_size, pin_memory=self.pin_memory,
+                        gather_16bit_on_save=self.gather_16bit_on_save)
+
+
 class Advice(_Out):
     memfit_version: str
     plan: str

@@ -74,7 +74,8 @@ def test_out_dir_writes_and_refuses_to_overwrite(tmp_path, capsys):
     code, _, err = run([EXAMPLE, "--out", str(out_dir)], capsys)
     assert code == 0, err
     cfg = json.loads((out_dir / "ds_config.json").read_text())
-    assert "auto" not in json.dumps(cfg)
+    assert "auto" not in json.dumps(cfg)  # concrete flavor, for plain `deepspeed`
+    assert '"auto"' in (out_dir / "ds_config.hf.json").read_text()  # HF flavor: the Trainer fills these
     before = (out_dir / "advice.json").read_text()
     code, _, err = run([EXAMPLE, "--out", str(out_dir)], capsys)
     assert code == 2 and "exists; use --force" in err
