@@ -83,7 +83,7 @@ def evaluate(case: dict) -> dict:
 def summarize(rows: list[dict]) -> dict:
     out = {}
     for tool in ("memfit", "deepspeed", "accelerate", "llamafactory"):
-        errors, right, wrong, unsafe, n_verdicts = [], 0, 0, 0, 0
+        errors, right, wrong, unsafe, n_verdicts, misses = [], 0, 0, 0, 0, []
         for r in rows:
             gpu, host = r["tools"][tool]
             if gpu is not None and r["measured"]:
@@ -96,9 +96,11 @@ def summarize(rows: list[dict]) -> dict:
                 right += fits == expect
                 wrong += fits != expect
                 unsafe += fits and not expect
+                if fits != expect:
+                    misses.append(f"{r['name']} ({'fits' if fits else 'OOM'} predicted, {pred:.1f} of {cap:.1f} GiB)")
         out[tool] = {"median_abs_error": statistics.median(abs(e) for e in errors) if errors else None,
                      "cases_with_peak": len(errors), "verdicts": n_verdicts, "right": right, "wrong": wrong,
-                     "fits_but_measured_oom": unsafe}
+                     "fits_but_measured_oom": unsafe, "misses": misses}
     return out
 
 
@@ -129,6 +131,8 @@ def render(rows, summary, markdown: bool) -> str:
         mae = "n/a" if s["median_abs_error"] is None else f"{s['median_abs_error']:.1%}"
         lines.append(f"{'- ' if markdown else ''}{tool}: median |error| {mae} over {s['cases_with_peak']} measured peaks; "
                      f"verdicts right {s['right']}/{s['verdicts']}, 'fits' where a run measured OOM: {s['fits_but_measured_oom']}")
+        if tool == "memfit":
+            lines += [f"{'  - ' if markdown else '    '}wrong verdict: {m}" for m in s["misses"]]
     return "\n".join(lines)
 
 

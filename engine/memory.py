@@ -158,19 +158,23 @@ def _gpu_peak(plan, facts, strategy) -> tuple[GpuBreakdown, str, int]:
         if strategy.zero_stage >= 2:
             grads = 0.0  # reduced straight into the host's fp32 partition through the buckets
     buffers = _zero_buffer_bytes(facts, strategy, sb)
+    lora = t.lora
     act = activation_bytes(facts, t.seq_len, strategy.micro_batch_size, t.attention, strategy.method,
-                           strategy.gradient_checkpointing, t.precision)
+                           strategy.gradient_checkpointing, t.precision, lora_rank=lora.rank,
+                           lora_targets=lora.target_modules, lora_dropout=lora.dropout)
     accum = accumulation_steps(plan, strategy.micro_batch_size)
     context = CUDA_CONTEXT_GIB * GIB
     nccl = NCCL_GIB * GIB if world > 1 else 0.0
-    dynamic = act.stored_bytes + act.working_bytes
+    # The loss peak (start of backward) and a layer's backward working set come at different moments:
+    # stored activations plus the larger of the two (ActivationBytes.peak_bytes).
+    working = act.working_bytes if act.working_bytes >= act.logits_loss_bytes else 0.0
+    logits = act.logits_loss_bytes if act.logits_loss_bytes > act.working_bytes else 0.0
+    dynamic = act.stored_bytes + working + logits
     held_grads = grads if accum > 1 else 0.0
-    fb = weights + opt + held_grads + buffers + dynamic + act.logits_loss_bytes * (1 + ALLOCATOR_SLACK) \
-        + dynamic * ALLOCATOR_SLACK
+    fb = weights + opt + held_grads + buffers + dynamic * (1 + ALLOCATOR_SLACK)
     step = weights + opt + grads + grad32 + buffers
     if fb >= step:
-        parts = (weights, held_grads, opt, dynamic, act.logits_loss_bytes, buffers,
-                 (dynamic + act.logits_loss_bytes) * ALLOCATOR_SLACK)
+        parts = (weights, held_grads, opt, act.stored_bytes + working, logits, buffers, dynamic * ALLOCATOR_SLACK)
         phase = "forward/backward"
     else:
         parts = (weights, grads, opt + grad32, 0.0, 0.0, buffers, 0.0)

@@ -79,7 +79,9 @@ def frozen_weight_bytes(facts, method: str, precision: str) -> float:
     if method == "lora":
         return facts.total_params * w
     quantized = facts.quantizable_params()
-    return quantized * QLORA_BYTES_PER_PARAM + (facts.total_params - quantized) * w
+    # peft's prepare_model_for_kbit_training casts every parameter that is not 4-bit (embeddings,
+    # norms, lm_head) to fp32 "for stability" (peft docs).
+    return quantized * QLORA_BYTES_PER_PARAM + (facts.total_params - quantized) * BYTES_PER_DTYPE["fp32"]
 
 
 def trainable_params(facts, method: str, lora_rank: int, lora_targets) -> int:

@@ -93,7 +93,9 @@ def test_qlora_base_is_about_half_a_byte():
     q = LLAMA7.quantizable_params()
     other = LLAMA7.total_params - q
     lora = e.trainable_params
-    assert e.gpu.weights_gib == pytest.approx((q * 4.127 / 8 + other * 2 + lora * 2) / GIB, rel=1e-3)
+    # Everything not quantised (embeddings, lm_head, norms) is upcast to fp32 by peft's
+    # prepare_model_for_kbit_training (peft docs: "cast the layernorm in fp32 ... upcasting of the lm head").
+    assert e.gpu.weights_gib == pytest.approx((q * 4.127 / 8 + other * 4 + lora * 2) / GIB, rel=1e-3)
 
 
 STAGES = st.sampled_from([0, 1, 2, 3])
