@@ -115,6 +115,34 @@ def detect_cmd(as_json, nvme_path, hostfile) -> None:
     click.echo(yaml.safe_dump({"hardware": found.to_hardware_dict()}, sort_keys=False).rstrip())
 
 
+@cli.command("probe")
+@click.argument("plan_file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def probe_cmd(plan_file, as_json) -> None:
+    """Trace one real training step on fake tensors (no GPU, no weights) and report its peaks."""
+    from memfit.engine import load_plan
+    from memfit.engine.probe import probe_plan
+
+    from .render import probe_text
+
+    plan = load_plan(plan_file)
+    if as_json:
+        result = probe_plan(plan)
+        _dump({k: v for k, v in result.__dict__.items()})
+        return
+    with click.progressbar(length=100, label="tracing", file=sys.stderr) as bar:
+        state = {"done": 0}
+
+        def progress(done: int, total: int, label: str) -> None:
+            target = int(100 * done / max(total, 1))
+            bar.label = f"tracing {label}"
+            bar.update(target - state["done"])
+            state["done"] = target
+
+        result = probe_plan(plan, progress=progress)
+    click.echo(probe_text(plan, result))
+
+
 @cli.command("check")
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False), help="Also check it fits this plan's hardware.")

@@ -101,3 +101,16 @@ def test_verify_runs_the_top_plan_for_real(tmp_path, capsys):
     code, out, err = run(["verify", plan, "--top", "1"], capsys)
     assert code == 0, out + err
     assert out.startswith("PASS")
+
+
+@pytest.mark.slow
+def test_probe_traces_a_step_and_agrees_with_the_formula(tmp_path, capsys):
+    import re
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("model: Qwen/Qwen2.5-0.5B\nhardware: {gpu_memory: 24, host_memory: 64}\n"
+                    "training: {method: full, seq_len: 256, micro_batch_size: 2}\n")
+    code, out, err = run(["probe", plan], capsys)
+    assert code == 0, err
+    traced, formula = map(float, re.search(r"traced ([\d.]+) MiB, formula ([\d.]+) MiB", out).groups())
+    assert formula == pytest.approx(traced, rel=0.01)  # the probe trace is the oracle for the formula
