@@ -8,12 +8,15 @@ per ruleset), and action errors read back from the session state and raised inst
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, Mapping, Sequence
 
 from .errors import RuleError
 from .rules import Rule
 
 _COMPARE = {"ne": "$neq", "lt": "$lt", "le": "$lte", "gt": "$gt", "ge": "$gte"}
+# A sentinel rule: not a fact name (the loader rejects unknown facts), so no memfit rule reads it.
+_PRIME = "memfit_prime"
 _ruleset_ids = itertools.count()
 
 
@@ -40,9 +43,20 @@ def to_durable(cond: dict) -> dict:
     if op == "not_in":
         return {"$and": [{"$neq": {name: v}} for v in value]}
     operand = {"$m": value["fact"]} if isinstance(value, dict) else value
-    if op == "eq":
-        return {name: operand}
-    return {_COMPARE[op]: {name: operand}}
+    compare = {name: operand} if op == "eq" else {_COMPARE[op]: {name: operand}}
+    if isinstance(value, dict):
+        # durable-rules can match a fact-vs-fact comparison whose right-hand fact is absent; memfit's
+        # semantics (and the oracle's) say a comparison on an absent fact is false.
+        return {"$and": [{"$ex": {value["fact"]: 1}}, compare]}
+    return compare
+
+
+def _durable_number(v: Any) -> Any:
+    """durable-rules 2.0.28 cannot parse a JSON number in exponent form without a fraction ("3e-05");
+    the next float up has a fraction digit and orders the same against every literal it can register."""
+    if isinstance(v, float) and "e" in repr(v) and "." not in repr(v):
+        return math.nextafter(v, math.inf)
+    return v
 
 
 class DurableEvaluator:
@@ -61,9 +75,15 @@ class DurableEvaluator:
         self._fired: list[str] = []
         self._ruleset = f"memfit_{next(_ruleset_ids)}"
         definition = {r.id: {"all": [{"m": to_durable(r.when)}], "run": self._action(r.id)} for r in rules}
+        definition[_PRIME] = {"all": [{"m": {_PRIME: True}}], "run": lambda c: None}
         self._host = _SyncHost()
         self._host.register_rulesets({self._ruleset: definition})
         self._sessions = itertools.count()
+        # durable-rules 2.0.28 crashes (SIGSEGV, uncatchable) deleting a session before the ruleset
+        # ever stored state, and a fact that matched nothing still holds a session that must be
+        # deleted: store and delete one session first (found by tests/test_rules_engine.py).
+        self._host.assert_fact(self._ruleset, {_PRIME: True, "sid": "prime"})
+        self._host.delete_state(self._ruleset, "prime")
 
     def _action(self, rule_id: str):
         def run(closure) -> None:
@@ -75,11 +95,14 @@ class DurableEvaluator:
         self._fired = []
         try:
             try:
-                self._host.assert_fact(self._ruleset, {**facts, "sid": sid})
+                self._host.assert_fact(self._ruleset, {**{k: _durable_number(v) for k, v in facts.items()}, "sid": sid})
             except Exception as exc:  # durable raises MessageNotHandled when nothing matches
                 if type(exc).__name__ != "MessageNotHandledException":
                     raise RuleError(f"durable-rules failed: {exc}") from None
-            state = self._host.get_state(self._ruleset, sid) if self._fired else {}
+            try:
+                state = self._host.get_state(self._ruleset, sid)
+            except Exception:  # nothing stored for this session
+                state = {}
             if "exception" in state:
                 raise RuleError(f"durable-rules action failed: {state['exception']}")
             return sorted(set(self._fired), key=self._order.__getitem__)
