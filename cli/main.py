@@ -80,6 +80,24 @@ def estimate_cmd(plan_file, as_json) -> None:
     click.echo(json.dumps(result.model_dump(mode="json"), indent=2) if as_json else estimate_text(result))
 
 
+@cli.command("review")
+@click.option("--rules", "rules_dirs", multiple=True, type=click.Path(file_okay=False), help="Extra rule directory (repeatable).")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--max-examples", default=25, show_default=True, help="Generated plans per property.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where counterexample plans are written.")
+def review_cmd(rules_dirs, as_json, max_examples, seed, out_dir) -> None:
+    """Property-test the rule base: examples, then properties over generated plans; exit 1 on any violation."""
+    from memfit.engine.review import review
+
+    from .render import review_text
+
+    report = review(rules_dirs, max_examples=max_examples, seed=seed, out_dir=out_dir)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else review_text(report))
+    if not report.passed:
+        raise SystemExit(1)
+
+
 @cli.command("facts")
 @click.argument("logs", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True)
@@ -232,6 +250,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("ERROR interrupted", err=True)
         return 130
+    except Exception as exc:  # a bug of memfit's, not bad input: say so in one line, no traceback
+        if os.environ.get("MEMFIT_DEBUG"):
+            raise
+        click.echo(f"ERROR internal error: {type(exc).__name__}: {exc} (please report it; MEMFIT_DEBUG=1 shows "
+                   "the traceback)", err=True)
+        return 70
     return 0
 
 

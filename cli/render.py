@@ -149,3 +149,16 @@ def probe_text(plan, r) -> str:
         lines.append(f"traced {a} and {b} layers and extrapolated to {facts.num_layers} by layer count")
     lines += [f"note: {n}" for n in r.notes]
     return "\n".join(lines)
+
+
+def review_text(r) -> str:
+    """One line per property, then each violation with its rules and counterexample files."""
+    lines = [f"{r.rules_loaded} rules, evaluated by {r.evaluator}; examples {r.examples.passed} passed, "
+             f"{r.examples.failed} failed ({r.seconds:.1f} s)"]
+    for p in r.properties:
+        lines.append(f"{'PASS' if p.passed else 'FAIL'}  {p.name} ({p.examples} examples)")
+    for v in r.violations:
+        lines.append(f"  violation [{v.property}] {v.message}" + (f" (rules: {', '.join(v.rules)})" if v.rules else ""))
+        lines += [f"      counterexample: {f}" for f in v.files]
+    lines.append("review passed" if r.passed else f"review FAILED: {len(r.violations)} violation(s); plans under {r.out_dir}")
+    return "\n".join(lines)

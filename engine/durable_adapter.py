@@ -53,9 +53,9 @@ def to_durable(cond: dict) -> dict:
 
 def _durable_number(v: Any) -> Any:
     """durable-rules 2.0.28 cannot parse a JSON number in exponent form without a fraction ("3e-05");
-    the next float up has a fraction digit and orders the same against every literal it can register."""
-    if isinstance(v, float) and "e" in repr(v) and "." not in repr(v):
-        return math.nextafter(v, math.inf)
+    the next float away from zero has a fraction digit and orders the same against every literal it can register."""
+    while isinstance(v, float) and "e" in repr(v) and "." not in repr(v):  # a few steps at most (denormals)
+        v = math.nextafter(v, math.copysign(math.inf, v))  # away from zero: the sign never flips
     return v
 
 

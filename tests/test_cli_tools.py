@@ -114,3 +114,27 @@ def test_probe_traces_a_step_and_agrees_with_the_formula(tmp_path, capsys):
     assert code == 0, err
     traced, formula = map(float, re.search(r"traced ([\d.]+) MiB, formula ([\d.]+) MiB", out).groups())
     assert formula == pytest.approx(traced, rel=0.01)  # the probe trace is the oracle for the formula
+
+
+@pytest.mark.slow
+def test_review_json_and_exit_code_on_a_planted_fault(tmp_path, capsys):
+    code, out, err = run(["review", "--json", "--max-examples", "5", "--out", tmp_path], capsys)
+    assert code == 0, err
+    props = json.loads(out)["properties"]
+    assert {"name", "passed", "examples"} <= set(props[0]) and all(p["passed"] for p in props)
+    # A rule that rejects plans on large GPUs breaks "more hardware never removes a feasible plan".
+    code, out, _ = run(["review", "--rules", ROOT / "tests" / "fixtures" / "faulty_rules", "--max-examples", "5",
+                        "--out", tmp_path / "faulty"], capsys)
+    assert code == 1
+    assert "reject-large-gpu" in out and "zero-stage-seven" in out
+
+
+def test_internal_errors_are_one_line_not_a_traceback(capsys, monkeypatch):
+    import memfit.engine as engine
+
+    def broken(*a, **k):
+        raise ZeroDivisionError("planted")
+
+    monkeypatch.setattr(engine, "advise", broken)
+    code, _, err = run([EXAMPLES / "qwen32b-one-h100.yaml"], capsys)
+    assert code == 70 and "ERROR internal error: ZeroDivisionError: planted" in err and "Traceback" not in err
