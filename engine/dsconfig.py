@@ -32,9 +32,12 @@ HF_DEFAULT_BETAS = (0.9, 0.999)
 HF_DEFAULT_EPS = 1e-8
 HF_DEFAULT_WEIGHT_DECAY = 0.0
 # DeepSpeed's offload defaults (deepspeed/runtime/zero/offload_config.py).
-_OPT_NVME_BUFFERS = 4
-_PARAM_NVME_BUFFERS = 5
-_PARAM_NVME_BUFFER_SIZE = 100_000_000
+OPT_NVME_BUFFERS = 4
+PARAM_NVME_BUFFERS = 5
+PARAM_NVME_BUFFER_SIZE = 100_000_000
+# DeepSpeed's defaults (runtime/zero/config.py), kept: the memory model sizes its terms from these too.
+SUB_GROUP_SIZE = 1_000_000_000
+MAX_LIVE_PARAMETERS = 1_000_000_000
 _AIO = {"block_size": 1_048_576, "queue_depth": 8, "intra_op_parallelism": 1,
         "single_submit": False, "overlap_events": True}
 
@@ -103,7 +106,7 @@ def _precision(plan: Plan, hf: bool) -> dict[str, Any]:
 def _offload_optimizer(device: str, plan: Plan, pin_memory: bool) -> dict[str, Any]:
     block: dict[str, Any] = {"device": device, "pin_memory": pin_memory}
     if device == "nvme":
-        block.update(nvme_path=plan.hardware.nvme_path, buffer_count=_OPT_NVME_BUFFERS,
+        block.update(nvme_path=plan.hardware.nvme_path, buffer_count=OPT_NVME_BUFFERS,
                      pipeline_read=False, pipeline_write=False)
     return block
 
@@ -113,8 +116,8 @@ def _offload_param(device: str, plan: Plan, facts: Any, pin_memory: bool) -> dic
     if device == "nvme":
         # Each swap buffer must hold the largest single parameter tensor (embedding / lm_head).
         largest = int(getattr(facts, "largest_layer_params", 0) or 0)
-        block.update(nvme_path=plan.hardware.nvme_path, buffer_count=_PARAM_NVME_BUFFERS,
-                     buffer_size=max(_PARAM_NVME_BUFFER_SIZE, largest), max_in_cpu=1_000_000_000)
+        block.update(nvme_path=plan.hardware.nvme_path, buffer_count=PARAM_NVME_BUFFERS,
+                     buffer_size=max(PARAM_NVME_BUFFER_SIZE, largest), max_in_cpu=1_000_000_000)
     return block
 
 
@@ -133,8 +136,8 @@ def _zero(strategy: Strategy, plan: Plan, facts: Any, hf: bool, pin_memory: bool
         zero.update(stage3_prefetch_bucket_size="auto" if hf else b["prefetch"],
                     stage3_param_persistence_threshold="auto" if hf else b["persistence"],
                     # DeepSpeed defaults; lower them only when GPU memory is the limit.
-                    stage3_max_live_parameters=1_000_000_000, stage3_max_reuse_distance=1_000_000_000,
-                    sub_group_size=1_000_000_000,
+                    stage3_max_live_parameters=MAX_LIVE_PARAMETERS, stage3_max_reuse_distance=MAX_LIVE_PARAMETERS,
+                    sub_group_size=SUB_GROUP_SIZE,
                     stage3_gather_16bit_weights_on_model_save=gather_16bit_on_save)
     if strategy.offload_optimizer != "none":
         zero["offload_optimizer"] = _offload_optimizer(strategy.offload_optimizer, plan, pin_memory)

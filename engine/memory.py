@@ -18,8 +18,7 @@ from dataclasses import dataclass, fields
 from .activations import activation_bytes
 from .model_states import frozen_weight_bytes, state_bytes, trainable_params
 from .units import GIB
-from .zero_knobs import (OPTIMIZER_NVME_BUFFER_COUNT, PARAM_NVME_BUFFER_COUNT, PARAM_NVME_BUFFER_SIZE,
-                         zero_knobs)
+from .dsconfig import OPT_NVME_BUFFERS, PARAM_NVME_BUFFER_SIZE, PARAM_NVME_BUFFERS, SUB_GROUP_SIZE, bucket_sizes
 
 # CUDA context + cuBLAS/cuDNN workspaces per GPU process, outside PyTorch's allocator: 0.3-2 GiB
 # measured across cards (DOMAIN.md §3; 1.3 GB on a V100 in the transformers docs). Point estimate.
@@ -157,7 +156,7 @@ def _gpu_peak(plan, facts, strategy) -> tuple[GpuBreakdown, str, int]:
         opt = grad32 = 0.0
         if strategy.zero_stage >= 2:
             grads = 0.0  # reduced straight into the host's fp32 partition through the buckets
-    buffers = _zero_buffer_bytes(facts, strategy, sb)
+    buffers = _zero_buffer_bytes(plan, facts, strategy, sb)
     lora = t.lora
     act = activation_bytes(facts, t.seq_len, strategy.micro_batch_size, t.attention, strategy.method,
                            strategy.gradient_checkpointing, t.precision, lora_rank=lora.rank,
@@ -185,18 +184,19 @@ def _gpu_peak(plan, facts, strategy) -> tuple[GpuBreakdown, str, int]:
     return GpuBreakdown(**values, cuda_context_gib=context / GIB, nccl_gib=nccl / GIB), phase, accum
 
 
-def _zero_buffer_bytes(facts, strategy, sb) -> float:
-    """ZeRO communication buffers and, under ZeRO-3, the gathered parameters in use."""
+def _zero_buffer_bytes(plan, facts, strategy, sb) -> float:
+    """ZeRO communication buffers and, under ZeRO-3, the gathered parameters in use, sized from the
+    same bucket sizes the emitted DeepSpeed JSON carries (dsconfig.bucket_sizes)."""
     if strategy.zero_stage == 0:
         return 0.0
-    knobs = zero_knobs(facts.hidden_size)
-    reduce = knobs.reduce_bucket_size * sb.gradients
+    knobs = bucket_sizes(plan, facts)
+    reduce = knobs["reduce"] * sb.gradients
     if strategy.zero_stage in (1, 2):
-        return reduce + knobs.allgather_bucket_size * sb.weights
+        return reduce + knobs["allgather"] * sb.weights
     # DeepSpeed's own ZeRO-3 term 4*L: the largest module gathered in 16 bits plus its gradient
     # (estimate_zero3_model_states_mem_needs), plus the prefetch bucket ahead of it.
     gathered = 2 * facts.largest_layer_params * sb.weights
-    return gathered + knobs.stage3_prefetch_bucket_size * sb.weights + reduce
+    return gathered + knobs["prefetch"] * sb.weights + reduce
 
 
 def _host_peak(plan, facts, strategy) -> tuple[HostBreakdown, str, float]:
@@ -213,13 +213,14 @@ def _host_peak(plan, facts, strategy) -> tuple[HostBreakdown, str, float]:
         # Master weights and moments swap to NVMe; the fp32 gradient partition stays in host RAM.
         opt_nvme = n_train * (sb.master + sb.moments) * node_share
         opt_host = n_train * sb.grad_fp32 * node_share
-        sub_group = min(zero_knobs(facts.hidden_size).sub_group_size, n_train / hw.world_size)
-        swap += ranks * OPTIMIZER_NVME_BUFFER_COUNT * sub_group * 4.0
+        sub_group = min(SUB_GROUP_SIZE, n_train / hw.world_size)
+        swap += ranks * OPT_NVME_BUFFERS * sub_group * 4.0
     if strategy.offload_param == "cpu":
         params_host = weight_bytes * node_share
     elif strategy.offload_param == "nvme":
         params_nvme = weight_bytes * node_share
-        swap += ranks * PARAM_NVME_BUFFER_COUNT * PARAM_NVME_BUFFER_SIZE * sb.weights
+        buffer = max(PARAM_NVME_BUFFER_SIZE, facts.largest_layer_params)  # as dsconfig writes buffer_size
+        swap += ranks * PARAM_NVME_BUFFERS * buffer * sb.weights
     slack_rate = OFFLOAD_SLACK_PINNED if strategy.pin_memory else OFFLOAD_SLACK_UNPINNED
     slack = (opt_host + params_host) * slack_rate
     baseline = HOST_PROCESS_GIB * GIB * ranks
