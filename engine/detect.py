@@ -17,12 +17,8 @@ from typing import Any, Callable, Optional
 
 from pydantic import BaseModel, ConfigDict
 
-from .errors import MemfitError
+from .errors import HostfileError
 from .units import GIB
-
-
-class HostfileError(MemfitError):
-    """A DeepSpeed hostfile is unreadable or has bad lines; each problem names the file and line."""
 
 
 class GpuUnavailable(Exception):

@@ -37,3 +37,15 @@ class ConfigCheckError(MemfitError):
 
 class OutputExistsError(MemfitError):
     """Refusing to overwrite an existing output file without --force."""
+
+
+class HostfileError(MemfitError):
+    """A DeepSpeed hostfile is unreadable or has bad lines; each problem names the file and line."""
+
+
+class ModelFactsError(MemfitError):
+    """A model config cannot be counted: missing keys, unsupported model_type, bad LoRA targets."""
+
+
+class ProbeError(MemfitError):
+    """The architecture could not be traced (unknown model_type, an op fake tensors cannot run)."""

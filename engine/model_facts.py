@@ -17,11 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from memfit.engine import arch
-from memfit.engine.errors import MemfitError, ModelNotFoundError
-
-
-class ModelFactsError(MemfitError):
-    """A model config cannot be counted: missing keys, unsupported model_type, bad LoRA targets."""
+from .errors import ModelFactsError, ModelNotFoundError
 
 
 @dataclass(frozen=True)

@@ -18,17 +18,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from .errors import MemfitError
+from .errors import ProbeError
 from .probe_trace import Tracker, cuda_like_dropout, enable_checkpointing, unpacked_sequences
 
 Progress = Callable[[int, int, str], None]
 PHASES = ("setup", "forward", "backward", "optimizer")
 _CATEGORIES = ("params", "grads", "optimizer", "activations")
 _DTYPES = {"bf16": "bfloat16", "pure_bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-
-
-class ProbeError(MemfitError):
-    """The architecture could not be traced (unknown model_type, an op fake tensors cannot run)."""
 
 
 @dataclass(frozen=True)
