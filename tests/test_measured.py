@@ -58,18 +58,25 @@ def _calibration_log(tmp_path, max_ca_gb: float):
     return log
 
 
-def test_measured_peak_calibrates_the_family(tmp_path):
+RUN = Strategy(method="full", zero_stage=2, gradient_checkpointing=True, micro_batch_size=2)
+
+
+def _calibrated(tmp_path, factor: float, digits: int = 2):
+    """Evidence from a log whose measured peak is `factor` x memfit's estimate for RUN."""
     plan = plan_from_dict({"model": "Qwen/Qwen2.5-1.5B", "hardware": {"gpu_memory": 80, "gpus_per_node": 2,
                            "host_memory": 256}, "training": {"method": "full", "seq_len": 2048}}, "p.yaml")
     model = resolve_model(plan.model)
-    run = Strategy(method="full", zero_stage=2, gradient_checkpointing=True, micro_batch_size=2)
-    predicted = estimate_memory(plan, model, run).gpu_peak_gib
-    measured = round(predicted * 1.3, 1)  # a run that used 30% more than predicted
-    ev = evidence_for(plan, model, [_calibration_log(tmp_path, measured)])
+    predicted = estimate_memory(plan, model, RUN).gpu_peak_gib
+    measured = round(predicted * factor, digits)
+    return evidence_for(plan, model, [_calibration_log(tmp_path, measured)]), measured / predicted
+
+
+def test_measured_peak_calibrates_the_family(tmp_path):
+    ev, ratio = _calibrated(tmp_path, 1.3)  # a run that used 30% more than predicted
     # DeepSpeed prints GiB under "GB" (runtime/utils.py see_memory_usage divides by 2**30).
-    assert ev.ratio == pytest.approx(measured / predicted)
-    scale, headroom = ev.calibration(run, 0.2)
-    assert scale == pytest.approx(measured / predicted)
+    assert ev.ratio == pytest.approx(ratio)
+    scale, headroom = ev.calibration(RUN, 0.2)
+    assert scale == pytest.approx(ratio)
     # The headroom becomes the measured error (0.3), bounded by the policy's 0.2.
     assert headroom == pytest.approx(0.2)
     other = Strategy(method="full", zero_stage=3, gradient_checkpointing=True)
@@ -77,13 +84,8 @@ def test_measured_peak_calibrates_the_family(tmp_path):
 
 
 def test_small_measured_error_narrows_the_headroom(tmp_path):
-    plan = plan_from_dict({"model": "Qwen/Qwen2.5-1.5B", "hardware": {"gpu_memory": 80, "gpus_per_node": 2,
-                           "host_memory": 256}, "training": {"method": "full", "seq_len": 2048}}, "p.yaml")
-    model = resolve_model(plan.model)
-    run = Strategy(method="full", zero_stage=2, gradient_checkpointing=True, micro_batch_size=2)
-    predicted = estimate_memory(plan, model, run).gpu_peak_gib
-    ev = evidence_for(plan, model, [_calibration_log(tmp_path, round(predicted * 1.08, 2))])
-    _, headroom = ev.calibration(run, 0.2)
+    ev, _ = _calibrated(tmp_path, 1.08)
+    _, headroom = ev.calibration(RUN, 0.2)
     assert headroom == pytest.approx(0.08, abs=0.002)  # measured error 8% replaces the default 20%
 
 
