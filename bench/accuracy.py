@@ -3,8 +3,9 @@ estimator, accelerate's estimate-memory and LLaMA-Factory's hardware table side 
 
     .venv/bin/python bench/accuracy.py [--markdown] [--cases FILE ...]
 
-Cases: ../shared/calibration/published.yaml, bench/cases/*.yaml and bench/measured/*.json rows that
-carry a plan. Prints one row per case and per tool, the median absolute error on GPU peaks, and the
+Cases: ../shared/calibration/published.yaml, bench/cases/*.yaml and bench/measured/*.json (rows of
+bench/gpu_calibration.py runs on a real GPU: NVML used memory, CUDA context included, is the measured
+peak; an OOM row is a measured "does not fit"). Prints one row per case and per tool, the median absolute error on GPU peaks, and the
 fit/OOM verdicts each tool gets right or wrong (a "fits" where a run measured OOM is the worst error).
 """
 from __future__ import annotations
@@ -24,7 +25,8 @@ from memfit.engine.model_facts import resolve_model  # noqa: E402
 from memfit.engine.strategy import Strategy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CASES = [ROOT.parent / "shared" / "calibration" / "published.yaml", *sorted((ROOT / "bench" / "cases").glob("*.yaml"))]
+DEFAULT_CASES = [ROOT.parent / "shared" / "calibration" / "published.yaml", *sorted((ROOT / "bench" / "cases").glob("*.yaml")),
+                 *sorted((ROOT / "bench" / "measured").glob("*.json"))]
 
 
 def lf_table_gib(facts, plan) -> float:
@@ -52,10 +54,32 @@ def load_cases(paths) -> list[dict]:
     cases = []
     for p in paths:
         p = Path(p)
-        if p.exists():
+        if p.suffix == ".json" and p.exists():
+            cases += measured_cases(p)
+        elif p.exists():
             for c in yaml.safe_load(p.read_text())["cases"]:
                 cases.append({**c, "file": p.name})
     return cases
+
+
+def measured_cases(path: Path) -> list[dict]:
+    """Rows of a bench/gpu_calibration.py results file as accuracy cases."""
+    import json
+
+    data = json.loads(path.read_text())
+    out = []
+    for row in data.get("rows", []):
+        if not row.get("plan"):
+            continue
+        if row.get("status") == "oom":
+            expect = {"gpu_fits": False}
+        elif row.get("status") == "ok" and row.get("nvml_used_bytes"):
+            expect = {"gpu_peak_gib": row["nvml_used_bytes"] / 2**30}
+        else:
+            continue
+        out.append({"name": f"{data.get('device_name', 'gpu')}:{row['case']}", "plan": row["plan"],
+                    "expect": expect, "source": str(path), "file": path.name})
+    return out
 
 
 def evaluate(case: dict) -> dict:

@@ -90,6 +90,18 @@ def estimate_seconds(case: Case, params: float) -> float:
     return 3 + 1.5 * params / 1e9 + 3 * flops / (0.35 * 990e12) + (60 if case.deepspeed else 0)
 
 
+def case_plan(case: Case, cfg: dict, gpu_gib: float) -> dict:
+    """The memfit plan of a case (stored in each row, so bench/accuracy.py can re-estimate it later)."""
+    zero, opt_off, par_off = {"": (0, "none", "none"), "z2-offload-opt": (2, "cpu", "none"),
+                              "z3-offload-all": (3, "cpu", "cpu")}[case.deepspeed]
+    return {"model": case.model if case.model not in TINY_CONFIGS else cfg,
+            "hardware": {"gpu_memory": max(gpu_gib, 1.0), "host_memory": 256},
+            "training": {"method": case.method, "seq_len": case.seq_len, "micro_batch_size": case.micro_batch,
+                         "precision": "pure_bf16", "gradient_checkpointing": case.checkpointing,
+                         "attention": case.attention, "zero_stage": zero, "offload_optimizer": opt_off,
+                         "offload_param": par_off}}
+
+
 def memfit_estimate(case: Case, cfg: dict, gpu_gib: float):
     """memfit's own estimate for the same plan; None when memfit cannot estimate it."""
     try:
@@ -97,16 +109,8 @@ def memfit_estimate(case: Case, cfg: dict, gpu_gib: float):
         from memfit.engine.plan import plan_from_dict
     except ImportError:
         return None
-    zero, opt_off, par_off = {"": (0, "none", "none"), "z2-offload-opt": (2, "cpu", "none"),
-                              "z3-offload-all": (3, "cpu", "cpu")}[case.deepspeed]
-    plan = {"model": case.model if case.model not in TINY_CONFIGS else cfg,
-            "hardware": {"gpu_memory": max(gpu_gib, 1.0), "host_memory": 256},
-            "training": {"method": case.method, "seq_len": case.seq_len, "micro_batch_size": case.micro_batch,
-                         "precision": "pure_bf16", "gradient_checkpointing": case.checkpointing,
-                         "attention": case.attention, "zero_stage": zero, "offload_optimizer": opt_off,
-                         "offload_param": par_off}}
     try:
-        result = estimate(plan_from_dict(plan, "gpu_calibration"))
+        result = estimate(plan_from_dict(case_plan(case, cfg, gpu_gib), "gpu_calibration"))
     except Exception as exc:  # memfit's estimate is optional here: record why it is missing
         return {"error": f"{type(exc).__name__}: {exc}"}
     return {"gpu_peak_gib": result.gpu_peak_gib, "host_peak_gib": result.host_peak_gib,
@@ -215,7 +219,8 @@ def run_case(case: Case, device: str, steps: int, gpu_gib: float) -> dict:
     cfg = model_config(case.model)
     row = {"case": case.name, **asdict(case), "status": "ok", "max_memory_allocated": None,
            "max_memory_reserved": None, "nvml_used_bytes": None, "host_rss_bytes": None,
-           "step_seconds": None, "error": None, "estimate": memfit_estimate(case, cfg, gpu_gib)}
+           "step_seconds": None, "error": None, "estimate": memfit_estimate(case, cfg, gpu_gib),
+           "plan": case_plan(case, cfg, gpu_gib)}
     reason = _skip_reason(case)
     if reason:
         return {**row, "status": "skipped", "error": reason}

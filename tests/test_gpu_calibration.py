@@ -66,3 +66,23 @@ def test_cuda_without_gpu_is_an_error_not_a_crash(capsys):
         pytest.skip("a GPU is present")
     assert _load().main(["--device", "cuda", "--out", "/dev/null"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_measured_rows_feed_the_accuracy_benchmark(tmp_path):
+    # A results file as the GPU run writes it: the accuracy benchmark re-estimates each row's plan and
+    # compares it with NVML's used memory (CUDA context included), or counts an OOM row as "does not fit".
+    spec = importlib.util.spec_from_file_location("accuracy", SCRIPT.parent / "accuracy.py")
+    accuracy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(accuracy)
+
+    plan = {"model": "Qwen/Qwen2.5-0.5B", "hardware": {"gpu_memory": 80, "host_memory": 256},
+            "training": {"method": "full", "seq_len": 512, "micro_batch_size": 1, "precision": "pure_bf16",
+                         "gradient_checkpointing": False, "attention": "sdpa", "zero_stage": 0,
+                         "offload_optimizer": "none", "offload_param": "none"}}
+    rows = [{"case": "a", "status": "ok", "nvml_used_bytes": 6 * 2**30, "plan": plan},
+            {"case": "b", "status": "oom", "plan": plan}, {"case": "c", "status": "skipped", "plan": plan}]
+    path = tmp_path / "h100.json"
+    path.write_text(json.dumps({"device_name": "H100", "rows": rows}))
+    cases = accuracy.load_cases([path])
+    assert [c["expect"] for c in cases] == [{"gpu_peak_gib": 6.0}, {"gpu_fits": False}]
+    assert accuracy.evaluate(cases[0])["measured"] == 6.0
