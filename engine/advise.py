@@ -156,7 +156,8 @@ def _summary(best: CandidateResult | None, results: list[CandidateResult]) -> st
 
 def what_it_would_take(plan: Plan, model: ModelFacts, judged) -> list[str]:
     """For each method with no feasible candidate: what the closest candidate needs, and which larger
-    hardware (more nodes, NVMe) would make one fit the memory budget."""
+    hardware (more nodes, NVMe) would make one fit the memory budget. When memory is not what rejects
+    it (a precision or compatibility rule), say that instead of proposing hardware."""
     lines = []
     methods = dict.fromkeys(c.strategy.method for c, _ in judged)
     for method in methods:
@@ -164,6 +165,10 @@ def what_it_would_take(plan: Plan, model: ModelFacts, judged) -> list[str]:
         if any(not v.rejected for _, v in ranked):
             continue
         c, v = ranked[0]
+        if within_budget(plan, c.estimate):
+            reasons = "; ".join(dict.fromkeys(f.message for f in v.firings if f.effect == "reject"))
+            lines.append(f"{method}: nothing fits, and not for lack of memory: {reasons}.")
+            continue
         e, pol = c.estimate, plan.policy
         need_gpu = e.gpu_peak_gib / (1 - pol.gpu_headroom)
         need_host = e.host_peak_gib / (1 - pol.host_headroom)
@@ -178,9 +183,9 @@ def _bigger_hardware(plan: Plan, model: ModelFacts, method: str) -> str:
     from .candidates import strategy_shapes
     from .sweep import size_micro_batch
 
-    def first_fit(p: Plan) -> Strategy | None:
+    def first_fit(p: Plan, min_stage: int = 0) -> Strategy | None:
         for shape in strategy_shapes(p):
-            if shape.method != method:
+            if shape.method != method or shape.zero_stage < min_stage:
                 continue
             s = size_micro_batch(p, model, shape)
             if within_budget(p, estimate_memory(p, model, s)):
@@ -198,7 +203,7 @@ def _bigger_hardware(plan: Plan, model: ModelFacts, method: str) -> str:
             break
     hw = plan.hardware.model_copy(update={"nvme": 100_000, "nvme_path": plan.hardware.nvme_path or "/local_nvme"})
     p = plan.model_copy(update={"hardware": hw, "training": training.model_copy(update={"offload_optimizer": "nvme"})})
-    s = first_fit(p)
+    s = first_fit(p, min_stage=2)  # ZeRO-Offload needs a ZeRO stage to partition
     if s:
         nvme = estimate_memory(p, model, s).nvme_gib
         options.append(f"NVMe offload with at least {nvme:.0f} GiB free NVMe per node ({s.key})")

@@ -8,6 +8,7 @@ grads_16bit + 4 grads_32bit + 4 params_32bit + 8 optimizer_states_32bit", stage_
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from .units import BYTES_PER_DTYPE
 
@@ -36,6 +37,7 @@ class StateBytes:
         return self.master + self.moments + self.grad_fp32
 
 
+@lru_cache(maxsize=256)  # pure, and called for every estimate of a sweep
 def state_bytes(precision: str, optimizer: str, hidden_size: int) -> StateBytes:
     """Bytes per trainable parameter for a precision and optimizer.
 
@@ -88,4 +90,10 @@ def trainable_params(facts, method: str, lora_rank: int, lora_targets) -> int:
     """Parameters that receive gradients: the whole model, or the LoRA adapters."""
     if method == "full":
         return facts.total_params
-    return facts.lora_trainable_params(lora_rank, lora_targets)
+    targets = lora_targets if isinstance(lora_targets, str) else tuple(lora_targets)
+    return _lora_params(facts, lora_rank, targets)
+
+
+@lru_cache(maxsize=256)  # ModelFacts is frozen and hashable; a sweep asks the same question hundreds of times
+def _lora_params(facts, rank: int, targets) -> int:
+    return facts.lora_trainable_params(rank, targets if isinstance(targets, str) else list(targets))
