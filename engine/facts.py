@@ -83,10 +83,6 @@ FACT_TYPES: dict[str, type] = {
 }
 
 
-def fact_names() -> list[str]:
-    return list(FACT_TYPES)
-
-
 def to_message(facts: CandidateFacts) -> dict[str, Any]:
     """The plain mapping handed to an evaluator."""
     return facts.model_dump()

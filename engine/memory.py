@@ -12,13 +12,13 @@ Composition (docs/explanation/memory-model.md has every term with its source):
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 
 from .activations import activation_bytes
 from .model_states import frozen_weight_bytes, state_bytes, trainable_params
 from .units import GIB
-from .dsconfig import OPT_NVME_BUFFERS, PARAM_NVME_BUFFER_SIZE, PARAM_NVME_BUFFERS, SUB_GROUP_SIZE, bucket_sizes
+from .dsconfig import (OPT_NVME_BUFFERS, PARAM_NVME_BUFFER_SIZE, PARAM_NVME_BUFFERS, SUB_GROUP_SIZE,
+                       accumulation_steps, bucket_sizes)
 
 # CUDA context + cuBLAS/cuDNN workspaces per GPU process, outside PyTorch's allocator: 0.3-2 GiB
 # measured across cards (DOMAIN.md §3; 1.3 GB on a V100 in the transformers docs). Point estimate.
@@ -95,13 +95,6 @@ class MemoryEstimate:
     host: HostBreakdown
 
 
-def accumulation_steps(plan, micro_batch: int) -> int:
-    """Micro-steps per optimizer step: global batch / (micro-batch x world size), rounded up."""
-    if plan.training.global_batch_size is None:
-        return 1
-    return max(1, math.ceil(plan.training.global_batch_size / (micro_batch * plan.hardware.world_size)))
-
-
 def estimate_memory(plan, facts, strategy) -> MemoryEstimate:
     """Estimate peak GPU memory per device and host RAM per node for one strategy.
 
@@ -161,7 +154,7 @@ def _gpu_peak(plan, facts, strategy) -> tuple[GpuBreakdown, str, int]:
     act = activation_bytes(facts, t.seq_len, strategy.micro_batch_size, t.attention, strategy.method,
                            strategy.gradient_checkpointing, t.precision, lora_rank=lora.rank,
                            lora_targets=lora.target_modules, lora_dropout=lora.dropout)
-    accum = accumulation_steps(plan, strategy.micro_batch_size)
+    accum = accumulation_steps(strategy, plan)
     context = CUDA_CONTEXT_GIB * GIB
     nccl = NCCL_GIB * GIB if world > 1 else 0.0
     # The loss peak (start of backward) and a layer's backward working set come at different moments:
