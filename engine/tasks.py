@@ -58,7 +58,14 @@ def verify_plan(plan_path: str | Path, top: int = 3, timeout_s: float = 300.0):
     plan = load_plan(plan_path)
     advice = advise(plan)
     model = resolve_model(plan.model, plan.base_dir)
-    chosen = [c.to_strategy() for c in advice.candidates if c.feasible][:top]
+    # Distinct DeepSpeed shapes first: the top candidates often differ only in micro-batch or pinning,
+    # and running the same ZeRO/offload shape twice proves little more.
+    chosen, shapes = [], set()
+    for c in advice.candidates:
+        shape = (c.method, c.zero_stage, c.offload_optimizer, c.offload_param)
+        if c.feasible and shape not in shapes and len(chosen) < top:
+            shapes.add(shape)
+            chosen.append(c.to_strategy())
     return advice, verify(plan, chosen, dict(model.config), timeout_s=timeout_s)
 
 
