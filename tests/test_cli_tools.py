@@ -98,9 +98,14 @@ def test_verify_runs_the_top_plan_for_real(tmp_path, capsys):
     plan = tmp_path / "plan.yaml"
     plan.write_text("model: Qwen/Qwen2.5-0.5B\nhardware: {gpu_memory: 24, host_memory: 64}\n"
                     "training: {seq_len: 512, precision: bf16, global_batch_size: 8}\n")
-    code, out, err = run(["verify", plan, "--top", "1"], capsys)
+    code, out, err = run(["verify", plan, "--top", "2"], capsys)
     assert code == 0, out + err
-    assert out.startswith("PASS")
+    lines = out.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("PASS") for line in lines)
+    # two distinct DeepSpeed shapes (method/ZeRO stage/offloads), not the same shape twice
+    shapes = {"/".join(p for p in line.split()[1].rstrip(":").split("/") if not p.startswith(("mb", "gc", "nogc")))
+              for line in lines}
+    assert len(shapes) == 2, lines
 
 
 @pytest.mark.slow
