@@ -33,3 +33,12 @@ def test_every_example_plan_loads_and_advises():
 
     for f in EXAMPLES.glob("*.yaml"):
         assert advise(f).candidates, f.name
+
+
+def test_relative_links_in_docs_resolve():
+    import re
+
+    pages = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#:]+\.md)\)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.relative_to(ROOT)} links to missing {target}"
