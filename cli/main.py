@@ -139,14 +139,15 @@ def detect_cmd(as_json, nvme_path, hostfile) -> None:
 def probe_cmd(plan_file, as_json) -> None:
     """Trace one real training step on fake tensors (no GPU, no weights) and report its peaks."""
     from memfit.engine import load_plan
-    from memfit.engine.probe import probe_plan
+    from memfit.engine.tasks import probe_report
 
     from .render import probe_text
 
     plan = load_plan(plan_file)
     if as_json:
-        result = probe_plan(plan)
-        _dump({k: v for k, v in result.__dict__.items()})
+        report = probe_report(plan)
+        _dump({**{k: v for k, v in report.result.__dict__.items()},
+               "formula_layer_bytes": report.formula_layer_bytes})
         return
     with click.progressbar(length=100, label="tracing", file=sys.stderr) as bar:
         state = {"done": 0}
@@ -157,8 +158,8 @@ def probe_cmd(plan_file, as_json) -> None:
             bar.update(target - state["done"])
             state["done"] = target
 
-        result = probe_plan(plan, progress=progress)
-    click.echo(probe_text(plan, result))
+        report = probe_report(plan, progress=progress)
+    click.echo(probe_text(report))
 
 
 @cli.command("check")

@@ -124,29 +124,21 @@ def check_text(r) -> str:
     return "\n".join(lines)
 
 
-def probe_text(plan, r) -> str:
+def probe_text(report) -> str:
     """Probe peaks by phase and category, in GiB, with the analytic per-layer term beside the traced one."""
-    from memfit.engine.activations import layer_bytes
-    from memfit.engine.model_facts import resolve_model
-
-    gib = 2**30
-    t = plan.training
-    facts = resolve_model(plan.model, plan.base_dir)
-    mb = t.micro_batch_size if t.micro_batch_size != "auto" else 1
-    method = t.method if t.method != "auto" else "full"
-    formula = layer_bytes(facts, t.seq_len, mb, t.attention, method=method, lora_rank=t.lora.rank,
-                          lora_targets=t.lora.target_modules, lora_dropout=t.lora.dropout)
-    lines = [f"traced one {method} step of {facts.name} (seq {t.seq_len}, micro-batch {mb}) in {r.seconds:.1f} s",
+    gib, r = 2**30, report.result
+    lines = [f"traced one {report.method} step of {report.model} (seq {report.seq_len}, micro-batch "
+             f"{report.micro_batch}) in {r.seconds:.1f} s",
              f"peak {r.peak_bytes / gib:.2f} GiB at {r.peak_phase}: params {r.params_bytes / gib:.2f}, "
              f"grads {r.grads_bytes / gib:.2f}, optimizer {r.optimizer_bytes / gib:.2f} (traced in bf16)",
              f"activations per layer: traced {r.activation_bytes_per_layer / 2**20:.1f} MiB, "
-             f"formula {formula / 2**20:.1f} MiB (no checkpointing)",
+             f"formula {report.formula_layer_bytes / 2**20:.1f} MiB (no checkpointing)",
              f"logits and loss {r.logits_loss_bytes / gib:.2f} GiB; activation peak {r.activation_peak_bytes / gib:.2f} GiB"]
     for phase, values in r.by_phase.items():
         lines.append(f"  {phase}: " + ", ".join(f"{k} {v / gib:.2f}" for k, v in values.items()))
     if r.extrapolated_from_layers:
         a, b = r.extrapolated_from_layers
-        lines.append(f"traced {a} and {b} layers and extrapolated to {facts.num_layers} by layer count")
+        lines.append(f"traced {a} and {b} layers and extrapolated to {report.num_layers} by layer count")
     lines += [f"note: {n}" for n in r.notes]
     return "\n".join(lines)
 

@@ -100,14 +100,15 @@ def evaluate_candidates(plan: Plan, model: ModelFacts, rules: Sequence[Rule], ba
     by_id = {r.id: r for r in rules}
     evaluator = make_evaluator(rules, backend)
     try:
-        judged = []
+        scored = []
         for c in candidates:
             facts = to_message(c.facts)
-            judged.append((c, verdict(evaluator.fired(facts), by_id, facts)))
+            v = verdict(evaluator.fired(facts), by_id, facts)
+            scored.append((rank_key(v.rejected, v.score, facts, c.strategy.key), c, v))
     finally:
         evaluator.close()
-    judged.sort(key=lambda cv: rank_key(cv[1].rejected, cv[1].score, to_message(cv[0].facts), cv[0].strategy.key))
-    return judged, evaluator.name
+    scored.sort(key=lambda t: t[0])
+    return [(c, v) for _, c, v in scored], evaluator.name
 
 
 def advise(plan: Plan | str | Path, *, rules_dirs: Iterable[str | Path] = (), measured: Iterable[str | Path] = (),

@@ -51,10 +51,15 @@ class Evidence:
     present: bool = False
     notes: tuple[str, ...] = ()      # what was read, and what could not be used
 
+    def ratio_for(self, strategy: Strategy) -> float:
+        """The measured/estimated ratio that applies to a candidate (0.0: none, another family)."""
+        return self.ratio if self.ratio and self.family == _family(strategy) else 0.0
+
     def calibration(self, strategy: Strategy, policy_headroom: float) -> tuple[float, float]:
         """(scale for the GPU estimate, GPU headroom) for a candidate."""
-        if self.ratio and self.family == _family(strategy):
-            return self.ratio, max(MIN_CALIBRATED_HEADROOM, min(policy_headroom, abs(self.ratio - 1)))
+        ratio = self.ratio_for(strategy)
+        if ratio:
+            return ratio, max(MIN_CALIBRATED_HEADROOM, min(policy_headroom, abs(ratio - 1)))
         return 1.0, policy_headroom
 
 

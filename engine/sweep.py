@@ -124,16 +124,12 @@ def _facts(plan, memo: _Memo, s: Strategy, e: MemoryEstimate, ok_by_method: dict
         lower_stage_fits=_lower_stage_ok(plan, memo, ev, s),
         lora_fits=ok_by_method.get("lora", False), full_fits=ok_by_method.get("full", False),
         measured=ev.present, measured_oom=oom is not None, measured_oom_source=oom or "",
-        measured_ratio=ev.ratio if ev.family == _family_of(s) else 0.0,
+        measured_ratio=ev.ratio_for(s),
         fragmentation_seen=ev.fragmentation,
         dataset_gib=plan.data.dataset_gib,
         dataset_host_share=plan.data.dataset_gib * ranks_copies / e.host_capacity_gib,
         streaming=str(plan.data.streaming).lower(),
     )
-
-
-def _family_of(s: Strategy) -> tuple:
-    return (s.method, s.zero_stage, s.offload_optimizer, s.offload_param)
 
 
 def _matching_oom(s: Strategy, e: MemoryEstimate, ev: Evidence) -> str | None:

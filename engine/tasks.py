@@ -97,3 +97,34 @@ def llamafactory_files(lf_path: str | Path, plan: Plan, advice) -> dict[str, str
         return {}
     return {"ds_config.json": json.dumps(hf_config(best, plan), indent=2) + "\n",
             "lf.yaml": llamafactory_yaml(plan, best.to_strategy(), "ds_config.json", original=lf_path)}
+
+
+class ProbeReport(BaseModel):
+    """A probe trace beside the analytic per-layer activation term for the same plan."""
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    model: str
+    method: str
+    seq_len: int
+    micro_batch: int
+    num_layers: int
+    formula_layer_bytes: float
+    result: Any  # engine.probe.ProbeResult
+
+
+def probe_report(plan: Plan, progress=None) -> ProbeReport:
+    """Trace the plan's step (`probe_plan`) and compute the formula memfit uses for the same layer.
+
+    'auto' choices are traced as probe_plan traces them: full fine-tuning, micro-batch 1.
+    """
+    from .activations import layer_bytes
+    from .probe import probe_plan
+
+    t = plan.training
+    facts = resolve_model(plan.model, plan.base_dir)
+    mb = t.micro_batch_size if t.micro_batch_size != "auto" else 1
+    method = t.method if t.method != "auto" else "full"
+    formula = layer_bytes(facts, t.seq_len, mb, t.attention, method=method, lora_rank=t.lora.rank,
+                          lora_targets=t.lora.target_modules, lora_dropout=t.lora.dropout)
+    return ProbeReport(model=facts.name, method=method, seq_len=t.seq_len, micro_batch=mb,
+                       num_layers=facts.num_layers, formula_layer_bytes=formula,
+                       result=probe_plan(plan, progress=progress))
