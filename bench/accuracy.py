@@ -20,9 +20,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import yaml  # noqa: E402
 
 from memfit.engine import estimate, plan_from_dict  # noqa: E402
-from memfit.engine.ds_parity import deepspeed_estimate  # noqa: E402
-from memfit.engine.model_facts import resolve_model  # noqa: E402
-from memfit.engine.strategy import Strategy  # noqa: E402
+from memfit.engine.deepspeed.parity import deepspeed_estimate  # noqa: E402
+from memfit.engine.model.spec import resolve_model  # noqa: E402
+from memfit.engine.plan.strategy import Strategy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CASES = [ROOT.parent / "shared" / "calibration" / "published.yaml", *sorted((ROOT / "bench" / "cases").glob("*.yaml")),

@@ -80,7 +80,7 @@ def model_config(model: str) -> dict:
     """A tiny inline config, or the catalogue's config.json fields for a model id."""
     if model in TINY_CONFIGS:
         return dict(TINY_CONFIGS[model])
-    from memfit.engine.model_facts import resolve_model
+    from memfit.engine.model.spec import resolve_model
     return dict(resolve_model(model).config)
 
 
@@ -105,8 +105,8 @@ def case_plan(case: Case, cfg: dict, gpu_gib: float) -> dict:
 def memfit_estimate(case: Case, cfg: dict, gpu_gib: float):
     """memfit's own estimate for the same plan; None when memfit cannot estimate it."""
     try:
-        from memfit.engine.advise import estimate
-        from memfit.engine.plan import plan_from_dict
+        from memfit.engine.advice.advise import estimate
+        from memfit.engine.plan.schema import plan_from_dict
     except ImportError:
         return None
     try:

@@ -1,4 +1,4 @@
-"""Throughput of memfit.engine.logs.parse_log on a synthetic training log.
+"""Throughput of memfit.engine.evidence.logs.parse_log on a synthetic training log.
 
 Writes a ~200 MB log (DeepSpeed/HF-style step lines, tqdm bars, some memory evidence sprinkled in) to a
 temporary directory, parses it, and prints lines/s and MB/s. Usage:
@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from memfit.engine.logs import parse_log
+from memfit.engine.evidence.logs import parse_log
 
 _NOISE = [
     "[2025-01-24 21:0{m}:{s:02d},{ms:03d}] [INFO] [logging.py:128:log_dist] [Rank 0] step={i}, skipped=0, "

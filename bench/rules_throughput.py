@@ -15,12 +15,12 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from memfit.engine.model_facts import resolve_model  # noqa: E402
-from memfit.engine.plan import load_plan  # noqa: E402
-from memfit.engine.evaluate import make_evaluator  # noqa: E402
-from memfit.engine.review import judge  # noqa: E402
-from memfit.engine.rules import load_rules  # noqa: E402
-from memfit.engine.sweep import sweep  # noqa: E402
+from memfit.engine.model.spec import resolve_model  # noqa: E402
+from memfit.engine.plan.schema import load_plan  # noqa: E402
+from memfit.engine.policy.oracle import make_evaluator  # noqa: E402
+from memfit.engine.review.run import judge  # noqa: E402
+from memfit.engine.policy.rules import load_rules  # noqa: E402
+from memfit.engine.search.sweep import sweep  # noqa: E402
 
 RUNS = 5
 

@@ -54,7 +54,7 @@ def cli() -> None:
 def plan_cmd(plan_file, as_json, out_dir, force, rules_dirs, measured, backend) -> None:
     """Rank candidate strategies for PLAN_FILE."""
     from memfit.engine import advise, load_plan
-    from memfit.engine.outputs import advice_files, write_files
+    from memfit.engine.advice.files import advice_files, write_files
 
     from .render import advice_text
 
@@ -88,7 +88,7 @@ def estimate_cmd(plan_file, as_json) -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where counterexample plans are written.")
 def review_cmd(rules_dirs, as_json, max_examples, seed, out_dir) -> None:
     """Property-test the rule base: examples, then properties over generated plans; exit 1 on any violation."""
-    from memfit.engine.review import review
+    from memfit.engine.review.run import review
 
     from .render import review_text
 
@@ -103,7 +103,7 @@ def review_cmd(rules_dirs, as_json, max_examples, seed, out_dir) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def facts_cmd(logs, as_json) -> None:
     """Memory evidence in training LOGS (OOMs, DeepSpeed memory lines, nvidia-smi traces), in GiB."""
-    from memfit.engine.logs import parse_log
+    from memfit.engine.evidence.logs import parse_log
 
     from .render import facts_text
 
@@ -122,7 +122,7 @@ def detect_cmd(as_json, nvme_path, hostfile) -> None:
     """This machine's GPUs, host RAM, cores and NVMe space, as a plan's hardware: section."""
     import yaml
 
-    from memfit.engine.detect import detect_hardware
+    from memfit.engine.machine.detect import detect_hardware
 
     found = detect_hardware(nvme_path=nvme_path, hostfile=hostfile)
     if as_json:
@@ -139,7 +139,7 @@ def detect_cmd(as_json, nvme_path, hostfile) -> None:
 def probe_cmd(plan_file, as_json) -> None:
     """Trace one real training step on fake tensors (no GPU, no weights) and report its peaks."""
     from memfit.engine import load_plan
-    from memfit.engine.tasks import probe_report
+    from memfit.engine.probe.report import probe_report
 
     from .render import probe_text
 
@@ -168,7 +168,7 @@ def probe_cmd(plan_file, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def check_cmd(config, plan_file, as_json) -> None:
     """Review an existing DeepSpeed CONFIG: typos, impossible combinations, batch arithmetic, fit."""
-    from memfit.engine.tasks import check
+    from memfit.engine.deepspeed.check import check
 
     from .render import check_text
 
@@ -185,7 +185,7 @@ def check_cmd(config, plan_file, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def verify_cmd(plan_file, top, timeout_s, as_json) -> None:
     """Run the top plans' DeepSpeed configs for two real steps on a tiny model (CPU, gloo)."""
-    from memfit.engine.tasks import verify_plan
+    from memfit.engine.advice.verify import verify_plan
 
     _, results = verify_plan(plan_file, top=top, timeout_s=timeout_s)
     if as_json:
@@ -210,8 +210,8 @@ def verify_cmd(plan_file, top, timeout_s, as_json) -> None:
 def llamafactory_cmd(lf_yaml, hardware_file, out_dir, force, as_json) -> None:
     """Advise on a LLaMA-Factory training YAML; --out writes a corrected one beside the DeepSpeed JSON."""
     from memfit.engine import advise
-    from memfit.engine.outputs import write_files
-    from memfit.engine.tasks import llamafactory_files, plan_from_llamafactory_file
+    from memfit.engine.advice.files import write_files
+    from memfit.engine.integrations.llamafactory import llamafactory_files, plan_from_llamafactory_file
 
     from .render import advice_text
 
@@ -224,7 +224,7 @@ def llamafactory_cmd(lf_yaml, hardware_file, out_dir, force, as_json) -> None:
 
 @contextmanager
 def _errors_to_exit_codes() -> Iterator[None]:
-    from memfit.engine.errors import MemfitError
+    from memfit.engine.core.errors import MemfitError
 
     try:
         yield

@@ -4,11 +4,11 @@
     advice = advise(load_plan("plan.yaml"))
     print(advice.best.key, advice.best.deepspeed_config)
 """
-from .advise import advise, estimate
-from .errors import LogError, MemfitError, ModelNotFoundError, PlanError, RuleError
-from .plan import Plan, load_plan, plan_from_dict
-from .results import Advice, CandidateResult, EstimateResult
-from .strategy import Strategy
+from .advice.advise import advise, estimate
+from .core.errors import LogError, MemfitError, ModelNotFoundError, PlanError, RuleError
+from .plan.schema import Plan, load_plan, plan_from_dict
+from .advice.results import Advice, CandidateResult, EstimateResult
+from .plan.strategy import Strategy
 
 __all__ = [
     "advise", "estimate", "load_plan", "plan_from_dict", "Plan", "Strategy",

@@ -1,6 +1,6 @@
-"""Activation formulas (engine/activations.py) against the probe, which is the oracle.
+"""Activation formulas (engine/memory/activations.py) against the probe, which is the oracle.
 
-The probe traces one real transformers training step on fake tensors (engine/probe.py); these tests
+The probe traces one real transformers training step on fake tensors (engine/probe/probe.py); these tests
 compare the closed forms with it per decoder layer (exact up to 1 %) and for the whole activation
 peak (within 5 %: the backward working set is a fitted term). The table in
 docs/explanation/activations.md comes from these cases (`python tests/test_activations.py` prints it).
@@ -11,8 +11,8 @@ import os
 
 import pytest
 
-from memfit.engine.activations import activation_bytes, layer_bytes, logits_loss_bytes
-from memfit.engine.model_facts import resolve_model
+from memfit.engine.memory.activations import activation_bytes, layer_bytes, logits_loss_bytes
+from memfit.engine.model.spec import resolve_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -57,7 +57,7 @@ def _formula(facts, s, b, kw):
 @pytest.mark.slow
 @pytest.mark.parametrize("name,cfg,s,b,kw", CASES, ids=[c[0] for c in CASES])
 def test_formula_matches_probe(name, cfg, s, b, kw):
-    from memfit.engine.probe import probe
+    from memfit.engine.probe.probe import probe
 
     facts = resolve_model(cfg)
     measured = probe(facts.config, seq_len=s, micro_batch=b, **kw)
@@ -108,7 +108,7 @@ def test_checkpointing_stores_one_hidden_state_per_layer():
 
 def _table() -> None:
     """Print the formula-vs-probe table of docs/explanation/activations.md (MiB)."""
-    from memfit.engine.probe import probe
+    from memfit.engine.probe.probe import probe
 
     print("| case | s x b | layer: probe | formula | peak: probe | formula | error |")
     print("|---|---|---|---|---|---|---|")

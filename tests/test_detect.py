@@ -1,4 +1,4 @@
-"""Hardware detection (memfit.engine.detect) with fake NVML and psutil readings; no GPU needed."""
+"""Hardware detection (memfit.engine.machine.detect) with fake NVML and psutil readings; no GPU needed."""
 from __future__ import annotations
 
 import re
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from memfit.engine.detect import (DetectedGpu, GpuUnavailable, HostfileError, Readers, detect_hardware,
+from memfit.engine.machine.detect import (DetectedGpu, GpuUnavailable, HostfileError, Readers, detect_hardware,
                                   parse_hostfile, read_cpu_cores, read_host_memory, read_nvml)
 
 MIB, GIB = 2**20, 2**30

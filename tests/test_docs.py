@@ -3,22 +3,22 @@ from __future__ import annotations
 
 import json
 
-from memfit.engine.facts import facts_reference_markdown
-from memfit.engine.schema_export import schema_texts
+from memfit.engine.policy.vocabulary import facts_reference_markdown
+from memfit.engine.advice.schema_export import schema_texts
 
 from conftest import EXAMPLES, ROOT
 
 
 def test_facts_reference_is_current():
     assert (ROOT / "docs" / "reference" / "facts.md").read_text() == facts_reference_markdown(), \
-        "regenerate docs/reference/facts.md from memfit.engine.facts.facts_reference_markdown()"
+        "regenerate docs/reference/facts.md from memfit.engine.policy.vocabulary.facts_reference_markdown()"
 
 
 def test_generated_schemas_match_the_models():
     for name, text in schema_texts().items():
         committed = (ROOT / "schemas" / name).read_text()
         assert json.loads(committed) == json.loads(text), \
-            f"schemas/{name} is stale: python -m memfit.engine.schema_export schemas/"
+            f"schemas/{name} is stale: python -m memfit.engine.advice.schema_export schemas/"
 
 
 def test_every_shipped_yaml_opens_with_a_comment():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from memfit.engine.ds_parity import zero2_estimate, zero3_estimate
-from memfit.engine.units import GIB
+from memfit.engine.deepspeed.parity import zero2_estimate, zero3_estimate
+from memfit.engine.core.units import GIB
 
 # Qwen2.5-32B base model as AutoModel loads it (no lm_head), and its largest module (DOMAIN.md §1).
 P_BASE = 31_985_308_672

@@ -8,10 +8,10 @@ import re
 import jsonschema
 import pytest
 
-from memfit.engine.dscheck import check_config, deepspeed_schema, load_config, strategy_from_config
-from memfit.engine.errors import ConfigCheckError
-from memfit.engine.plan import plan_from_dict
-from memfit.engine.strategy import Strategy
+from memfit.engine.deepspeed.check import check_config, deepspeed_schema, load_config, strategy_from_config
+from memfit.engine.core.errors import ConfigCheckError
+from memfit.engine.plan.schema import plan_from_dict
+from memfit.engine.plan.strategy import Strategy
 
 PLAN_16 = plan_from_dict({"model": {"model_type": "llama", "hidden_size": 4096},
                           "hardware": {"gpu_memory": 80, "host_memory": 512, "gpus_per_node": 8, "nodes": 2},

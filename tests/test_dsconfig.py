@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import jsonschema
 import pytest
 
-from memfit.engine.dscheck import deepspeed_schema
-from memfit.engine.dsconfig import config_notes, deepspeed_config
-from memfit.engine.plan import plan_from_dict
-from memfit.engine.strategy import Strategy
+from memfit.engine.deepspeed.check import deepspeed_schema
+from memfit.engine.deepspeed.config import config_notes, deepspeed_config
+from memfit.engine.plan.schema import plan_from_dict
+from memfit.engine.plan.strategy import Strategy
 
 # Llama-2-7B shapes (config.json of meta-llama/Llama-2-7b-hf); largest module = embedding 32000 x 4096.
 LLAMA7B = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 11008,

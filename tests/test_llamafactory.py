@@ -6,11 +6,11 @@ import json
 import pytest
 import yaml
 
-from memfit.engine.dsconfig import deepspeed_config
-from memfit.engine.errors import PlanError
-from memfit.engine.llamafactory import ignored_keys, llamafactory_yaml, plan_from_llamafactory
-from memfit.engine.plan import plan_from_dict
-from memfit.engine.strategy import Strategy
+from memfit.engine.deepspeed.config import deepspeed_config
+from memfit.engine.core.errors import PlanError
+from memfit.engine.integrations.llamafactory import ignored_keys, llamafactory_yaml, plan_from_llamafactory
+from memfit.engine.plan.schema import plan_from_dict
+from memfit.engine.plan.strategy import Strategy
 
 HW = {"gpu_memory": 80, "host_memory": 512, "gpus_per_node": 8, "nodes": 1}
 

@@ -1,4 +1,4 @@
-"""Measured facts from logs (memfit.engine.logs).
+"""Measured facts from logs (memfit.engine.evidence.logs).
 
 Expected numbers are worked out here from the text of each fixture line and the unit definitions
 (KiB = 2**10, MiB = 2**20, GiB = 2**30 bytes; the kernel's "kB" is KiB), never copied from parser output.
@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from memfit.engine.errors import LogError
-from memfit.engine.logs import MeasuredFact, fragmentation_hint, parse_log, parse_logs, summarize
+from memfit.engine.core.errors import LogError
+from memfit.engine.evidence.logs import LogRecord, fragmentation_hint, parse_log, parse_logs, summarize
 
 LOGS = Path(__file__).parent / "fixtures" / "logs"
 approx = lambda x: pytest.approx(x, abs=1e-4)  # facts are rounded to 4 decimals of a GiB
 
 
-def _only(facts: list[MeasuredFact], kind: str) -> list[MeasuredFact]:
+def _only(facts: list[LogRecord], kind: str) -> list[LogRecord]:
     return [f for f in facts if f.kind == kind]
 
 
@@ -259,10 +259,10 @@ def test_fact_is_frozen_and_strict():
     with pytest.raises(Exception):
         fact.pid = 1  # type: ignore[misc]
     with pytest.raises(Exception):
-        MeasuredFact(kind="gpu_oom", source="x:1", line="", bogus=1)  # type: ignore[call-arg]
+        LogRecord(kind="gpu_oom", source="x:1", line="", bogus=1)  # type: ignore[call-arg]
 
 
-def _parse_text(text: str) -> list[MeasuredFact]:
+def _parse_text(text: str) -> list[LogRecord]:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 
 from memfit.engine import advise, load_plan, plan_from_dict
-from memfit.engine.errors import LogError
-from memfit.engine.measured import evidence_for, infer_run
-from memfit.engine.memory import estimate_memory
-from memfit.engine.model_facts import resolve_model
-from memfit.engine.strategy import Strategy
+from memfit.engine.core.errors import LogError
+from memfit.engine.evidence.match import evidence_for, infer_run
+from memfit.engine.memory.estimate import estimate_memory
+from memfit.engine.model.spec import resolve_model
+from memfit.engine.plan.strategy import Strategy
 
 from conftest import EXAMPLES, ROOT
 

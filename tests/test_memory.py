@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from memfit.engine.memory import CUDA_CONTEXT_GIB, estimate_memory
-from memfit.engine.model_facts import resolve_model
-from memfit.engine.plan import plan_from_dict
-from memfit.engine.strategy import Strategy
-from memfit.engine.units import GIB
+from memfit.engine.memory.estimate import CUDA_CONTEXT_GIB, estimate_memory
+from memfit.engine.model.spec import resolve_model
+from memfit.engine.plan.schema import plan_from_dict
+from memfit.engine.plan.strategy import Strategy
+from memfit.engine.core.units import GIB
 
 QWEN32 = resolve_model("Qwen/Qwen2.5-32B-Instruct")
 LLAMA7 = resolve_model("meta-llama/Llama-2-7b-hf")

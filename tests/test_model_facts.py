@@ -13,8 +13,8 @@ from importlib import resources
 
 import pytest
 
-from memfit.engine import model_facts as mf
-from memfit.engine.errors import MemfitError, ModelNotFoundError
+from memfit.engine.model import spec as mf
+from memfit.engine.core.errors import MemfitError, ModelNotFoundError
 
 REQUIRED_IDS = [
     "meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-13b-hf", "meta-llama/Llama-2-70b-hf",
@@ -140,7 +140,7 @@ def test_catalogue_has_required_ids():
 
 
 def test_every_catalogue_entry_resolves_with_a_source():
-    raw = json.loads((resources.files("memfit.engine.catalogue") / "models.json").read_text())
+    raw = json.loads((resources.files("memfit.engine.model.catalogue") / "models.json").read_text())
     for model_id, entry in raw["models"].items():
         assert entry.get("_source"), model_id
     for model_id, alias in raw["aliases"].items():
@@ -214,7 +214,7 @@ def test_unknown_id_suggests_close_catalogue_ids(tmp_path, monkeypatch):
     ({**TINY_LLAMA, "num_key_value_heads": 0}, r"num_key_value_heads: must be a positive integer \(got 0\)"),
 ])
 def test_bad_configs(cfg, message):
-    with pytest.raises(mf.ModelFactsError, match=message):
+    with pytest.raises(mf.ModelSpecError, match=message):
         mf.resolve_model(cfg)
 
 
@@ -229,7 +229,7 @@ def test_folder_without_config_and_unreadable_json(tmp_path):
     with pytest.raises(ModelNotFoundError, match="folder has no config.json"):
         mf.resolve_model(str(tmp_path / "empty"))
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(mf.ModelFactsError, match="cannot read as JSON"):
+    with pytest.raises(mf.ModelSpecError, match="cannot read as JSON"):
         mf.resolve_model(str(tmp_path / "bad.json"))
 
 
@@ -238,18 +238,18 @@ def test_folder_without_config_and_unreadable_json(tmp_path):
     (0, "all-linear", "LoRA rank must be a positive integer"),
 ])
 def test_bad_lora_requests(rank, targets, message):
-    with pytest.raises(mf.ModelFactsError, match=message):
+    with pytest.raises(mf.ModelSpecError, match=message):
         mf.resolve_model("meta-llama/Llama-2-7b-hf").lora_trainable_params(rank, targets)
 
 
 def test_lora_half_of_a_fused_pair_is_refused():
     # peft's transformers_weight_conversion refuses w1 without w3 (both fused into gate_up_proj).
-    with pytest.raises(mf.ModelFactsError, match=r"\['w1'\] is fused with \['w3'\]"):
+    with pytest.raises(mf.ModelSpecError, match=r"\['w1'\] is fused with \['w3'\]"):
         mf.resolve_model("mistralai/Mixtral-8x7B-v0.1").lora_trainable_params(8, ["w1", "w2"])
 
 
 def test_catalogue_resolution_imports_no_torch():
-    code = ("import sys; from memfit.engine.model_facts import resolve_model; "
+    code = ("import sys; from memfit.engine.model.spec import resolve_model; "
             "resolve_model('Qwen/Qwen2.5-32B-Instruct'); "
             "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,4 +1,4 @@
-"""The probe: fake-tensor trace of one training step (engine/probe.py)."""
+"""The probe: fake-tensor trace of one training step (engine/probe/probe.py)."""
 from __future__ import annotations
 
 import os
@@ -21,7 +21,7 @@ LLAMA2_7B = {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11
                          ids=["full", "lora", "ckpt"])
 def test_fake_trace_equals_real_tensor_trace(kw):
     """Independent route: the same step on real cpu tensors; every phase peak must agree exactly."""
-    from memfit.engine.probe import probe
+    from memfit.engine.probe.probe import probe
 
     fake = probe(TINY, seq_len=64, micro_batch=2, layers_traced=6, **kw)
     real = probe(TINY, seq_len=64, micro_batch=2, layers_traced=6, _fake=False, **kw)
@@ -33,7 +33,7 @@ def test_fake_trace_equals_real_tensor_trace(kw):
 @pytest.mark.slow
 def test_extrapolation_equals_full_trace():
     """Every term is linear in the layer count: 2+4 traced layers must predict the 6-layer trace."""
-    from memfit.engine.probe import probe
+    from memfit.engine.probe.probe import probe
 
     part = probe(TINY, seq_len=128, micro_batch=1, layers_traced=4)
     full = probe(TINY, seq_len=128, micro_batch=1, layers_traced=6)
@@ -47,8 +47,8 @@ def test_extrapolation_equals_full_trace():
 def test_model_states_match_meta_count():
     """params: 2 B x the meta-device count; grads the same; AdamW: exp_avg + exp_avg_sq in bf16
     plus one fp32 `step` scalar per parameter tensor (torch.optim.AdamW's state layout)."""
-    from memfit.engine.model_facts import meta_device_count
-    from memfit.engine.probe import probe
+    from memfit.engine.model.spec import meta_device_count
+    from memfit.engine.probe.probe import probe
 
     n = meta_device_count(TINY)["total_params"]
     r = probe(TINY, seq_len=32, micro_batch=1, layers_traced=6)
@@ -62,8 +62,8 @@ def test_model_states_match_meta_count():
 @pytest.mark.slow
 def test_lora_trains_only_adapters():
     """Grads exist for the adapters only: 2 B x peft's trainable count (meta_device_count)."""
-    from memfit.engine.model_facts import meta_device_count
-    from memfit.engine.probe import probe
+    from memfit.engine.model.spec import meta_device_count
+    from memfit.engine.probe.probe import probe
 
     counts = meta_device_count(TINY, lora_rank=8)
     r = probe(TINY, seq_len=32, micro_batch=1, method="lora", lora_rank=8, layers_traced=6)
@@ -74,7 +74,7 @@ def test_lora_trains_only_adapters():
 @pytest.mark.slow
 def test_llama2_7b_under_30_seconds_and_published_numbers():
     """Brief: a 7B plan probes in < 30 s. DOMAIN.md §3/§4: 6,738,415,616 params; 364.5 MiB/layer."""
-    from memfit.engine.probe import probe
+    from memfit.engine.probe.probe import probe
 
     seen = []
     r = probe(LLAMA2_7B, seq_len=2048, micro_batch=1, progress=lambda *a: seen.append(a))
@@ -89,7 +89,7 @@ def test_llama2_7b_under_30_seconds_and_published_numbers():
 @pytest.mark.parametrize("cfg,match", [({"hidden_size": 8}, "model_type"),
                                        ({"model_type": "no-such-arch"}, "cannot build")])
 def test_bad_config_raises_probe_error(cfg, match):
-    from memfit.engine.probe import ProbeError, probe
+    from memfit.engine.probe.probe import ProbeError, probe
 
     with pytest.raises(ProbeError, match=match):
         probe({"num_hidden_layers": 2, **cfg}, seq_len=8, micro_batch=1)
@@ -97,7 +97,7 @@ def test_bad_config_raises_probe_error(cfg, match):
 
 @pytest.mark.slow
 def test_flash_attention_is_traced_as_sdpa_with_a_note():
-    from memfit.engine.probe import probe
+    from memfit.engine.probe.probe import probe
 
     sdpa = probe(TINY, seq_len=64, micro_batch=1)
     flash = probe(TINY, seq_len=64, micro_batch=1, attention="flash_attention_2")
@@ -108,8 +108,8 @@ def test_flash_attention_is_traced_as_sdpa_with_a_note():
 @pytest.mark.slow
 def test_probe_plan_uses_the_plans_settings():
     """probe_plan == probe with the plan's fields (the plan pins LoRA r=8, s=64, b=2)."""
-    from memfit.engine.plan import plan_from_dict
-    from memfit.engine.probe import probe, probe_plan
+    from memfit.engine.plan.schema import plan_from_dict
+    from memfit.engine.probe.probe import probe, probe_plan
 
     plan = plan_from_dict({"model": TINY, "hardware": {"gpu_memory": 24, "host_memory": 64},
                            "training": {"method": "lora", "seq_len": 64, "micro_batch_size": 2,

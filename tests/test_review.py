@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from memfit.engine.evaluate import PythonEvaluator
-from memfit.engine.model_facts import resolve_model
-from memfit.engine.plan import load_plan, plan_from_dict
-from memfit.engine.review import differential, judge, review, signature
-from memfit.engine.rules import load_rules
-from memfit.engine.sweep import sweep
+from memfit.engine.policy.oracle import PythonEvaluator
+from memfit.engine.model.spec import resolve_model
+from memfit.engine.plan.schema import load_plan, plan_from_dict
+from memfit.engine.review.run import differential, judge, review, signature
+from memfit.engine.policy.rules import load_rules
+from memfit.engine.search.sweep import sweep
 
 FAULTY = Path(__file__).parent / "fixtures" / "faulty_rules"
 
@@ -115,7 +115,7 @@ def test_differential_on_sweep_facts(cache_dir):
 
 
 def test_counterexample_yaml_is_a_plan(tmp_path, cache_dir):
-    from memfit.engine.review import _write_counterexample
+    from memfit.engine.review.run import _write_counterexample
 
     plan = {"model": "Qwen/Qwen2.5-0.5B", "hardware": {"gpu_memory": 24, "host_memory": 64}}
     files = _write_counterexample(tmp_path, "p", {"smaller": plan, "larger": plan}, "msg")

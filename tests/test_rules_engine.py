@@ -13,12 +13,12 @@ import textwrap
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from memfit.engine.durable_adapter import DurableEvaluator, durable_available
-from memfit.engine.errors import RuleError
-from memfit.engine.evaluate import PythonEvaluator
-from memfit.engine.plan_strategies import fact_sets
-from memfit.engine.review import differential
-from memfit.engine.rules import Rule, check_sources, load_rules
+from memfit.engine.policy.durable import DurableEvaluator, durable_available
+from memfit.engine.core.errors import RuleError
+from memfit.engine.policy.oracle import PythonEvaluator
+from memfit.engine.review.generators import fact_sets
+from memfit.engine.review.run import differential
+from memfit.engine.policy.rules import Rule, check_sources, load_rules
 
 pytestmark = pytest.mark.skipif(not durable_available(), reason="durable-rules does not import on this Python")
 
@@ -151,8 +151,8 @@ def test_sessions_are_deleted():
 
 
 _FIRST_MISS = """
-from memfit.engine.durable_adapter import DurableEvaluator
-from memfit.engine.rules import Rule
+from memfit.engine.policy.durable import DurableEvaluator
+from memfit.engine.policy.rules import Rule
 rule = Rule(id="r", description="d", when={"fact": "zero_stage", "eq": 3}, then={"score": 1}, because="b",
             source="s", tests=(), priority=0, file="t", topic="t")
 assert DurableEvaluator([rule]).fired({"zero_stage": 2}) == []

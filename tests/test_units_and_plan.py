@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from memfit.engine import PlanError, load_plan, plan_from_dict
-from memfit.engine.units import GIB, parse_size_gib
+from memfit.engine.core.units import GIB, parse_size_gib
 
 from conftest import EXAMPLES
 

@@ -9,10 +9,10 @@ import math
 
 import pytest
 
-from memfit.engine import verify as verify_mod
-from memfit.engine.plan import plan_from_dict
-from memfit.engine.strategy import Strategy
-from memfit.engine.verify import TINY, tiny_config, verify
+from memfit.engine.deepspeed import verify as verify_mod
+from memfit.engine.plan.schema import plan_from_dict
+from memfit.engine.plan.strategy import Strategy
+from memfit.engine.deepspeed.verify import TINY, tiny_config, verify
 
 # Field names/values as in meta-llama/Llama-2-7b-hf and Qwen/Qwen2.5-0.5B config.json (abridged).
 LLAMA = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 11008,

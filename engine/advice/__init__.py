@@ -1,0 +1,1 @@
+"""Advice: `advise` and `estimate`, their typed results, and the files `--out` writes."""

@@ -1,0 +1,125 @@
+"""Typed results of `advise` and `estimate` (what the CLI renders and schemas/advice.schema.json pins)."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelSummary(_Out):
+    name: str
+    model_type: str
+    source: str
+    total_params: int = Field(description="parameters of the model that trains (lm_head included unless tied)")
+    trainable_params: int = Field(description="trainable parameters under the top recommendation's method")
+    trainable_params_by_method: dict[str, int]
+    largest_layer_params: int
+    active_params: int
+    num_layers: int
+    hidden_size: int
+    vocab_size: int
+
+
+class HardwareSummary(_Out):
+    gpu_memory_gib: float
+    gpus_per_node: int
+    nodes: int
+    host_memory_gib: float
+    nvme_gib: float
+    readings: list[str] = Field(description="how each size in the plan was read, e.g. '744GB read as 692.9 GiB'")
+
+
+class Explanation(_Out):
+    rule: str
+    topic: str
+    effect: str
+    score: float
+    message: str
+    advice: Optional[str] = None
+    source: str
+
+
+class MemoryReport(_Out):
+    gpu_peak_gib: float
+    gpu_peak_phase: str
+    host_peak_gib: float
+    host_peak_phase: str
+    nvme_gib: float
+    gpu_fits: bool
+    host_fits: bool
+    breakdown: dict[str, dict[str, float]]
+
+
+class CandidateResult(_Out):
+    rank: int
+    key: str
+    feasible: bool
+    method: str
+    zero_stage: int
+    offload_optimizer: str
+    offload_param: str
+    gradient_checkpointing: bool
+    micro_batch_size: int
+    gradient_accumulation_steps: int
+    pin_memory: bool
+    gather_16bit_on_save: bool
+    score: float
+    memory: MemoryReport
+    rejected_because: list[str]
+    explanation: list[Explanation]
+    settings: dict[str, Any]
+    notes: list[str]
+    deepspeed_config: dict[str, Any]
+    launch: dict[str, str]
+
+
+    def to_strategy(self):
+        """The Strategy this candidate stands for."""
+        from ..plan.strategy import Strategy
+
+        return Strategy(method=self.method, zero_stage=self.zero_stage, offload_optimizer=self.offload_optimizer,
+                        offload_param=self.offload_param, gradient_checkpointing=self.gradient_checkpointing,
+                        micro_batch_size=self.micro_batch_size, pin_memory=self.pin_memory,
+                        gather_16bit_on_save=self.gather_16bit_on_save)
+
+
+class Advice(_Out):
+    memfit_version: str
+    plan: str
+    model: ModelSummary
+    hardware: HardwareSummary
+    evaluator: str
+    rules_loaded: int
+    measured: list[str] = Field(description="what the logs of real runs contributed, and what they could not")
+    summary: str
+    what_it_would_take: list[str]
+    candidates: list[CandidateResult]
+
+    @property
+    def best(self) -> Optional[CandidateResult]:
+        return next((c for c in self.candidates if c.feasible), None)
+
+
+class EstimateResult(_Out):
+    plan: str
+    model: ModelSummary
+    strategy: dict[str, Any]
+    gpu_peak_gib: float
+    host_peak_gib: float
+    nvme_gib: float
+    gpu_fits: bool
+    host_fits: bool
+    nvme_fits: bool
+    gpu_capacity_gib: float
+    host_capacity_gib: float
+    gpu_peak_phase: str
+    host_peak_phase: str
+    breakdown: dict[str, dict[str, float]]
+    max_micro_batch_size: Optional[int] = Field(description="largest micro-batch within the GPU budget at seq_len")
+    max_seq_len: Optional[int] = Field(description="longest sequence within the GPU budget at the micro-batch")
+    deepspeed_estimate: Optional[dict[str, float]] = Field(
+        description="DeepSpeed's own estimator for the same strategy (model states only, x1.5 host buffer)")

@@ -1,0 +1,28 @@
+"""`advise verify`: advise a plan, then run its top distinct DeepSpeed shapes for two real steps."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..deepspeed.verify import verify
+from ..model.spec import resolve_model
+from ..plan.schema import load_plan
+from .advise import advise
+
+
+def verify_plan(plan_path: str | Path, top: int = 3, timeout_s: float = 300.0):
+    """Run the top feasible strategies' DeepSpeed configs for two real steps on a tiny model of the
+    plan's architecture (CPU, gloo). Returns (advice, [VerifyResult])."""
+    from ..deepspeed.verify import verify
+
+    plan = load_plan(plan_path)
+    advice = advise(plan)
+    model = resolve_model(plan.model, plan.base_dir)
+    # Distinct DeepSpeed shapes first: the top candidates often differ only in micro-batch or pinning,
+    # and running the same ZeRO/offload shape twice proves little more.
+    chosen, shapes = [], set()
+    for c in advice.candidates:
+        shape = (c.method, c.zero_stage, c.offload_optimizer, c.offload_param)
+        if c.feasible and shape not in shapes and len(chosen) < top:
+            shapes.add(shape)
+            chosen.append(c.to_strategy())
+    return advice, verify(plan, chosen, dict(model.config), timeout_s=timeout_s)

@@ -1,0 +1,1 @@
+"""Other tools' formats: LLaMA-Factory (and more to come)."""

@@ -1,0 +1,1 @@
+"""The machine: GPU catalogue and hardware detection (NVML, torch, psutil, cgroups)."""

@@ -1,0 +1,1 @@
+"""The memory model: model states, activations, and the per-strategy GPU/host/NVMe estimate."""

@@ -1,0 +1,242 @@
+"""Peak memory per GPU and per node's host RAM for one strategy, as a named breakdown.
+
+Composition (docs/explanation/memory-model.md has every term with its source):
+- GPU, forward/backward phase: weights + optimizer states kept on the GPU + gradients kept across
+  micro-steps (accumulation > 1) + ZeRO buffers + activations + logits/loss + allocator slack + CUDA
+  context (+ NCCL buffers with more than one GPU).
+- GPU, optimizer-step phase: weights + optimizer states + all gradients + the fp32 gradient partition +
+  ZeRO buffers + context. The peak is the larger phase; ZeRO shards model states, never activations.
+- Host per node: per-process baseline + offloaded states (+ measured offload slack) + the data set,
+  during training (+ the 16-bit gather at save under ZeRO-3); or, while loading, the checkpoint on
+  rank 0 (ZeRO-3) / dtype conversions per rank. The peak is the larger phase.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from .activations import activation_bytes
+from .states import frozen_weight_bytes, state_bytes, trainable_params
+from ..core.units import GIB
+from ..core.ds_defaults import (OPT_NVME_BUFFERS, PARAM_NVME_BUFFER_SIZE, PARAM_NVME_BUFFERS, SUB_GROUP_SIZE,
+                               accumulation_steps, bucket_sizes)
+
+# CUDA context + cuBLAS/cuDNN workspaces per GPU process, outside PyTorch's allocator: 0.3-2 GiB
+# measured across cards (DOMAIN.md §3; 1.3 GB on a V100 in the transformers docs). Point estimate.
+CUDA_CONTEXT_GIB = 0.75
+# NCCL communicator buffers with more than one GPU (several channels x 4 MiB NCCL_BUFFSIZE per peer).
+NCCL_GIB = 0.5
+# Caching-allocator slack on short-lived allocations (activations, logits): blocks reserved but not
+# allocated. Explicit so that calibration can move it; PyTorch reports it as reserved - allocated.
+ALLOCATOR_SLACK = 0.10
+# Host RSS of one training process before any model state: Python, torch, CUDA runtime and
+# libraries, a tokenizer. Point estimate of a few GiB per rank.
+HOST_PROCESS_GIB = 3.0
+# Offloaded states cost more host RAM than their raw bytes (pinned buffers rounded up by the CUDA host
+# allocator, optimizer step temporaries per sub-group, allocator fragmentation). Published: a 33B
+# ZeRO-3 offload run needed 750-800 GB of host RAM, 1.26-1.35x its raw 18 B/param (DOMAIN.md §1).
+OFFLOAD_SLACK_PINNED = 0.30
+# Without pinning there is no page-locked rounding; assumed half the pinned slack (unmeasured).
+OFFLOAD_SLACK_UNPINNED = 0.15
+
+
+class _Breakdown:
+    def as_dict(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+    @property
+    def total_gib(self) -> float:
+        return sum(self.as_dict().values())
+
+
+# Plain frozen dataclasses: the sweep builds hundreds of these per plan, and the cold path is timed.
+@dataclass(frozen=True)
+class GpuBreakdown(_Breakdown):
+    weights_gib: float
+    gradients_gib: float
+    optimizer_states_gib: float
+    activations_gib: float
+    logits_loss_gib: float
+    zero_buffers_gib: float
+    allocator_slack_gib: float
+    cuda_context_gib: float
+    nccl_gib: float
+
+
+@dataclass(frozen=True)
+class HostBreakdown(_Breakdown):
+    process_baseline_gib: float
+    offloaded_optimizer_gib: float
+    offloaded_params_gib: float
+    offload_slack_gib: float
+    nvme_swap_buffers_gib: float
+    checkpoint_load_gib: float
+    save_gather_gib: float
+    dataset_gib: float
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Best point estimates of peak use; `*_fits` compare them with capacity (no headroom)."""
+
+    gpu_peak_gib: float
+    gpu_peak_phase: str
+    host_peak_gib: float
+    host_peak_phase: str
+    nvme_gib: float
+    gpu_capacity_gib: float
+    host_capacity_gib: float
+    nvme_capacity_gib: float
+    gpu_fits: bool
+    host_fits: bool
+    nvme_fits: bool
+    trainable_params: int
+    gradient_accumulation_steps: int
+    gpu: GpuBreakdown
+    host: HostBreakdown
+
+
+def estimate_memory(plan, facts, strategy) -> MemoryEstimate:
+    """Estimate peak GPU memory per device and host RAM per node for one strategy.
+
+    Args:
+        plan: the checked Plan (hardware, training settings, data).
+        facts: ModelSpec of the model that trains.
+        strategy: the concrete Strategy.
+    Returns:
+        MemoryEstimate with the peak, its phase, capacity, verdicts and breakdowns, in GiB.
+    """
+    gpu, gpu_phase, accum = _gpu_peak(plan, facts, strategy)
+    host, host_phase, nvme = _host_peak(plan, facts, strategy)
+    hw = plan.hardware
+    gpu_peak = gpu.total_gib
+    host_peak = host.total_gib
+    return MemoryEstimate(
+        gpu_peak_gib=gpu_peak, gpu_peak_phase=gpu_phase,
+        host_peak_gib=host_peak, host_peak_phase=host_phase,
+        nvme_gib=nvme,
+        gpu_capacity_gib=hw.gpu_memory_gib, host_capacity_gib=hw.host_memory_gib,
+        nvme_capacity_gib=hw.nvme_gib,
+        gpu_fits=gpu_peak <= hw.gpu_memory_gib, host_fits=host_peak <= hw.host_memory_gib,
+        nvme_fits=nvme <= hw.nvme_gib,
+        trainable_params=trainable_params(facts, strategy.method, plan.training.lora.rank,
+                                          plan.training.lora.target_modules),
+        gradient_accumulation_steps=accum,
+        gpu=gpu, host=host,
+    )
+
+
+def _shards(strategy, world: int) -> tuple[int, int, int]:
+    """Divisors for weights, gradients and optimizer states under the ZeRO stage."""
+    z = strategy.zero_stage
+    return (world if z >= 3 else 1), (world if z >= 2 else 1), (world if z >= 1 else 1)
+
+
+def _gpu_peak(plan, facts, strategy) -> tuple[GpuBreakdown, str, int]:
+    t, world = plan.training, plan.hardware.world_size
+    sb = state_bytes(t.precision, t.optimizer, facts.hidden_size)
+    n_train = trainable_params(facts, strategy.method, t.lora.rank, t.lora.target_modules)
+    w_div, g_div, o_div = _shards(strategy, world)
+    weights = (frozen_weight_bytes(facts, strategy.method, t.precision) + n_train * sb.weights) / w_div
+    if strategy.offload_param != "none":
+        weights = 0.0
+    grads = n_train * sb.gradients / g_div
+    opt = n_train * (sb.master + sb.moments) / o_div
+    # Step transients: DeepSpeed's fp32 gradient partition (mixed precision), or, without ZeRO (the
+    # plain trainer path), torch AdamW's foreach temporaries; ZeRO's fused optimizers step in place.
+    temp = sb.foreach_temp if strategy.zero_stage == 0 else 0.0
+    grad32 = n_train * max(sb.grad_fp32, temp) / o_div
+    if strategy.offload_optimizer != "none":
+        opt = grad32 = 0.0
+        if strategy.zero_stage >= 2:
+            grads = 0.0  # reduced straight into the host's fp32 partition through the buckets
+    buffers = _zero_buffer_bytes(plan, facts, strategy, sb)
+    lora = t.lora
+    act = activation_bytes(facts, t.seq_len, strategy.micro_batch_size, t.attention, strategy.method,
+                           strategy.gradient_checkpointing, t.precision, lora_rank=lora.rank,
+                           lora_targets=lora.target_modules, lora_dropout=lora.dropout)
+    accum = accumulation_steps(t.global_batch_size, strategy.micro_batch_size, world)
+    context = CUDA_CONTEXT_GIB * GIB
+    nccl = NCCL_GIB * GIB if world > 1 else 0.0
+    # The loss peak (start of backward) and a layer's backward working set come at different moments:
+    # stored activations plus the larger of the two (ActivationBytes.peak_bytes).
+    working = act.working_bytes if act.working_bytes >= act.logits_loss_bytes else 0.0
+    logits = act.logits_loss_bytes if act.logits_loss_bytes > act.working_bytes else 0.0
+    dynamic = act.stored_bytes + working + logits
+    held_grads = grads if accum > 1 else 0.0
+    fb = weights + opt + held_grads + buffers + dynamic * (1 + ALLOCATOR_SLACK)
+    step = weights + opt + grads + grad32 + buffers
+    if fb >= step:
+        parts = (weights, held_grads, opt, act.stored_bytes + working, logits, buffers, dynamic * ALLOCATOR_SLACK)
+        phase = "forward/backward"
+    else:
+        parts = (weights, grads, opt + grad32, 0.0, 0.0, buffers, 0.0)
+        phase = "optimizer step"
+    names = ("weights_gib", "gradients_gib", "optimizer_states_gib", "activations_gib",
+             "logits_loss_gib", "zero_buffers_gib", "allocator_slack_gib")
+    values = {k: v / GIB for k, v in zip(names, parts)}
+    return GpuBreakdown(**values, cuda_context_gib=context / GIB, nccl_gib=nccl / GIB), phase, accum
+
+
+def _zero_buffer_bytes(plan, facts, strategy, sb) -> float:
+    """ZeRO communication buffers and, under ZeRO-3, the gathered parameters in use, sized from the
+    same bucket sizes the emitted DeepSpeed JSON carries (core.ds_defaults.bucket_sizes)."""
+    if strategy.zero_stage == 0:
+        return 0.0
+    knobs = bucket_sizes(facts.hidden_size)
+    reduce = knobs["reduce"] * sb.gradients
+    if strategy.zero_stage in (1, 2):
+        return reduce + knobs["allgather"] * sb.weights
+    # DeepSpeed's own ZeRO-3 term 4*L: the largest module gathered in 16 bits plus its gradient
+    # (estimate_zero3_model_states_mem_needs), plus the prefetch bucket ahead of it.
+    gathered = 2 * facts.largest_layer_params * sb.weights
+    return gathered + knobs["prefetch"] * sb.weights + reduce
+
+
+def _host_peak(plan, facts, strategy) -> tuple[HostBreakdown, str, float]:
+    t, hw = plan.training, plan.hardware
+    ranks = hw.gpus_per_node
+    node_share = ranks / hw.world_size  # this node's share of ZeRO-partitioned states
+    sb = state_bytes(t.precision, t.optimizer, facts.hidden_size)
+    n_train = trainable_params(facts, strategy.method, t.lora.rank, t.lora.target_modules)
+    weight_bytes = frozen_weight_bytes(facts, strategy.method, t.precision) + n_train * sb.weights
+    opt_host = opt_nvme = params_host = params_nvme = swap = 0.0
+    if strategy.offload_optimizer == "cpu":
+        opt_host = n_train * sb.optimizer * node_share
+    elif strategy.offload_optimizer == "nvme":
+        # Master weights and moments swap to NVMe; the fp32 gradient partition stays in host RAM.
+        opt_nvme = n_train * (sb.master + sb.moments) * node_share
+        opt_host = n_train * sb.grad_fp32 * node_share
+        sub_group = min(SUB_GROUP_SIZE, n_train / hw.world_size)
+        swap += ranks * OPT_NVME_BUFFERS * sub_group * 4.0
+    if strategy.offload_param == "cpu":
+        params_host = weight_bytes * node_share
+    elif strategy.offload_param == "nvme":
+        params_nvme = weight_bytes * node_share
+        buffer = max(PARAM_NVME_BUFFER_SIZE, facts.largest_layer_params)  # as dsconfig writes buffer_size
+        swap += ranks * PARAM_NVME_BUFFERS * buffer * sb.weights
+    slack_rate = OFFLOAD_SLACK_PINNED if strategy.pin_memory else OFFLOAD_SLACK_UNPINNED
+    slack = (opt_host + params_host) * slack_rate
+    baseline = HOST_PROCESS_GIB * GIB * ranks
+    dataset = 0.0 if plan.data.streaming is True else plan.data.dataset_gib * GIB * ranks
+    # Checkpoint in 16 bits on disk (the usual release format).
+    ckpt16 = facts.total_params * 2.0
+    save_gather = ckpt16 if (strategy.zero_stage == 3 and strategy.method == "full"
+                             and strategy.gather_16bit_on_save) else 0.0
+    if strategy.zero_stage == 3:
+        load = ckpt16  # rank 0 loads the whole state dict under zero.Init (DOMAIN.md §4)
+    elif t.precision == "fp32":
+        load = ranks * facts.total_params * 4.0  # each rank converts its copy to fp32
+    else:
+        load = 0.0  # memory-mapped safetensors, no private copy without a dtype change
+    train = (opt_host + params_host + slack + swap + dataset + save_gather)
+    loading = params_host * (1 + slack_rate) + swap + dataset + load
+    if train >= loading:
+        values = (opt_host, params_host, slack, swap, 0.0, save_gather, dataset)
+        phase = "training" if save_gather == 0 else "checkpoint save"
+    else:
+        values = (0.0, params_host, params_host * slack_rate, swap, load, 0.0, dataset)
+        phase = "model loading"
+    names = ("offloaded_optimizer_gib", "offloaded_params_gib", "offload_slack_gib",
+             "nvme_swap_buffers_gib", "checkpoint_load_gib", "save_gather_gib", "dataset_gib")
+    host = HostBreakdown(process_baseline_gib=baseline / GIB, **{k: v / GIB for k, v in zip(names, values)})
+    return host, phase, (opt_nvme + params_nvme) / GIB

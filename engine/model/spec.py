@@ -1,0 +1,289 @@
+"""Parameter facts of the model that trains (*ForCausalLM, lm_head included unless tied), offline.
+
+A model spec is resolved, in order, as: an inline mapping of config.json fields; an id of the bundled
+catalogue (engine/model/catalogue/models.json); a path to a config.json or its folder; a Hugging Face id in
+the local HF cache. Counts are closed forms (engine/model/arch.py): no torch import, a few milliseconds.
+`meta_device_count` is the independent, slow oracle: it builds the model on torch's meta device.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from . import arch
+from ..core.errors import ModelSpecError, ModelNotFoundError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Parameter facts of one *ForCausalLM model. Counts are parameter elements, not bytes."""
+
+    name: str
+    model_type: str
+    source: str  # "catalogue" | "path" | "inline" | "hf-cache"
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    tie_word_embeddings: bool
+    num_experts: int
+    experts_per_token: int
+    total_params: int
+    active_params: int
+    largest_layer_params: int
+    embedding_params: int
+    lm_head_params: int
+    linear_layers: tuple[arch.LinearLayer, ...]
+    config: Mapping[str, Any] = field(repr=False, compare=False)
+
+    def lora_trainable_params(self, rank: int, target_modules: str | Sequence[str] = "all-linear") -> int:
+        """LoRA adapter parameters (A: r x in, B: out x r per targeted weight), as peft 0.21 counts them.
+
+        Args:
+            rank: LoRA rank r (> 0).
+            target_modules: "all-linear" (every Linear in the decoder layers, never lm_head, as peft
+                does; for MoE also the router and fused experts) or names matched as peft does:
+                equal to, or a dotted suffix of, the module path ("q_proj", "self_attn.q_proj",
+                "query_key_value"), or a transformers-4 name peft converts (Mixtral w1/w2/w3/gate).
+        Returns:
+            Trainable parameter count.
+        Raises:
+            ModelSpecError: rank not positive, a target that names no Linear of this model, or
+                one half of a fused pair (peft refuses w1 without w3).
+        """
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+            raise ModelSpecError(f"{self.name}: LoRA rank must be a positive integer (got {rank!r})")
+        return sum(rank * x.lora_rank_factor * (x.in_features + x.out_features) * x.count
+                   for x in self._targeted(target_modules))
+
+    def quantizable_params(self) -> int:
+        """Weights that QLoRA stores in 4 bit: Linear weights inside the decoder layers, experts included.
+
+        Embeddings, lm_head, norms, biases and MoE routers stay in 16 bit. Expert weights count as
+        quantised: transformers 4.x builds each expert from nn.Linear, which bitsandbytes replaces, and
+        a published Mixtral QLoRA run peaked at 43.2 GiB on one A100 (fms-acceleration benchmark,
+        bench/cases/published_extra.yaml), which only a 4-bit expert store explains. transformers 5
+        fuses experts into 3-D parameters; whether bitsandbytes quantises those is version-dependent.
+        """
+        return sum(x.weight_params for x in self.linear_layers if x.kind in ("linear", "expert"))
+
+    def _targeted(self, target_modules: str | Sequence[str]) -> list[arch.LinearLayer]:
+        if target_modules == "all-linear":
+            return list(self.linear_layers)
+        targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+
+        def hit(x: arch.LinearLayer, t: str) -> bool:
+            return x.name == t or x.name.endswith("." + t) or t in x.aliases
+
+        missing = [t for t in targets if not any(hit(x, t) for x in self.linear_layers)]
+        if missing:
+            names = ", ".join(x.name.rsplit(".", 1)[-1] for x in self.linear_layers)
+            raise ModelSpecError(f"{self.name}: LoRA target_modules {missing} match no Linear layer "
+                                  f"of this {self.model_type} model; its Linear layers are: {names}")
+        chosen = [x for x in self.linear_layers if any(hit(x, t) for t in targets)]
+        for x in chosen:
+            named = [a for a in x.aliases if a in targets]
+            if len(x.aliases) > 1 and named and len(named) < len(x.aliases):
+                raise ModelSpecError(f"{self.name}: LoRA target {named} is fused with "
+                                      f"{sorted(set(x.aliases) - set(named))} into {x.name}; target all of them")
+        return chosen
+
+
+@lru_cache(maxsize=1)
+def _catalogue() -> dict[str, Any]:
+    text = resources.files("memfit.engine.model.catalogue").joinpath("models.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def catalogue_ids() -> list[str]:
+    """Every id the bundled catalogue answers, aliases included, sorted."""
+    cat = _catalogue()
+    return sorted([*cat["models"], *cat["aliases"]])
+
+
+def _catalogue_config(model_id: str) -> dict[str, Any] | None:
+    cat = _catalogue()
+    if model_id in cat["models"]:
+        return dict(cat["models"][model_id])
+    alias = cat["aliases"].get(model_id)
+    if alias is None:
+        return None
+    return {**cat["models"][alias["same_as"]], **alias.get("overrides", {}), "_source": alias["_source"]}
+
+
+def _hf_hub_dirs() -> list[Path]:
+    """Where huggingface_hub keeps its cache, in its own order of precedence."""
+    env = os.environ
+    if env.get("HF_HUB_CACHE"):
+        return [Path(env["HF_HUB_CACHE"]).expanduser()]
+    if env.get("HUGGINGFACE_HUB_CACHE"):  # the older name, still honoured by huggingface_hub
+        return [Path(env["HUGGINGFACE_HUB_CACHE"]).expanduser()]
+    if env.get("HF_HOME"):
+        return [Path(env["HF_HOME"]).expanduser() / "hub"]
+    xdg = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return [Path(xdg).expanduser() / "huggingface" / "hub"]
+
+
+def _hf_cache_config(model_id: str) -> Path | None:
+    if model_id.count("/") != 1:
+        return None
+    for hub in _hf_hub_dirs():
+        repo = hub / ("models--" + model_id.replace("/", "--"))
+        ref = repo / "refs" / "main"
+        if ref.is_file():  # the snapshot `main` points at, as huggingface_hub resolves it
+            pinned = repo / "snapshots" / ref.read_text(encoding="utf-8").strip() / "config.json"
+            if pinned.is_file():
+                return pinned
+        found = sorted(repo.glob("snapshots/*/config.json"), key=lambda p: p.stat().st_mtime)
+        if found:
+            return found[-1]
+    return None
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelSpecError(f"{path}: cannot read as JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ModelSpecError(f"{path}: expected a JSON object of config fields")
+    return data
+
+
+def _local_path(spec: str, base_dir: str | Path) -> Path | None:
+    path = Path(spec).expanduser()
+    if not path.is_absolute():
+        path = Path(base_dir) / path
+    if path.is_dir():
+        path = path / "config.json"
+        if not path.is_file():
+            raise ModelNotFoundError(f"{path.parent}: folder has no config.json")
+    return path if path.is_file() else None
+
+
+def _not_found(spec: str) -> ModelNotFoundError:
+    close = difflib.get_close_matches(spec, catalogue_ids(), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return ModelNotFoundError(
+        f"model {spec!r}: not in the bundled catalogue, not a local config.json or folder, and not in "
+        f"the local Hugging Face cache ({', '.join(str(d) for d in _hf_hub_dirs())}).{hint} Give a path to "
+        f"the model's config.json, or its fields inline under `model:` (model_type, hidden_size, ...).")
+
+
+def resolve_model(spec: str | Mapping[str, Any], base_dir: str | Path = ".") -> ModelSpec:
+    """Resolve a model spec to its parameter facts, offline and without importing torch.
+
+    Args:
+        spec: a catalogue id ("Qwen/Qwen2.5-32B-Instruct"), a path to a config.json or its folder,
+            a Hugging Face id present in the local HF cache, or a mapping of config.json fields
+            (must include model_type).
+        base_dir: folder that relative paths are read from (the plan file's folder).
+    Returns:
+        ModelSpec of the *ForCausalLM model.
+    Raises:
+        ModelNotFoundError: spec names nothing that can be found (with close catalogue ids).
+        ModelSpecError: the config lacks model_type or counting keys, or its model_type has no
+            closed form here.
+    """
+    if isinstance(spec, Mapping):
+        return spec_from_config(spec, name=str(spec.get("_name_or_path") or "inline config"), source="inline")
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelNotFoundError(f"model: expected a model id, a path or a mapping of config fields (got {spec!r})")
+    spec = spec.strip()
+    cfg = _catalogue_config(spec)
+    if cfg is not None:
+        return spec_from_config(cfg, name=spec, source="catalogue")
+    path = _local_path(spec, base_dir)
+    if path is not None:
+        return spec_from_config(_read_config_file(path), name=str(path), source="path")
+    cached = _hf_cache_config(spec)
+    if cached is not None:
+        return spec_from_config(_read_config_file(cached), name=spec, source="hf-cache")
+    raise _not_found(spec)
+
+
+def spec_from_config(cfg: Mapping[str, Any], name: str, source: str) -> ModelSpec:
+    """Count a config mapping in closed form.
+
+    Args:
+        cfg: config.json fields.
+        name: what to call the model in facts and messages.
+        source: where the config came from ("catalogue", "path", "inline", "hf-cache").
+    Returns:
+        ModelSpec.
+    Raises:
+        ModelSpecError: no model_type, a model_type without a closed form, or bad counting keys.
+    """
+    mtype = cfg.get("model_type")
+    if not mtype:
+        raise ModelSpecError(f"{name}: config has no model_type; add it (one of: {', '.join(arch.SUPPORTED_TYPES)})")
+    if mtype not in arch.SUPPORTED_TYPES:
+        raise ModelSpecError(
+            f"{name}: model_type {mtype!r} has no closed-form parameter count (supported: "
+            f"{', '.join(arch.SUPPORTED_TYPES)}); memfit.engine.model.spec.meta_device_count can count it "
+            f"with torch and transformers installed")
+    try:
+        c = arch.count(cfg)
+    except ValueError as exc:
+        raise ModelSpecError([f"{name}: {line}" for line in str(exc).splitlines()]) from None
+    s = c.shape
+    return ModelSpec(
+        name=name, model_type=mtype, source=source, num_layers=s.num_layers, hidden_size=s.hidden_size,
+        intermediate_size=s.intermediate_size, num_attention_heads=s.num_attention_heads,
+        num_kv_heads=s.num_kv_heads, head_dim=s.head_dim, vocab_size=s.vocab_size,
+        tie_word_embeddings=s.tie_word_embeddings, num_experts=s.num_experts,
+        experts_per_token=s.experts_per_token, total_params=c.total_params, active_params=c.active_params,
+        largest_layer_params=c.largest_layer_params, embedding_params=c.embedding_params,
+        lm_head_params=c.lm_head_params, linear_layers=c.linear_layers, config=dict(cfg))
+
+
+def meta_device_count(config: Mapping[str, Any], lora_rank: int | None = None,
+                      lora_targets: str | Sequence[str] = "all-linear") -> dict[str, int]:
+    """Count parameters by building the *ForCausalLM on torch's meta device (no memory, ~1-3 s).
+
+    Imports torch and transformers (and peft when lora_rank is given) inside the call.
+
+    Args:
+        config: config.json fields including model_type (keys starting with "_" are ignored).
+        lora_rank: when given, also wrap the model with peft LoRA and count trainable parameters.
+        lora_targets: peft target_modules ("all-linear" or a list of module names).
+    Returns:
+        {"total_params", "largest_layer_params"} and, with lora_rank, "lora_trainable_params".
+    Raises:
+        ModelSpecError: config without model_type, or one transformers cannot build.
+    """
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # else a hub lookup retries for ~25 s
+        os.environ.setdefault(var, "1")
+    import torch
+    import transformers
+
+    fields = {k: v for k, v in config.items() if not k.startswith("_")}
+    mtype = fields.pop("model_type", None)
+    if not mtype:
+        raise ModelSpecError("meta_device_count: config has no model_type")
+    try:
+        cfg = transformers.AutoConfig.for_model(mtype, **fields)
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(cfg)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelSpecError(f"meta_device_count: transformers cannot build {mtype!r}: {exc}") from exc
+    out = {
+        "total_params": sum(p.numel() for p in model.parameters()),  # tied weights are counted once
+        "largest_layer_params": max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()),
+    }
+    if lora_rank is not None:
+        import peft
+
+        targets = lora_targets if isinstance(lora_targets, str) else list(lora_targets)
+        wrapped = peft.get_peft_model(model, peft.LoraConfig(r=lora_rank, target_modules=targets))
+        out["lora_trainable_params"] = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
+    return out

@@ -1,0 +1,1 @@
+"""The plan a user writes: its schema, loading and checking, and the Strategy type."""

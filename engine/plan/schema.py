@@ -1,0 +1,272 @@
+"""The plan file: YAML -> checked, typed `Plan`.
+
+Every problem in a file is collected and reported at once as `FILE: key.path: what is wrong (got X)`;
+unknown keys get a did-you-mean suggestion. The pydantic model is the contract (v1, documented in
+docs/reference/plan-format.md); schemas/plan.schema.json is generated from it.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from ..core.errors import PlanError
+from ..machine.gpus import find_gpu, GPUS
+from ..core.units import parse_size_gib
+
+Auto = Literal["auto"]
+Method = Literal["full", "lora", "qlora"]
+Offload = Literal["none", "cpu", "nvme"]
+Size = Union[float, str]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Hardware(_Strict):
+    gpu: str | None = Field(None, description="GPU catalogue name that fills gpu_memory, e.g. H100-SXM-80GB")
+    gpu_memory: Size | None = Field(None, description="per GPU: a number (GiB) or a string with a unit; GPU 'GB' means GiB")
+    gpus_per_node: int = Field(1, ge=1)
+    nodes: int = Field(1, ge=1)
+    host_memory: Size = Field(..., description="host RAM per node; a number is GiB, '744GB' is SI")
+    nvme: Size = Field(0.0, description="free NVMe per node for ZeRO-Infinity")
+    nvme_path: str | None = Field(None, description="mount point of the NVMe used for offload")
+    bf16: bool | None = Field(None, description="whether the GPU supports bf16; default from the catalogue, else true")
+
+    @field_validator("gpu")
+    @classmethod
+    def _known_gpu(cls, v: str | None) -> str | None:
+        if v is not None and find_gpu(v) is None:
+            close = difflib.get_close_matches(v.lower(), list(GPUS), n=1)
+            hint = f"; did you mean '{GPUS[close[0]].name}'?" if close else ""
+            raise ValueError(f"unknown GPU '{v}'{hint} (or give gpu_memory instead)")
+        return v
+
+    @field_validator("gpu_memory")
+    @classmethod
+    def _gpu_size(cls, v: Size | None) -> Size | None:
+        if v is not None and parse_size_gib(v, gb_means_gib=True) <= 0:
+            raise ValueError("must be > 0")
+        return v
+
+    @field_validator("host_memory")
+    @classmethod
+    def _host_size(cls, v: Size) -> Size:
+        if parse_size_gib(v) <= 0:
+            raise ValueError("must be > 0")
+        return v
+
+    @field_validator("nvme")
+    @classmethod
+    def _nvme_size(cls, v: Size) -> Size:
+        if parse_size_gib(v) < 0:
+            raise ValueError("must be >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _memory_known(self) -> "Hardware":
+        if self.gpu is None and self.gpu_memory is None:
+            raise ValueError("give gpu_memory (per GPU) or a catalogue gpu name")
+        return self
+
+    @property
+    def gpu_memory_gib(self) -> float:
+        if self.gpu_memory is not None:
+            return parse_size_gib(self.gpu_memory, gb_means_gib=True)
+        spec = find_gpu(self.gpu or "")
+        assert spec is not None  # checked by the validators
+        return spec.memory_gib
+
+    @property
+    def host_memory_gib(self) -> float:
+        return parse_size_gib(self.host_memory)
+
+    @property
+    def nvme_gib(self) -> float:
+        return parse_size_gib(self.nvme)
+
+    @property
+    def supports_bf16(self) -> bool:
+        if self.bf16 is not None:
+            return self.bf16
+        spec = find_gpu(self.gpu) if self.gpu else None
+        return spec.bf16 if spec else True
+
+    @property
+    def world_size(self) -> int:
+        return self.gpus_per_node * self.nodes
+
+
+class Lora(_Strict):
+    rank: int = Field(16, ge=1, le=4096)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: Union[str, list[str]] = Field(
+        "all-linear", description="'all-linear' (every Linear in the decoder layers), one module name, or a list")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _one_name_is_a_list(cls, v: str | list[str]) -> str | list[str]:
+        # peft accepts one module name as a string; memfit counts it as a one-element list.
+        return v if v == "all-linear" or isinstance(v, list) else [v]
+
+
+class Training(_Strict):
+    method: Union[Method, Auto] = "auto"
+    seq_len: int = Field(2048, ge=1)
+    micro_batch_size: Union[int, Auto] = "auto"
+    global_batch_size: int | None = Field(None, ge=1)
+    precision: Literal["auto", "bf16", "fp16", "fp32", "pure_bf16"] = Field(
+        "auto", description="auto: bf16 where the GPU supports it, else fp16 with loss scaling")
+    optimizer: Literal["adamw", "adamw_8bit", "adafactor", "sgd"] = "adamw"
+    gradient_checkpointing: Union[bool, Auto] = "auto"
+    attention: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
+    lora: Lora = Lora()
+    zero_stage: Union[Literal[0, 1, 2, 3], Auto] = "auto"
+    offload_optimizer: Union[Offload, Auto] = "auto"
+    offload_param: Union[Offload, Auto] = "auto"
+
+    @field_validator("micro_batch_size")
+    @classmethod
+    def _positive_batch(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be >= 1 or 'auto'")
+        return v
+
+
+class Policy(_Strict):
+    require_full_finetune: bool = False
+    gpu_headroom: float = Field(0.2, ge=0, lt=1, description="fraction of GPU capacity kept free")
+    host_headroom: float = Field(0.25, ge=0, lt=1, description="fraction of host RAM kept free")
+    max_micro_batch_size: int = Field(64, ge=1, description="upper end of the micro-batch search")
+
+
+class Data(_Strict):
+    dataset_size: Size = Field(0.0, description="tokenised data set size on disk/in memory")
+    dataloader_workers: int = Field(2, ge=0)
+    preprocessing_workers: int = Field(1, ge=1)
+    streaming: Union[bool, Auto] = "auto"
+
+    @property
+    def dataset_gib(self) -> float:
+        return parse_size_gib(self.dataset_size)
+
+
+class Plan(_Strict):
+    model: Union[str, dict[str, Any]] = Field(
+        ..., description="HF id | path to config.json or its folder | inline mapping of config.json fields")
+    hardware: Hardware
+    training: Training = Training()
+    policy: Policy = Policy()
+    data: Data = Data()
+    rules: list[str] = Field(default_factory=list, description="extra rule directories, relative to the plan")
+    measured: list[str] = Field(default_factory=list, description="logs of real runs, relative to the plan")
+    # Folder that relative paths (model, rules, measured) are read from; set by load_plan. Private: not
+    # a plan key, not in the schema.
+    _base_dir: str = PrivateAttr(".")
+    _source: str = PrivateAttr("<plan>")
+
+    @property
+    def base_dir(self) -> str:
+        return self._base_dir
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @field_validator("model")
+    @classmethod
+    def _inline_needs_type(cls, v: str | dict) -> str | dict:
+        if isinstance(v, dict) and "model_type" not in v:
+            raise ValueError("an inline model mapping needs model_type (e.g. llama, qwen2)")
+        return v
+
+
+def _key_path(loc: tuple) -> str:
+    # pydantic puts union branch names into loc (e.g. 'int', "literal['auto']"): drop them.
+    parts = [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in ("int", "float", "str", "bool", "function-after")))]
+    return ".".join(parts) or "(top level)"
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def _describe(err: dict, source: str) -> str:
+    loc = err["loc"]
+    path = _key_path(loc)
+    if err["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(loc[-1]), _fields_at(Plan, loc), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return f"{source}: {path}: unknown key{hint}"
+    msg = err["msg"].removeprefix("Value error, ")
+    got = f" (got {err['input']!r})" if err["type"] != "missing" else ""
+    return f"{source}: {path}: {msg}{got}"
+
+
+def plan_from_dict(data: Any, source: str = "<plan>", base_dir: str | Path = ".") -> Plan:
+    """Check a plan mapping and return the typed Plan.
+
+    Raises:
+        PlanError: listing every problem as `SOURCE: key.path: what is wrong (got X)`.
+    """
+    if not isinstance(data, dict):
+        raise PlanError(f"{source}: the plan must be a mapping with model, hardware, training (got {type(data).__name__})")
+    if data.get("hardware") == "detect":
+        data = {**data, "hardware": _detected_hardware(source)}
+    try:
+        plan = Plan.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            line = _describe(err, source)
+            if line not in problems:
+                problems.append(line)
+        raise PlanError(problems) from None
+    if plan.training.precision == "auto":
+        chosen = "bf16" if plan.hardware.supports_bf16 else "fp16"
+        plan = plan.model_copy(update={"training": plan.training.model_copy(update={"precision": chosen})})
+    plan._base_dir, plan._source = str(base_dir), source
+    return plan
+
+
+def _detected_hardware(source: str) -> dict:
+    """`hardware: detect`: this machine's GPUs, RAM and cores (NVML, torch.cuda, psutil)."""
+    from ..machine.detect import detect_hardware
+
+    found = detect_hardware()
+    hw = found.to_hardware_dict()
+    if "gpu_memory" not in hw:
+        raise PlanError(f"{source}: hardware: detect found no GPU on this machine ({'; '.join(found.notes)}); "
+                        "give the hardware mapping (gpu_memory, gpus_per_node, host_memory) instead")
+    return hw
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read and check a plan YAML file (safe loading only).
+
+    Raises:
+        PlanError: unreadable file, bad YAML, or invalid keys (all problems at once).
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PlanError(f"{p}: cannot read the plan ({exc.strerror or exc})") from None
+    try:
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise PlanError(f"{p}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return plan_from_dict(data, str(p), p.parent)

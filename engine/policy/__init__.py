@@ -1,0 +1,1 @@
+"""The rule base: the facts vocabulary, rule loading and checking, evaluators, verdicts."""

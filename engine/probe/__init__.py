@@ -1,0 +1,1 @@
+"""`advise probe`: a traced training step on fake tensors."""

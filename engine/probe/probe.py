@@ -1,0 +1,289 @@
+"""The probe: trace one real training step on fake tensors and measure its memory, without a GPU.
+
+The actual transformers architecture (`AutoModelForCausalLM.from_config`) runs forward, loss,
+backward and one optimizer step on FakeTensorMode tensors of the cpu device (fake *cuda* tensors
+abort a CPU-only torch build; DOMAIN.md §3). A small TorchDispatchMode counts live tensor storage
+bytes (one count per untyped storage, released by a weakref finalizer) and records the peak of each
+phase with what was live at that moment, split into parameters, gradients, optimizer states and
+activations (everything else). No tensor holds data, so a 7B step costs seconds and < 1 GB of RAM.
+
+Large models are traced with a few decoder layers at two layer counts; every measured quantity is
+linear in the layer count, so the difference gives the per-layer term and extrapolates to the real
+count (`ProbeResult.extrapolated_from_layers` says so). The probe is the oracle for
+engine/memory/activations.py. torch, transformers and peft are imported inside functions only.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from ..core.errors import ProbeError
+from .trace import Tracker, cuda_like_dropout, enable_checkpointing, unpacked_sequences
+
+Progress = Callable[[int, int, str], None]
+PHASES = ("setup", "forward", "backward", "optimizer")
+_CATEGORIES = ("params", "grads", "optimizer", "activations")
+_DTYPES = {"bf16": "bfloat16", "pure_bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Measured memory of one training step (bytes; extrapolated to the full layer count).
+
+    by_phase maps forward/backward/optimizer to {"peak": total at that phase's peak, the
+    params/grads/optimizer/activations bytes live at that moment, and "activation_peak": the
+    phase's largest bytes other than parameters and gradients, which may come at another moment}.
+    """
+
+    peak_bytes: float
+    peak_phase: str
+    activation_bytes_per_layer: float   # stored for backward by one decoder layer (end of forward)
+    logits_loss_bytes: float            # stored at the end of forward outside the layers
+    stored_activation_bytes: float      # all activations live at the end of forward
+    activation_peak_bytes: float        # largest bytes other than params and grads in fwd/bwd
+    params_bytes: float
+    grads_bytes: float
+    optimizer_bytes: float
+    by_phase: dict[str, dict[str, float]]
+    seconds: float
+    extrapolated_from_layers: tuple[int, int] | None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _build_model(config: Mapping, layers: int, attention: str, dtype, method: str,
+                 lora_rank: int, lora_targets, lora_dropout: float):
+    """The architecture on the meta device, with `layers` decoder layers (and peft adapters)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = {k: v for k, v in dict(config).items() if k not in ("torch_dtype", "dtype", "architectures")}
+    if "model_type" not in cfg:
+        raise ProbeError("probe: the model config has no model_type (e.g. llama, qwen2)")
+    cfg["num_hidden_layers"] = layers
+    if isinstance(cfg.get("layer_types"), list):
+        cfg["layer_types"] = cfg["layer_types"][:layers]
+    try:
+        hf_config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    except (ValueError, KeyError) as exc:
+        raise ProbeError(f"probe: transformers cannot build this config: {exc}") from None
+    hf_config.use_cache = False
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, attn_implementation=attention)
+    if method in ("lora", "qlora"):
+        from peft import LoraConfig, get_peft_model
+        # On meta: get_peft_model on fake parameters fails (DOMAIN.md §3).
+        lora = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=lora_dropout,
+                          target_modules=lora_targets, task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+    return model
+
+
+def _materialise(model, tie: bool) -> None:
+    """Swap meta parameters and buffers for (fake) cpu tensors, keeping dtypes and tied weights."""
+    import torch
+
+    # torch.empty (not empty_like) so no meta tensor reaches FakeTensorMode as an input.
+    model._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device="cpu"))
+    if tie:  # _apply converts a shared Parameter once per owning module: tie it again.
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        out = base.get_output_embeddings()
+        if out is not None:
+            out.weight = base.get_input_embeddings().weight
+
+
+def _make_optimizer(optimizer: str, params, notes: list[str]):
+    import torch
+
+    if optimizer == "sgd":
+        return torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+    if optimizer == "adafactor" and hasattr(torch.optim, "Adafactor"):
+        return torch.optim.Adafactor(params, lr=1e-4)
+    if optimizer != "adamw":
+        notes.append(f"optimizer {optimizer} traced as torch AdamW (its own kernels are not available here)")
+    # foreach=True is torch's default on CUDA; its temporaries belong in the optimizer-step peak.
+    return torch.optim.AdamW(params, lr=1e-4, foreach=True)
+
+
+def _trace_step(model_args: tuple, *, seq_len: int, micro_batch: int, gradient_checkpointing: bool,
+                optimizer: str, fake: bool, notes: list[str], tick: Callable[[str], None]) -> dict[str, Any]:
+    """Run one step with `layers` decoder layers under the tracker; return its measurements."""
+    import contextlib
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    config = model_args[0]
+    model = _build_model(*model_args)
+    tie = bool(dict(config).get("tie_word_embeddings", False))
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=False) if fake else contextlib.nullcontext()
+    tracker = Tracker()
+    with fake_mode, tracker, unpacked_sequences(), cuda_like_dropout():
+        _materialise(model, tie)
+        if gradient_checkpointing:
+            enable_checkpointing(model)
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        tracker.mark(model.parameters())
+        for p in params:  # a gradient stops being an activation once it lands in .grad
+            p.register_post_accumulate_grad_hook(lambda q: tracker.mark([q.grad]))
+        opt = _make_optimizer(optimizer, params, notes)
+        ids = torch.zeros((micro_batch, seq_len), dtype=torch.long)
+        tracker.phase = "forward"
+        loss = model(input_ids=ids, labels=ids).loss
+        stored = tracker.current
+        tick("forward")
+        tracker.phase = "backward"
+        loss.backward()
+        del loss
+        tick("backward")
+        tracker.phase = "optimizer"
+        opt.step()
+        states = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+        cats = {"params": tracker.serials(model.parameters()),
+                "grads": tracker.serials(p.grad for p in params), "states": tracker.serials(states)}
+        sizes = {c: float(sum(tracker.live[k] for k in ks)) for c, ks in cats.items()}
+        opt.zero_grad(set_to_none=True)
+        tick("optimizer")
+    return _summarise(tracker, cats, sizes, stored)
+
+
+def _summarise(tracker, cats: dict[str, set[int]], sizes: dict[str, float],
+               stored_total: int) -> dict[str, Any]:
+    """Split each phase's peak snapshot into params, grads, optimizer states and activations.
+
+    "activations" is everything else: saved tensors and temporaries (the optimizer step's foreach
+    temporaries land there too).
+    """
+    out: dict[str, Any] = dict(sizes)
+    # Everything live at the end of forward but parameters is stored activation (no grads yet).
+    out["stored"] = float(stored_total) - out["params"]
+    for phase in PHASES[1:]:
+        total, snap = tracker.peaks.get(phase, (0, {}))
+        row = {"peak": float(total)}
+        for c, name in (("params", "params"), ("grads", "grads"), ("states", "optimizer")):
+            row[name] = float(sum(n for k, n in snap.items() if k in cats[c]))
+        row["activations"] = row["peak"] - row["params"] - row["grads"] - row["optimizer"]
+        row["activation_peak"] = float(tracker.act_peaks.get(phase, 0))
+        out[phase] = row
+    return out
+
+
+def _layer_counts(num_layers: int, layers_traced: int | None) -> tuple[int, int]:
+    big = min(num_layers, layers_traced or 4)
+    if big < 1:
+        raise ProbeError(f"probe: layers_traced must be >= 1 (got {layers_traced})")
+    # Two counts a multiple of 2 apart where possible, so alternating layer types (Gemma2's
+    # sliding/global) enter the per-layer difference in their real proportion.
+    return (big // 2 if big > 1 else 0), big
+
+
+def _extrapolate(lo: dict, hi: dict, n_lo: int, n_hi: int, n: int) -> dict:
+    """Linear in the layer count: m(n) = m(hi) + (n - hi) * slope."""
+    def ext(a, b):
+        if isinstance(b, dict):
+            return {k: ext(a[k], b[k]) for k in b}
+        return b + (n - n_hi) * (b - a) / (n_hi - n_lo)
+    out = {k: ext(lo[k], hi[k]) for k in hi}
+    out["per_layer"] = (hi["stored"] - lo["stored"]) / (n_hi - n_lo)
+    out["non_layer"] = hi["stored"] - n_hi * out["per_layer"]
+    return out
+
+
+def probe(config: Mapping, *, seq_len: int, micro_batch: int, method: str = "full",
+          gradient_checkpointing: bool = False, attention: str = "sdpa", precision: str = "bf16",
+          optimizer: str = "adamw", lora_rank: int = 16, lora_targets: Any = "all-linear",
+          layers_traced: int | None = None, progress: Progress | None = None,
+          lora_dropout: float = 0.0, _fake: bool = True) -> ProbeResult:
+    """Trace one training step of the real architecture on fake tensors and measure its memory.
+
+    Args:
+        config: the raw HF config.json mapping (needs model_type).
+        seq_len, micro_batch: tokens per sequence and sequences per step.
+        method: full | lora | qlora (qlora is traced as LoRA on bf16 weights: no bitsandbytes here).
+        gradient_checkpointing: non-reentrant checkpointing of every decoder layer.
+        attention: sdpa | eager | flash_attention_2 (traced as sdpa: flash kernels need CUDA).
+        precision: bf16 | pure_bf16 | fp16 | fp32, the dtype weights and activations are traced in.
+        optimizer: adamw | sgd | adafactor (others traced as AdamW, with a note).
+        lora_rank, lora_targets, lora_dropout: the peft LoraConfig for method lora/qlora.
+        layers_traced: decoder layers in the larger trace (default min(num_layers, 4)).
+        progress: called with (done, total, label) after each traced phase.
+    Returns:
+        ProbeResult, extrapolated to the config's layer count.
+    Raises:
+        ProbeError: the config cannot be built or an op cannot run on fake tensors.
+    """
+    import torch
+
+    start = time.perf_counter()
+    notes = [f"traced on {'fake' if _fake else 'real'} cpu tensors in {precision}; parameters, "
+             "gradients and optimizer states are sized as traced (AdamW states in the weights' "
+             "dtype); the probe is the oracle for activations"]
+    attn = attention
+    if attention == "flash_attention_2":
+        attn = "sdpa"
+        notes.append("flash_attention_2 needs CUDA: traced sdpa (same O(s) memory)")
+    if method == "qlora":
+        notes.append("qlora traced as LoRA on bf16 weights (bitsandbytes is not installed)")
+    n = int(dict(config).get("num_hidden_layers", 0))
+    counts = _layer_counts(n, layers_traced)
+    done, total = 0, 3 * len(counts)
+
+    def tick(label: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, label)
+
+    runs = {}
+    dtype = getattr(torch, _DTYPES.get(precision, "bfloat16"))
+    for layers in counts:
+        args = (config, layers, attn, dtype, method, lora_rank, lora_targets, lora_dropout)
+        try:
+            runs[layers] = _trace_step(args, seq_len=seq_len, micro_batch=micro_batch,
+                                       gradient_checkpointing=gradient_checkpointing,
+                                       optimizer=optimizer, fake=_fake, notes=notes,
+                                       tick=lambda ph, L=layers: tick(f"{L} layers: {ph}"))
+        except (RuntimeError, NotImplementedError, TypeError, AssertionError, ValueError) as exc:
+            raise ProbeError(f"probe: tracing {dict(config).get('model_type')} with {layers} "
+                             f"layers failed: {type(exc).__name__}: {exc}") from None
+    m = _extrapolate(runs[counts[0]], runs[counts[1]], counts[0], counts[1], n)
+    by_phase = {ph: m[ph] for ph in PHASES[1:]}
+    peak_phase = max(by_phase, key=lambda ph: by_phase[ph]["peak"])
+    return ProbeResult(
+        peak_bytes=by_phase[peak_phase]["peak"], peak_phase=peak_phase,
+        activation_bytes_per_layer=m["per_layer"], logits_loss_bytes=m["non_layer"],
+        stored_activation_bytes=m["stored"],
+        activation_peak_bytes=max(by_phase[ph]["activation_peak"] for ph in ("forward", "backward")),
+        params_bytes=m["params"], grads_bytes=m["grads"], optimizer_bytes=m["states"],
+        by_phase=by_phase, seconds=time.perf_counter() - start,
+        extrapolated_from_layers=counts if counts[1] != n else None, notes=tuple(dict.fromkeys(notes)))
+
+
+def probe_plan(plan, strategy=None, progress: Progress | None = None) -> ProbeResult:
+    """Probe the model and training settings of a memfit Plan ('auto' choices: full, no
+    checkpointing, micro-batch 1, unless a Strategy pins them).
+
+    Args:
+        plan: a checked memfit Plan.
+        strategy: an optional Strategy whose method, checkpointing and micro-batch win.
+        progress: called with (done, total, label) after each traced phase.
+    Returns:
+        ProbeResult for the plan's model, extrapolated to its layer count.
+    Raises:
+        ModelNotFoundError, ModelSpecError: the plan's model cannot be resolved.
+        ProbeError: the architecture cannot be traced.
+    """
+    from ..model.spec import resolve_model
+
+    t = plan.training
+
+    def pick(name: str, auto):
+        value = getattr(strategy, name) if strategy is not None else getattr(t, name)
+        return auto if value == "auto" else value
+
+    facts = resolve_model(plan.model, plan.base_dir)
+    return probe(facts.config, seq_len=t.seq_len, micro_batch=pick("micro_batch_size", 1),
+                 method=pick("method", "full"), gradient_checkpointing=pick("gradient_checkpointing", False),
+                 attention=t.attention, precision=t.precision, optimizer=t.optimizer,
+                 lora_rank=t.lora.rank, lora_targets=t.lora.target_modules, lora_dropout=t.lora.dropout,
+                 progress=progress)

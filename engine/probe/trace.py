@@ -1,0 +1,118 @@
+"""Pieces of the probe (engine/probe/probe.py): the storage-counting dispatch mode and the patches that make a
+cpu fake-tensor trace store what a CUDA run stores. torch is imported inside functions only.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+
+class Tracker:
+    """Counts live storage bytes; built lazily because TorchDispatchMode needs torch."""
+
+    def __new__(cls):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+        import torch
+
+        class Tracker(TorchDispatchMode):
+            def __init__(self):
+                super().__init__()
+                self.ids: dict[int, int] = {}    # storage address -> serial, while live
+                self.live: dict[int, int] = {}   # serial -> bytes
+                self.serial = 0
+                self.marked: set[int] = set()   # parameters and gradients
+                self.marked_bytes = 0
+                self.act_peaks: dict[str, int] = {}  # phase -> peak of unmarked bytes
+                self.current = 0
+                self.phase = "setup"
+                self.peaks: dict[str, tuple[int, dict[int, int]]] = {}
+
+            def track(self, t: Any) -> None:
+                if not isinstance(t, torch.Tensor):
+                    return
+                st = t.untyped_storage()
+                key = st._cdata  # one StorageImpl, shared by every view of it
+                if key in self.ids:
+                    return
+                # Addresses are reused after a free: identify storages by a serial number.
+                self.serial += 1
+                self.ids[key] = self.serial
+                self.live[self.serial] = st.nbytes()
+                self.current += self.live[self.serial]
+                weakref.finalize(st, self._free, key, self.serial)
+                if self.current > self.peaks.get(self.phase, (-1,))[0]:
+                    self.peaks[self.phase] = (self.current, dict(self.live))
+                other = self.current - self.marked_bytes
+                if other > self.act_peaks.get(self.phase, -1):
+                    self.act_peaks[self.phase] = other
+
+            def mark(self, tensors) -> None:
+                """Count these storages as model states (not activations) from now on."""
+                for k in self.serials(tensors) - self.marked:
+                    self.marked.add(k)
+                    self.marked_bytes += self.live[k]
+
+            def serials(self, tensors) -> set[int]:
+                keys = {t.untyped_storage()._cdata for t in tensors if t is not None}
+                return {self.ids[k] for k in keys if k in self.ids}
+
+            def _free(self, key: int, serial: int) -> None:
+                self.ids.pop(key, None)
+                if serial in self.marked:
+                    self.marked.discard(serial)
+                    self.marked_bytes -= self.live.get(serial, 0)
+                self.current -= self.live.pop(serial, 0)
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in tree_flatten(out)[0]:
+                    self.track(t)
+                return out
+
+        return Tracker()
+
+
+def unpacked_sequences():
+    """Tell transformers' mask code each row is one sequence, as the GPU run sees it.
+
+    transformers looks for packed sequences in position_ids; on fake tensors it cannot read them,
+    assumes packing, and builds an explicit s*s mask per layer, which also disables SDPA's native
+    GQA (k/v get repeated to all heads). A real unpacked batch takes the is_causal path instead.
+    """
+    import contextlib
+    from unittest import mock
+
+    try:
+        from transformers import masking_utils
+    except ImportError:
+        return contextlib.nullcontext()
+    if not hasattr(masking_utils, "find_packed_sequence_indices"):
+        return contextlib.nullcontext()
+    return mock.patch.object(masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
+
+
+def cuda_like_dropout():
+    """Route dropout to torch.native_dropout, as CUDA does.
+
+    On the cpu device F.dropout multiplies by a noise tensor of the input's dtype and saves it
+    (4 bytes per element for peft's fp32 adapter inputs); CUDA's fused kernel saves a 1-byte mask.
+    """
+    from unittest import mock
+    import torch
+
+    def dropout(x, p=0.5, training=True, inplace=False):
+        if not training or p == 0.0:
+            return x
+        return torch.native_dropout(x, p, True)[0]
+
+    return mock.patch.object(torch.nn.functional, "dropout", dropout)
+
+
+def enable_checkpointing(model) -> None:
+    """Non-reentrant checkpointing of every decoder layer (transformers 5 renamed the method)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

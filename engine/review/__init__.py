@@ -1,0 +1,1 @@
+"""`advise review`: property tests of a rule base over generated plans."""

@@ -1,0 +1,1 @@
+"""The candidate search: strategy shapes, micro-batch sizing, facts per candidate."""

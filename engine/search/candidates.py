@@ -1,0 +1,66 @@
+"""Candidate strategies within what the plan pins, and the largest micro-batch / sequence that fit.
+
+The search space follows the HF DeepSpeed ladder (fastest first): ZeRO-0 > 1 > 2 > 2 + optimizer
+offload > 3 > 3 + offloads > NVMe. Offloading parameters needs ZeRO-3; offloading the optimizer is
+offered from ZeRO-2 up (pinned plans may ask for ZeRO-1 + offload, which DeepSpeed also accepts).
+"""
+from __future__ import annotations
+
+from itertools import product
+from typing import Callable, Iterator
+
+from ..plan.strategy import Strategy
+
+_OFFLOADS = ("none", "cpu", "nvme")
+
+
+def _pick(value, allowed) -> tuple:
+    return tuple(allowed) if value == "auto" else (value,)
+
+
+def strategy_shapes(plan) -> Iterator[Strategy]:
+    """Every strategy shape the plan allows, with micro_batch_size 1 (sized later).
+
+    Args:
+        plan: the checked Plan; pinned training values restrict the search, 'auto' opens it.
+    """
+    t = plan.training
+    methods = _pick(t.method, ("full", "lora", "qlora"))
+    if plan.policy.require_full_finetune and t.method == "auto":
+        methods = ("full",)
+    for method, stage, opt, param, ckpt in product(
+            methods, _pick(t.zero_stage, (0, 1, 2, 3)), _pick(t.offload_optimizer, _OFFLOADS),
+            _pick(t.offload_param, _OFFLOADS), _pick(t.gradient_checkpointing, (False, True))):
+        if t.offload_optimizer == "auto" and opt != "none" and stage < 2:
+            continue
+        if t.offload_param == "auto" and param != "none" and stage < 3:
+            continue
+        if (t.offload_param == "auto" or t.offload_optimizer == "auto") and param != "none" and opt == "none":
+            continue  # parameters before the optimizer is never the better trade (optimizer first)
+        if "nvme" in (opt, param) and plan.hardware.nvme_gib <= 0 and "nvme" not in (t.offload_optimizer, t.offload_param):
+            continue
+        for pin in ((True, False) if "cpu" in (opt, param) else (True,)):
+            for gather in ((True, False) if stage == 3 and method == "full" else (True,)):
+                yield Strategy(method=method, zero_stage=stage, offload_optimizer=opt, offload_param=param,
+                               gradient_checkpointing=ckpt, pin_memory=pin, gather_16bit_on_save=gather)
+
+
+def largest_fitting(lo: int, hi: int, fits: Callable[[int], bool]) -> int | None:
+    """Largest n in [lo, hi] with fits(n), for fits monotone (true then false); None if none fits."""
+    if not fits(lo):
+        return None
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def micro_batch_limit(plan) -> int:
+    """Upper end of the micro-batch search: the policy cap, and no more than the global batch allows."""
+    cap = plan.policy.max_micro_batch_size
+    if plan.training.global_batch_size:
+        cap = min(cap, max(1, plan.training.global_batch_size // plan.hardware.world_size))
+    return cap
