@@ -20,6 +20,7 @@ from memfit.engine.plan.schema import load_plan  # noqa: E402
 from memfit.engine.policy.oracle import make_evaluator  # noqa: E402
 from memfit.engine.review.run import judge  # noqa: E402
 from memfit.engine.policy.rules import load_rules  # noqa: E402
+from memfit.engine.search.feasibility import Feasibility  # noqa: E402
 from memfit.engine.search.sweep import sweep  # noqa: E402
 
 RUNS = 5
@@ -39,7 +40,8 @@ def main(argv: list[str]) -> None:
     path = argv[0] if argv else "examples/qwen32b-one-h100.yaml"
     plan = load_plan(path)
     rules = load_rules([plan.base_dir + "/" + d for d in plan.rules])
-    candidates = sweep(plan, resolve_model(plan.model, plan.base_dir))
+    with Feasibility(rules) as feasibility:
+        candidates = sweep(plan, resolve_model(plan.model, plan.base_dir), feasibility)
     rows = {}
     for backend in ("durable", "python"):
         secs = statistics.median(_time(candidates, rules, backend) for _ in range(RUNS))

@@ -70,13 +70,14 @@ def plan_cmd(plan_file, as_json, out_dir, force, rules_dirs, measured, backend) 
 @cli.command("estimate")
 @click.argument("plan_file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True)
-def estimate_cmd(plan_file, as_json) -> None:
+@click.option("--rules", "rules_dirs", multiple=True, type=click.Path(file_okay=False), help="Extra rule directory (repeatable).")
+def estimate_cmd(plan_file, as_json, rules_dirs) -> None:
     """Memory of exactly the strategy PLAN_FILE pins (no search)."""
     from memfit.engine import estimate
 
     from .render import estimate_text
 
-    result = estimate(plan_file)
+    result = estimate(plan_file, rules_dirs=rules_dirs)
     click.echo(json.dumps(result.model_dump(mode="json"), indent=2) if as_json else estimate_text(result))
 
 

@@ -92,7 +92,7 @@ def estimate_text(r) -> str:
         lines.append(f"NVMe      {r.nvme_gib:.0f} GiB per node: {'fits' if r.nvme_fits else 'DOES NOT FIT'}")
     for side in ("gpu", "host"):
         lines.append(f"  {side}: " + ", ".join(f"{k.removesuffix('_gib')} {v:.2f}" for k, v in r.breakdown[side].items() if v))
-    lines.append(f"largest micro-batch within the GPU budget: {r.max_micro_batch_size or 'none'}; "
+    lines.append(f"largest micro-batch no reject rule forbids: {r.max_micro_batch_size or 'none'}; "
                  f"longest sequence: {r.max_seq_len or 'none'}")
     if r.deepspeed_estimate:
         d = r.deepspeed_estimate
@@ -149,6 +149,7 @@ def review_text(r) -> str:
              f"{r.examples.failed} failed ({r.seconds:.1f} s)"]
     for p in r.properties:
         lines.append(f"{'PASS' if p.passed else 'FAIL'}  {p.name} ({p.examples} examples)")
+        lines += [f"  info: {n}" for n in p.notes]
     for v in r.violations:
         lines.append(f"  violation [{v.property}] {v.message}" + (f" (rules: {', '.join(v.rules)})" if v.rules else ""))
         lines += [f"      counterexample: {f}" for f in v.files]

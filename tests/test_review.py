@@ -18,6 +18,7 @@ from memfit.engine.model.spec import resolve_model
 from memfit.engine.plan.schema import load_plan, plan_from_dict
 from memfit.engine.review.run import differential, judge, review, signature
 from memfit.engine.policy.rules import load_rules
+from memfit.engine.search.feasibility import Feasibility
 from memfit.engine.search.sweep import sweep
 
 FAULTY = Path(__file__).parent / "fixtures" / "faulty_rules"
@@ -99,7 +100,7 @@ def test_json_shape(planted_report):
 def test_shuffled_rule_order_gives_same_ranking(cache_dir):
     rules = load_rules()
     plan = plan_from_dict({"model": "Qwen/Qwen2.5-7B", "hardware": {"gpu_memory": 80, "host_memory": 512}})
-    candidates = sweep(plan, resolve_model(plan.model))
+    candidates = sweep(plan, resolve_model(plan.model), Feasibility(rules, "python"))
     shuffled = list(rules)
     random.Random(7).shuffle(shuffled)
     a = signature(judge(candidates, rules, PythonEvaluator(rules)))
@@ -110,7 +111,7 @@ def test_shuffled_rule_order_gives_same_ranking(cache_dir):
 def test_differential_on_sweep_facts(cache_dir):
     rules = load_rules()
     plan = plan_from_dict({"model": "Qwen/Qwen2.5-0.5B", "hardware": {"gpu_memory": 24, "host_memory": 64}})
-    facts = [c.facts.model_dump() for c in sweep(plan, resolve_model(plan.model))]
+    facts = [c.facts.model_dump() for c in sweep(plan, resolve_model(plan.model), Feasibility(rules, "python"))]
     assert differential(rules, facts) == []
 
 

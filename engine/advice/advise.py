@@ -8,21 +8,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ..search.candidates import largest_fitting, micro_batch_limit
 from ..deepspeed.parity import deepspeed_estimate
 from ..core.errors import PlanError
 from ..policy.oracle import make_evaluator
-from ..policy.vocabulary import to_message
 from ..memory.estimate import estimate_memory
 from ..model.spec import ModelSpec, resolve_model
 from ..plan.schema import Plan, load_plan
-from ..policy.verdicts import rank_key, verdict
 from .results import (Advice, CandidateResult, EstimateResult, Explanation, HardwareSummary, MemoryReport,
                       ModelSummary)
 from ..policy.rules import Rule, load_rules
 from ..plan.strategy import Strategy
 from ..evidence.match import Evidence
-from ..search.sweep import Candidate, sweep, within_budget
+from ..search.feasibility import Feasibility, largest_passing
+from ..search.judge import Judged, judge
+from ..search.sweep import Candidate, PlanProbe, sweep
+from .outlook import what_it_would_take
 from ..core.units import describe_size
 
 VERSION = "0.1.0"
@@ -94,21 +94,25 @@ def _result(rank: int, c: Candidate, v, plan: Plan, model: ModelSpec) -> Candida
 
 
 def evaluate_candidates(plan: Plan, model: ModelSpec, rules: Sequence[Rule], backend: str = "auto",
-                        evidence: Evidence = Evidence()):
-    """Sweep, fire rules, and rank: [(candidate, verdict)] best first, plus the evaluator's name."""
-    candidates = sweep(plan, model, evidence)
-    by_id = {r.id: r for r in rules}
+                        evidence: Evidence = Evidence(), feasibility: Feasibility | None = None
+                        ) -> tuple[list[Judged], str]:
+    """Sweep (micro-batches sized by the reject rules), fire every rule, and rank.
+
+    Args:
+        feasibility: the reject-only view of `rules` to size with (made and closed here when None).
+    Returns:
+        (judged candidates best first, the evaluator's name).
+    """
+    own = feasibility is None
+    feasibility = feasibility or Feasibility(rules, backend)
     evaluator = make_evaluator(rules, backend)
     try:
-        scored = []
-        for c in candidates:
-            facts = to_message(c.facts)
-            v = verdict(evaluator.fired(facts), by_id, facts)
-            scored.append((rank_key(v.rejected, v.score, facts, c.strategy.key), c, v))
+        judged = judge(sweep(plan, model, feasibility, evidence), rules, evaluator)
     finally:
         evaluator.close()
-    scored.sort(key=lambda t: t[0])
-    return [(c, v) for _, c, v in scored], evaluator.name
+        if own:
+            feasibility.close()
+    return judged, evaluator.name
 
 
 def advise(plan: Plan | str | Path, *, rules_dirs: Iterable[str | Path] = (), measured: Iterable[str | Path] = (),
@@ -134,15 +138,16 @@ def advise(plan: Plan | str | Path, *, rules_dirs: Iterable[str | Path] = (), me
     from ..evidence.match import evidence_for
 
     evidence = evidence_for(plan, model, [*measured, *(base / m for m in plan.measured)])
-    judged, evaluator_name = evaluate_candidates(plan, model, rules, backend, evidence)
-    results = [_result(i + 1, c, v, plan, model) for i, (c, v) in enumerate(judged)]
+    with Feasibility(rules, backend) as feasibility:
+        judged, evaluator_name = evaluate_candidates(plan, model, rules, backend, evidence, feasibility)
+        outlook = what_it_would_take(plan, model, judged, rules, feasibility)
+    results = [_result(i + 1, j.candidate, j.verdict, plan, model) for i, j in enumerate(judged)]
     best = next((r for r in results if r.feasible), None)
     return Advice(
         memfit_version=VERSION, plan=plan.source, model=model_summary(
-            model, plan, best.method if best else judged[0][0].strategy.method),
+            model, plan, best.method if best else judged[0].candidate.strategy.method),
         hardware=hardware_summary(plan), evaluator=evaluator_name, rules_loaded=len(rules),
-        measured=list(evidence.notes),
-        summary=_summary(best, results), what_it_would_take=what_it_would_take(plan, model, judged),
+        measured=list(evidence.notes), summary=_summary(best, results), what_it_would_take=outlook,
         candidates=results)
 
 
@@ -155,67 +160,19 @@ def _summary(best: CandidateResult | None, results: list[CandidateResult]) -> st
             f"per node); {sum(r.feasible for r in results)} of {len(results)} candidates fit the policy.")
 
 
-def what_it_would_take(plan: Plan, model: ModelSpec, judged) -> list[str]:
-    """For each method with no feasible candidate: what the closest candidate needs, and which larger
-    hardware (more nodes, NVMe) would make one fit the memory budget. When memory is not what rejects
-    it (a precision or compatibility rule), say that instead of proposing hardware."""
-    lines = []
-    methods = dict.fromkeys(c.strategy.method for c, _ in judged)
-    for method in methods:
-        ranked = [(c, v) for c, v in judged if c.strategy.method == method]
-        if any(not v.rejected for _, v in ranked):
-            continue
-        c, v = ranked[0]
-        if within_budget(plan, c.estimate):
-            reasons = "; ".join(dict.fromkeys(f.message for f in v.firings if f.effect == "reject"))
-            lines.append(f"{method}: nothing fits, and not for lack of memory: {reasons}.")
-            continue
-        e, pol = c.estimate, plan.policy
-        need_gpu = e.gpu_peak_gib / (1 - pol.gpu_headroom)
-        need_host = e.host_peak_gib / (1 - pol.host_headroom)
-        line = (f"{method}: nothing fits. Closest: {c.strategy.key}, GPU {e.gpu_peak_gib:.1f} GiB (needs "
-                f"{need_gpu:.1f} GiB with headroom, have {e.gpu_capacity_gib:.1f}), host {e.host_peak_gib:.0f} GiB "
-                f"per node (needs {need_host:.0f} GiB with headroom, have {e.host_capacity_gib:.0f}).")
-        lines.append(line + _bigger_hardware(plan, model, method))
-    return lines
+def estimate(plan: Plan | str | Path, *, rules_dirs: Iterable[str | Path] = (), backend: str = "auto",
+             rules: Sequence[Rule] | None = None) -> EstimateResult:
+    """Memory of exactly the strategy the plan pins (no search), and the largest micro-batch and
+    sequence on which no reject rule of the rule base fires.
 
-
-def _bigger_hardware(plan: Plan, model: ModelSpec, method: str) -> str:
-    from ..search.candidates import strategy_shapes
-    from ..search.sweep import size_micro_batch
-
-    def first_fit(p: Plan, min_stage: int = 0) -> Strategy | None:
-        for shape in strategy_shapes(p):
-            if shape.method != method or shape.zero_stage < min_stage:
-                continue
-            s = size_micro_batch(p, model, shape)
-            if within_budget(p, estimate_memory(p, model, s)):
-                return s
-        return None
-
-    training = plan.training.model_copy(update={"method": method})
-    options = []
-    for nodes in (2, 4, 8, 16):
-        p = plan.model_copy(update={"hardware": plan.hardware.model_copy(update={"nodes": plan.hardware.nodes * nodes}),
-                                    "training": training})
-        s = first_fit(p)
-        if s:
-            options.append(f"{plan.hardware.nodes * nodes} nodes of this kind ({s.key})")
-            break
-    hw = plan.hardware.model_copy(update={"nvme": 100_000, "nvme_path": plan.hardware.nvme_path or "/local_nvme"})
-    p = plan.model_copy(update={"hardware": hw, "training": training.model_copy(update={"offload_optimizer": "nvme"})})
-    s = first_fit(p, min_stage=2)  # ZeRO-Offload needs a ZeRO stage to partition
-    if s:
-        nvme = estimate_memory(p, model, s).nvme_gib
-        options.append(f"NVMe offload with at least {nvme:.0f} GiB free NVMe per node ({s.key})")
-    return (" It would take: " + "; or ".join(options) + ".") if options else " No larger setup tried (up to 16x nodes, NVMe) fits."
-
-
-def estimate(plan: Plan | str | Path) -> EstimateResult:
-    """Memory of exactly the strategy the plan pins (no search).
-
+    Args:
+        plan: a Plan or the path of a plan YAML file.
+        rules_dirs: extra rule directories (added to the built-in rules and the plan's `rules:`).
+        backend: rules backend ('auto', 'durable' or 'python').
+        rules: an already loaded rule base (overrides rules_dirs and the built-ins).
     Raises:
         PlanError: a training choice is still 'auto' (each one named).
+        RuleError: the rule base does not load.
     """
     plan = _as_plan(plan)
     t = plan.training
@@ -225,9 +182,13 @@ def estimate(plan: Plan | str | Path) -> EstimateResult:
     unpinned = [f"training.{k}: is 'auto'; advise estimate needs every strategy choice pinned" for k, v in pins.items() if v == "auto"]
     if unpinned:
         raise PlanError(unpinned)
+    if rules is None:
+        rules = load_rules([*rules_dirs, *(Path(plan.base_dir) / d for d in plan.rules)])
     model = resolve_model(plan.model, plan.base_dir)
     s = Strategy(**pins)
     e = estimate_memory(plan, model, s)
+    with Feasibility(rules, backend) as feasibility:
+        max_mb, max_seq = _largest(plan, model, s, feasibility)
     ds = deepspeed_estimate(model, s, plan)
     return EstimateResult(
         plan=plan.source, model=model_summary(model, plan, s.method), strategy=s.model_dump(),
@@ -236,8 +197,7 @@ def estimate(plan: Plan | str | Path) -> EstimateResult:
         host_capacity_gib=e.host_capacity_gib, gpu_peak_phase=e.gpu_peak_phase, host_peak_phase=e.host_peak_phase,
         breakdown={"gpu": {k: round(v, 3) for k, v in e.gpu.as_dict().items()},
                    "host": {k: round(v, 3) for k, v in e.host.as_dict().items()}},
-        max_micro_batch_size=_largest(plan, model, s, "micro_batch_size", 1, 4096),
-        max_seq_len=_largest(plan, model, s, "seq_len", 1, 1 << 21),
+        max_micro_batch_size=max_mb, max_seq_len=max_seq,
         deepspeed_estimate=ds.model_dump() if ds else None)
 
 
@@ -246,13 +206,14 @@ def estimate_strategy(plan: Plan, model: ModelSpec, strategy: Strategy):
     return estimate_memory(plan, model, strategy)
 
 
-def _largest(plan: Plan, model: ModelSpec, s: Strategy, what: str, lo: int, hi: int) -> int | None:
-    budget = plan.hardware.gpu_memory_gib * (1 - plan.policy.gpu_headroom)
+def _largest(plan: Plan, model: ModelSpec, s: Strategy, feasibility: Feasibility) -> tuple[int | None, int | None]:
+    """(largest micro-batch at the plan's seq_len, longest sequence at the strategy's micro-batch) on
+    which no reject rule fires: the sizing the search uses (search.feasibility.largest_passing)."""
+    probe = PlanProbe(plan, model, feasibility)
+    max_mb = largest_passing(1, 4096, lambda n: probe.passes(s.model_copy(update={"micro_batch_size": n})))
 
-    def fits(n: int) -> bool:
-        if what == "micro_batch_size":
-            return estimate_memory(plan, model, s.model_copy(update={"micro_batch_size": n})).gpu_peak_gib <= budget
+    def seq_passes(n: int) -> bool:
         p = plan.model_copy(update={"training": plan.training.model_copy(update={"seq_len": n})})
-        return estimate_memory(p, model, s).gpu_peak_gib <= budget
+        return PlanProbe(p, model, feasibility).passes(s)
 
-    return largest_fitting(lo, hi, fits)
+    return max_mb, largest_passing(1, 1 << 21, seq_passes)

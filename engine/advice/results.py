@@ -119,7 +119,7 @@ class EstimateResult(_Out):
     gpu_peak_phase: str
     host_peak_phase: str
     breakdown: dict[str, dict[str, float]]
-    max_micro_batch_size: Optional[int] = Field(description="largest micro-batch within the GPU budget at seq_len")
-    max_seq_len: Optional[int] = Field(description="longest sequence within the GPU budget at the micro-batch")
+    max_micro_batch_size: Optional[int] = Field(description="largest micro-batch on which no reject rule fires, at seq_len")
+    max_seq_len: Optional[int] = Field(description="longest sequence on which no reject rule fires, at the micro-batch")
     deepspeed_estimate: Optional[dict[str, float]] = Field(
         description="DeepSpeed's own estimator for the same strategy (model states only, x1.5 host buffer)")

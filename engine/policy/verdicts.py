@@ -83,6 +83,18 @@ def _settings(firings: Sequence[Firing]) -> tuple[dict[str, Any], list[str]]:
     return {k: v for k, (_, v, _) in chosen.items()}, conflicts
 
 
+# A memory rule: the headroom topic, or a rule over the usage / peak facts (and the measured OOM).
+# "What it would take" proposes hardware only when one of these rejected the closest candidate.
+MEMORY_TOPIC = "memory-headroom"
+MEMORY_FACTS = frozenset({"gpu_peak_gib", "gpu_usage", "gpu_margin", "gpu_excess_gib", "host_peak_gib",
+                          "host_usage", "host_margin", "host_excess_gib", "nvme_needed_gib", "measured_oom"})
+
+
+def is_memory_rule(rule: Rule) -> bool:
+    """Whether the rule is about memory: topic memory-headroom, or it reads a usage/peak fact."""
+    return rule.topic == MEMORY_TOPIC or bool(rule.facts_used & MEMORY_FACTS)
+
+
 def rank_key(rejected: bool, score: float, facts: Mapping[str, Any], key: str) -> tuple:
     """Sort key: feasible first, best score first, then least GPU memory; rejected candidates by how
     far they are over budget (closest first)."""

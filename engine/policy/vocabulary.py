@@ -58,14 +58,16 @@ class CandidateFacts(BaseModel):
     nvme_needed_gib: float = Field(description="NVMe space the offload needs per node")
     nvme_capacity_gib: float = Field(description="free NVMe per node")
     activation_share: float = Field(description="activations + logits as a fraction of the GPU peak")
-    # Neighbours in the search space (same strategy with one choice changed), within budget or not
-    fits_without_checkpointing: bool = Field(description="the same strategy without checkpointing is within budget")
-    fits_without_offload: bool = Field(description="the same ZeRO stage without any offload is within budget")
-    fits_pinned: bool = Field(description="the same strategy with pinned memory is within budget")
-    fits_with_gather: bool = Field(description="the same strategy gathering 16-bit weights at save is within budget")
-    lower_stage_fits: bool = Field(description="a lower ZeRO stage, same method, no offload, is within budget")
-    lora_fits: bool = Field(description="some LoRA candidate is within budget")
-    full_fits: bool = Field(description="some full fine-tuning candidate is within budget")
+    # Neighbours in the search space (same strategy with one choice changed), judged by the reject rules.
+    # Relational: computed from a first pass of the reject rules without these facts (engine/search/feasibility.py).
+    feasible_without_checkpointing: bool = Field(
+        description="the same strategy without checkpointing passes every reject rule")
+    feasible_without_offload: bool = Field(
+        description="the same ZeRO stage without any offload passes every reject rule")
+    feasible_pinned: bool = Field(description="the same strategy with pinned memory passes every reject rule")
+    lower_stage_feasible: bool = Field(
+        description="a lower ZeRO stage, same method, no offload, passes every reject rule")
+    lora_feasible: bool = Field(description="some LoRA candidate of this plan passes every reject rule")
     # Measured evidence (logs of real runs)
     measured: bool = Field(description="measured facts apply to this plan")
     measured_oom: bool = Field(description="a measured OOM rules this candidate out")

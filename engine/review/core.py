@@ -1,7 +1,8 @@
 """The pieces of `advise review` that both the review and its property checks use.
 
-Result models (Violation, PropertyResult, ExampleCounts), the ranking harness (`judge`, `signature`,
-Judged), the shared `ReviewContext` (rule base, reused evaluator, sweep cache, every fact set seen) and the
+Result models (Violation, PropertyResult, ExampleCounts), `signature` of a ranking (the ranking itself
+is advise's own: search.judge.judge, re-exported), the shared `ReviewContext` (rule base, reused
+evaluator and reject-only view, sweep cache, every fact set seen) and the
 hypothesis search driver `search_examples`. They sit apart from engine/review/run.py (the public entry point) and
 engine/review/properties.py (the checks) so that neither imports the other: review.py calls the
 properties, the properties need these. hypothesis is imported only inside `search_examples`.
@@ -10,19 +11,21 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from pydantic import BaseModel, Field
 
 from ..core.errors import MemfitError
 from ..policy.oracle import make_evaluator
-from ..policy.vocabulary import to_message
 from ..model.spec import resolve_model
 from ..plan.schema import plan_from_dict
-from ..policy.verdicts import Verdict, rank_key, verdict
 from ..policy.rules import Rule
+from ..search.feasibility import Feasibility
+from ..search.judge import Judged, judge
 from ..search.sweep import sweep
+
+__all__ = ["Violation", "PropertyResult", "ExampleCounts", "Judged", "judge", "signature", "ReviewContext",
+           "search_examples", "property_result", "SHRINK_BUDGET_S"]
 
 # Seconds a property may spend shrinking a failure before it reports the smallest plan found so far.
 SHRINK_BUDGET_S = 10.0
@@ -42,31 +45,12 @@ class PropertyResult(BaseModel):
     examples: int
     seconds: float
     violations: list[Violation] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list, description="information that is not a failure")
 
 
 class ExampleCounts(BaseModel):
     passed: int = 0
     failed: int = 0
-
-
-@dataclass(frozen=True)
-class Judged:
-    key: str
-    facts: Mapping[str, Any]
-    fired: tuple[str, ...]
-    verdict: Verdict
-
-
-def judge(candidates, rules: Sequence[Rule], evaluator, overrides: Mapping[str, Any] | None = None) -> list[Judged]:
-    """Fire the rules on each candidate (facts optionally overridden) and rank as advise does."""
-    by_id = {r.id: r for r in rules}
-    out = []
-    for c in candidates:
-        facts = {**to_message(c.facts), **(overrides or {})}
-        fired = tuple(evaluator.fired(facts))
-        out.append(Judged(c.strategy.key, facts, fired, verdict(fired, by_id, facts)))
-    out.sort(key=lambda j: rank_key(j.verdict.rejected, j.verdict.score, j.facts, j.key))
-    return out
 
 
 def signature(judged: Sequence[Judged]) -> list[tuple]:
@@ -82,11 +66,13 @@ class _Failed(Exception):
 
 
 class ReviewContext:
-    """The rule base under review, one reused evaluator, and caches shared by the properties."""
+    """The rule base under review, one reused evaluator and reject-only view (sizing the sweeps as
+    advise does), and caches shared by the properties. close() releases both evaluators."""
 
     def __init__(self, rules: list[Rule], backend: str, seed: int, max_examples: int):
         self.rules, self.backend, self.seed, self.max_examples = rules, backend, seed, max_examples
         self.evaluator = make_evaluator(rules, backend)
+        self.feasibility = Feasibility(rules, backend)
         self._sweeps: dict[str, tuple] = {}
         self.fired_sets: set[tuple[str, ...]] = set()
         self.fact_sets_seen = 0
@@ -97,8 +83,12 @@ class ReviewContext:
             plan = plan_from_dict(plan_dict, "<generated plan>")
             model = resolve_model(plan.model)
             self._sweeps = self._sweeps if len(self._sweeps) < 256 else {}
-            self._sweeps[key] = (plan, model, sweep(plan, model))
+            self._sweeps[key] = (plan, model, sweep(plan, model, self.feasibility))
         return self._sweeps[key]
+
+    def close(self) -> None:
+        self.evaluator.close()
+        self.feasibility.close()
 
     def judge(self, plan_dict: dict, overrides: Mapping[str, Any] | None = None, rules=None, evaluator=None):
         plan, _, candidates = self.sweep(plan_dict)
@@ -152,6 +142,7 @@ def _last_failing(seen: dict[str, list], failed: _Failed) -> Any:
     return None
 
 
-def property_result(name: str, examples: int, t0: float, violations: list[Violation]) -> PropertyResult:
+def property_result(name: str, examples: int, t0: float, violations: list[Violation],
+                    notes: Sequence[str] = ()) -> PropertyResult:
     return PropertyResult(name=name, passed=not violations, examples=examples,
-                          seconds=round(time.monotonic() - t0, 2), violations=violations)
+                          seconds=round(time.monotonic() - t0, 2), violations=violations, notes=list(notes))

@@ -14,13 +14,14 @@ import random
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from ..advice.advise import evaluate_candidates
 from ..core.errors import MemfitError
 from ..policy.oracle import holds, make_evaluator
+from ..policy.rules import Rule, builtin_rule_files
 from ..policy.verdicts import verdict
+from ..search.feasibility import Feasibility
+from ..search.sweep import sweep
 from .core import Judged, PropertyResult, Violation, ReviewContext, property_result, judge, signature
-from ..policy.rules import Rule
-from ..search.sweep import within_budget
+from .search_properties import search_property_checks
 
 # Examples of the targeted search for a rule that did not fire (or never mattered) in the properties.
 TARGETED_EXAMPLES = 150
@@ -28,15 +29,22 @@ TARGETED_EXAMPLES = 150
 
 # --- properties over generated plans -------------------------------------------------------------
 
+def _within_budget(plan, est) -> bool:
+    """The review's own budget check, independent of the headroom rules: peak within capacity minus
+    the policy headroom on GPU and host, and NVMe within space (generated plans carry no logs, so no
+    calibration applies)."""
+    p = plan.policy
+    return (est.gpu_peak_gib <= est.gpu_capacity_gib * (1 - p.gpu_headroom)
+            and est.host_peak_gib <= est.host_capacity_gib * (1 - p.host_headroom) and est.nvme_fits)
+
+
 def _feasible_within_budget(ctx: ReviewContext, plan_dict: dict) -> list:
     plan, judged = ctx.judge(plan_dict)
-    _, _, candidates = ctx.sweep(plan_dict)
-    est = {c.strategy.key: c.estimate for c in candidates}
     return [(f"{j.key} is ranked feasible but over budget: GPU {j.facts['gpu_peak_gib']:.1f} of "
              f"{j.facts['gpu_budget_gib']:.1f} GiB, host {j.facts['host_peak_gib']:.0f} of "
              f"{j.facts['host_budget_gib']:.0f} GiB, NVMe {j.facts['nvme_needed_gib']:.0f} of "
              f"{j.facts['nvme_capacity_gib']:.0f} GiB", [])
-            for j in judged if not j.verdict.rejected and not within_budget(plan, est[j.key])]
+            for j in judged if not j.verdict.rejected and not _within_budget(plan, j.candidate.estimate)]
 
 
 def _feasible(judged: Sequence[Judged]) -> dict[str, Judged]:
@@ -84,8 +92,8 @@ def _diff(what: str, a: list, b: list, fired_at: int = 3) -> list:
 
 
 def _backend_independent(ctx: ReviewContext, plan_dict: dict) -> list:
-    """durable-rules vs the oracle on the same candidates, and the harness (`judge`) vs advise's own
-    evaluate_candidates with the oracle (so the other properties test what advise does)."""
+    """durable-rules vs the oracle: firing on the same candidates, and sizing the sweep (the
+    micro-batches each backend's reject rules choose)."""
     plan, model, candidates = ctx.sweep(plan_dict)
     evaluators = {b: make_evaluator(ctx.rules, b) for b in ("durable", "python")}
     try:
@@ -94,10 +102,12 @@ def _backend_independent(ctx: ReviewContext, plan_dict: dict) -> list:
         for e in evaluators.values():
             e.close()
     rows = {b: [(j.key, j.fired, j.verdict.rejected, j.verdict.score) for j in judged] for b, judged in runs.items()}
-    advised = [(c.strategy.key, tuple(f.rule for f in v.firings), v.rejected, v.score)
-               for c, v in evaluate_candidates(plan, model, ctx.rules, "python")[0]]
+    sized = {}
+    for b in ("durable", "python"):
+        with Feasibility(ctx.rules, b) as feasibility:
+            sized[b] = [(c.strategy.key, (), c.facts.micro_batch_size) for c in sweep(plan, model, feasibility)]
     return (_diff("durable-rules vs the Python oracle", rows["durable"], rows["python"], 1)
-            + _diff("the review's ranking vs advise's", rows["python"], advised, 1))
+            + _diff("micro-batch sizing under durable-rules vs the oracle", sized["durable"], sized["python"], 1))
 
 
 def _reuse_independent(ctx: ReviewContext, ex: dict) -> list:
@@ -156,6 +166,7 @@ def property_checks(ctx: ReviewContext) -> list[tuple[str, Any, Callable]]:
          lambda e: _reuse_independent(ctx, e)),
         ("explained", with_measured, lambda e: _explained(ctx, e)),
         ("declared-precedence", with_measured, lambda e: _declared_precedence(ctx, e)),
+        *search_property_checks(ctx),
     ]
     from ..policy.durable import durable_available
 
@@ -259,8 +270,13 @@ def every_rule_fires(ctx: ReviewContext) -> PropertyResult:
 
 
 def no_dead_rules(ctx: ReviewContext) -> PropertyResult:
-    """A rule that fires but whose removal never changes a verdict, score, setting or advice."""
-    t0, by_id, violations = time.monotonic(), {r.id: r for r in ctx.rules}, []
+    """A rule that fires but whose removal never changes a verdict, score, setting or advice.
+
+    A built-in rule that matters only once the user's rules are set aside (a user's no-NVMe rule makes
+    nvme-over-space and nvme-needs-path redundant) is shadowed, not dead: reported as a note."""
+    t0, by_id, violations, notes = time.monotonic(), {r.id: r for r in ctx.rules}, [], []
+    builtin = {name for name, _ in builtin_rule_files()}
+    user = {r.id for r in ctx.rules if r.file not in builtin}
 
     def matters(fired: Sequence[str], rid: str) -> bool:
         return rid in fired and _effects(fired, by_id) != _effects([x for x in fired if x != rid], by_id)
@@ -269,6 +285,11 @@ def no_dead_rules(ctx: ReviewContext) -> PropertyResult:
         sets = [s for s in ctx.fired_sets if r.id in s]
         if not sets or any(matters(s, r.id) for s in sets):
             continue
+        shadowing = sorted({x for s in sets if matters([y for y in s if y not in user], r.id) for x in s if x in user})
+        if r.file in builtin and shadowing:
+            notes.append(f"{r.file}: {r.id} is redundant under your rule(s) {', '.join(shadowing)}: wherever it "
+                         f"fires they decide the same (information, not a failure)")
+            continue
         if _find(ctx, lambda j, rid=r.id: matters(j.fired, rid), lambda j, rid=r.id: _closeness_to_mattering(j, rid)):
             continue
         violations.append(Violation(
@@ -276,4 +297,4 @@ def no_dead_rules(ctx: ReviewContext) -> PropertyResult:
             message=f"{r.file}: removing {r.id} changes no verdict, score, setting or advice on the "
                     f"{len(sets)} distinct firing set(s) where it fired (e.g. with {', '.join(sets[0])}), "
                     f"nor in a targeted search"))
-    return property_result("no-dead-rules", len(ctx.fired_sets), t0, violations)
+    return property_result("no-dead-rules", len(ctx.fired_sets), t0, violations, notes)

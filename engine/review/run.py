@@ -163,7 +163,7 @@ def review(rules_dirs: Iterable[str | Path] = (), *, include_builtin: bool = Tru
         results = [first] + [_run_property(ctx, *p, out) for p in property_checks(ctx)]
         results += [every_rule_fires(ctx), no_dead_rules(ctx)]
     finally:
-        ctx.evaluator.close()
+        ctx.close()
     violations = [v for p in results for v in p.violations]
     return ReviewReport(passed=not violations, seconds=round(time.monotonic() - t0, 2), rules_loaded=len(rules),
                         evaluator=ctx.evaluator.name, out_dir=str(out), examples=counts, properties=results,

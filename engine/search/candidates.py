@@ -1,4 +1,4 @@
-"""Candidate strategies within what the plan pins, and the largest micro-batch / sequence that fit.
+"""Candidate strategy shapes within what the plan pins, and the upper end of the micro-batch search.
 
 The search space follows the HF DeepSpeed ladder (fastest first): ZeRO-0 > 1 > 2 > 2 + optimizer
 offload > 3 > 3 + offloads > NVMe. Offloading parameters needs ZeRO-3; offloading the optimizer is
@@ -7,7 +7,7 @@ offered from ZeRO-2 up (pinned plans may ask for ZeRO-1 + offload, which DeepSpe
 from __future__ import annotations
 
 from itertools import product
-from typing import Callable, Iterator
+from typing import Iterator
 
 from ..plan.strategy import Strategy
 
@@ -43,19 +43,6 @@ def strategy_shapes(plan) -> Iterator[Strategy]:
             for gather in ((True, False) if stage == 3 and method == "full" else (True,)):
                 yield Strategy(method=method, zero_stage=stage, offload_optimizer=opt, offload_param=param,
                                gradient_checkpointing=ckpt, pin_memory=pin, gather_16bit_on_save=gather)
-
-
-def largest_fitting(lo: int, hi: int, fits: Callable[[int], bool]) -> int | None:
-    """Largest n in [lo, hi] with fits(n), for fits monotone (true then false); None if none fits."""
-    if not fits(lo):
-        return None
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
 
 
 def micro_batch_limit(plan) -> int:

@@ -1,13 +1,17 @@
 """Estimate every candidate strategy and turn each into the facts the rules see.
 
 Data flows one way: plan + model facts -> strategy shapes -> micro-batch sizing -> memory estimates
--> neighbour facts -> CandidateFacts. Nothing here decides; the rules do.
+-> neighbour facts -> CandidateFacts. Python measures (numbers with units, the plan's choices); the
+rule base decides: a micro-batch is the largest on which no reject rule fires, and a neighbour is
+feasible when no reject rule fires on it (search/feasibility.py, one evaluator for both).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Iterable
 
-from .candidates import largest_fitting, micro_batch_limit, strategy_shapes
+from .candidates import micro_batch_limit, strategy_shapes
+from .feasibility import Feasibility, largest_passing
 from ..policy.vocabulary import CandidateFacts
 from ..memory.estimate import MemoryEstimate, estimate_memory
 from ..evidence.match import Evidence
@@ -22,70 +26,86 @@ class Candidate:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
-def within_budget(plan, est: MemoryEstimate, gpu_scale: float = 1.0, gpu_headroom: float | None = None) -> bool:
-    """Peak within capacity minus the headroom on GPU and host, and NVMe within space.
+class PlanProbe:
+    """One plan's strategies measured and put to the reject rules, memoised per strategy.
 
-    gpu_scale and gpu_headroom carry a measured calibration (Evidence.calibration) when there is one.
+    Args:
+        plan, model: the checked plan and its model.
+        feasibility: the reject-only view of the rule base (shared across plans: its memo is per fact values).
+        evidence: measured facts (calibration, OOMs) that enter the facts.
     """
-    p = plan.policy
-    headroom = p.gpu_headroom if gpu_headroom is None else gpu_headroom
-    return (est.gpu_peak_gib * gpu_scale <= est.gpu_capacity_gib * (1 - headroom)
-            and est.host_peak_gib <= est.host_capacity_gib * (1 - p.host_headroom)
-            and est.nvme_fits)
+
+    def __init__(self, plan, model, feasibility: Feasibility, evidence: Evidence = Evidence()):
+        self.plan, self.model, self.feasibility, self.evidence = plan, model, feasibility, evidence
+        self._estimates: dict[Strategy, MemoryEstimate] = {}
+        self._measures: dict[Strategy, dict[str, Any]] = {}
+
+    def estimate(self, s: Strategy) -> MemoryEstimate:
+        if s not in self._estimates:
+            self._estimates[s] = estimate_memory(self.plan, self.model, s)
+        return self._estimates[s]
+
+    def measures(self, s: Strategy) -> dict[str, Any]:
+        """Every fact of the strategy except the relational ones (feasibility.RELATIONAL_FACTS)."""
+        if s not in self._measures:
+            self._measures[s] = _measures(self.plan, self.model, s, self.estimate(s), self.evidence)
+        return self._measures[s]
+
+    def rejected_by(self, s: Strategy) -> tuple[str, ...]:
+        """The reject rules that fire on the strategy's first-pass facts."""
+        return self.feasibility.rejected_by(self.measures(s))
+
+    def passes(self, s: Strategy) -> bool:
+        return not self.rejected_by(s)
+
+    def size(self, shape: Strategy) -> Strategy:
+        """Pin the plan's micro-batch, or take the largest on which no reject rule fires (1 if none)."""
+        pinned = self.plan.training.micro_batch_size
+        if pinned != "auto":
+            return shape.model_copy(update={"micro_batch_size": pinned})
+        best = largest_passing(1, micro_batch_limit(self.plan),
+                               lambda mb: self.passes(shape.model_copy(update={"micro_batch_size": mb})))
+        return shape.model_copy(update={"micro_batch_size": best or 1})
+
+    def candidate(self, s: Strategy, cross: dict[str, bool]) -> Candidate:
+        """The sized strategy with every fact: its measures, its neighbours' verdicts and `cross`."""
+        facts = CandidateFacts(**self.measures(s), **_neighbours(self, s), **cross)
+        return Candidate(s, self.estimate(s), facts)
 
 
-def size_micro_batch(plan, model, shape: Strategy, evidence: Evidence = Evidence(), memo=None) -> Strategy:
-    """Pin the plan's micro-batch, or take the largest within the GPU budget (1 if none fits)."""
-    pinned = plan.training.micro_batch_size
-    if pinned != "auto":
-        return shape.model_copy(update={"micro_batch_size": pinned})
-    scale, headroom = evidence.calibration(shape, plan.policy.gpu_headroom)
-    budget = plan.hardware.gpu_memory_gib * (1 - headroom)
+def sweep(plan, model, feasibility: Feasibility, evidence: Evidence = Evidence()) -> list[Candidate]:
+    """All candidates of the plan, each with its estimate and facts (unranked, in search order).
 
-    estimate = memo or (lambda s: estimate_memory(plan, model, s))
-
-    def fits(mb: int) -> bool:
-        return estimate(shape.model_copy(update={"micro_batch_size": mb})).gpu_peak_gib * scale <= budget
-
-    best = largest_fitting(1, micro_batch_limit(plan), fits)
-    return shape.model_copy(update={"micro_batch_size": best or 1})
+    Args:
+        plan, model: the checked plan and its model.
+        feasibility: the reject-only view of the rule base that sizes micro-batches and judges neighbours.
+        evidence: measured facts.
+    """
+    probe = PlanProbe(plan, model, feasibility, evidence)
+    sized = [probe.size(s) for s in strategy_shapes(plan)]
+    cross = cross_facts(probe, sized)
+    return [probe.candidate(s, cross) for s in sized]
 
 
-class _Memo:
-    """estimate_memory memoised per strategy: neighbours and micro-batch searches repeat strategies."""
-
-    def __init__(self, plan, model):
-        self.plan, self.model, self._cache = plan, model, {}
-
-    def __call__(self, s: Strategy) -> MemoryEstimate:
-        if s not in self._cache:
-            self._cache[s] = estimate_memory(self.plan, self.model, s)
-        return self._cache[s]
+def cross_facts(probe: PlanProbe, sized: Iterable[Strategy]) -> dict[str, bool]:
+    """Facts about the other candidates, from the first pass of the reject rules over all of them."""
+    return {"lora_feasible": any(s.method == "lora" and probe.passes(s) for s in sized)}
 
 
-def sweep(plan, model, evidence: Evidence = Evidence()) -> list[Candidate]:
-    """All candidates of the plan, each with its estimate and facts (unranked, in search order)."""
-    memo = _Memo(plan, model)
-    sized = [size_micro_batch(plan, model, s, evidence, memo) for s in strategy_shapes(plan)]
-    estimates = [memo(s) for s in sized]
-    ok_by_method: dict[str, bool] = {}
-    for s, e in zip(sized, estimates):
-        ok = within_budget(plan, e, *evidence.calibration(s, plan.policy.gpu_headroom))
-        ok_by_method[s.method] = ok_by_method.get(s.method, False) or ok
-    return [Candidate(s, e, _facts(plan, memo, s, e, ok_by_method, evidence)) for s, e in zip(sized, estimates)]
+def _neighbours(probe: PlanProbe, s: Strategy) -> dict[str, bool]:
+    def ok(**change) -> bool:
+        return probe.passes(s.model_copy(update=change))
+
+    return {
+        "feasible_without_checkpointing": ok(gradient_checkpointing=False),
+        "feasible_without_offload": ok(offload_optimizer="none", offload_param="none"),
+        "feasible_pinned": ok(pin_memory=True),
+        "lower_stage_feasible": any(ok(zero_stage=z, offload_optimizer="none", offload_param="none")
+                                    for z in range(s.zero_stage)),
+    }
 
 
-def _neighbour_ok(plan, memo: _Memo, ev: Evidence, strategy: Strategy, **change) -> bool:
-    other = strategy.model_copy(update=change)
-    return within_budget(plan, memo(other), *ev.calibration(other, plan.policy.gpu_headroom))
-
-
-def _lower_stage_ok(plan, memo: _Memo, ev: Evidence, s: Strategy) -> bool:
-    return any(_neighbour_ok(plan, memo, ev, s, zero_stage=z, offload_optimizer="none", offload_param="none")
-               for z in range(s.zero_stage))
-
-
-def _facts(plan, memo: _Memo, s: Strategy, e: MemoryEstimate, ok_by_method: dict, ev: Evidence) -> CandidateFacts:
+def _measures(plan, model, s: Strategy, e: MemoryEstimate, ev: Evidence) -> dict[str, Any]:
     hw, pol, t = plan.hardware, plan.policy, plan.training
     g = e.gpu
     dynamic = g.activations_gib + g.logits_loss_gib
@@ -93,7 +113,7 @@ def _facts(plan, memo: _Memo, s: Strategy, e: MemoryEstimate, ok_by_method: dict
     scale, gpu_headroom = ev.calibration(s, pol.gpu_headroom)
     gpu_peak = e.gpu_peak_gib * scale
     ranks_copies = hw.gpus_per_node * (1 + plan.data.dataloader_workers)
-    return CandidateFacts(
+    return dict(
         method=s.method, zero_stage=s.zero_stage, offload_optimizer=s.offload_optimizer,
         offload_param=s.offload_param, gradient_checkpointing=s.gradient_checkpointing,
         micro_batch_size=s.micro_batch_size, pin_memory=s.pin_memory,
@@ -102,7 +122,7 @@ def _facts(plan, memo: _Memo, s: Strategy, e: MemoryEstimate, ok_by_method: dict
         nodes=hw.nodes, gpus_per_node=hw.gpus_per_node, gpu_bf16=hw.supports_bf16,
         require_full_finetune=pol.require_full_finetune, method_pinned=t.method != "auto",
         nvme_path_set=hw.nvme_path is not None,
-        total_params_b=memo.model.total_params / 1e9, trainable_params_b=e.trainable_params / 1e9,
+        total_params_b=model.total_params / 1e9, trainable_params_b=e.trainable_params / 1e9,
         gpu_peak_gib=gpu_peak, gpu_capacity_gib=e.gpu_capacity_gib,
         gpu_usage=gpu_peak / e.gpu_capacity_gib, gpu_headroom=gpu_headroom,
         gpu_budget=1 - gpu_headroom,
@@ -117,12 +137,6 @@ def _facts(plan, memo: _Memo, s: Strategy, e: MemoryEstimate, ok_by_method: dict
         host_excess_gib=e.host_peak_gib - e.host_capacity_gib * (1 - pol.host_headroom),
         nvme_needed_gib=e.nvme_gib, nvme_capacity_gib=e.nvme_capacity_gib,
         activation_share=dynamic / e.gpu_peak_gib if e.gpu_peak_gib else 0.0,
-        fits_without_checkpointing=_neighbour_ok(plan, memo, ev, s, gradient_checkpointing=False),
-        fits_without_offload=_neighbour_ok(plan, memo, ev, s, offload_optimizer="none", offload_param="none"),
-        fits_pinned=_neighbour_ok(plan, memo, ev, s, pin_memory=True),
-        fits_with_gather=_neighbour_ok(plan, memo, ev, s, gather_16bit_on_save=True),
-        lower_stage_fits=_lower_stage_ok(plan, memo, ev, s),
-        lora_fits=ok_by_method.get("lora", False), full_fits=ok_by_method.get("full", False),
         measured=ev.present, measured_oom=oom is not None, measured_oom_source=oom or "",
         measured_ratio=ev.ratio_for(s),
         fragmentation_seen=ev.fragmentation,

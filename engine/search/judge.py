@@ -1,0 +1,50 @@
+"""The one evaluation path: fire the whole rule base on each candidate, combine, rank.
+
+`advise` (engine/advice/advise.py) and `advise review` (engine/review/core.py) both call `judge`, so
+the review tests exactly what advise does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from ..policy.rules import Rule
+from ..policy.verdicts import Verdict, rank_key, verdict
+from ..policy.vocabulary import to_message
+from .sweep import Candidate
+
+
+@dataclass(frozen=True)
+class Judged:
+    """One candidate with the facts the rules saw, the rules that fired and the verdict."""
+
+    candidate: Candidate
+    facts: Mapping[str, Any]
+    fired: tuple[str, ...]
+    verdict: Verdict
+
+    @property
+    def key(self) -> str:
+        return self.candidate.strategy.key
+
+
+def judge(candidates: Sequence[Candidate], rules: Sequence[Rule], evaluator,
+          overrides: Mapping[str, Any] | None = None) -> list[Judged]:
+    """Fire the rules on each candidate and rank them, best first.
+
+    Args:
+        candidates: from search.sweep.sweep.
+        rules: the rule base the evaluator was made from (for the verdicts' messages and priorities).
+        evaluator: from policy.oracle.make_evaluator(rules, backend).
+        overrides: facts replacing the candidates' own (the review draws measured facts this way).
+    Returns:
+        Judged candidates, sorted by policy.verdicts.rank_key (feasible first).
+    """
+    by_id = {r.id: r for r in rules}
+    out = []
+    for c in candidates:
+        facts = {**to_message(c.facts), **(overrides or {})}
+        fired = tuple(evaluator.fired(facts))
+        out.append(Judged(c, facts, fired, verdict(fired, by_id, facts)))
+    out.sort(key=lambda j: rank_key(j.verdict.rejected, j.verdict.score, j.facts, j.key))
+    return out
