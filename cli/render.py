@@ -51,6 +51,7 @@ def advice_text(advice, show: int = 8, show_rejected: int = 6) -> str:
     body = [advice.summary, ""]
     if feasible:
         body += ["Fits (best first):", _table(headers, [row(c) for c in feasible]), ""]
+        body += _settings(feasible)
         body += _why(feasible[0])
     if rejected:
         body += ["", "Rejected (closest first):"]
@@ -62,6 +63,14 @@ def advice_text(advice, show: int = 8, show_rejected: int = 6) -> str:
     if feasible and feasible[0].launch:
         body += ["", "Launch:", f"  {feasible[0].launch.get('deepspeed', '')}"]
     return "\n".join(head + body)
+
+
+def _settings(shown) -> list[str]:
+    """The knobs the rules set, per plan shown, with where each acts (memfit.engine.policy.knobs)."""
+    from memfit.engine.policy.knobs import describe
+
+    lines = [f"  #{c.rank} {c.key}: {describe(k, v)}" for c in shown for k, v in c.settings.items()]
+    return ["Settings the rules set:", *lines, ""] if lines else []
 
 
 def _why(c) -> list[str]:

@@ -16,6 +16,7 @@ from ..model.spec import ModelSpec, resolve_model
 from ..plan.schema import Plan, load_plan
 from .results import (Advice, CandidateResult, EstimateResult, Explanation, HardwareSummary, MemoryReport,
                       ModelSummary)
+from ..policy.knobs import env_for
 from ..policy.rules import Rule, load_rules
 from ..plan.strategy import Strategy
 from ..evidence.match import Evidence
@@ -88,9 +89,9 @@ def _result(rank: int, c: Candidate, v, plan: Plan, model: ModelSpec) -> Candida
         gradient_checkpointing=s.gradient_checkpointing, micro_batch_size=s.micro_batch_size,
         gradient_accumulation_steps=c.estimate.gradient_accumulation_steps, pin_memory=s.pin_memory,
         gather_16bit_on_save=s.gather_16bit_on_save, score=v.score, memory=_memory_report(c),
-        rejected_because=[f.message for f in v.firings if f.effect == "reject"],
-        explanation=explanation, settings=dict(v.settings), notes=notes + list(v.conflicts),
-        deepspeed_config=cfg, launch=launch_commands(plan, s) if cfg else {})
+        rejected_because=list(v.reject_reasons), explanation=explanation, settings=dict(v.settings),
+        notes=notes + list(v.conflicts), deepspeed_config=cfg,
+        launch=launch_commands(plan, s, env=env_for(v.settings)) if cfg else {})
 
 
 def evaluate_candidates(plan: Plan, model: ModelSpec, rules: Sequence[Rule], backend: str = "auto",

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import tempfile
 from pathlib import Path
 from typing import Mapping
 
 from ..core.errors import OutputExistsError
+from ..policy.knobs import KNOBS, describe, env_for
 
 
 def _json(data) -> str:
@@ -35,6 +37,8 @@ def advice_files(advice, plan=None, max_plans: int = 5) -> dict[str, str]:
         files["launch.sh"] = _launch_script(best)
         if "hostfile" in best.launch:
             files["hostfile"] = best.launch["hostfile"]
+        if "deepspeed_env" in best.launch:
+            files[".deepspeed_env"] = best.launch["deepspeed_env"]
     for i, c in enumerate(feasible[:max_plans], start=1):
         folder = f"plans/{i:02d}-{c.key.replace('/', '-')}"
         files[f"{folder}/ds_config.json"] = _json(c.deepspeed_config)
@@ -54,6 +58,12 @@ def hf_config(candidate, plan) -> dict:
 def _launch_script(c) -> str:
     lines = ["#!/usr/bin/env bash", "# Written by memfit (advise --out). Pick one launcher line.",
              c.launch.get("comment", ""), "set -euo pipefail", ""]
+    exports = env_for(c.settings)
+    lines += [f"export {k}={shlex.quote(v)}  # set by the rules" for k, v in exports.items()]
+    lines += [f"# set by the rules, in your training script: {describe(k, v)}"
+              for k, v in c.settings.items() if k not in KNOBS or KNOBS[k].applies != "env"]
+    if len(lines) > 5:
+        lines.append("")
     for name in ("deepspeed", "accelerate", "llamafactory"):
         if name in c.launch:
             prefix = "" if name == "deepspeed" else "# "

@@ -62,7 +62,7 @@ def outlooks(plan: Plan, model, judged: Sequence[Judged], rules: Sequence[Rule],
         rejecting = [f for f in closest.verdict.firings if f.effect == "reject"]
         memory = tuple(f.rule for f in rejecting if is_memory_rule(by_id[f.rule]))
         if not memory:
-            reasons = "; ".join(dict.fromkeys(f.message for f in rejecting))
+            reasons = "; ".join(closest.verdict.reject_reasons)
             out.append(Outlook(method, closest, (), (), f"{method}: nothing fits, and not for lack of memory: {reasons}."))
             continue
         proposals = tuple(_bigger_hardware(plan, model, method, feasibility))

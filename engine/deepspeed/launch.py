@@ -9,6 +9,7 @@ LLaMA-Factory's README (FORCE_TORCHRUN, NNODES, NODE_RANK, MASTER_ADDR, MASTER_P
 from __future__ import annotations
 
 import shlex
+from typing import Mapping
 
 from ..plan.schema import Plan
 from ..plan.strategy import Strategy
@@ -51,8 +52,13 @@ def _llamafactory(plan: Plan, lf_yaml: str) -> str:
     return " ".join([*env, "llamafactory-cli", "train", shlex.quote(lf_yaml)])
 
 
+def _with_env(env: Mapping[str, str], line: str) -> str:
+    return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()), line])
+
+
 def launch_commands(plan: Plan, strategy: Strategy, config_path: str = "ds_config.json",
-                    script: str = "train.py", lf_yaml: str = "lf.yaml") -> dict[str, str]:
+                    script: str = "train.py", lf_yaml: str = "lf.yaml",
+                    env: Mapping[str, str] | None = None) -> dict[str, str]:
     """Shell lines that start training with the emitted config.
 
     Args:
@@ -61,19 +67,26 @@ def launch_commands(plan: Plan, strategy: Strategy, config_path: str = "ds_confi
         config_path: where the DeepSpeed JSON was written.
         script: the training script; it receives `--deepspeed CONFIG` (the HF TrainingArguments flag).
         lf_yaml: the LLaMA-Factory YAML written by `llamafactory_yaml`.
+        env: environment variables the rules set (policy.knobs.env_for), put in front of each line.
     Returns:
         {"comment", "deepspeed", "accelerate", "llamafactory"} and, for nodes > 1, "hostfile" (the
-        template text to save as ./hostfile). Multi-node lines expect $NODE_RANK set on each node.
+        template text to save as ./hostfile) and, with env, "deepspeed_env" (the text of
+        .deepspeed_env: the deepspeed launcher forwards to other nodes only the variables listed there
+        or with its EXPORT_ENVS prefixes, deepspeed/launcher/runner.py). Multi-node lines expect
+        $NODE_RANK set on each node.
     """
+    env = dict(env or {})
     script_argv = [script, "--deepspeed", config_path]
     out = {
         "comment": f"# {strategy.key} on {plan.hardware.nodes} node(s) x {plan.hardware.gpus_per_node} GPU(s)",
-        "deepspeed": _deepspeed(plan, script_argv),
-        "accelerate": _accelerate(plan, config_path, script_argv),
-        "llamafactory": _llamafactory(plan, lf_yaml),
+        "deepspeed": _with_env(env, _deepspeed(plan, script_argv)),
+        "accelerate": _with_env(env, _accelerate(plan, config_path, script_argv)),
+        "llamafactory": _with_env(env, _llamafactory(plan, lf_yaml)),
     }
     if plan.hardware.nodes > 1:
         out["hostfile"] = hostfile_template(plan)
+        if env:
+            out["deepspeed_env"] = "".join(f"{k}={v}\n" for k, v in env.items())
     return out
 
 

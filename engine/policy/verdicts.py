@@ -1,8 +1,12 @@
 """Verdicts from fired rules, and the deterministic ranking (outside the rules engine).
 
-A candidate is rejected if any reject rule fired; otherwise its score is the sum of the fired
-preferences. Knobs set by several rules take the value of the highest priority; equal priorities that
-disagree are recorded as conflicts (the policy review reports them).
+What `priority` means, per action kind (docs/reference/rule-format.md):
+- reject: any reject rule that fires rejects; priority orders the reasons shown (highest first, ties
+  in rule-base order), so the summary leads with the decisive one. It never un-rejects.
+- score: none. The score is the sum of every fired score, whatever their priorities.
+- set: the highest priority wins a knob; equal priorities that disagree are recorded as conflicts
+  (the policy review reports them).
+- advise: none; every fired advice is shown.
 """
 from __future__ import annotations
 
@@ -34,6 +38,12 @@ class Verdict:
     firings: tuple[Firing, ...]
     settings: Mapping[str, Any]
     conflicts: tuple[str, ...]
+
+    @property
+    def reject_reasons(self) -> tuple[str, ...]:
+        """The reject firings' messages, highest priority first (ties in rule-base order), deduplicated."""
+        rejects = sorted((f for f in self.firings if f.effect == "reject"), key=lambda f: -f.priority)
+        return tuple(dict.fromkeys(f.message for f in rejects))
 
 
 class _Facts(dict):
