@@ -6,10 +6,11 @@ Checks, each reported as a property with the number of examples tried:
   small plan written as YAML under out_dir so a person can run `advise FILE` on it:
   feasible-within-budget, more-hardware-keeps-feasible, bigger-workload-keeps-infeasible,
   rule-order-independent, backend-independent, engine-reuse-independent, explained,
-  declared-precedence.
+  declared-precedence, and with one drawn user reject rule (engine/review/search_properties.py):
+  added-reject-keeps-a-fit, proposals-pass-the-rules, memory-blame-honest.
 - aggregates over every fact set the properties judged: every-rule-fires (a rule that never fired is
   searched for once more, directly) and no-dead-rules (removing the rule never changes a verdict,
-  score, setting or advice: it is dead weight).
+  score, setting or advice: it is dead weight; a built-in rule that only a user rule shadows is a note).
 Plans carry no logs, so the rules about real runs are exercised by measured-evidence facts drawn on
 top of real candidates' facts (plan_strategies.measured_overrides) in `explained` and
 `declared-precedence`. hypothesis is imported only inside functions of engine/review/core.py and
