@@ -71,11 +71,13 @@ class Feasibility:
 def largest_passing(lo: int, hi: int, passes: Callable[[int], bool]) -> int | None:
     """Largest n in [lo, hi] with passes(n), or None when passes(lo) is false.
 
-    Bisection, so it assumes rejections grow with n: once a reject rule fires at n it fires at every
-    larger n (memory grows with the micro-batch and the sequence; the built-in reject rules compare
-    usage with a budget). A rule that fires only on some middle range can make it miss a larger
-    passing n, never return a failing one: lo moves only onto values where passes() was true, so
-    the result is always re-checked by construction.
+    A galloping search (lo+1, lo+2, lo+4, ... until one fails, then bisection between the last pass
+    and that failure): as few probes as bisection for a large answer, fewer for the small micro-batches
+    of large models. It assumes rejections grow with n: once a reject rule fires at n it fires at
+    every larger n (memory grows with the micro-batch and the sequence; the built-in reject rules
+    compare usage with a budget). A rule that fires only on some middle range can make it miss a
+    larger passing n, never return a failing one: the answer only ever moves onto values where
+    passes() was true, so the result is re-checked by construction.
 
     Args:
         lo, hi: the search range (inclusive).
@@ -85,10 +87,17 @@ def largest_passing(lo: int, hi: int, passes: Callable[[int], bool]) -> int | No
     """
     if not passes(lo):
         return None
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
+    good, step = lo, 1
+    while good < hi:
+        probe = min(hi, good + step)
+        if not passes(probe):
+            hi = probe - 1
+            break
+        good, step = probe, step * 2
+    while good < hi:  # good passes, hi + 1 fails (or is past the range)
+        mid = (good + hi + 1) // 2
         if passes(mid):
-            lo = mid
+            good = mid
         else:
             hi = mid - 1
-    return lo
+    return good
