@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
+
 from memfit.engine import advise
 from memfit.engine.advice.files import advice_files
 from memfit.engine.policy.rules import Rule
@@ -79,3 +81,18 @@ def test_script_knob_is_shown_in_text_and_launch_script():
     assert a.best.settings["bnb_4bit_quant_storage"] == "bfloat16"
     line = "BitsAndBytesConfig(bnb_4bit_quant_storage=torch.bfloat16)"
     assert line in advice_text(a) and line in advice_files(a)["launch.sh"]
+
+
+@pytest.mark.slow  # imports deepspeed (and torch)
+def test_env_knob_reaches_other_nodes_through_deepspeed_env():
+    # deepspeed's multi-node launcher forwards only variables in .deepspeed_env or with its
+    # EXPORT_ENVS prefixes (deepspeed/launcher/runner.py); PYTORCH_ is not one of them.
+    from deepspeed.launcher.runner import EXPORT_ENVS
+
+    from memfit.engine import plan_from_dict
+
+    plan = plan_from_dict({"model": "Qwen/Qwen2.5-7B", "hardware": {"gpu_memory": 80, "gpus_per_node": 8,
+                                                                    "nodes": 2, "host_memory": 1024}})
+    a = advise(plan, rules_dirs=[FIXTURES / "alloc_conf_policy"])
+    assert not any(p.startswith("PYTORCH") for p in EXPORT_ENVS)
+    assert advice_files(a)[".deepspeed_env"] == "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True\n"
