@@ -2,9 +2,8 @@
 
 Properties (each a function from a generated example to a list of (message, rules) problems):
 feasible-within-budget, more-hardware-keeps-feasible, bigger-workload-keeps-infeasible,
-rule-order-independent, backend-independent, engine-reuse-independent, explained, declared-precedence,
-and the three of engine/review/search_properties.py;
-`property_checks` pairs each with its hypothesis strategy. Aggregates over every fact set the properties
+rule-order-independent, backend-independent, engine-reuse-independent, explained, declared-precedence
+and engine/review/search_properties.py's three; `property_checks` pairs each with its hypothesis strategy. Aggregates over every fact set the properties
 judged: every-rule-fires and no-dead-rules, each with a targeted search (`_find`) before it reports.
 Separate from engine/review/run.py, which runs these and writes the report, to keep both small; the shared
 harness is engine/review/core.py. hypothesis is imported only inside functions.
