@@ -1,9 +1,10 @@
 """Review an existing DeepSpeed config: what `advise check ds_config.json` prints.
 
-DeepSpeed itself accepts misspelled keys, wrong types and impossible combinations without a word
-(DOMAIN.md §5), so the checks here are memfit's own: the strict schema
-(schemas/deepspeed.schema.json) plus combination and batch-arithmetic checks with messages a person
-can act on.
+DeepSpeed itself accepts misspelled top-level keys, wrong types and impossible combinations without
+a word, so the checks here are memfit's own: the strict schema (schemas/deepspeed.schema.json: types and
+combinations) whose accepted key sets are those of the installed DeepSpeed, generated from its own
+config models (`accepted.py`: field names and aliases, keys removed in that version), plus combination
+and batch-arithmetic checks with messages a person can act on. Keys starting with `_` are comments.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any, Iterator, Literal, Optional
 from pydantic import BaseModel, ConfigDict
 
 from ..core.errors import ConfigCheckError
+from .accepted import PYDANTIC_SECTIONS, accepted_keys
 from ..memory.estimate import estimate_memory
 from ..model.spec import resolve_model
 from ..plan.schema import Plan, load_plan
@@ -33,10 +35,74 @@ class Finding(BaseModel):
     message: str
 
 
+# Sections other tools write into DeepSpeed JSONs that no DeepSpeed version reads (LLaMA-Factory's
+# ds_z3_fp8_config.json): not typos, but without effect; the real keys are named in the warning.
+NOT_READ = {"comms_config": "the comms logger is configured by top-level comms_logger",
+            "monitor_config": "monitors are configured by top-level tensorboard, wandb, csv_monitor, comet"}
+_COMMENT = {"^_": {}}  # "_comment" and the like: JSON has no comments, people write these
+
+
+def _node(schema: dict[str, Any], path: str) -> dict[str, Any]:
+    node = schema
+    for part in path.split("."):
+        node = node.setdefault("properties", {}).setdefault(part, {"type": "object"})
+    return node
+
+
+def _merge_section(node: dict[str, Any], keys: dict[str, str], types: dict[str, str]) -> None:
+    """Close `node` to exactly `keys`; a name and its alias share the hand schema's type, else DeepSpeed's."""
+    props = node.setdefault("properties", {})
+    for key, field in keys.items():
+        if key in props:
+            continue
+        twin = next((props[k] for k, f in keys.items() if f == field and k in props), None)
+        kind = types.get(key)
+        props[key] = twin if twin is not None else (
+            {"anyOf": [{"type": kind}, {"const": "auto"}]} if kind else {})
+    for key in [k for k in props if k not in keys]:
+        props.pop(key)  # not accepted by this DeepSpeed version
+    node.update(additionalProperties=False, patternProperties=_COMMENT)
+
+
 @lru_cache(maxsize=1)
 def deepspeed_schema() -> dict[str, Any]:
-    """The strict DeepSpeed schema shipped in memfit.schemas."""
-    return json.loads(files("memfit.schemas").joinpath("deepspeed.schema.json").read_text(encoding="utf-8"))
+    """The strict DeepSpeed schema: memfit's types and combinations, the installed DeepSpeed's key sets."""
+    schema = json.loads(files("memfit.schemas").joinpath("deepspeed.schema.json").read_text(encoding="utf-8"))
+    accepted = accepted_keys()
+    top = schema.setdefault("properties", {})
+    for key in list(top):
+        if key in accepted["removed"]:
+            top.pop(key)
+    for key in accepted["top_level"]:
+        top.setdefault(key, {})
+    schema["patternProperties"] = _COMMENT
+    for path, keys in accepted["sections"].items():
+        _merge_section(_node(schema, path), keys, accepted["types"].get(path, {}))
+    return schema
+
+
+def _version_findings(cfg: dict[str, Any]) -> Iterator[Finding]:
+    """Keys the installed DeepSpeed removed (it refuses them) or never reads (no effect)."""
+    accepted = accepted_keys()
+    for dotted, message in accepted["removed"].items():
+        parent, _, key = dotted.rpartition(".")
+        block = cfg.get(parent) if parent else cfg
+        if isinstance(block, dict) and key in block:
+            yield Finding(severity="error", key=dotted,
+                          message=f"removed in deepspeed {accepted['deepspeed_version']}, which refuses it: {message}")
+    for key, real in NOT_READ.items():
+        if key in cfg:
+            yield Finding(severity="warning", key=key,
+                          message=f"not read by deepspeed {accepted['deepspeed_version']} (no effect); {real}")
+
+
+def _without(cfg: dict[str, Any], dotted_keys) -> dict[str, Any]:
+    out = {k: v for k, v in cfg.items() if k not in dotted_keys}
+    for dotted in dotted_keys:
+        parent, _, key = dotted.rpartition(".")
+        if parent and isinstance(out.get(parent), dict):
+            out[parent] = {k: v for k, v in out[parent].items() if k != key}
+    return out
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -63,18 +129,27 @@ def _dotted(path: Any) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
+def _unknown_effect(path) -> str:
+    dotted = ".".join(map(str, path))
+    if any(dotted == p or dotted.startswith(p + ".") for p in PYDANTIC_SECTIONS):
+        return (f" (deepspeed {accepted_keys()['deepspeed_version']}'s config model for '{dotted}' forbids "
+                "extra keys: DeepSpeed refuses this config)")
+    return " (DeepSpeed ignores it silently)"
+
+
 def _schema_findings(cfg: dict[str, Any]) -> Iterator[Finding]:
     import jsonschema  # light, but only needed here
 
+    cfg = _without(cfg, set(accepted_keys()["removed"]) | set(NOT_READ))  # reported by _version_findings
     validator = jsonschema.Draft202012Validator(deepspeed_schema())
     for err in sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path))):
         if {"then", "not"} & set(map(str, err.schema_path)):
             continue  # combinations: reported below with a clearer message
         if err.validator == "additionalProperties":
             known = list(err.schema.get("properties", {}))
-            for extra in sorted(set(err.instance) - set(known)):
+            for extra in sorted(k for k in set(err.instance) - set(known) if not str(k).startswith("_")):
                 close = difflib.get_close_matches(extra, known, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else " (DeepSpeed ignores it silently)"
+                hint = f"; did you mean '{close[0]}'?" if close else _unknown_effect(err.absolute_path)
                 yield Finding(severity="error", key=_dotted([*err.absolute_path, extra]),
                               message=f"unknown key{hint}")
             continue
@@ -167,7 +242,8 @@ def check_config(cfg: dict[str, Any], plan: Plan | None = None, source: str = "d
         Findings, errors first; empty when there is nothing to say.
     """
     world = plan.hardware.world_size if plan is not None else None
-    found = [*_schema_findings(cfg), *_combination_findings(cfg), *_batch_findings(cfg, world)]
+    found = [*_version_findings(cfg), *_schema_findings(cfg), *_combination_findings(cfg),
+             *_batch_findings(cfg, world)]
     autos = list(_auto_paths(cfg))
     if autos:
         found.append(Finding(severity="info", key=autos[0],
