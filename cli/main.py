@@ -223,11 +223,26 @@ def probe_cmd(plan_file, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def check_cmd(config, plan_file, as_json) -> None:
     """Review an existing DeepSpeed CONFIG: typos, impossible combinations, batch arithmetic, fit."""
+    from pathlib import Path
+
+    from memfit.engine.core.errors import ConfigCheckError
+
     from memfit.engine.deepspeed.check import check
 
     from .render import check_text
 
-    result = check(config, plan_file)
+    if Path(config).suffix in (".yaml", ".yml"):
+        from memfit.engine.integrations.common import fsdp_message, read_mapping
+
+        data = read_mapping(config)
+        raise ConfigCheckError(fsdp_message(config) if "fsdp_config" in data or data.get("distributed_type") == "FSDP"
+                          else f"{config}: not a DeepSpeed config (a YAML file); `advise check` reads DeepSpeed JSON")
+    if plan_file:
+        from memfit.engine.advice.check_plan import check_against_plan
+
+        result = check_against_plan(config, plan_file)
+    else:
+        result = check(config)
     click.echo(json.dumps(result.model_dump(), indent=2) if as_json else check_text(result))
     if not result.ok:
         raise SystemExit(1)

@@ -126,9 +126,14 @@ def facts_text(per_file) -> str:
 def check_text(r) -> str:
     """Findings of `advise check`, errors first, then the fit verdict when a plan was given."""
     lines = [f"{f['severity'].upper():7} {f['key']}: {f['message']}" for f in r.findings] or ["no findings"]
+    if r.rules:
+        lines.append(f"rules   {r.rules}")
     if r.strategy:
-        lines.append(f"strategy {r.strategy}: GPU {r.gpu_peak_gib:.1f} GiB ({'fits' if r.gpu_fits else 'DOES NOT FIT'}), "
-                     f"host {r.host_peak_gib:.0f} GiB per node ({'fits' if r.host_fits else 'DOES NOT FIT'})")
+        lines += [f"assumed {a}" for a in r.assumptions]
+        lines.append(f"strategy {r.strategy}: GPU {r.gpu_peak_gib:.1f} GiB of a {r.gpu_budget_gib:.1f} GiB budget "
+                     f"({'fits' if r.gpu_fits else 'DOES NOT FIT'}), host {r.host_peak_gib:.0f} GiB of "
+                     f"{r.host_budget_gib:.0f} per node ({'fits' if r.host_fits else 'DOES NOT FIT'}); budgets are "
+                     "capacity minus the plan's headroom")
     return "\n".join(lines)
 
 

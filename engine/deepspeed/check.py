@@ -207,11 +207,13 @@ def _auto_paths(node: Any, path: tuple = ()) -> Iterator[str]:
             yield from _auto_paths(v, (*path, k))
 
 
-def strategy_from_config(cfg: dict[str, Any], plan: Plan) -> Strategy:
+def strategy_from_config(cfg: dict[str, Any], plan: Plan, method: str | None = None,
+                         gradient_checkpointing: bool | None = None) -> Strategy:
     """The memfit Strategy a DeepSpeed config amounts to, for the plan's memory estimate.
 
-    Method comes from `plan.training.method` ("full" when auto); gradient checkpointing from the plan
-    (the JSON does not carry the HF switch); micro-batch from the config, else the plan, else 1.
+    Method and gradient checkpointing are not in a DeepSpeed JSON: they come from the arguments, else
+    the plan, else "full" and off (see `assumptions` for what was assumed). The micro-batch comes from
+    the config, else the plan, else 1.
 
     Raises:
         ConfigCheckError: the stage or offload devices are not valid values.
@@ -222,13 +224,29 @@ def strategy_from_config(cfg: dict[str, Any], plan: Plan) -> Strategy:
     if not isinstance(micro, int) or isinstance(micro, bool) or micro < 1:
         micro = t.micro_batch_size if isinstance(t.micro_batch_size, int) else 1
     stage = zero.get("stage", 0)
+    method = method or ("full" if t.method == "auto" else t.method)
+    gc = gradient_checkpointing if gradient_checkpointing is not None else t.gradient_checkpointing is True
     try:
-        return Strategy(method="full" if t.method == "auto" else t.method, zero_stage=stage,
-                        offload_optimizer=_device(zero.get("offload_optimizer")),
+        return Strategy(method=method, zero_stage=stage, offload_optimizer=_device(zero.get("offload_optimizer")),
                         offload_param=_device(zero.get("offload_param")) if stage == 3 else "none",
-                        gradient_checkpointing=t.gradient_checkpointing is True, micro_batch_size=micro)
+                        gradient_checkpointing=gc, micro_batch_size=micro)
     except ValueError as exc:
         raise ConfigCheckError(f"zero_optimization: cannot read a strategy from this config ({exc})") from None
+
+
+def assumptions(cfg: dict[str, Any], plan: Plan, strategy: Strategy, why: str = "") -> list[str]:
+    """One line per strategy choice that neither the config nor the plan fixes, saying what was assumed."""
+    t, out = plan.training, []
+    reason = why or "assumed"
+    if t.method == "auto":
+        out.append(f"method: not in a DeepSpeed config and 'auto' in the plan; {reason} {strategy.method}")
+    if t.gradient_checkpointing == "auto":
+        out.append(f"gradient checkpointing: the trainer's switch, not in the config, and 'auto' in the plan; "
+                   f"{reason} {'on' if strategy.gradient_checkpointing else 'off'}")
+    micro = cfg.get("train_micro_batch_size_per_gpu")
+    if not (isinstance(micro, int) and not isinstance(micro, bool)) and t.micro_batch_size == "auto":
+        out.append(f"micro-batch: {micro!r} in the config and 'auto' in the plan; {reason} {strategy.micro_batch_size}")
+    return out
 
 
 def check_config(cfg: dict[str, Any], plan: Plan | None = None, source: str = "ds_config.json") -> list[Finding]:
@@ -279,9 +297,13 @@ class CheckResult(BaseModel):
     model_config = ConfigDict(frozen=True)
     config: str
     findings: list[dict[str, Any]]
+    rules: Optional[str] = None
     strategy: Optional[str] = None
+    assumptions: list[str] = []
     gpu_peak_gib: Optional[float] = None
     host_peak_gib: Optional[float] = None
+    gpu_budget_gib: Optional[float] = None
+    host_budget_gib: Optional[float] = None
     gpu_fits: Optional[bool] = None
     host_fits: Optional[bool] = None
 
@@ -291,21 +313,41 @@ class CheckResult(BaseModel):
             and self.host_fits is not False
 
 
-def check(config_path: str | Path, plan_path: str | Path | None = None) -> CheckResult:
-    """Review an existing DeepSpeed config; with a plan, also estimate whether it fits the hardware.
+def check(config_path: str | Path, plan_path: str | Path | Plan | None = None, *, method: str | None = None,
+          gradient_checkpointing: bool | None = None, micro_batch_size: int | None = None,
+          why: str = "") -> CheckResult:
+    """Review an existing DeepSpeed config; with a plan, also judge it against the plan's budget.
 
+    The verdict uses the plan's headroom (GPU and host capacity minus policy.gpu_headroom /
+    host_headroom), as memfit's own candidates are judged.
+
+    Args:
+        config_path: the DeepSpeed JSON.
+        plan_path: a plan file or Plan for the fit verdict.
+        method, gradient_checkpointing, micro_batch_size: choices the config does not carry, when the
+            plan leaves them 'auto' (each one used is stated in `assumptions`, with `why`).
     Raises:
         ConfigCheckError: unreadable JSON. PlanError / ModelNotFoundError: a bad plan.
     """
-    from ..deepspeed.check import check_config, load_config, strategy_from_config
+    from ..search.sweep import within_budget
 
     cfg = load_config(config_path)
-    plan = load_plan(plan_path) if plan_path else None
+    plan = load_plan(plan_path) if isinstance(plan_path, (str, Path)) else plan_path
     findings = check_config(cfg, plan, source=str(config_path))
-    out: dict[str, Any] = {"config": str(config_path), "findings": [f.model_dump() for f in findings]}
+    if plan is not None:  # the strategy line with its stated assumptions replaces check_config's guess
+        findings = [f for f in findings if "amounts to strategy" not in f.message]
+    out: dict[str, Any] = {"config": str(config_path), "findings": [f.model_dump() for f in findings],
+                           "rules": accepted_keys()["rules"]}
     if plan is not None and not any(f.severity == "error" for f in findings):
-        strategy = strategy_from_config(cfg, plan)
+        strategy = strategy_from_config(cfg, plan, method, gradient_checkpointing)
+        if micro_batch_size and not isinstance(cfg.get("train_micro_batch_size_per_gpu"), int):
+            strategy = strategy.model_copy(update={"micro_batch_size": micro_batch_size})
         e = estimate_memory(plan, resolve_model(plan.model, plan.base_dir), strategy)
-        out.update(strategy=strategy.key, gpu_peak_gib=round(e.gpu_peak_gib, 2), host_peak_gib=round(e.host_peak_gib, 2),
-                   gpu_fits=e.gpu_fits, host_fits=e.host_fits)
+        p = plan.policy
+        gpu_budget, host_budget = e.gpu_capacity_gib * (1 - p.gpu_headroom), e.host_capacity_gib * (1 - p.host_headroom)
+        out.update(strategy=strategy.key, assumptions=assumptions(cfg, plan, strategy, why),
+                   gpu_peak_gib=round(e.gpu_peak_gib, 2), host_peak_gib=round(e.host_peak_gib, 2),
+                   gpu_budget_gib=round(gpu_budget, 2), host_budget_gib=round(host_budget, 2),
+                   gpu_fits=e.gpu_peak_gib <= gpu_budget, host_fits=e.host_peak_gib <= host_budget and e.nvme_fits)
+        assert within_budget(plan, e) == (out["gpu_fits"] and out["host_fits"])  # one definition of "fits"
     return CheckResult(**out)
