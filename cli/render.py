@@ -171,7 +171,8 @@ def review_text(r) -> str:
 
 def foreign_text(read, own) -> str:
     """What a foreign config was read as, every assumption, every warning, and its own verdict."""
-    lines = [f"read      {read.source} as a {read.tool} (rules: {read.rules})"]
+    article = "an" if read.tool[0].lower() in "aeiou" else "a"
+    lines = [f"read      {read.source} as {article} {read.tool} (rules: {read.rules})"]
     lines += [f"  - {note}" for note in read.notes]
     lines += [f"warning   {w}" for w in read.warnings]
     verdict = "fits" if own.fits else "DOES NOT FIT"
