@@ -197,3 +197,11 @@ def test_10_comments_and_order_survive(lf_root):
 def test_v1_format_is_refused_with_a_message(lf_root):
     with pytest.raises(PlanError, match="LLaMA-Factory's v1 config format"):
         read_foreign("examples/v1/train_lora/train_lora_sft.yaml", HW_8)
+
+
+def test_6_plan_launch_sh_names_no_file_it_does_not_write(tmp_path, capsys):
+    from conftest import EXAMPLES
+
+    assert main([str(EXAMPLES / "qwen7b-rtx4090.yaml"), "--out", str(tmp_path / "out")]) == 0
+    script = (tmp_path / "out" / "launch.sh").read_text()
+    assert "lf.yaml" not in script and "ds_config.json" in script

@@ -54,10 +54,13 @@ def hf_config(candidate, plan) -> dict:
 def _launch_script(c) -> str:
     lines = ["#!/usr/bin/env bash", "# Written by memfit (advise --out). Pick one launcher line.",
              c.launch.get("comment", ""), "set -euo pipefail", ""]
-    for name in ("deepspeed", "accelerate", "llamafactory"):
+    for name in ("deepspeed", "accelerate"):
         if name in c.launch:
             prefix = "" if name == "deepspeed" else "# "
             lines.append(f"{prefix}{c.launch[name]}")
+    # No llamafactory-cli line: it would name a YAML this command does not write.
+    lines.append("# LLaMA-Factory, axolotl, torchtune: `advise YOUR_CONFIG --hardware HW.yaml --out DIR` writes "
+                 "your config back with its own launch line.")
     return "\n".join(lines) + "\n"
 
 
