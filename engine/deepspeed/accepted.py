@@ -194,6 +194,61 @@ def accepted_keys() -> dict[str, Any]:
     return {**data, "rules": f"accepted keys from {how}"}
 
 
+# Sections other tools write into DeepSpeed JSONs that no DeepSpeed version reads (LLaMA-Factory's
+# ds_z3_fp8_config.json): not typos, but without effect; the real keys are named in the warning.
+NOT_READ = {"comms_config": "the comms logger is configured by top-level comms_logger",
+            "monitor_config": "monitors are configured by top-level tensorboard, wandb, csv_monitor, comet"}
+_COMMENT = {"^_": {}}  # "_comment" and the like: JSON has no comments, people write these
+
+
+def _node(schema: dict[str, Any], path: str) -> dict[str, Any]:
+    node = schema
+    for part in path.split("."):
+        node = node.setdefault("properties", {}).setdefault(part, {"type": "object"})
+    return node
+
+
+def _merge_section(node: dict[str, Any], keys: dict[str, str], types: dict[str, str]) -> None:
+    """Close `node` to exactly `keys`; a name and its alias share the hand schema's type, else DeepSpeed's."""
+    props = node.setdefault("properties", {})
+    for key, field in keys.items():
+        if key in props:
+            continue
+        twin = next((props[k] for k, f in keys.items() if f == field and k in props), None)
+        kind = types.get(key)
+        props[key] = twin if twin is not None else (
+            {"anyOf": [{"type": kind}, {"const": "auto"}]} if kind else {})
+    for key in [k for k in props if k not in keys]:
+        props.pop(key)  # not accepted by this DeepSpeed version
+    node.update(additionalProperties=False, patternProperties=_COMMENT)
+
+
+@lru_cache(maxsize=1)
+def deepspeed_schema() -> dict[str, Any]:
+    """The strict DeepSpeed schema: memfit's types and combinations, the installed DeepSpeed's key sets."""
+    schema = json.loads(files("memfit.schemas").joinpath("deepspeed.schema.json").read_text(encoding="utf-8"))
+    accepted = accepted_keys()
+    top = schema.setdefault("properties", {})
+    for key in list(top):
+        if key in accepted["removed"]:
+            top.pop(key)
+    for key in accepted["top_level"]:
+        top.setdefault(key, {})
+    schema["patternProperties"] = _COMMENT
+    for path, keys in accepted["sections"].items():
+        _merge_section(_node(schema, path), keys, accepted["types"].get(path, {}))
+    return schema
+
+
+def without(cfg: dict[str, Any], dotted_keys) -> dict[str, Any]:
+    out = {k: v for k, v in cfg.items() if k not in dotted_keys}
+    for dotted in dotted_keys:
+        parent, _, key = dotted.rpartition(".")
+        if parent and isinstance(out.get(parent), dict):
+            out[parent] = {k: v for k, v in out[parent].items() if k != key}
+    return out
+
+
 if __name__ == "__main__":  # regenerate schemas/deepspeed-keys-<version>.json for the installed DeepSpeed
     import sys
     from pathlib import Path

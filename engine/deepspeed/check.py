@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import difflib
 import json
-from functools import lru_cache
-from importlib.resources import files
 from pathlib import Path
 from typing import Any, Iterator, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict
 
 from ..core.errors import ConfigCheckError
-from .accepted import PYDANTIC_SECTIONS, accepted_keys
 from ..memory.estimate import estimate_memory
 from ..model.spec import resolve_model
 from ..plan.schema import Plan, load_plan
 from ..plan.strategy import Strategy
+from .accepted import NOT_READ, PYDANTIC_SECTIONS, accepted_keys, deepspeed_schema, without
+
+__all__ = ["Finding", "CheckResult", "check", "check_config", "deepspeed_schema", "load_config",
+           "strategy_from_config", "assumptions"]
 
 
 class Finding(BaseModel):
@@ -33,76 +34,6 @@ class Finding(BaseModel):
     severity: Literal["error", "warning", "info"]
     key: str
     message: str
-
-
-# Sections other tools write into DeepSpeed JSONs that no DeepSpeed version reads (LLaMA-Factory's
-# ds_z3_fp8_config.json): not typos, but without effect; the real keys are named in the warning.
-NOT_READ = {"comms_config": "the comms logger is configured by top-level comms_logger",
-            "monitor_config": "monitors are configured by top-level tensorboard, wandb, csv_monitor, comet"}
-_COMMENT = {"^_": {}}  # "_comment" and the like: JSON has no comments, people write these
-
-
-def _node(schema: dict[str, Any], path: str) -> dict[str, Any]:
-    node = schema
-    for part in path.split("."):
-        node = node.setdefault("properties", {}).setdefault(part, {"type": "object"})
-    return node
-
-
-def _merge_section(node: dict[str, Any], keys: dict[str, str], types: dict[str, str]) -> None:
-    """Close `node` to exactly `keys`; a name and its alias share the hand schema's type, else DeepSpeed's."""
-    props = node.setdefault("properties", {})
-    for key, field in keys.items():
-        if key in props:
-            continue
-        twin = next((props[k] for k, f in keys.items() if f == field and k in props), None)
-        kind = types.get(key)
-        props[key] = twin if twin is not None else (
-            {"anyOf": [{"type": kind}, {"const": "auto"}]} if kind else {})
-    for key in [k for k in props if k not in keys]:
-        props.pop(key)  # not accepted by this DeepSpeed version
-    node.update(additionalProperties=False, patternProperties=_COMMENT)
-
-
-@lru_cache(maxsize=1)
-def deepspeed_schema() -> dict[str, Any]:
-    """The strict DeepSpeed schema: memfit's types and combinations, the installed DeepSpeed's key sets."""
-    schema = json.loads(files("memfit.schemas").joinpath("deepspeed.schema.json").read_text(encoding="utf-8"))
-    accepted = accepted_keys()
-    top = schema.setdefault("properties", {})
-    for key in list(top):
-        if key in accepted["removed"]:
-            top.pop(key)
-    for key in accepted["top_level"]:
-        top.setdefault(key, {})
-    schema["patternProperties"] = _COMMENT
-    for path, keys in accepted["sections"].items():
-        _merge_section(_node(schema, path), keys, accepted["types"].get(path, {}))
-    return schema
-
-
-def _version_findings(cfg: dict[str, Any]) -> Iterator[Finding]:
-    """Keys the installed DeepSpeed removed (it refuses them) or never reads (no effect)."""
-    accepted = accepted_keys()
-    for dotted, message in accepted["removed"].items():
-        parent, _, key = dotted.rpartition(".")
-        block = cfg.get(parent) if parent else cfg
-        if isinstance(block, dict) and key in block:
-            yield Finding(severity="error", key=dotted,
-                          message=f"removed in deepspeed {accepted['deepspeed_version']}, which refuses it: {message}")
-    for key, real in NOT_READ.items():
-        if key in cfg:
-            yield Finding(severity="warning", key=key,
-                          message=f"not read by deepspeed {accepted['deepspeed_version']} (no effect); {real}")
-
-
-def _without(cfg: dict[str, Any], dotted_keys) -> dict[str, Any]:
-    out = {k: v for k, v in cfg.items() if k not in dotted_keys}
-    for dotted in dotted_keys:
-        parent, _, key = dotted.rpartition(".")
-        if parent and isinstance(out.get(parent), dict):
-            out[parent] = {k: v for k, v in out[parent].items() if k != key}
-    return out
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -125,6 +56,21 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _version_findings(cfg: dict[str, Any]) -> Iterator[Finding]:
+    """Keys the installed DeepSpeed removed (it refuses them) or never reads (no effect)."""
+    accepted = accepted_keys()
+    for dotted, message in accepted["removed"].items():
+        parent, _, key = dotted.rpartition(".")
+        block = cfg.get(parent) if parent else cfg
+        if isinstance(block, dict) and key in block:
+            yield Finding(severity="error", key=dotted,
+                          message=f"removed in deepspeed {accepted['deepspeed_version']}, which refuses it: {message}")
+    for key, real in NOT_READ.items():
+        if key in cfg:
+            yield Finding(severity="warning", key=key,
+                          message=f"not read by deepspeed {accepted['deepspeed_version']} (no effect); {real}")
+
+
 def _dotted(path: Any) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
@@ -140,7 +86,7 @@ def _unknown_effect(path) -> str:
 def _schema_findings(cfg: dict[str, Any]) -> Iterator[Finding]:
     import jsonschema  # light, but only needed here
 
-    cfg = _without(cfg, set(accepted_keys()["removed"]) | set(NOT_READ))  # reported by _version_findings
+    cfg = without(cfg, set(accepted_keys()["removed"]) | set(NOT_READ))  # reported by _version_findings
     validator = jsonschema.Draft202012Validator(deepspeed_schema())
     for err in sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path))):
         if {"then", "not"} & set(map(str, err.schema_path)):

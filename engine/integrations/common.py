@@ -91,6 +91,22 @@ def _block_end(lines: list[str], start: int, next_key_line: int) -> int:
     return end
 
 
+def _apply(lines: list[str], edits: dict[int, tuple[int, str | None]]) -> list[str]:
+    """Lines with each edit (start line -> (end line, replacement or None)) applied."""
+    out, i = [], 0
+    while i < len(lines):
+        if i in edits:
+            end, new = edits[i]
+            out += [new] if new else []
+            i = end
+        else:
+            out.append(lines[i])
+            i += 1
+    if out and not out[-1].endswith("\n"):
+        out[-1] += "\n"
+    return out
+
+
 def edit_yaml(path: str | Path, changes: dict[str, Any]) -> str:
     """The file's text with top-level keys set or removed and every other byte unchanged.
 
@@ -116,17 +132,7 @@ def edit_yaml(path: str | Path, changes: dict[str, Any]) -> str:
         else:
             comment = lines[line].split(" #", 1)[1].rstrip("\n") if " #" in lines[line] and end == line + 1 else ""
             edits[line] = (end, f"{key}: {_scalar(changes[key])}" + (f"  #{comment}" if comment else "") + "\n")
-    out, i = [], 0
-    while i < len(lines):
-        if i in edits:
-            end, new = edits[i]
-            out += [new] if new else []
-            i = end
-        else:
-            out.append(lines[i])
-            i += 1
-    if out and not out[-1].endswith("\n"):
-        out[-1] += "\n"
+    out = _apply(lines, edits)
     out += [f"{k}: {_scalar(v)}\n" for k, v in changes.items() if k not in doc and v is not DELETE]
     result = "".join(out)
     back = yaml.safe_load(result) or {}

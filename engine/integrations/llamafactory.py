@@ -21,7 +21,7 @@ from typing import Any
 
 from ..core.errors import PlanError
 from .common import ForeignRead, fsdp_pins, read_deepspeed, read_mapping, supports_bf16, world_size, zero_of
-from .keylists import key_list, unknown_names
+from .keylists import LLAMAFACTORY_TRANSFORMERS_PIN, key_list, unknown_names
 
 TOOL = "LLaMA-Factory training YAML"
 _ATTENTION = {"fa2": "flash_attention_2", "sdpa": "sdpa", "disabled": "eager", "eager": "eager",
@@ -158,8 +158,10 @@ def _extras(lf: dict[str, Any], out: ForeignRead) -> None:
         out.warnings.append(f"memory-relevant keys memfit does not model (effect unknown): {', '.join(mem)}")
     unknown = unknown_names("llamafactory", lf)
     if unknown:
-        out.warnings.append(f"not among {key_list('llamafactory').rules} (LLaMA-Factory's own plus the installed "
-                            f"transformers' TrainingArguments); effect unknown: {', '.join(unknown)}")
+        keys = key_list("llamafactory")
+        out.warnings.append(f"not among {keys.rules} ({keys.note}; LLaMA-Factory {keys.version} pins "
+                            f"{LLAMAFACTORY_TRANSFORMERS_PIN}, whose TrainingArguments may still have them); "
+                            f"effect unknown: {', '.join(unknown)}")
 
 
 def resolve_deepspeed(value: str, src: str, cwd: Path) -> Path:

@@ -65,7 +65,8 @@ def llamafactory_yaml(read: ForeignRead, plan, strategy: Strategy, ds_path: str 
         changes["disable_gradient_checkpointing"] = not strategy.gradient_checkpointing  # default: on
     if ds_path:
         changes["deepspeed"] = ds_path
-        changes.update({k: DELETE for k in ("fsdp", "fsdp_config") if k in lf})  # HF takes one of the two
+        changes.update({k: DELETE for k in ("fsdp", "fsdp_config", "fsdp_transformer_layer_cls_to_wrap")
+                        if k in lf})  # the HF Trainer takes one of deepspeed and fsdp
     elif "deepspeed" in lf:
         changes["deepspeed"] = DELETE
     changes = {k: v for k, v in changes.items() if not (v is DELETE and k not in lf)}

@@ -131,6 +131,18 @@ def _extras(cfg: dict[str, Any], model: dict[str, Any], out: ForeignRead) -> Non
         out.warnings.append(f"keys the {key_list('torchtune').rules} recipes do not read: {', '.join(unknown)}")
 
 
+def _sharding(cfg: dict[str, Any], recipe: str, hardware: dict[str, Any], out: ForeignRead):
+    """Distributed recipes shard with FSDP2 (estimated as ZeRO-3); single-device ones use one GPU."""
+    pins: dict[str, Any] = {"zero_stage": 0, "offload_optimizer": "none", "offload_param": "none"}
+    if "distributed" in recipe:
+        pins, warning = fsdp_pins("FULL_SHARD", bool(cfg.get("fsdp_cpu_offload")))
+        out.warnings.append(f"{recipe}: {warning}")
+    elif hardware.get("gpus_per_node", 1) * hardware.get("nodes", 1) > 1:
+        out.notes.append(f"{recipe} runs on one GPU: estimated for one GPU of the given hardware")
+        hardware.update(gpus_per_node=1, nodes=1)
+    return hardware, pins
+
+
 def read_torchtune(path: str | Path, hardware: dict[str, Any], deepspeed: str | Path | None = None,
                    cwd: str | Path | None = None) -> ForeignRead:
     """Read a torchtune config as a memfit plan (see `read_llamafactory` for the arguments).
@@ -151,14 +163,7 @@ def read_torchtune(path: str | Path, hardware: dict[str, Any], deepspeed: str | 
     recipe = recipe_of(p, cfg)
     out = ForeignRead(TOOL, f"{key_list('torchtune').rules} and defaults (recipe {recipe})", p, {}, data=cfg)
     out.notes.append(f"model: {model['_component_']} -> {model_id}; recipe {recipe}")
-    hardware = dict(hardware)
-    pins: dict[str, Any] = {"zero_stage": 0, "offload_optimizer": "none", "offload_param": "none"}
-    if "distributed" in recipe:
-        pins, warning = fsdp_pins("FULL_SHARD", bool(cfg.get("fsdp_cpu_offload")))
-        out.warnings.append(f"{recipe}: {warning}")
-    elif hardware.get("gpus_per_node", 1) * hardware.get("nodes", 1) > 1:
-        out.notes.append(f"{recipe} runs on one GPU: estimated for one GPU of the given hardware")
-        hardware.update(gpus_per_node=1, nodes=1)
+    hardware, pins = _sharding(cfg, recipe, dict(hardware), out)
     seq = (cfg.get("tokenizer") or {}).get("max_seq_len")
     if seq is None:
         out.warnings.append(f"tokenizer.max_seq_len: null: torchtune does not truncate, so the longest sample "
