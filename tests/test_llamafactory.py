@@ -205,3 +205,29 @@ def test_6_plan_launch_sh_names_no_file_it_does_not_write(tmp_path, capsys):
     assert main([str(EXAMPLES / "qwen7b-rtx4090.yaml"), "--out", str(tmp_path / "out")]) == 0
     script = (tmp_path / "out" / "launch.sh").read_text()
     assert "lf.yaml" not in script and "ds_config.json" in script
+
+
+def test_deepspeed_option_replaces_the_yaml_one_and_json_output(lf_root, tmp_path, capsys):
+    hw = tmp_path / "hw.yaml"
+    hw.write_text(HW_8X80)
+    ds = lf_root / "examples/deepspeed/ds_z2_offload_config.json"
+    read = read_foreign("examples/train_lora/qwen3_lora_sft_ds3.yaml", HW_8, deepspeed=ds)
+    assert read.deepspeed_path == ds and (read.pinned["zero_stage"], read.pinned["offload_optimizer"]) == (2, "cpu")
+    assert main(["examples/train_lora/qwen3_lora_sft_ds3.yaml", "--hardware", str(hw), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["format"] == "LLaMA-Factory training YAML" and got["rules"].startswith("llamafactory 0.9.5")
+    assert got["your_config"]["key"].startswith("lora/z3/") and got["advice"]["candidates"]
+
+
+def test_memfit_plan_takes_hardware_from_the_option(tmp_path, capsys):
+    from conftest import EXAMPLES
+
+    plan = tmp_path / "plan.yaml"
+    text = (EXAMPLES / "qwen7b-rtx4090.yaml").read_text()
+    plan.write_text(text[:text.index("hardware:")] + text[text.index("training:"):])  # no hardware section
+    hw = tmp_path / "hw.yaml"
+    hw.write_text("hardware: {gpu_memory: 80, host_memory: 512, gpus_per_node: 2}\n")
+    assert main([str(plan), "--hardware", str(hw)]) == 0
+    assert "1 node(s) x 2 GPU(s) of 80.0 GiB" in capsys.readouterr().out
+    assert main([str(plan)]) == 2
+    assert "hardware" in capsys.readouterr().err
