@@ -45,26 +45,81 @@ def cli() -> None:
 
 @cli.command("plan")
 @click.argument("plan_file", type=click.Path(dir_okay=False))
+@click.option("--hardware", "hardware", help="HW.yaml with a hardware: mapping (or a plan), or 'detect'; for "
+              "configs that do not describe the machine (LLaMA-Factory, axolotl, torchtune).")
+@click.option("--deepspeed", "deepspeed", type=click.Path(dir_okay=False),
+              help="DeepSpeed JSON to use instead of the one the config names.")
 @click.option("--json", "as_json", is_flag=True, help="Print the advice as JSON (schemas/advice.schema.json).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write ds_config.json etc. into DIR.")
 @click.option("--force", is_flag=True, help="Overwrite existing files in --out.")
 @click.option("--rules", "rules_dirs", multiple=True, type=click.Path(file_okay=False), help="Extra rule directory (repeatable).")
 @click.option("--measured", multiple=True, type=click.Path(dir_okay=False), help="Log of a real run (repeatable).")
 @click.option("--backend", type=click.Choice(["auto", "durable", "python"]), default="auto", show_default=True)
-def plan_cmd(plan_file, as_json, out_dir, force, rules_dirs, measured, backend) -> None:
-    """Rank candidate strategies for PLAN_FILE."""
-    from memfit.engine import advise, load_plan
+def plan_cmd(plan_file, hardware, deepspeed, as_json, out_dir, force, rules_dirs, measured, backend) -> None:
+    """Rank candidate strategies for PLAN_FILE: a memfit plan, LLaMA-Factory, axolotl or torchtune config."""
+    from memfit.engine import advise
     from memfit.engine.advice.files import advice_files, write_files
+    from memfit.engine.integrations.foreign import detect_format
 
     from .render import advice_text
 
-    plan = load_plan(plan_file)
+    if detect_format(plan_file) != "memfit":
+        _foreign(plan_file, hardware, deepspeed, as_json, out_dir, force,
+                 {"rules_dirs": rules_dirs, "measured": measured, "backend": backend})
+        return
+    if deepspeed:
+        raise click.UsageError("--deepspeed goes with a LLaMA-Factory/axolotl config; for a memfit plan use "
+                               "`advise check DS.json --plan PLAN`")
+    plan = _memfit_plan(plan_file, hardware)
     advice = advise(plan, rules_dirs=rules_dirs, measured=measured, backend=backend)
     if out_dir:
         written = write_files(out_dir, advice_files(advice, plan), force=force)
     click.echo(json.dumps(advice.model_dump(mode="json"), indent=2) if as_json else advice_text(advice))
     if out_dir and not as_json:
         click.echo(f"\nwrote {len(written)} file(s) under {out_dir}")
+
+
+def _memfit_plan(plan_file, hardware):
+    """A memfit plan; --hardware fills (or replaces) its hardware section."""
+    from pathlib import Path
+
+    from memfit.engine import load_plan, plan_from_dict
+    from memfit.engine.integrations.common import read_hardware, read_mapping
+
+    if hardware is None:
+        return load_plan(plan_file)
+    data = read_mapping(plan_file)
+    data["hardware"] = read_hardware(hardware, str(plan_file))
+    return plan_from_dict(data, str(plan_file), Path(plan_file).parent)
+
+
+def _foreign(path, hardware, deepspeed, as_json, out_dir, force, advise_kw) -> None:
+    """Read a foreign config, advise, print what was read and assumed, write it back in its own format."""
+    from memfit.engine import advise
+    from memfit.engine.advice.files import write_files
+    from memfit.engine.integrations import foreign
+
+    from .render import advice_text, foreign_text
+
+    read = foreign.read_foreign(path, hardware, deepspeed)
+    plan = foreign.plan_of(read)
+    advice = advise(plan, **advise_kw)
+    own = foreign.own_verdict(read, plan)
+    back = foreign.write_back(read, plan, advice, out_dir or "DIR")
+    if out_dir and back.files:
+        write_files(out_dir, back.files, force=force)
+    if as_json:
+        _dump({"format": read.tool, "rules": read.rules, "notes": read.notes, "warnings": read.warnings,
+               "your_config": own.__dict__, "written": sorted(back.files) if out_dir else [],
+               "launch": back.launch, "write_notes": back.notes, "advice": advice.model_dump(mode="json")})
+        return
+    click.echo(foreign_text(read, own))
+    launch = back.launch if out_dir or not back.launch else f"{back.launch}   (after --out DIR)"
+    click.echo(advice_text(advice, launch=launch or foreign.launch_preview(read), tool_optimizer=True))
+    for note in back.notes:
+        click.echo(f"note: {note}")
+    if out_dir and back.files:
+        click.echo(f"\nwrote {', '.join(sorted(back.files))} under {out_dir}")
 
 
 @cli.command("estimate")
@@ -169,11 +224,26 @@ def probe_cmd(plan_file, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def check_cmd(config, plan_file, as_json) -> None:
     """Review an existing DeepSpeed CONFIG: typos, impossible combinations, batch arithmetic, fit."""
+    from pathlib import Path
+
+    from memfit.engine.core.errors import ConfigCheckError
+
     from memfit.engine.deepspeed.check import check
 
     from .render import check_text
 
-    result = check(config, plan_file)
+    if Path(config).suffix in (".yaml", ".yml"):
+        from memfit.engine.integrations.common import fsdp_message, read_mapping
+
+        data = read_mapping(config)
+        raise ConfigCheckError(fsdp_message(config) if "fsdp_config" in data or data.get("distributed_type") == "FSDP"
+                          else f"{config}: not a DeepSpeed config (a YAML file); `advise check` reads DeepSpeed JSON")
+    if plan_file:
+        from memfit.engine.advice.check_plan import check_against_plan
+
+        result = check_against_plan(config, plan_file)
+    else:
+        result = check(config)
     click.echo(json.dumps(result.model_dump(), indent=2) if as_json else check_text(result))
     if not result.ok:
         raise SystemExit(1)
@@ -203,24 +273,14 @@ def verify_cmd(plan_file, top, timeout_s, as_json) -> None:
 
 @cli.command("llamafactory")
 @click.argument("lf_yaml", type=click.Path(dir_okay=False))
-@click.option("--hardware", "hardware_file", required=True, type=click.Path(dir_okay=False),
-              help="A YAML file with a hardware: mapping (or a memfit plan).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write ds_config.json and lf.yaml into DIR.")
+@click.option("--hardware", "hardware", required=True, help="A YAML file with a hardware: mapping (or a plan), or 'detect'.")
+@click.option("--deepspeed", "deepspeed", type=click.Path(dir_okay=False), help="DeepSpeed JSON to use instead.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write the corrected YAML, ds_config.json, launch.sh.")
 @click.option("--force", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
-def llamafactory_cmd(lf_yaml, hardware_file, out_dir, force, as_json) -> None:
-    """Advise on a LLaMA-Factory training YAML; --out writes a corrected one beside the DeepSpeed JSON."""
-    from memfit.engine import advise
-    from memfit.engine.advice.files import write_files
-    from memfit.engine.integrations.llamafactory import llamafactory_files, plan_from_llamafactory_file
-
-    from .render import advice_text
-
-    plan = plan_from_llamafactory_file(lf_yaml, hardware_file)
-    advice = advise(plan)
-    if out_dir:
-        write_files(out_dir, llamafactory_files(lf_yaml, plan, advice), force=force)
-    click.echo(json.dumps(advice.model_dump(mode="json"), indent=2) if as_json else advice_text(advice))
+def llamafactory_cmd(lf_yaml, hardware, deepspeed, out_dir, force, as_json) -> None:
+    """Same as `advise LF_YAML --hardware HW` (kept for earlier scripts)."""
+    _foreign(lf_yaml, hardware, deepspeed, as_json, out_dir, force, {})
 
 
 @contextmanager

@@ -29,8 +29,13 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(out)
 
 
-def advice_text(advice, show: int = 8, show_rejected: int = 6) -> str:
-    """The ranked table with the reason for every choice and rejection."""
+def advice_text(advice, show: int = 8, show_rejected: int = 6, launch: str | None = None,
+                tool_optimizer: bool = False) -> str:
+    """The ranked table with the reason for every choice and rejection.
+
+    `launch` replaces the deepspeed line; `tool_optimizer`: the DeepSpeed JSON written has no optimizer
+    block (the tool builds its own), so notes about DeepSpeed's own optimizer do not apply.
+    """
     m, hw = advice.model, advice.hardware
     head = [f"model     {m.name}: {m.total_params / 1e9:.2f}B params ({m.model_type}, {m.num_layers} layers, "
             f"largest module {m.largest_layer_params / 1e6:.0f}M)",
@@ -52,7 +57,8 @@ def advice_text(advice, show: int = 8, show_rejected: int = 6) -> str:
     if feasible:
         body += ["Fits (best first):", _table(headers, [row(c) for c in feasible]), ""]
         body += _settings(feasible)
-        body += _why(feasible[0])
+        body += [line for line in _why(feasible[0])
+                 if not (tool_optimizer and "DeepSpeed swaps AdamW" in line)]
     if rejected:
         body += ["", "Rejected (closest first):"]
         for c in rejected:
@@ -60,7 +66,9 @@ def advice_text(advice, show: int = 8, show_rejected: int = 6) -> str:
             body += [f"      - {reason}" for reason in c.rejected_because]
     if advice.what_it_would_take:
         body += ["", "What it would take:"] + [f"  {line}" for line in advice.what_it_would_take]
-    if feasible and feasible[0].launch:
+    if launch:
+        body += ["", "Launch:", f"  {launch}"]
+    elif feasible and feasible[0].launch:
         body += ["", "Launch:", f"  {feasible[0].launch.get('deepspeed', '')}"]
     return "\n".join(head + body)
 
@@ -127,9 +135,14 @@ def facts_text(per_file) -> str:
 def check_text(r) -> str:
     """Findings of `advise check`, errors first, then the fit verdict when a plan was given."""
     lines = [f"{f['severity'].upper():7} {f['key']}: {f['message']}" for f in r.findings] or ["no findings"]
+    if r.rules:
+        lines.append(f"rules   {r.rules}")
     if r.strategy:
-        lines.append(f"strategy {r.strategy}: GPU {r.gpu_peak_gib:.1f} GiB ({'fits' if r.gpu_fits else 'DOES NOT FIT'}), "
-                     f"host {r.host_peak_gib:.0f} GiB per node ({'fits' if r.host_fits else 'DOES NOT FIT'})")
+        lines += [f"assumed {a}" for a in r.assumptions]
+        lines.append(f"strategy {r.strategy}: GPU {r.gpu_peak_gib:.1f} GiB of a {r.gpu_budget_gib:.1f} GiB budget "
+                     f"({'fits' if r.gpu_fits else 'DOES NOT FIT'}), host {r.host_peak_gib:.0f} GiB of "
+                     f"{r.host_budget_gib:.0f} per node ({'fits' if r.host_fits else 'DOES NOT FIT'}); budgets are "
+                     "capacity minus the plan's headroom")
     return "\n".join(lines)
 
 
@@ -164,3 +177,16 @@ def review_text(r) -> str:
         lines += [f"      counterexample: {f}" for f in v.files]
     lines.append("review passed" if r.passed else f"review FAILED: {len(r.violations)} violation(s); plans under {r.out_dir}")
     return "\n".join(lines)
+
+
+def foreign_text(read, own) -> str:
+    """What a foreign config was read as, every assumption, every warning, and its own verdict."""
+    article = "an" if read.tool[0].lower() in "aeiou" else "a"
+    lines = [f"read      {read.source} as {article} {read.tool} (rules: {read.rules})"]
+    lines += [f"  - {note}" for note in read.notes]
+    lines += [f"warning   {w}" for w in read.warnings]
+    verdict = "fits" if own.fits else "DOES NOT FIT"
+    lines.append(f"your config  {own.key}: GPU {own.gpu_peak_gib:.1f} GiB (budget {own.gpu_budget_gib:.1f}), "
+                 f"host {own.host_peak_gib:.0f} GiB (budget {own.host_budget_gib:.0f}) after the plan's "
+                 f"headroom: {verdict}")
+    return "\n".join(lines) + "\n"

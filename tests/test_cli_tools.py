@@ -71,24 +71,34 @@ def test_detect_on_a_machine_without_gpus_says_so(capsys):
     assert yaml.safe_load(out)["hardware"]["host_memory"] > 0
 
 
-def test_llamafactory_yaml_in_corrected_yaml_out(tmp_path, capsys):
+def test_llamafactory_yaml_in_corrected_yaml_out(tmp_path, capsys, monkeypatch):
+    # The motivating case, run from a LLaMA-Factory root: its own ds_z3_offload_config.json (0.9.5).
+    from upstream import upstream
+
+    (tmp_path / "examples" / "deepspeed").mkdir(parents=True)
+    (tmp_path / "examples" / "deepspeed" / "ds_z3_offload_config.json").write_bytes(
+        upstream("llamafactory", "examples/deepspeed/ds_z3_offload_config.json").read_bytes())
+    monkeypatch.chdir(tmp_path)
     lf = tmp_path / "qwen_full_sft.yaml"
     lf.write_text(yaml.safe_dump({
         "model_name_or_path": "Qwen/Qwen2.5-32B-Instruct", "stage": "sft", "finetuning_type": "full",
         "cutoff_len": 2048, "per_device_train_batch_size": 1, "gradient_accumulation_steps": 8, "bf16": True,
-        "deepspeed": "ds_z3_offload_config.json", "dataset": "alpaca_en_demo"}))
+        "deepspeed": "examples/deepspeed/ds_z3_offload_config.json", "dataset": "alpaca_en_demo"}))
     hw = tmp_path / "hw.yaml"
     hw.write_text("hardware: {gpu_memory: 96GB, gpus_per_node: 1, host_memory: 744GB}\n")
     out_dir = tmp_path / "out"
     code, out, err = run(["llamafactory", lf, "--hardware", hw, "--out", out_dir], capsys)
     assert code == 0, err
     assert "Nothing fits" in out  # finetuning_type full on this machine: see the motivating case
+    assert "read      " in out and "ds_z3_offload_config.json (ZeRO stage 3)" in out  # the JSON was read
     lf.write_text(lf.read_text().replace("finetuning_type: full", "finetuning_type: lora"))
-    code, out, err = run(["llamafactory", lf, "--hardware", hw, "--out", out_dir], capsys)
+    code, out, err = run(["advise", lf, "--hardware", hw, "--out", out_dir, "--force"][1:], capsys)
     assert code == 0 and "Recommended: lora/" in out, err
-    written = yaml.safe_load((out_dir / "lf.yaml").read_text())
-    assert written["deepspeed"] == "ds_config.json" and written["dataset"] == "alpaca_en_demo"  # user keys kept
-    assert json.loads((out_dir / "ds_config.json").read_text())["train_micro_batch_size_per_gpu"] == "auto"
+    written = yaml.safe_load((out_dir / "qwen_full_sft.yaml").read_text())
+    assert written["dataset"] == "alpaca_en_demo" and written["finetuning_type"] == "lora"  # user keys kept
+    if "deepspeed" in written:
+        assert written["deepspeed"] == str((out_dir / "ds_config.json").resolve())
+        assert "optimizer" not in json.loads((out_dir / "ds_config.json").read_text())
     code, out, err = run(["llamafactory", lf, "--hardware", tmp_path / "absent.yaml"], capsys)
     assert code == 2 and "absent.yaml: cannot read the hardware" in err
 

@@ -22,7 +22,8 @@ def test_single_node_lines():
     assert cmds["deepspeed"] == "deepspeed --num_gpus 8 train.py --deepspeed out/ds.json"
     assert cmds["llamafactory"] == "FORCE_TORCHRUN=1 llamafactory-cli train lf.yaml"
     assert "hostfile" not in cmds and "full/z3/opt=cpu/param=cpu" in cmds["comment"]
-    assert launch_commands(plan(1, 1), STRATEGY)["llamafactory"] == "llamafactory-cli train lf.yaml"
+    # one GPU too: llamafactory-cli starts torchrun (which DeepSpeed needs) only with FORCE_TORCHRUN=1
+    assert launch_commands(plan(1, 1), STRATEGY)["llamafactory"] == "FORCE_TORCHRUN=1 llamafactory-cli train lf.yaml"
 
 
 def test_multi_node_lines_and_hostfile():

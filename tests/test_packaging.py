@@ -27,9 +27,10 @@ def test_wheel_contents(wheel_names):
     tops = {n.split("/")[0] for n in wheel_names}
     assert tops == {"memfit", *(t for t in tops if t.endswith(".dist-info"))}
     for source_dir, package in (("engine", "memfit/engine"), ("cli", "memfit/cli"), ("rules", "memfit/rules"),
-                                ("schemas", "memfit/schemas"), ("engine/model/catalogue", "memfit/engine/model/catalogue")):
+                                ("schemas", "memfit/schemas"), ("engine/model/catalogue", "memfit/engine/model/catalogue"),
+                                ("engine/integrations/keys", "memfit/engine/integrations/keys")):
         for f in (ROOT / source_dir).iterdir():
-            if f.suffix in (".py", ".yaml", ".json") and f.is_file():
+            if f.suffix in (".py", ".yaml", ".json", ".txt") and f.is_file():
                 assert f"{package}/{f.name}" in wheel_names, f"{source_dir}/{f.name} missing from the wheel"
 
 

@@ -64,10 +64,13 @@ def _launch_script(c) -> str:
               for k, v in c.settings.items() if k not in KNOBS or KNOBS[k].applies != "env"]
     if len(lines) > 5:
         lines.append("")
-    for name in ("deepspeed", "accelerate", "llamafactory"):
+    for name in ("deepspeed", "accelerate"):
         if name in c.launch:
             prefix = "" if name == "deepspeed" else "# "
             lines.append(f"{prefix}{c.launch[name]}")
+    # No llamafactory-cli line: it would name a YAML this command does not write.
+    lines.append("# LLaMA-Factory, axolotl, torchtune: `advise YOUR_CONFIG --hardware HW.yaml --out DIR` writes "
+                 "your config back with its own launch line.")
     return "\n".join(lines) + "\n"
 
 

@@ -1,16 +1,15 @@
 """Review an existing DeepSpeed config: what `advise check ds_config.json` prints.
 
-DeepSpeed itself accepts misspelled keys, wrong types and impossible combinations without a word
-(DOMAIN.md §5), so the checks here are memfit's own: the strict schema
-(schemas/deepspeed.schema.json) plus combination and batch-arithmetic checks with messages a person
-can act on.
+DeepSpeed itself accepts misspelled top-level keys, wrong types and impossible combinations without
+a word, so the checks here are memfit's own: the strict schema (schemas/deepspeed.schema.json: types and
+combinations) whose accepted key sets are those of the installed DeepSpeed, generated from its own
+config models (`accepted.py`: field names and aliases, keys removed in that version), plus combination
+and batch-arithmetic checks with messages a person can act on. Keys starting with `_` are comments.
 """
 from __future__ import annotations
 
 import difflib
 import json
-from functools import lru_cache
-from importlib.resources import files
 from pathlib import Path
 from typing import Any, Iterator, Literal, Optional
 
@@ -21,6 +20,10 @@ from ..memory.estimate import estimate_memory
 from ..model.spec import resolve_model
 from ..plan.schema import Plan, load_plan
 from ..plan.strategy import Strategy
+from .accepted import NOT_READ, PYDANTIC_SECTIONS, accepted_keys, deepspeed_schema, without
+
+__all__ = ["Finding", "CheckResult", "check", "check_config", "deepspeed_schema", "load_config",
+           "strategy_from_config", "assumptions"]
 
 
 class Finding(BaseModel):
@@ -31,12 +34,6 @@ class Finding(BaseModel):
     severity: Literal["error", "warning", "info"]
     key: str
     message: str
-
-
-@lru_cache(maxsize=1)
-def deepspeed_schema() -> dict[str, Any]:
-    """The strict DeepSpeed schema shipped in memfit.schemas."""
-    return json.loads(files("memfit.schemas").joinpath("deepspeed.schema.json").read_text(encoding="utf-8"))
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -59,22 +56,46 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _version_findings(cfg: dict[str, Any]) -> Iterator[Finding]:
+    """Keys the installed DeepSpeed removed (it refuses them) or never reads (no effect)."""
+    accepted = accepted_keys()
+    for dotted, message in accepted["removed"].items():
+        parent, _, key = dotted.rpartition(".")
+        block = cfg.get(parent) if parent else cfg
+        if isinstance(block, dict) and key in block:
+            yield Finding(severity="error", key=dotted,
+                          message=f"removed in deepspeed {accepted['deepspeed_version']}, which refuses it: {message}")
+    for key, real in NOT_READ.items():
+        if key in cfg:
+            yield Finding(severity="warning", key=key,
+                          message=f"not read by deepspeed {accepted['deepspeed_version']} (no effect); {real}")
+
+
 def _dotted(path: Any) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _unknown_effect(path) -> str:
+    dotted = ".".join(map(str, path))
+    if any(dotted == p or dotted.startswith(p + ".") for p in PYDANTIC_SECTIONS):
+        return (f" (deepspeed {accepted_keys()['deepspeed_version']}'s config model for '{dotted}' forbids "
+                "extra keys: DeepSpeed refuses this config)")
+    return " (DeepSpeed ignores it silently)"
 
 
 def _schema_findings(cfg: dict[str, Any]) -> Iterator[Finding]:
     import jsonschema  # light, but only needed here
 
+    cfg = without(cfg, set(accepted_keys()["removed"]) | set(NOT_READ))  # reported by _version_findings
     validator = jsonschema.Draft202012Validator(deepspeed_schema())
     for err in sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path))):
         if {"then", "not"} & set(map(str, err.schema_path)):
             continue  # combinations: reported below with a clearer message
         if err.validator == "additionalProperties":
             known = list(err.schema.get("properties", {}))
-            for extra in sorted(set(err.instance) - set(known)):
+            for extra in sorted(k for k in set(err.instance) - set(known) if not str(k).startswith("_")):
                 close = difflib.get_close_matches(extra, known, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else " (DeepSpeed ignores it silently)"
+                hint = f"; did you mean '{close[0]}'?" if close else _unknown_effect(err.absolute_path)
                 yield Finding(severity="error", key=_dotted([*err.absolute_path, extra]),
                               message=f"unknown key{hint}")
             continue
@@ -132,11 +153,13 @@ def _auto_paths(node: Any, path: tuple = ()) -> Iterator[str]:
             yield from _auto_paths(v, (*path, k))
 
 
-def strategy_from_config(cfg: dict[str, Any], plan: Plan) -> Strategy:
+def strategy_from_config(cfg: dict[str, Any], plan: Plan, method: str | None = None,
+                         gradient_checkpointing: bool | None = None) -> Strategy:
     """The memfit Strategy a DeepSpeed config amounts to, for the plan's memory estimate.
 
-    Method comes from `plan.training.method` ("full" when auto); gradient checkpointing from the plan
-    (the JSON does not carry the HF switch); micro-batch from the config, else the plan, else 1.
+    Method and gradient checkpointing are not in a DeepSpeed JSON: they come from the arguments, else
+    the plan, else "full" and off (see `assumptions` for what was assumed). The micro-batch comes from
+    the config, else the plan, else 1.
 
     Raises:
         ConfigCheckError: the stage or offload devices are not valid values.
@@ -147,13 +170,29 @@ def strategy_from_config(cfg: dict[str, Any], plan: Plan) -> Strategy:
     if not isinstance(micro, int) or isinstance(micro, bool) or micro < 1:
         micro = t.micro_batch_size if isinstance(t.micro_batch_size, int) else 1
     stage = zero.get("stage", 0)
+    method = method or ("full" if t.method == "auto" else t.method)
+    gc = gradient_checkpointing if gradient_checkpointing is not None else t.gradient_checkpointing is True
     try:
-        return Strategy(method="full" if t.method == "auto" else t.method, zero_stage=stage,
-                        offload_optimizer=_device(zero.get("offload_optimizer")),
+        return Strategy(method=method, zero_stage=stage, offload_optimizer=_device(zero.get("offload_optimizer")),
                         offload_param=_device(zero.get("offload_param")) if stage == 3 else "none",
-                        gradient_checkpointing=t.gradient_checkpointing is True, micro_batch_size=micro)
+                        gradient_checkpointing=gc, micro_batch_size=micro)
     except ValueError as exc:
         raise ConfigCheckError(f"zero_optimization: cannot read a strategy from this config ({exc})") from None
+
+
+def assumptions(cfg: dict[str, Any], plan: Plan, strategy: Strategy, why: str = "") -> list[str]:
+    """One line per strategy choice that neither the config nor the plan fixes, saying what was assumed."""
+    t, out = plan.training, []
+    reason = why or "assumed"
+    if t.method == "auto":
+        out.append(f"method: not in a DeepSpeed config and 'auto' in the plan; {reason} {strategy.method}")
+    if t.gradient_checkpointing == "auto":
+        out.append(f"gradient checkpointing: the trainer's switch, not in the config, and 'auto' in the plan; "
+                   f"{reason} {'on' if strategy.gradient_checkpointing else 'off'}")
+    micro = cfg.get("train_micro_batch_size_per_gpu")
+    if not (isinstance(micro, int) and not isinstance(micro, bool)) and t.micro_batch_size == "auto":
+        out.append(f"micro-batch: {micro!r} in the config and 'auto' in the plan; {reason} {strategy.micro_batch_size}")
+    return out
 
 
 def check_config(cfg: dict[str, Any], plan: Plan | None = None, source: str = "ds_config.json") -> list[Finding]:
@@ -167,7 +206,8 @@ def check_config(cfg: dict[str, Any], plan: Plan | None = None, source: str = "d
         Findings, errors first; empty when there is nothing to say.
     """
     world = plan.hardware.world_size if plan is not None else None
-    found = [*_schema_findings(cfg), *_combination_findings(cfg), *_batch_findings(cfg, world)]
+    found = [*_version_findings(cfg), *_schema_findings(cfg), *_combination_findings(cfg),
+             *_batch_findings(cfg, world)]
     autos = list(_auto_paths(cfg))
     if autos:
         found.append(Finding(severity="info", key=autos[0],
@@ -203,9 +243,13 @@ class CheckResult(BaseModel):
     model_config = ConfigDict(frozen=True)
     config: str
     findings: list[dict[str, Any]]
+    rules: Optional[str] = None
     strategy: Optional[str] = None
+    assumptions: list[str] = []
     gpu_peak_gib: Optional[float] = None
     host_peak_gib: Optional[float] = None
+    gpu_budget_gib: Optional[float] = None
+    host_budget_gib: Optional[float] = None
     gpu_fits: Optional[bool] = None
     host_fits: Optional[bool] = None
 
@@ -215,21 +259,41 @@ class CheckResult(BaseModel):
             and self.host_fits is not False
 
 
-def check(config_path: str | Path, plan_path: str | Path | None = None) -> CheckResult:
-    """Review an existing DeepSpeed config; with a plan, also estimate whether it fits the hardware.
+def check(config_path: str | Path, plan_path: str | Path | Plan | None = None, *, method: str | None = None,
+          gradient_checkpointing: bool | None = None, micro_batch_size: int | None = None,
+          why: str = "") -> CheckResult:
+    """Review an existing DeepSpeed config; with a plan, also judge it against the plan's budget.
 
+    The verdict uses the plan's headroom (GPU and host capacity minus policy.gpu_headroom /
+    host_headroom), as memfit's own candidates are judged.
+
+    Args:
+        config_path: the DeepSpeed JSON.
+        plan_path: a plan file or Plan for the fit verdict.
+        method, gradient_checkpointing, micro_batch_size: choices the config does not carry, when the
+            plan leaves them 'auto' (each one used is stated in `assumptions`, with `why`).
     Raises:
         ConfigCheckError: unreadable JSON. PlanError / ModelNotFoundError: a bad plan.
     """
-    from ..deepspeed.check import check_config, load_config, strategy_from_config
+    from ..search.sweep import within_budget
 
     cfg = load_config(config_path)
-    plan = load_plan(plan_path) if plan_path else None
+    plan = load_plan(plan_path) if isinstance(plan_path, (str, Path)) else plan_path
     findings = check_config(cfg, plan, source=str(config_path))
-    out: dict[str, Any] = {"config": str(config_path), "findings": [f.model_dump() for f in findings]}
+    if plan is not None:  # the strategy line with its stated assumptions replaces check_config's guess
+        findings = [f for f in findings if "amounts to strategy" not in f.message]
+    out: dict[str, Any] = {"config": str(config_path), "findings": [f.model_dump() for f in findings],
+                           "rules": accepted_keys()["rules"]}
     if plan is not None and not any(f.severity == "error" for f in findings):
-        strategy = strategy_from_config(cfg, plan)
+        strategy = strategy_from_config(cfg, plan, method, gradient_checkpointing)
+        if micro_batch_size and not isinstance(cfg.get("train_micro_batch_size_per_gpu"), int):
+            strategy = strategy.model_copy(update={"micro_batch_size": micro_batch_size})
         e = estimate_memory(plan, resolve_model(plan.model, plan.base_dir), strategy)
-        out.update(strategy=strategy.key, gpu_peak_gib=round(e.gpu_peak_gib, 2), host_peak_gib=round(e.host_peak_gib, 2),
-                   gpu_fits=e.gpu_fits, host_fits=e.host_fits)
+        p = plan.policy
+        gpu_budget, host_budget = e.gpu_capacity_gib * (1 - p.gpu_headroom), e.host_capacity_gib * (1 - p.host_headroom)
+        out.update(strategy=strategy.key, assumptions=assumptions(cfg, plan, strategy, why),
+                   gpu_peak_gib=round(e.gpu_peak_gib, 2), host_peak_gib=round(e.host_peak_gib, 2),
+                   gpu_budget_gib=round(gpu_budget, 2), host_budget_gib=round(host_budget, 2),
+                   gpu_fits=e.gpu_peak_gib <= gpu_budget, host_fits=e.host_peak_gib <= host_budget and e.nvme_fits)
+        assert within_budget(plan, e) == (out["gpu_fits"] and out["host_fits"])  # one definition of "fits"
     return CheckResult(**out)

@@ -44,9 +44,9 @@ def _accelerate(plan: Plan, config_path: str, script: list[str]) -> str:
 
 def _llamafactory(plan: Plan, lf_yaml: str) -> str:
     hw = plan.hardware
-    env = []
-    if hw.world_size > 1:
-        env.append("FORCE_TORCHRUN=1")  # LLaMA-Factory uses torchrun (needed for DeepSpeed) only when forced
+    # Every DeepSpeed run needs torchrun, and llamafactory-cli uses it on one GPU only when forced
+    # (launcher.py; parser.py: "Please use `FORCE_TORCHRUN=1` to launch DeepSpeed training.").
+    env = ["FORCE_TORCHRUN=1"]
     if hw.nodes > 1:
         env += [f"NNODES={hw.nodes}", 'NODE_RANK="$NODE_RANK"', "MASTER_ADDR=node-1", f"MASTER_PORT={_MASTER_PORT}"]
     return " ".join([*env, "llamafactory-cli", "train", shlex.quote(lf_yaml)])

@@ -1,202 +1,236 @@
-"""LLaMA-Factory training YAML <-> memfit plan.
+"""LLaMA-Factory training YAML -> memfit plan (read). Writing back is in llamafactory_write.py.
 
-Argument names and defaults read in hiyouga/LLaMA-Factory src/llamafactory/hparams/:
-finetuning_args.py (finetuning_type lora|oft|freeze|full, default lora; lora_rank default 8; lora_alpha
-default None = 2 x rank; lora_dropout; lora_target default "all" = all linear layers; pure_bf16),
-model_args.py (model_name_or_path; quantization_bit; flash_attn auto|disabled|sdpa|fa2 (AttentionFunction);
-disable_gradient_checkpointing, default False: LLaMA-Factory turns checkpointing on unless disabled),
-data_args.py (cutoff_len), and HF TrainingArguments (per_device_train_batch_size, default 8;
-gradient_accumulation_steps; bf16; fp16; optim; deepspeed).
-LLaMA-Factory runs the HF Trainer, so the DeepSpeed JSON it points at should be the "hf" flavor.
+Argument names and defaults of llamafactory 0.9.5 (src/llamafactory/hparams/: finetuning_args.py,
+model_args.py, data_args.py, parser.py; HF TrainingArguments for the batch, precision and `deepspeed`):
+- finetuning_type lora (default) | oft | freeze | full; quantization_bit 4/8 (bitsandbytes by default);
+- lora_rank 8, lora_alpha None = 2 x rank, lora_target "all" = every linear layer;
+- cutoff_len 2048; per_device_train_batch_size 8 and gradient_accumulation_steps 1 (HF defaults);
+- gradient checkpointing ON unless disable_gradient_checkpointing (model_utils/checkpointing.py);
+- without bf16/fp16/pure_bf16 the compute dtype is inferred (parser.py, extras/misc.py::infer_optim_dtype):
+  bf16 where the GPU runs it, else fp16; the Trainer then runs without AMP and trainable parameters are
+  upcast to fp32 (model/adapter.py), so full/freeze training holds fp32 weights;
+- `deepspeed:` is HF TrainingArguments' field: a relative path is opened from the working directory
+  (accelerate HfDeepSpeedConfig: os.path.exists), not from the YAML's folder;
+- stage dpo (unless pref_loss orpo/simpo) and kto use a reference model: LoRA uses the policy with
+  adapters disabled, full/freeze load a second copy of the model (train/trainer_utils.py::create_ref_model).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..deepspeed.check import load_config
-from ..deepspeed.config import accumulation_steps
 from ..core.errors import PlanError
-from ..plan.schema import Plan, plan_from_dict
-from ..plan.strategy import Strategy
+from .common import ForeignRead, fsdp_pins, read_deepspeed, read_mapping, supports_bf16, world_size, zero_of
+from .keylists import LLAMAFACTORY_TRANSFORMERS_PIN, key_list, unknown_names
 
-# Keys this module reads; every other key in the user's YAML is kept on write-back and listed as ignored.
-READ_KEYS = frozenset({
-    "model_name_or_path", "finetuning_type", "quantization_bit", "lora_rank", "lora_alpha", "lora_dropout",
-    "lora_target", "cutoff_len", "per_device_train_batch_size", "gradient_accumulation_steps", "bf16", "fp16",
-    "pure_bf16", "optim", "gradient_checkpointing", "disable_gradient_checkpointing", "flash_attn", "deepspeed"})
-_ATTENTION = {"fa2": "flash_attention_2", "sdpa": "sdpa", "auto": "sdpa", "disabled": "eager", "eager": "eager"}
-_ATTENTION_BACK = {"flash_attention_2": "fa2", "sdpa": "sdpa", "eager": "disabled"}
+TOOL = "LLaMA-Factory training YAML"
+_ATTENTION = {"fa2": "flash_attention_2", "sdpa": "sdpa", "disabled": "eager", "eager": "eager",
+              "auto": "sdpa", "fa3": "flash_attention_2"}
 _EIGHT_BIT = {"adamw_bnb_8bit", "adamw_8bit", "paged_adamw_8bit", "adamw_torch_8bit"}
+_METHODS = ("lora", "oft", "freeze", "full")
+# Optimizer replacements LLaMA-Factory builds itself (train/trainer_utils.py::create_custom_optimizer).
+_CUSTOM_OPTIMIZERS = {
+    "use_galore": "GaLore keeps optimizer states of rank galore_rank projections",
+    "use_apollo": "APOLLO keeps low-rank (apollo_rank) optimizer states",
+    "use_badam": "BAdam trains one block of layers at a time (optimizer states for that block only)",
+    "use_adam_mini": "Adam-mini keeps one second moment per parameter block",
+    "use_muon": "Muon keeps one momentum buffer for matrix parameters",
+}
+# Memory-relevant arguments (the [MEM] list of hparams/*.py) this reader does not turn into plan fields.
+NOT_MODELED = (
+    "use_unsloth", "use_unsloth_gc", "shift_attn", "mixture_of_depths", "rope_scaling", "upcast_layernorm",
+    "upcast_lmhead_output", "train_from_scratch", "use_v1_kernels", "quantization_type", "double_quantization",
+    "image_max_pixels", "video_max_pixels", "video_maxlen", "use_kt", "streaming", "use_dora", "pissa_init",
+    "use_llama_pro", "freeze_vision_tower", "freeze_multi_modal_projector", "freeze_language_model", "fp8",
+    "fp8_backend", "fp8_enable_fsdp_float8_all_gather", "ray_num_workers", "use_reentrant_gc", "ppo_buffer_size",
+    "use_mca", "use_megatron_bridge", "use_hyper_parallel", "per_device_eval_batch_size", "predict_with_generate",
+    "max_new_tokens", "kernel_config", "use_eaft_loss", "use_asft_loss", "use_dft_loss")
 
 
-def _load(path_or_dict: str | Path | dict[str, Any]) -> tuple[dict[str, Any], str, Path]:
-    if isinstance(path_or_dict, dict):
-        return dict(path_or_dict), "<llamafactory>", Path(".")
-    p = Path(path_or_dict)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PlanError(f"{p}: cannot read the LLaMA-Factory YAML ({exc.strerror or exc})") from None
-    except yaml.YAMLError as exc:
-        raise PlanError(f"{p}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise PlanError(f"{p}: a LLaMA-Factory config must be a mapping")
-    return data, str(p), p.parent
+def is_llamafactory(data: dict[str, Any]) -> bool:
+    """LLaMA-Factory's classic YAML: `model_name_or_path` with one of its own training arguments."""
+    return "model_name_or_path" in data and bool({"finetuning_type", "stage", "cutoff_len", "template"} & set(data))
 
 
-def _method(lf: dict[str, Any], source: str) -> str:
-    kind = lf.get("finetuning_type", "lora")  # LLaMA-Factory's default is lora
-    if kind not in ("full", "lora", "freeze", "oft"):
-        raise PlanError(f"{source}: finetuning_type: must be full, lora, freeze or oft (got {kind!r})")
-    if kind in ("full", "freeze"):
-        return "full"  # freeze trains a subset: full fine-tuning is the conservative upper bound
-    return "qlora" if lf.get("quantization_bit") == 4 else "lora"
+def is_llamafactory_v1(data: dict[str, Any]) -> bool:
+    """LLaMA-Factory's v1 format (examples/v1/, launched with USE_V1=1): model plus model_class/peft_config."""
+    return "model" in data and bool({"model_class", "peft_config", "dist_config", "train_dataset"} & set(data))
 
 
-def _precision(lf: dict[str, Any]) -> str:
+def _method(lf: dict[str, Any], src: str, out: ForeignRead) -> str:
+    kind = lf.get("finetuning_type", "lora")
+    if kind not in _METHODS:
+        raise PlanError(f"{src}: finetuning_type: must be lora, oft, freeze or full (got {kind!r})")
+    bits = lf.get("quantization_bit")
+    if bits not in (None, 4, 8):
+        out.warnings.append(f"quantization_bit: {bits}-bit is not modelled; estimated with a 16-bit base")
+    if kind == "freeze":
+        layers = lf.get("freeze_trainable_layers", 2)
+        out.warnings.append(f"finetuning_type: freeze trains {layers} layer(s) (freeze_trainable_layers) of the "
+                            "model; memfit has no freeze model and estimates full fine-tuning: an upper bound on "
+                            "gradients and optimizer states")
+        return "full"
+    if kind == "full":
+        return "full"
+    if kind == "oft":
+        out.warnings.append(f"finetuning_type: oft (block size {lf.get('oft_block_size', 32)}) is estimated as "
+                            f"LoRA of rank {lf.get('lora_rank', 8)} on the same targets: OFT's trainable "
+                            "parameters and activation overhead differ (effect unknown)")
+    if bits == 8:
+        out.warnings.append("quantization_bit: 8 keeps the base in 8-bit (1 byte/parameter); memfit models a "
+                            "16-bit base for LoRA: the frozen weights are over-estimated by about half")
+    return "qlora" if bits == 4 else "lora"
+
+
+def _precision(lf: dict[str, Any], method: str, hardware: dict[str, Any], out: ForeignRead) -> str:
     if lf.get("pure_bf16"):
         return "pure_bf16"
     if lf.get("bf16"):
         return "bf16"
-    return "fp16" if lf.get("fp16") else "fp32"
+    if lf.get("fp16"):
+        return "fp16"
+    dtype = "bf16" if supports_bf16(hardware) else "fp16"
+    if method == "full":
+        out.notes.append(f"precision: no bf16/fp16 key; LLaMA-Factory loads the model in {dtype} and upcasts "
+                         "trainable parameters to fp32 without AMP: estimated as fp32 training")
+        return "fp32"
+    out.notes.append(f"precision: no bf16/fp16 key; LLaMA-Factory infers {dtype} for the frozen base (assuming "
+                     "the checkpoint's torch_dtype is bf16 or unset) and keeps adapters in fp32")
+    return dtype
 
 
-def _optimizer(optim: str | None) -> str:
-    if optim is None or (optim.startswith("adamw") and optim not in _EIGHT_BIT):
-        return "adamw"
+def _optimizer(lf: dict[str, Any], out: ForeignRead) -> str:
+    for key, what in _CUSTOM_OPTIMIZERS.items():
+        if lf.get(key):
+            out.warnings.append(f"{key}: {what}; memfit has no model of it and estimates AdamW "
+                                "(12 bytes of states per trainable parameter): an over-estimate")
+    optim = str(lf.get("optim", "adamw_torch"))
     if optim in _EIGHT_BIT:
         return "adamw_8bit"
     if optim.startswith("adafactor"):
         return "adafactor"
-    return "sgd" if optim == "sgd" else "adamw"
+    if optim in ("sgd",):
+        return "sgd"
+    if not optim.startswith("adamw"):
+        out.warnings.append(f"optim: {optim} is not modelled; estimated as AdamW (effect unknown)")
+    return "adamw"
 
 
 def _lora(lf: dict[str, Any]) -> dict[str, Any]:
     rank = int(lf.get("lora_rank", 8))
-    target = lf.get("lora_target", "all")
+    target = lf.get("oft_target" if lf.get("finetuning_type") == "oft" else "lora_target", "all")
     targets = "all-linear" if target == "all" else [t.strip() for t in str(target).split(",") if t.strip()]
-    return {"rank": rank, "alpha": lf.get("lora_alpha") or 2 * rank, "dropout": float(lf.get("lora_dropout", 0.0)),
-            "target_modules": targets}
+    alpha = lf.get("lora_alpha") or 2 * rank
+    return {"rank": rank, "alpha": alpha, "dropout": float(lf.get("lora_dropout", 0.0)), "target_modules": targets}
 
 
-def _zero_from_ds(lf: dict[str, Any], base: Path) -> dict[str, Any]:
-    path = lf.get("deepspeed")
-    if not path:
-        return {"zero_stage": 0, "offload_optimizer": "none", "offload_param": "none"}
-    cfg = load_config(base / path)
-    zero = cfg.get("zero_optimization") or {}
-    stage = zero.get("stage", 0)
+def _stage(lf: dict[str, Any], method: str, out: ForeignRead) -> None:
+    stage = lf.get("stage", "sft")
+    uses_ref = (stage == "dpo" and lf.get("pref_loss", "sigmoid") not in ("orpo", "simpo")) or stage == "kto"
+    if uses_ref and method == "full":
+        out.warnings.append(f"stage: {stage} loads a reference model: a second, frozen copy of the base model "
+                            "(16-bit weights) that memfit does not add to the estimate")
+    elif uses_ref or lf.get("ref_model"):
+        out.notes.append(f"stage: {stage}: the reference model is the policy with adapters disabled (no copy)")
+    if stage in ("dpo", "kto"):
+        out.warnings.append(f"stage: {stage} runs chosen and rejected sequences together: activations of twice "
+                            "per_device_train_batch_size sequences, not modelled")
+    if stage == "ppo":
+        out.warnings.append("stage: ppo holds a reward model, a value head and rollouts: not modelled")
+    if lf.get("do_predict") or lf.get("predict_with_generate"):
+        out.warnings.append("do_predict/predict_with_generate: generation (KV cache) memory is not modelled")
 
-    def device(name: str) -> str:
-        block = zero.get(name)
-        return block.get("device", "none") if isinstance(block, dict) else "none"
 
-    return {"zero_stage": stage, "offload_optimizer": device("offload_optimizer"),
-            "offload_param": device("offload_param") if stage == 3 else "none"}
+def _extras(lf: dict[str, Any], out: ForeignRead) -> None:
+    if lf.get("packing") or lf.get("neat_packing") or (lf.get("packing") is None and lf.get("stage") == "pt"):
+        out.notes.append("packing: sequences are packed to cutoff_len; memfit already assumes full-length sequences")
+    if lf.get("enable_liger_kernel"):
+        out.warnings.append("enable_liger_kernel: the fused linear cross-entropy never materialises the logits; "
+                            "memfit's estimate includes them (an over-estimate)")
+    if lf.get("additional_target") or lf.get("freeze_extra_modules") or lf.get("resize_vocab"):
+        out.warnings.append("additional_target/freeze_extra_modules/resize_vocab: trainable embeddings or other "
+                            "extra modules (weights, gradients and optimizer states) are not modelled")
+    if str(lf.get("flash_attn", "auto")) in ("auto", "fa3"):
+        out.notes.append(f"flash_attn: {lf.get('flash_attn', 'auto')}: estimated with "
+                         f"{_ATTENTION[str(lf.get('flash_attn', 'auto'))]} attention memory")
+    mem = sorted(k for k in NOT_MODELED if lf.get(k) not in (None, False, 0, ""))
+    if mem:
+        out.warnings.append(f"memory-relevant keys memfit does not model (effect unknown): {', '.join(mem)}")
+    unknown = unknown_names("llamafactory", lf)
+    if unknown:
+        keys = key_list("llamafactory")
+        out.warnings.append(f"not among {keys.rules} ({keys.note}; LLaMA-Factory {keys.version} pins "
+                            f"{LLAMAFACTORY_TRANSFORMERS_PIN}, whose TrainingArguments may still have them); "
+                            f"effect unknown: {', '.join(unknown)}")
 
 
-def plan_from_llamafactory(path_or_dict: str | Path | dict[str, Any], hardware: dict[str, Any],
-                           pin_strategy: bool = True) -> dict[str, Any]:
-    """Turn a LLaMA-Factory training YAML into a memfit plan mapping (check it with `plan_from_dict`).
+def resolve_deepspeed(value: str, src: str, cwd: Path) -> Path:
+    """The file LLaMA-Factory opens for `deepspeed: VALUE`: relative to the working directory.
 
-    Args:
-        path_or_dict: the YAML file or its parsed mapping.
-        hardware: the plan's hardware section (LLaMA-Factory does not describe the machine).
-        pin_strategy: pin the user's ZeRO stage, offloads, micro-batch and checkpointing (False leaves
-            them "auto" so memfit may search alternatives).
-    Returns:
-        {"model", "hardware", "training"}; keys memfit does not read are listed by `ignored_keys`.
     Raises:
-        PlanError: unreadable file, missing model_name_or_path, bad finetuning_type.
-        ConfigCheckError: the referenced DeepSpeed JSON is unreadable.
+        PlanError: the file does not exist there (naming the YAML-relative file if that one exists).
     """
-    lf, source, base = _load(path_or_dict)
-    if not lf.get("model_name_or_path"):
-        raise PlanError(f"{source}: model_name_or_path: required (the model to fine-tune)")
-    micro = int(lf.get("per_device_train_batch_size", 8))  # HF TrainingArguments default
-    world = int(hardware.get("gpus_per_node", 1)) * int(hardware.get("nodes", 1))
-    training: dict[str, Any] = {
-        "method": _method(lf, source), "seq_len": int(lf.get("cutoff_len", 2048)),
-        "global_batch_size": micro * int(lf.get("gradient_accumulation_steps", 1)) * world,
-        "precision": _precision(lf), "optimizer": _optimizer(lf.get("optim")),
-        "attention": _ATTENTION.get(str(lf.get("flash_attn", "auto")), "sdpa"), "lora": _lora(lf)}
-    if pin_strategy:
-        gc = not lf.get("disable_gradient_checkpointing", False)
-        training.update(micro_batch_size=micro, gradient_checkpointing=gc, **_zero_from_ds(lf, base))
-    return {"model": lf["model_name_or_path"], "hardware": dict(hardware), "training": training}
+    path = Path(value).expanduser()
+    found = path if path.is_absolute() else cwd / path
+    if found.is_file():
+        return found
+    beside = Path(src).parent / path
+    hint = (f"; {beside} exists, but LLaMA-Factory (transformers' HfDeepSpeedConfig) opens the path from the "
+            "working directory, not from the YAML's folder") if beside.is_file() else ""
+    raise PlanError(f"{src}: deepspeed: {value}: no such file relative to the working directory {cwd}{hint}; "
+                    "run from the folder it is relative to (LLaMA-Factory's root for its examples) or give "
+                    "--deepspeed PATH")
 
 
-def ignored_keys(path_or_dict: str | Path | dict[str, Any]) -> list[str]:
-    """LLaMA-Factory keys memfit does not read (kept unchanged by `llamafactory_yaml`)."""
-    lf, _, _ = _load(path_or_dict)
-    return sorted(k for k in lf if k not in READ_KEYS)
+def _strategy(lf: dict[str, Any], src: str, ds: Path | None, cwd: Path, out: ForeignRead) -> dict[str, Any]:
+    pins: dict[str, Any] = {"zero_stage": 0, "offload_optimizer": "none", "offload_param": "none"}
+    if ds is None and lf.get("deepspeed"):
+        ds = resolve_deepspeed(str(lf["deepspeed"]), src, cwd)
+    if ds is not None:
+        pins = zero_of(read_deepspeed(ds, src, "deepspeed", out))
+    elif lf.get("fsdp"):
+        shard = "SHARD_GRAD_OP" if "shard_grad_op" in str(lf["fsdp"]) else "FULL_SHARD"
+        pins, warning = fsdp_pins(shard, "offload" in str(lf["fsdp"]))
+        out.warnings.append(f"fsdp: {lf['fsdp']}: {warning}")
+    gc = not lf.get("disable_gradient_checkpointing", False)
+    out.notes.append(f"gradient checkpointing: {'on' if gc else 'off'}"
+                     f"{' (LLaMA-Factory default)' if 'disable_gradient_checkpointing' not in lf else ''}")
+    return {**pins, "micro_batch_size": int(lf.get("per_device_train_batch_size", 8)), "gradient_checkpointing": gc}
 
 
-def _precision_flags(precision: str) -> dict[str, bool]:
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16", "pure_bf16": precision == "pure_bf16"}
-
-
-def llamafactory_yaml(plan: Plan, strategy: Strategy, ds_config_path: str,
-                      original: str | Path | dict[str, Any] | None = None) -> str:
-    """Write a LLaMA-Factory YAML for the chosen strategy, keeping the user's other keys.
+def read_llamafactory(path: str | Path, hardware: dict[str, Any], deepspeed: str | Path | None = None,
+                      cwd: str | Path | None = None) -> ForeignRead:
+    """Read a LLaMA-Factory training YAML as a memfit plan.
 
     Args:
-        plan: supplies precision, seq_len, LoRA settings, attention, global batch.
-        strategy: the chosen strategy.
-        ds_config_path: the emitted DeepSpeed JSON ("hf" flavor) that `deepspeed:` points at.
-        original: the user's LLaMA-Factory YAML (path or mapping); its comments are not preserved.
+        path: the YAML file.
+        hardware: the plan's hardware mapping (LLaMA-Factory does not describe the machine).
+        deepspeed: a DeepSpeed JSON that replaces the YAML's `deepspeed:`.
+        cwd: the directory LLaMA-Factory would run in (relative `deepspeed:` paths); default: the current one.
     Returns:
-        YAML text with a header comment.
+        The ForeignRead; its plan leaves the strategy to memfit, `pinned` holds the YAML's own.
+    Raises:
+        PlanError: unreadable file, missing model_name_or_path, bad finetuning_type, missing deepspeed file.
+        ConfigCheckError: the DeepSpeed JSON is not valid JSON.
     """
-    lf = _load(original)[0] if original is not None else {"model_name_or_path": plan.model
-                                                          if isinstance(plan.model, str) else "MODEL"}
-    t = plan.training
-    lf.pop("quantization_bit", None)
-    lf["finetuning_type"] = "full" if strategy.method == "full" else "lora"
-    if strategy.method == "qlora":
-        lf["quantization_bit"] = 4
-    if strategy.method != "full":
-        targets = t.lora.target_modules
-        lf.update(lora_rank=t.lora.rank, lora_alpha=t.lora.alpha,
-                  lora_target="all" if targets == "all-linear" else ",".join(targets))
-    lf.update(cutoff_len=t.seq_len, per_device_train_batch_size=strategy.micro_batch_size,
-              gradient_accumulation_steps=accumulation_steps(strategy, plan),
-              disable_gradient_checkpointing=not strategy.gradient_checkpointing,
-              flash_attn=_ATTENTION_BACK[t.attention], deepspeed=ds_config_path, **_precision_flags(t.precision))
-    lf.pop("gradient_checkpointing", None)  # LLaMA-Factory's switch is disable_gradient_checkpointing
-    header = (f"# LLaMA-Factory config written by memfit for strategy {strategy.key}.\n"
-              f"# Run: llamafactory-cli train THIS_FILE (FORCE_TORCHRUN=1 for several GPUs).\n")
-    return header + yaml.safe_dump(lf, sort_keys=False)
-
-
-def plan_from_llamafactory_file(lf_path: str | Path, hardware_path: str | Path) -> Plan:
-    """A memfit plan from a LLaMA-Factory training YAML plus a file holding a `hardware:` mapping
-    (a memfit plan or just the hardware section). Strategy choices stay open for the search."""
-    from ..integrations.llamafactory import plan_from_llamafactory
-
-    try:
-        hw_doc = yaml.safe_load(Path(hardware_path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise PlanError(f"{hardware_path}: cannot read the hardware ({exc})") from None
-    hardware = hw_doc.get("hardware", hw_doc) if isinstance(hw_doc, dict) else None
-    if not isinstance(hardware, dict):
-        raise PlanError(f"{hardware_path}: hardware: expected a mapping (gpu_memory, gpus_per_node, host_memory)")
-    data = plan_from_llamafactory(lf_path, hardware, pin_strategy=False)
-    return plan_from_dict(data, str(lf_path), Path(lf_path).parent)
-
-
-def llamafactory_files(lf_path: str | Path, plan: Plan, advice) -> dict[str, str]:
-    """ds_config.json (HF flavor, as LLaMA-Factory's trainer fills "auto") and the corrected lf.yaml."""
-    import json
-
-    from ..integrations.llamafactory import llamafactory_yaml
-    from ..advice.files import hf_config
-
-    best = advice.best
-    if best is None:
-        return {}
-    return {"ds_config.json": json.dumps(hf_config(best, plan), indent=2) + "\n",
-            "lf.yaml": llamafactory_yaml(plan, best.to_strategy(), "ds_config.json", original=lf_path)}
+    src = str(path)
+    lf = read_mapping(path)
+    if is_llamafactory_v1(lf):
+        raise PlanError(f"{src}: this is LLaMA-Factory's v1 config format (USE_V1=1: model, model_class, "
+                        "peft_config, dist_config); memfit reads the classic format (model_name_or_path, ...)")
+    if not lf.get("model_name_or_path"):
+        raise PlanError(f"{src}: model_name_or_path: required (the model to fine-tune)")
+    out = ForeignRead(TOOL, f"{key_list('llamafactory').rules} and defaults", Path(path), {}, data=lf)
+    method = _method(lf, src, out)
+    pins = _strategy(lf, src, Path(deepspeed) if deepspeed else None, Path(cwd or Path.cwd()), out)
+    micro = pins["micro_batch_size"]
+    training = {"method": method,
+                "seq_len": int(lf.get("cutoff_len", 2048)),
+                "global_batch_size": micro * int(lf.get("gradient_accumulation_steps", 1)) * world_size(hardware),
+                "precision": _precision(lf, method, hardware, out), "optimizer": _optimizer(lf, out),
+                "attention": _ATTENTION.get(str(lf.get("flash_attn", "auto")), "sdpa"), "lora": _lora(lf)}
+    _stage(lf, method, out)
+    _extras(lf, out)
+    out.plan = {"model": lf["model_name_or_path"], "hardware": dict(hardware), "training": training}
+    out.pinned = {"method": method, **pins}
+    return out

@@ -1,0 +1,216 @@
+"""axolotl YAML -> memfit plan, and back (comments and key order kept).
+
+Keys and defaults of axolotl 0.19.0 (src/axolotl/utils/schemas/: model.py, peft.py, training.py, fsdp.py,
+config.py; utils/config/__init__.py for normalize_config and resolve_dtype):
+- base_model (required); adapter lora | qlora (blank = full fine-tuning); load_in_4bit / load_in_8bit;
+  lora_r, lora_alpha, lora_target_linear (all linear layers) or lora_target_modules;
+- sequence_len 512, micro_batch_size 1 (per GPU), gradient_accumulation_steps 1, sample_packing;
+- gradient_checkpointing default OFF (False); bf16 "auto" = bf16 where the GPU runs it, else fp16;
+- optimizer default adamw_torch_fused; deepspeed: a path opened from the working directory
+  (normalize_config: os.path.exists), fsdp / fsdp_config for FSDP ("deepspeed and fsdp cannot be used
+  together"); rl dpo | kto | ... and reward_model.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import PlanError
+from ..deepspeed.config import accumulation_steps
+from ..plan.strategy import Strategy
+from .common import (DELETE, ForeignRead, edit_yaml, fsdp_pins, read_deepspeed, read_mapping, supports_bf16,
+                     world_size, zero_of)
+from .keylists import key_list, unknown_names
+
+TOOL = "axolotl YAML"
+_EIGHT_BIT = {"adamw_bnb_8bit", "paged_adamw_8bit", "adamw_torch_8bit", "ao_adamw_8bit", "adamw_8bit"}
+_ATTENTION = {"flash_attention_2": "flash_attention_2", "flash_attention_3": "flash_attention_2",
+              "sdpa": "sdpa", "eager": "eager"}
+NOT_MODELED = ("activation_offloading", "layer_offloading", "tiled_mlp", "context_parallel_size",
+               "tensor_parallel_size", "lora_modules_to_save", "unfrozen_parameters", "peft_use_dora",
+               "torch_compile", "fp8", "lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "reinit_weights",
+               "flash_attn_fuse_mlp", "model_quantization_config", "max_memory", "gpu_memory_limit")
+
+
+def is_axolotl(data: dict[str, Any]) -> bool:
+    """axolotl's config names the model `base_model`."""
+    return "base_model" in data
+
+
+def _method(ax: dict[str, Any], out: ForeignRead) -> str:
+    adapter = ax.get("adapter")
+    if not adapter:
+        if ax.get("unfrozen_parameters"):
+            out.warnings.append("unfrozen_parameters: trains a subset of parameters; estimated as full "
+                                "fine-tuning (an upper bound)")
+        return "full"
+    if adapter not in ("lora", "qlora"):
+        out.warnings.append(f"adapter: {adapter} is not modelled; estimated as LoRA (effect unknown)")
+    if adapter == "qlora" or ax.get("load_in_4bit"):
+        return "qlora"
+    if ax.get("load_in_8bit"):
+        out.warnings.append("load_in_8bit: the base is held in 8-bit (1 byte/parameter); memfit models a "
+                            "16-bit base for LoRA: the frozen weights are over-estimated by about half")
+    return "lora"
+
+
+def _precision(ax: dict[str, Any], hardware: dict[str, Any], out: ForeignRead) -> str:
+    if ax.get("bfloat16") or ax.get("float16"):
+        out.notes.append("bfloat16/float16: pure half precision (no AMP)")
+        return "pure_bf16" if ax.get("bfloat16") else "fp16"
+    bf16 = ax.get("bf16", "auto")
+    if bf16 == "auto" and not ax.get("fp16"):
+        chosen = "bf16" if supports_bf16(hardware) else "fp16"
+        out.notes.append(f"bf16: auto -> {chosen} on this GPU (axolotl resolve_dtype)")
+        return chosen
+    if bf16 is True:
+        return "bf16"
+    return "fp16" if ax.get("fp16") else "fp32"
+
+
+def _optimizer(ax: dict[str, Any], out: ForeignRead) -> str:
+    name = str(ax.get("optimizer") or "adamw_torch_fused")
+    if name in _EIGHT_BIT:
+        return "adamw_8bit"
+    if name.startswith("adafactor"):
+        return "adafactor"
+    if not (name.startswith("adamw") or name.startswith("paged_adamw_32bit")):
+        out.warnings.append(f"optimizer: {name} is not modelled; estimated as AdamW (effect unknown)")
+    return "adamw"
+
+
+def _lora(ax: dict[str, Any]) -> dict[str, Any]:
+    rank = int(ax.get("lora_r") or 8)
+    modules = ax.get("lora_target_modules")
+    targets: Any = "all-linear"
+    if not ax.get("lora_target_linear") and modules:
+        targets = [modules] if isinstance(modules, str) else [str(m) for m in modules]
+    return {"rank": rank, "alpha": ax.get("lora_alpha") or 2 * rank,
+            "dropout": float(ax.get("lora_dropout") or 0.0), "target_modules": targets}
+
+
+def _fsdp(ax: dict[str, Any], out: ForeignRead) -> dict[str, Any] | None:
+    cfg = ax.get("fsdp_config") or {}
+    if not (ax.get("fsdp") or cfg):
+        return None
+    cfg = {str(k).removeprefix("fsdp_"): v for k, v in cfg.items()} if isinstance(cfg, dict) else {}
+    shard = "FULL_SHARD" if cfg.get("reshard_after_forward", True) is not False else "SHARD_GRAD_OP"
+    shard = str(cfg.get("sharding_strategy", shard))
+    pins, warning = fsdp_pins(shard, bool(cfg.get("offload_params")))
+    out.warnings.append(f"fsdp_config: {warning}")
+    return pins
+
+
+def _stage(ax: dict[str, Any], method: str, out: ForeignRead) -> None:
+    rl = ax.get("rl")
+    if rl in ("dpo", "ipo", "kto", "gdpo") and method == "full":
+        out.warnings.append(f"rl: {rl} loads a reference model (a frozen copy of the base model) that memfit "
+                            "does not add to the estimate")
+    if rl in ("dpo", "ipo", "kto", "orpo", "simpo", "gdpo"):
+        out.warnings.append(f"rl: {rl} runs chosen and rejected sequences together: activations of twice "
+                            "micro_batch_size sequences, not modelled")
+    elif rl:
+        out.warnings.append(f"rl: {rl}: generation and extra models are not modelled (effect unknown)")
+    if ax.get("reward_model") or ax.get("process_reward_model"):
+        out.notes.append("reward_model: a classification head instead of the LM head (smaller logits)")
+
+
+def _extras(ax: dict[str, Any], out: ForeignRead) -> None:
+    if ax.get("sample_packing"):
+        out.notes.append("sample_packing: sequences packed to sequence_len; memfit assumes full-length sequences")
+    if ax.get("liger_fused_linear_cross_entropy") or ax.get("cut_cross_entropy") or ax.get("chunked_cross_entropy"):
+        out.warnings.append("liger / cut / chunked cross-entropy never materialises the full logits; memfit's "
+                            "estimate includes them (an over-estimate)")
+    mem = sorted(k for k in NOT_MODELED if ax.get(k) not in (None, False, 0, ""))
+    if mem:
+        out.warnings.append(f"memory-relevant keys memfit does not model (effect unknown): {', '.join(mem)}")
+    unknown = unknown_names("axolotl", ax)
+    if unknown:
+        out.warnings.append(f"not fields of {key_list('axolotl').rules} (axolotl drops them); effect unknown: "
+                            f"{', '.join(unknown)}")
+
+
+def _strategy(ax: dict[str, Any], src: str, ds: Path | None, cwd: Path, out: ForeignRead) -> dict[str, Any]:
+    pins = {"zero_stage": 0, "offload_optimizer": "none", "offload_param": "none"}
+    value = ax.get("deepspeed")
+    if ds is None and isinstance(value, str) and value:
+        ds = Path(value) if Path(value).is_absolute() else cwd / value
+        if not ds.is_file():
+            raise PlanError(f"{src}: deepspeed: {value}: no such file relative to the working directory {cwd} "
+                            "(axolotl opens it from there); run from axolotl's root or give --deepspeed PATH")
+    if ds is not None:
+        pins = zero_of(read_deepspeed(ds, src, "deepspeed", out))
+    elif isinstance(value, dict):
+        pins = zero_of(value)
+    else:
+        pins = _fsdp(ax, out) or pins
+    gc = ax.get("gradient_checkpointing", False)
+    if gc in ("offload", "offload_disk"):
+        out.warnings.append(f"gradient_checkpointing: {gc} also offloads the checkpoints; estimated as plain "
+                            "checkpointing (an over-estimate)")
+    out.notes.append(f"gradient checkpointing: {'on' if gc else 'off'}"
+                     f"{' (axolotl default)' if 'gradient_checkpointing' not in ax else ''}")
+    return {**pins, "micro_batch_size": int(ax.get("micro_batch_size") or 1), "gradient_checkpointing": bool(gc)}
+
+
+def read_axolotl(path: str | Path, hardware: dict[str, Any], deepspeed: str | Path | None = None,
+                 cwd: str | Path | None = None) -> ForeignRead:
+    """Read an axolotl YAML as a memfit plan (see `read_llamafactory` for the arguments).
+
+    Raises:
+        PlanError: unreadable file, no base_model, a `deepspeed:` file that does not exist.
+        ConfigCheckError: the DeepSpeed JSON is not valid JSON.
+    """
+    src = str(path)
+    ax = read_mapping(path)
+    if not isinstance(ax.get("base_model"), str) or not ax["base_model"]:
+        raise PlanError(f"{src}: base_model: required (the model id or path)")
+    out = ForeignRead(TOOL, f"{key_list('axolotl').rules} and defaults", Path(path), {}, data=ax)
+    method = _method(ax, out)
+    pins = _strategy(ax, src, Path(deepspeed) if deepspeed else None, Path(cwd or Path.cwd()), out)
+    micro = pins["micro_batch_size"]
+    training = {"method": method, "seq_len": int(ax.get("sequence_len") or 512),
+                "global_batch_size": micro * int(ax.get("gradient_accumulation_steps") or 1) * world_size(hardware),
+                "precision": _precision(ax, hardware, out), "optimizer": _optimizer(ax, out),
+                "attention": _ATTENTION.get(str(ax.get("attn_implementation")), "sdpa"), "lora": _lora(ax)}
+    _stage(ax, method, out)
+    _extras(ax, out)
+    out.plan = {"model": ax["base_model"], "hardware": dict(hardware), "training": training}
+    out.pinned = {"method": method, **pins}
+    return out
+
+
+def refusal(ax: dict[str, Any], strategy: Strategy, world: int) -> str | None:
+    """Why axolotl would refuse `strategy` here, or None. Memfit writes DeepSpeed, never FSDP."""
+    return None
+
+
+def axolotl_yaml(read: ForeignRead, plan, strategy: Strategy, ds_path: str | None) -> str:
+    """The user's axolotl YAML with memfit's strategy (see `llamafactory_yaml` for the arguments)."""
+    ax = read.data
+    changes: dict[str, Any] = {}
+    if strategy.method != read.pinned["method"]:
+        changes.update(load_in_8bit=DELETE, adapter=DELETE if strategy.method == "full" else strategy.method,
+                       load_in_4bit=True if strategy.method == "qlora" else DELETE)
+        if strategy.method != "full" and "lora_r" not in ax:
+            changes.update(lora_r=int(plan.training.lora.rank), lora_target_linear=True)
+    changes.update(micro_batch_size=int(strategy.micro_batch_size),
+                   gradient_accumulation_steps=int(accumulation_steps(strategy, plan)))
+    if strategy.gradient_checkpointing or "gradient_checkpointing" in ax:
+        changes["gradient_checkpointing"] = bool(strategy.gradient_checkpointing)  # axolotl default: off
+    if ds_path:
+        changes["deepspeed"] = ds_path  # "deepspeed and fsdp cannot be used together"
+        changes.update({k: DELETE for k in ("fsdp", "fsdp_config", "fsdp_version") if k in ax})
+    elif ax.get("deepspeed") is not None:
+        changes["deepspeed"] = DELETE
+    changes = {k: v for k, v in changes.items() if not (v is DELETE and k not in ax)}
+    bad = unknown_names("axolotl", [k for k, v in changes.items() if v is not DELETE])
+    if bad:
+        raise ValueError(f"memfit wrote keys that {key_list('axolotl').rules} does not have: {bad}")
+    return (f"# axolotl config written by memfit for strategy {strategy.key} from {read.source.name}\n"
+            f"# (keys checked against {key_list('axolotl').rules}).\n") + edit_yaml(read.source, changes)
+
+
+def launch_line(yaml_path: str, plan, uses_deepspeed: bool) -> str:
+    """`axolotl train YAML` (axolotl's CLI; it starts accelerate for several GPUs)."""
+    return f"axolotl train {yaml_path}"

@@ -1,0 +1,1 @@
+"""Stored argument-name lists of foreign tools (data only)."""
