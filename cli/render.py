@@ -143,6 +143,8 @@ def check_text(r) -> str:
                      f"({'fits' if r.gpu_fits else 'DOES NOT FIT'}), host {r.host_peak_gib:.0f} GiB of "
                      f"{r.host_budget_gib:.0f} per node ({'fits' if r.host_fits else 'DOES NOT FIT'}); budgets are "
                      "capacity minus the plan's headroom")
+        lines.append(f"verdict rejected by {', '.join(r.rejected_by)}" if r.rejected_by
+                     else "verdict passes every reject rule of the plan's rule base")
     return "\n".join(lines)
 
 

@@ -252,11 +252,11 @@ class CheckResult(BaseModel):
     host_budget_gib: Optional[float] = None
     gpu_fits: Optional[bool] = None
     host_fits: Optional[bool] = None
+    rejected_by: list[str] = []  # reject rules of the plan's rule base that fire on the config as written
 
     @property
     def ok(self) -> bool:
-        return not any(f["severity"] == "error" for f in self.findings) and self.gpu_fits is not False \
-            and self.host_fits is not False
+        return not any(f["severity"] == "error" for f in self.findings) and not self.rejected_by
 
 
 def check(config_path: str | Path, plan_path: str | Path | Plan | None = None, *, method: str | None = None,
@@ -275,7 +275,7 @@ def check(config_path: str | Path, plan_path: str | Path | Plan | None = None, *
     Raises:
         ConfigCheckError: unreadable JSON. PlanError / ModelNotFoundError: a bad plan.
     """
-    from ..search.sweep import within_budget
+    from ..search.judge import strategy_verdict
 
     cfg = load_config(config_path)
     plan = load_plan(plan_path) if isinstance(plan_path, (str, Path)) else plan_path
@@ -288,12 +288,14 @@ def check(config_path: str | Path, plan_path: str | Path | Plan | None = None, *
         strategy = strategy_from_config(cfg, plan, method, gradient_checkpointing)
         if micro_batch_size and not isinstance(cfg.get("train_micro_batch_size_per_gpu"), int):
             strategy = strategy.model_copy(update={"micro_batch_size": micro_batch_size})
-        e = estimate_memory(plan, resolve_model(plan.model, plan.base_dir), strategy)
+        model = resolve_model(plan.model, plan.base_dir)
+        e = estimate_memory(plan, model, strategy)
         p = plan.policy
         gpu_budget, host_budget = e.gpu_capacity_gib * (1 - p.gpu_headroom), e.host_capacity_gib * (1 - p.host_headroom)
         out.update(strategy=strategy.key, assumptions=assumptions(cfg, plan, strategy, why),
                    gpu_peak_gib=round(e.gpu_peak_gib, 2), host_peak_gib=round(e.host_peak_gib, 2),
                    gpu_budget_gib=round(gpu_budget, 2), host_budget_gib=round(host_budget, 2),
                    gpu_fits=e.gpu_peak_gib <= gpu_budget, host_fits=e.host_peak_gib <= host_budget and e.nvme_fits)
-        assert within_budget(plan, e) == (out["gpu_fits"] and out["host_fits"])  # one definition of "fits"
+        # The verdict is the rule base's (user reject rules included); the budget numbers are shown.
+        out["rejected_by"] = list(strategy_verdict(plan, model, strategy))
     return CheckResult(**out)

@@ -99,13 +99,15 @@ def own_verdict(read: ForeignRead, plan: Plan) -> OwnVerdict:
     """Estimate the config as written (its ZeRO stage, offloads, micro-batch, checkpointing)."""
     from ..memory.estimate import estimate_memory
     from ..model.spec import resolve_model
-    from ..search.sweep import within_budget
+    from ..search.judge import strategy_verdict
 
     strategy = own_strategy(read)
-    e = estimate_memory(plan, resolve_model(plan.model, plan.base_dir), strategy)
+    model = resolve_model(plan.model, plan.base_dir)
+    e = estimate_memory(plan, model, strategy)
     return OwnVerdict(strategy.key, e.gpu_peak_gib, e.host_peak_gib,
                       e.gpu_capacity_gib * (1 - plan.policy.gpu_headroom),
-                      e.host_capacity_gib * (1 - plan.policy.host_headroom), within_budget(plan, e))
+                      e.host_capacity_gib * (1 - plan.policy.host_headroom),
+                      not strategy_verdict(plan, model, strategy))
 
 
 @dataclass

@@ -48,3 +48,29 @@ def judge(candidates: Sequence[Candidate], rules: Sequence[Rule], evaluator,
         out.append(Judged(c, facts, fired, verdict(fired, by_id, facts)))
     out.sort(key=lambda j: rank_key(j.verdict.rejected, j.verdict.score, j.facts, j.key))
     return out
+
+
+def strategy_verdict(plan, model, strategy, rules: Sequence[Rule] | None = None,
+                     backend: str = "auto") -> tuple[str, ...]:
+    """The reject rules that fire on one given strategy (a config as written), by the same rule base.
+
+    `advise check --plan` and the verdict on a foreign config ask this instead of comparing numbers
+    themselves, so a user's reject rules apply to them too.
+
+    Args:
+        plan, model: the checked plan and its model.
+        strategy: the concrete strategy to judge.
+        rules: the rule base; the built-in rules plus the plan's `rules:` when None.
+    Returns:
+        Ids of the reject rules that fire (empty: it passes the policy).
+    """
+    from pathlib import Path
+
+    from ..policy.rules import load_rules
+    from .feasibility import Feasibility
+    from .sweep import PlanProbe
+
+    if rules is None:
+        rules = load_rules([Path(plan.base_dir) / d for d in plan.rules])
+    with Feasibility(rules, backend) as feasibility:
+        return PlanProbe(plan, model, feasibility).rejected_by(strategy)
