@@ -17,6 +17,7 @@ from typing import Any, Iterator, Literal, Optional
 from pydantic import BaseModel, ConfigDict
 
 from ..core.errors import ConfigCheckError
+from ..core.inputs import CONFIG_MAX_BYTES, load_json, read_text
 from ..memory.estimate import estimate_memory
 from ..model.spec import resolve_model
 from ..plan.schema import Plan, load_plan
@@ -43,17 +44,13 @@ def load_config(path: str | Path) -> dict[str, Any]:
     """Read a DeepSpeed JSON config.
 
     Raises:
-        ConfigCheckError: unreadable file, invalid JSON (with line and column), or not a JSON object.
+        ConfigCheckError: unreadable or oversized file, not a regular file, not UTF-8, invalid JSON
+            (with line and column), duplicate keys, NaN/Infinity, nesting beyond MAX_DEPTH, or not a
+            JSON object.
     """
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigCheckError(f"{p}: cannot read the DeepSpeed config ({exc.strerror or exc})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigCheckError(f"{p}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    text = read_text(p, "the DeepSpeed config", ConfigCheckError, CONFIG_MAX_BYTES)
+    data = load_json(text, str(p), ConfigCheckError)
     if not isinstance(data, dict):
         raise ConfigCheckError(f"{p}: a DeepSpeed config must be a JSON object (got {type(data).__name__})")
     return data

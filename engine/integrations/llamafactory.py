@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from ..core.inputs import load_yaml, read_text
 from ..deepspeed.check import load_config
 from ..deepspeed.config import accumulation_steps
 from ..core.errors import PlanError
@@ -36,12 +37,7 @@ def _load(path_or_dict: str | Path | dict[str, Any]) -> tuple[dict[str, Any], st
     if isinstance(path_or_dict, dict):
         return dict(path_or_dict), "<llamafactory>", Path(".")
     p = Path(path_or_dict)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PlanError(f"{p}: cannot read the LLaMA-Factory YAML ({exc.strerror or exc})") from None
-    except yaml.YAMLError as exc:
-        raise PlanError(f"{p}: not valid YAML: {exc}") from None
+    data = load_yaml(read_text(p, "the LLaMA-Factory YAML", PlanError), str(p), PlanError)
     if not isinstance(data, dict):
         raise PlanError(f"{p}: a LLaMA-Factory config must be a mapping")
     return data, str(p), p.parent
@@ -177,10 +173,8 @@ def plan_from_llamafactory_file(lf_path: str | Path, hardware_path: str | Path) 
     (a memfit plan or just the hardware section). Strategy choices stay open for the search."""
     from ..integrations.llamafactory import plan_from_llamafactory
 
-    try:
-        hw_doc = yaml.safe_load(Path(hardware_path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise PlanError(f"{hardware_path}: cannot read the hardware ({exc})") from None
+    text = read_text(hardware_path, "the hardware", PlanError)
+    hw_doc = load_yaml(text, str(hardware_path), PlanError) or {}
     hardware = hw_doc.get("hardware", hw_doc) if isinstance(hw_doc, dict) else None
     if not isinstance(hardware, dict):
         raise PlanError(f"{hardware_path}: hardware: expected a mapping (gpu_memory, gpus_per_node, host_memory)")

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from . import arch
 from ..core.errors import ModelSpecError, ModelNotFoundError
+from ..core.inputs import CONFIG_MAX_BYTES, load_json, read_text
 
 
 @dataclass(frozen=True)
@@ -150,10 +151,7 @@ def _hf_cache_config(model_id: str) -> Path | None:
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelSpecError(f"{path}: cannot read as JSON ({exc})") from exc
+    data = load_json(read_text(path, "the model config", ModelSpecError, CONFIG_MAX_BYTES), str(path), ModelSpecError)
     if not isinstance(data, dict):
         raise ModelSpecError(f"{path}: expected a JSON object of config fields")
     return data

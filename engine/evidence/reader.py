@@ -1,0 +1,99 @@
+"""The one log reader: regular files only, gzip by magic bytes, bounded lines, bounded size.
+
+Both the fact parser (engine/evidence/logs.py) and the run-strategy reader (engine/evidence/match.py)
+read logs through `read_blocks`, so a gzipped log is read the same way whatever its name (detecting
+gzip by suffix in one and by magic bytes in the other gave facts but no inferred run for a gzipped
+`crash.log`). Memory stays bounded whatever the input: a file without line breaks, a gzip bomb or a
+sparse file is read in blocks of at most BLOCK_BYTES + LINE_MAX_BYTES, and a line longer than that is
+cut (its rest is skipped). Limits: docs/reference/limits.md.
+"""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from ..core.errors import LogError
+from ..core.inputs import open_regular
+
+BLOCK_BYTES = 1 << 20  # bytes read at a time; a block without any keyword is skipped whole
+# Longest line kept whole; the evidence lines memfit reads are < 2 KB (a torch OOM message ~700 chars).
+LINE_MAX_BYTES = 1 << 16
+# Characters of a line the format regexes look at (all of them are linear, this bounds the constant).
+MATCH_CHARS = 16 * 1024
+# Bytes read per log, after decompression: a larger log is refused (a gzip bomb stops here).
+LOG_MAX_BYTES = 1 << 30
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _too_big(path: Path) -> LogError:
+    return LogError(f"{path}: larger than {LOG_MAX_BYTES >> 30} GiB (after decompression); give the part "
+                    "of the log around the run's start and its failure (e.g. `head -c 200M` and `tail -c 200M`)")
+
+
+def _open(path: Path) -> BinaryIO:
+    raw = open_regular(path, "the log", LogError)
+    try:
+        if raw.read(2) == _GZIP_MAGIC:
+            raw.seek(0)
+            return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+        raw.seek(0, 2)
+        if raw.tell() > LOG_MAX_BYTES:
+            raise _too_big(path)
+        raw.seek(0)
+        return raw
+    except BaseException:
+        raw.close()
+        raise
+
+
+def read_blocks(path: str | Path) -> Iterator[bytes]:
+    """The log in blocks of about BLOCK_BYTES, each ending at a line break (or the end of the file).
+
+    Args:
+        path: a plain or gzip-compressed log (detected by its first two bytes, not its name).
+    Yields:
+        Blocks of bytes; a line longer than BLOCK_BYTES + LINE_MAX_BYTES is cut there.
+    Raises:
+        LogError: not a regular file, unreadable, corrupt gzip, or larger than LOG_MAX_BYTES.
+    """
+    path = Path(path)
+    total = 0
+    try:
+        with _open(path) as f:
+            while block := f.read(BLOCK_BYTES):
+                if not block.endswith(b"\n"):
+                    block += f.readline(LINE_MAX_BYTES)
+                    if not block.endswith(b"\n"):
+                        total += _skip_rest_of_line(f, path, total + len(block))
+                total += len(block)
+                if total > LOG_MAX_BYTES:
+                    raise _too_big(path)
+                yield block
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError; EOFError: truncated gzip
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        raise LogError(f"{path}: cannot read ({reason})") from None
+
+
+def _skip_rest_of_line(f: BinaryIO, path: Path, total: int) -> int:
+    """Skip to just past the next line break; returns the bytes skipped."""
+    skipped = 0
+    while chunk := f.readline(BLOCK_BYTES):
+        skipped += len(chunk)
+        if total + skipped > LOG_MAX_BYTES:
+            raise _too_big(path)
+        if chunk.endswith(b"\n"):
+            break
+    return skipped
+
+
+def read_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line without its line break) for every line, lines cut as in read_blocks."""
+    n = 0
+    for block in read_blocks(path):
+        lines = block.split(b"\n")
+        if lines[-1] == b"":
+            lines.pop()
+        for raw in lines:
+            n += 1
+            yield n, raw
