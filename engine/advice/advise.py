@@ -10,11 +10,11 @@ from typing import Iterable, Sequence
 
 from ..search.candidates import largest_fitting, micro_batch_limit
 from ..deepspeed.parity import deepspeed_estimate
-from ..core.errors import PlanError
+from ..core.errors import PlanError, about
 from ..policy.oracle import make_evaluator
 from ..policy.vocabulary import to_message
 from ..memory.estimate import estimate_memory
-from ..model.spec import ModelSpec, resolve_model
+from ..model.spec import ModelSpec, plan_model
 from ..plan.schema import Plan, load_plan
 from ..policy.verdicts import rank_key, verdict
 from .results import (Advice, CandidateResult, EstimateResult, Explanation, HardwareSummary, MemoryReport,
@@ -128,12 +128,15 @@ def advise(plan: Plan | str | Path, *, rules_dirs: Iterable[str | Path] = (), me
     """
     plan = _as_plan(plan)
     base = Path(plan.base_dir)
+    rules_dirs, measured = tuple(rules_dirs), tuple(measured)  # read twice below
     if rules is None:
-        rules = load_rules([*rules_dirs, *(base / d for d in plan.rules)])
-    model = resolve_model(plan.model, plan.base_dir)
+        with about(_origin(plan.source, "rules", plan.rules, rules_dirs)):
+            rules = load_rules([*rules_dirs, *(base / d for d in plan.rules)])
+    model = plan_model(plan)
     from ..evidence.match import evidence_for
 
-    evidence = evidence_for(plan, model, [*measured, *(base / m for m in plan.measured)])
+    with about(_origin(plan.source, "measured", plan.measured, measured)):
+        evidence = evidence_for(plan, model, [*measured, *(base / m for m in plan.measured)])
     judged, evaluator_name = evaluate_candidates(plan, model, rules, backend, evidence)
     results = [_result(i + 1, c, v, plan, model) for i, (c, v) in enumerate(judged)]
     best = next((r for r in results if r.feasible), None)
@@ -144,6 +147,11 @@ def advise(plan: Plan | str | Path, *, rules_dirs: Iterable[str | Path] = (), me
         measured=list(evidence.notes),
         summary=_summary(best, results), what_it_would_take=what_it_would_take(plan, model, judged),
         candidates=results)
+
+
+def _origin(source: str, key: str, from_plan: Sequence, from_caller: Iterable) -> str:
+    """What brought extra files in, for messages: the plan's key, else the caller's option."""
+    return f"{source}: {key}" if from_plan else f"--{key}" if list(from_caller) else ""
 
 
 def _summary(best: CandidateResult | None, results: list[CandidateResult]) -> str:
@@ -225,7 +233,7 @@ def estimate(plan: Plan | str | Path) -> EstimateResult:
     unpinned = [f"training.{k}: is 'auto'; advise estimate needs every strategy choice pinned" for k, v in pins.items() if v == "auto"]
     if unpinned:
         raise PlanError(unpinned)
-    model = resolve_model(plan.model, plan.base_dir)
+    model = plan_model(plan)
     s = Strategy(**pins)
     e = estimate_memory(plan, model, s)
     ds = deepspeed_estimate(model, s, plan)

@@ -33,8 +33,10 @@ def advice_files(advice, plan=None, max_plans: int = 5) -> dict[str, str]:
         if plan is not None:
             files["ds_config.hf.json"] = _json(hf_config(best, plan))
         files["launch.sh"] = _launch_script(best)
-        if "hostfile" in best.launch:
-            files["hostfile"] = best.launch["hostfile"]
+        if "hostfile" in best.launch:  # built here, once, not per candidate
+            from ..deepspeed.launch import hostfile_text
+
+            files["hostfile"] = hostfile_text(advice.hardware.nodes, advice.hardware.gpus_per_node)
     for i, c in enumerate(feasible[:max_plans], start=1):
         folder = f"plans/{i:02d}-{c.key.replace('/', '-')}"
         files[f"{folder}/ds_config.json"] = _json(c.deepspeed_config)
@@ -44,10 +46,10 @@ def advice_files(advice, plan=None, max_plans: int = 5) -> dict[str, str]:
 def hf_config(candidate, plan) -> dict:
     """The HF-flavor DeepSpeed config of a candidate ("auto" where the HF Trainer fills values)."""
     from ..deepspeed.config import deepspeed_config
-    from ..model.spec import resolve_model
+    from ..model.spec import plan_model
 
     s = candidate.to_strategy()
-    return deepspeed_config(s, plan, resolve_model(plan.model, plan.base_dir), flavor="hf",
+    return deepspeed_config(s, plan, plan_model(plan), flavor="hf",
                             pin_memory=s.pin_memory, gather_16bit_on_save=s.gather_16bit_on_save)
 
 

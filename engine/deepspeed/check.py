@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from ..core.errors import ConfigCheckError
 from ..core.inputs import CONFIG_MAX_BYTES, load_json, read_text
 from ..memory.estimate import estimate_memory
-from ..model.spec import resolve_model
+from ..model.spec import plan_model
 from ..plan.schema import Plan, load_plan
 from ..plan.strategy import Strategy
 
@@ -226,7 +226,7 @@ def check(config_path: str | Path, plan_path: str | Path | None = None) -> Check
     out: dict[str, Any] = {"config": str(config_path), "findings": [f.model_dump() for f in findings]}
     if plan is not None and not any(f.severity == "error" for f in findings):
         strategy = strategy_from_config(cfg, plan)
-        e = estimate_memory(plan, resolve_model(plan.model, plan.base_dir), strategy)
+        e = estimate_memory(plan, plan_model(plan), strategy)
         out.update(strategy=strategy.key, gpu_peak_gib=round(e.gpu_peak_gib, 2), host_peak_gib=round(e.host_peak_gib, 2),
                    gpu_fits=e.gpu_fits, host_fits=e.host_fits)
     return CheckResult(**out)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import arch
-from ..core.errors import ModelSpecError, ModelNotFoundError
+from ..core.errors import ModelSpecError, ModelNotFoundError, about
 from ..core.inputs import CONFIG_MAX_BYTES, load_json, read_text
 
 
@@ -285,3 +285,13 @@ def meta_device_count(config: Mapping[str, Any], lora_rank: int | None = None,
         wrapped = peft.get_peft_model(model, peft.LoraConfig(r=lora_rank, target_modules=targets))
         out["lora_trainable_params"] = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
     return out
+
+
+def plan_model(plan) -> ModelSpec:
+    """`resolve_model` for a plan's `model:` key; each problem starts "PLAN_FILE: model: ".
+
+    Raises:
+        ModelNotFoundError, ModelSpecError: as resolve_model, prefixed with the plan file and key.
+    """
+    with about(f"{plan.source}: model"):
+        return resolve_model(plan.model, plan.base_dir)
