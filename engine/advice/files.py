@@ -1,17 +1,13 @@
-"""Write advice files into an output folder atomically, never overwriting without `force`.
-
-Everything is rendered in memory first; then each file is written to a temporary name in the same
-folder and moved into place, so an interrupted run leaves either the old file or the new one.
+"""The files `advise --out DIR` writes, rendered in memory; engine/advice/output.py writes them
+all or nothing (`write_files`, re-exported here).
 """
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from pathlib import Path
-from typing import Mapping
 
-from ..core.errors import OutputExistsError
+from .output import write_files
+
+__all__ = ["advice_files", "hf_config", "write_files"]
 
 
 def _json(data) -> str:
@@ -61,30 +57,3 @@ def _launch_script(c) -> str:
             prefix = "" if name == "deepspeed" else "# "
             lines.append(f"{prefix}{c.launch[name]}")
     return "\n".join(lines) + "\n"
-
-
-def write_files(out_dir: str | Path, files: Mapping[str, str], force: bool = False) -> list[Path]:
-    """Write files under out_dir atomically.
-
-    Raises:
-        OutputExistsError: some files exist and force is False (nothing is written then).
-    """
-    root = Path(out_dir)
-    targets = {root / name: text for name, text in files.items()}
-    existing = [str(p) for p in targets if p.exists()]
-    if existing and not force:
-        raise OutputExistsError([f"{p}: exists; use --force to overwrite" for p in existing])
-    written = []
-    for path, text in targets.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.chmod(tmp, 0o755 if path.suffix == ".sh" else 0o644)  # mkstemp creates 0600
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        written.append(path)
-    return written

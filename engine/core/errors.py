@@ -42,6 +42,10 @@ class OutputExistsError(MemfitError):
     """Refusing to overwrite an existing output file without --force."""
 
 
+class OutputError(MemfitError):
+    """An output folder cannot be written (permissions, full disk, a symlinked target, a held lock)."""
+
+
 class HostfileError(MemfitError):
     """A DeepSpeed hostfile is unreadable or has bad lines; each problem names the file and line."""
 
