@@ -29,8 +29,11 @@ PLAN_MAX_BYTES = 4 * 2**20
 CONFIG_MAX_BYTES = 8 * 2**20
 # Nesting depth of any YAML or JSON value read (plans nest 3 deep, DeepSpeed configs 4).
 MAX_DEPTH = 64
-# Nodes a YAML document may expand to once aliases are followed (a 100k-key plan is 200k nodes).
-MAX_YAML_NODES = 2_000_000
+# Values a YAML document may expand to once aliases are followed, and keys per mapping. A plan has
+# ~50 values and an inline model config ~60 keys; PyYAML constructs ~100k values per second, so these
+# keep any accepted document well inside the 5 s a plan may take (a 100k-key plan took 124 s).
+MAX_YAML_NODES = 100_000
+MAX_MAPPING_KEYS = 10_000
 EXCERPT_CHARS = 80
 
 _REPR = reprlib.Repr()
@@ -117,48 +120,79 @@ def read_text(path: str | Path, what: str, error: type[MemfitError], max_bytes: 
 _BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+class _Refused(Exception):
+    """A value the strict loader refuses, with its key path and position."""
+
+    def __init__(self, path: str, problem: str, mark):
+        super().__init__(problem)
+        self.path, self.problem, self.mark = path, problem, mark
+
+
+def _non_finite(node) -> bool:
+    try:
+        return not math.isfinite(float(node.value.replace("_", "")))
+    except ValueError:  # ".nan", ".inf" and their spellings, which float() reads too, or a sexagesimal
+        return node.value.lower().lstrip("+-") in (".nan", ".inf")
+
+
+def _check_tree(root) -> None:
+    """Duplicate keys and non-finite floats, with the key path, before anything is constructed.
+
+    Walks the composed node graph once per node (aliases are shared nodes; `_yaml_shape` already
+    bounded their expansion).
+    """
+    seen_nodes: set[int] = set()
+    todo = [(root, "")]
+    while todo:
+        node, path = todo.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    todo.append((value_node, path))
+                    continue
+                name = escape_key(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+                child = f"{path}.{name}" if path else name
+                if isinstance(key_node, yaml.ScalarNode):
+                    ident = (key_node.tag, key_node.value)
+                    if ident in first:
+                        raise _Refused(child, f"duplicate key (first at line {first[ident].line + 1}); keep one",
+                                       key_node.start_mark)
+                    first[ident] = key_node.start_mark
+                todo.append((value_node, child))
+        elif isinstance(node, yaml.SequenceNode):
+            todo.extend((v, f"{path}[{i}]") for i, v in enumerate(node.value))
+        elif node.tag == "tag:yaml.org,2002:float" and _non_finite(node):
+            raise _Refused(path or "(top level)", f"{node.value[:40]!r} is not a finite number", node.start_mark)
+
+
 class _StrictLoader(_BaseLoader):  # type: ignore[misc, valid-type]
-    """Safe loading, plus: duplicate keys and non-finite floats are errors."""
+    """Safe loading, plus: duplicate keys and non-finite floats are errors (see _check_tree)."""
 
-    def construct_mapping(self, node, deep=False):
-        seen: dict = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                first = seen.setdefault(key, key_node.start_mark)
-            except TypeError:
-                continue  # an unhashable key: SafeConstructor reports it
-            if first is not key_node.start_mark:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {excerpt(key)} (first at line {first.line + 1}); keep one",
-                    key_node.start_mark)
-        return super().construct_mapping(node, deep=deep)
-
-    def construct_yaml_float(self, node):
-        value = super().construct_yaml_float(node)
-        if not math.isfinite(value):
-            raise yaml.constructor.ConstructorError(
-                None, None, f"{node.value!r} is not a finite number", node.start_mark)
-        return value
-
-
-_StrictLoader.add_constructor("tag:yaml.org,2002:float", _StrictLoader.construct_yaml_float)
-_StrictLoader.add_constructor("tag:yaml.org,2002:map", _StrictLoader.construct_yaml_map)
+    def construct_document(self, node):
+        _check_tree(node)
+        return super().construct_document(node)
 
 
 def _yaml_shape(text: str) -> str | None:
     """Nesting depth and alias-expanded size from the event stream (linear); a problem or None."""
     sizes: dict[str, int] = {}
-    stack: list[list] = [[None, 0]]  # [anchor, expanded nodes so far]
+    stack: list[list] = [[None, 0, 0, False]]  # [anchor, expanded nodes so far, children, is a mapping]
     for event in yaml.parse(text, Loader=_BaseLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent, yaml.ScalarEvent, yaml.AliasEvent)):
+            top = stack[-1]
+            top[2] += 1
+            if top[3] and top[2] > 2 * MAX_MAPPING_KEYS:
+                return (f"a mapping has more than {MAX_MAPPING_KEYS:,} keys (near line {event.start_mark.line + 1})")
         if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-            stack.append([event.anchor, 1])
+            stack.append([event.anchor, 1, 0, isinstance(event, yaml.MappingStartEvent)])
             if len(stack) - 1 > MAX_DEPTH:
                 return f"nested deeper than {MAX_DEPTH} levels at line {event.start_mark.line + 1}"
         elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
-            anchor, n = stack.pop()
+            anchor, n, _, _ = stack.pop()
             if anchor is not None:
                 sizes[anchor] = n
             stack[-1][1] += n
@@ -186,6 +220,9 @@ def load_yaml(text: str, where: str, error: type[MemfitError]) -> Any:
         problem = _yaml_shape(text)
         if problem is None:
             return yaml.load(text, Loader=_StrictLoader)
+    except _Refused as exc:
+        at = f" (line {exc.mark.line + 1}, column {exc.mark.column + 1})" if exc.mark else ""
+        raise error(f"{where}: {exc.path}: {exc.problem}{at}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

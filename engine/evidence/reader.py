@@ -10,6 +10,7 @@ cut (its rest is skipped). Limits: docs/reference/limits.md.
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -70,7 +71,7 @@ def read_blocks(path: str | Path) -> Iterator[bytes]:
                 if total > LOG_MAX_BYTES:
                     raise _too_big(path)
                 yield block
-    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError; EOFError: truncated gzip
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError; EOFError: truncated gzip
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
         raise LogError(f"{path}: cannot read ({reason})") from None
 
