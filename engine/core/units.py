@@ -55,7 +55,7 @@ def parse_size_gib(value: object, gb_means_gib: bool = False) -> float:
     if isinstance(value, str):
         text = value.strip()
         if text[:1] == "-" and text[1:2].isdigit():
-            raise ValueError(f"must not be negative (got {value[:_SIZE_MAX_CHARS]!r})")
+            raise ValueError("must not be negative")
         m = _SIZE.fullmatch(text) if len(text) <= _SIZE_MAX_CHARS else None
         if m:
             number, unit = float(m.group(1)), m.group(2).lower()
@@ -77,7 +77,9 @@ def _finite(size: float | int, value: object) -> float:
     except OverflowError:
         out = math.inf
     if not math.isfinite(out):
-        raise ValueError(f"must be a finite number (got {str(value)[:40]})")
+        raise ValueError("must be a finite number")
+    if out < 0:
+        raise ValueError("must not be negative")
     return out
 
 

@@ -25,6 +25,10 @@ MATCH_CHARS = 16 * 1024
 # Bytes read per log, after decompression: a larger log is refused (a gzip bomb stops here).
 LOG_MAX_BYTES = 1 << 30
 _GZIP_MAGIC = b"\x1f\x8b"
+# A gzip log that has grown past BOMB_AFTER_BYTES at more than MAX_RATIO x its compressed size is a
+# decompression bomb: training logs compress 5-50x (tqdm bars being the most repetitive), zeros ~1000x.
+BOMB_AFTER_BYTES = 64 << 20
+MAX_RATIO = 200
 
 
 def _too_big(path: Path) -> LogError:
@@ -54,38 +58,41 @@ def read_blocks(path: str | Path) -> Iterator[bytes]:
     Args:
         path: a plain or gzip-compressed log (detected by its first two bytes, not its name).
     Yields:
-        Blocks of bytes; a line longer than BLOCK_BYTES + LINE_MAX_BYTES is cut there.
+        Blocks of bytes. A line longer than LINE_MAX_BYTES is yielded cut, as a block of its own
+        without a line break, and the rest of it is skipped.
     Raises:
         LogError: not a regular file, unreadable, corrupt gzip, or larger than LOG_MAX_BYTES.
     """
     path = Path(path)
-    total = 0
+    total, buf, skipping = 0, b"", False
     try:
         with _open(path) as f:
-            while block := f.read(BLOCK_BYTES):
-                if not block.endswith(b"\n"):
-                    block += f.readline(LINE_MAX_BYTES)
-                    if not block.endswith(b"\n"):
-                        total += _skip_rest_of_line(f, path, total + len(block))
-                total += len(block)
+            raw = getattr(f, "fileobj", None)  # the compressed stream, for a gzip log
+            while data := f.read(BLOCK_BYTES):  # whole blocks only: readline() on gzip reads 8 KiB at a time
+                total += len(data)
                 if total > LOG_MAX_BYTES:
                     raise _too_big(path)
-                yield block
+                if raw is not None and total > BOMB_AFTER_BYTES and total > MAX_RATIO * max(raw.tell(), 1):
+                    raise LogError(f"{path}: decompresses to more than {MAX_RATIO}x its size (a gzip bomb?); "
+                                   "give the log uncompressed or its relevant part")
+                if skipping:  # inside an overlong line: drop up to its line break
+                    nl = data.find(b"\n")
+                    if nl < 0:
+                        continue
+                    data, skipping = data[nl + 1:], False
+                buf += data
+                cut = buf.rfind(b"\n")
+                if cut >= 0:
+                    yield buf[:cut + 1]
+                    buf = buf[cut + 1:]
+                if len(buf) > LINE_MAX_BYTES:
+                    yield buf[:LINE_MAX_BYTES]
+                    buf, skipping = b"", True
+            if buf:
+                yield buf
     except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError; EOFError: truncated gzip
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
         raise LogError(f"{path}: cannot read ({reason})") from None
-
-
-def _skip_rest_of_line(f: BinaryIO, path: Path, total: int) -> int:
-    """Skip to just past the next line break; returns the bytes skipped."""
-    skipped = 0
-    while chunk := f.readline(BLOCK_BYTES):
-        skipped += len(chunk)
-        if total + skipped > LOG_MAX_BYTES:
-            raise _too_big(path)
-        if chunk.endswith(b"\n"):
-            break
-    return skipped
 
 
 def read_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:

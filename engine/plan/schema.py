@@ -42,7 +42,8 @@ MAX_UNKNOWN_KEY_HINTS = 20           # did-you-mean suggestions computed per pla
 
 def _size_in(value: object, low: float, high: float, gb_means_gib: bool = False, low_ok: bool = False) -> None:
     """Raise ValueError unless low < size <= high (low <= size with low_ok)."""
-    size = parse_size_gib(value, gb_means_gib=gb_means_gib)
+    negative = isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0
+    size = low - 1 if negative else parse_size_gib(value, gb_means_gib=gb_means_gib)
     if size < low or (size == low and not low_ok):
         raise ValueError(f"must be {'>=' if low_ok else '>'} {low:g}")
     if size > high:
