@@ -2,7 +2,8 @@
 
 The strategies are tests/fuzzing.py's (plans derived from schemas/plan.schema.json). An input
 "fails" when it raises anything but a MemfitError / ValueError (sizes), or takes longer than its
-bound (5 s a plan, 10 s a log, 0.05 s a size, 2 s a YAML/JSON text). Each failing input is written to
+bound (5 s a plan, 10 s a log, 0.5 s a size: wall clock on a shared machine, where the backtracking
+it guards against took 22 s; 2 s a YAML/JSON text). Each failing input is written to
 --out as a file a person can re-run (`advise FILE`, `advise facts FILE`); the run prints a summary
 and exits 1 when anything failed. Usage:
 
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
     @opts
     @given(size_values())
     def sizes(value):
-        rec.check("size", 0.05, _size_call(value), lambda p: p.with_suffix(".txt").write_text(repr(value)))
+        rec.check("size", 0.5, _size_call(value), lambda p: p.with_suffix(".txt").write_text(repr(value)))
 
     @seed(args.seed)
     @opts

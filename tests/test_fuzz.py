@@ -3,7 +3,7 @@ never crash or stall their parsers. A longer run: bench/fuzz.py.
 
 "Never crash" means: an answer, or a MemfitError (exit 2 with a message); any other exception is a
 bug of memfit's (exit 70). Time bounds per input follow issue 13 (5 s a plan, 10 s a log); sizes get
-0.05 s.
+0.5 s (wall clock on a shared machine).
 """
 from __future__ import annotations
 
@@ -60,4 +60,4 @@ def test_size_parser_is_total_and_fast(value):
         assert math.isfinite(size) and size >= 0
     except ValueError as exc:
         assert len(str(exc)) < 300
-    assert time.perf_counter() - start < 0.05
+    assert time.perf_counter() - start < 0.5  # wall clock, shared machine; backtracking took 22 s

@@ -65,7 +65,8 @@ def parse_size_gib(value: object, gb_means_gib: bool = False) -> float:
                 unit = unit[0] + "ib"
             if unit in _UNITS:
                 return _finite(number * _UNITS[unit] / GIB, value)
-        shown = repr(value) if len(value) <= _SIZE_MAX_CHARS else repr(value[:_SIZE_MAX_CHARS]) + f"... ({len(value)} chars)"
+        shown = repr(value[:_SIZE_MAX_CHARS])[:2 * _SIZE_MAX_CHARS]  # escapes can make a repr 10x longer
+        shown += f"... ({len(value)} chars)" if len(value) > _SIZE_MAX_CHARS else ""
         raise ValueError(f"expected a size such as 80, \"96GB\" or \"80 GiB\" (got {shown})")
     raise ValueError(f"expected a size such as 80, \"96GB\" or \"80 GiB\" (got a {type(value).__name__})")
 

@@ -31,8 +31,9 @@ BOMB_AFTER_BYTES = 64 << 20
 MAX_RATIO = 200
 
 
-def _too_big(path: Path) -> LogError:
-    return LogError(f"{path}: larger than {LOG_MAX_BYTES >> 30} GiB (after decompression); give the part "
+def _too_big(path: Path, gz: bool) -> LogError:
+    after = " after decompression" if gz else ""
+    return LogError(f"{path}: larger than {LOG_MAX_BYTES >> 30} GiB{after}; give the part "
                     "of the log around the run's start and its failure (e.g. `head -c 200M` and `tail -c 200M`)")
 
 
@@ -44,7 +45,7 @@ def _open(path: Path) -> BinaryIO:
             return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
         raw.seek(0, 2)
         if raw.tell() > LOG_MAX_BYTES:
-            raise _too_big(path)
+            raise _too_big(path, gz=False)
         raw.seek(0)
         return raw
     except BaseException:
@@ -71,7 +72,7 @@ def read_blocks(path: str | Path) -> Iterator[bytes]:
             while data := f.read(BLOCK_BYTES):  # whole blocks only: readline() on gzip reads 8 KiB at a time
                 total += len(data)
                 if total > LOG_MAX_BYTES:
-                    raise _too_big(path)
+                    raise _too_big(path, gz=raw is not None)
                 if raw is not None and total > BOMB_AFTER_BYTES and total > MAX_RATIO * max(raw.tell(), 1):
                     raise LogError(f"{path}: decompresses to more than {MAX_RATIO}x its size (a gzip bomb?); "
                                    "give the log uncompressed or its relevant part")
