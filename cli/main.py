@@ -6,6 +6,7 @@ on stderr and exit code 2; bad input never shows a traceback.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from contextlib import contextmanager
@@ -26,6 +27,13 @@ class _DefaultToPlan(click.Group):
         if args and args[0] not in self.commands and not args[0].startswith("-"):
             args = ["plan", *args]
         return super().parse_args(ctx, args)
+
+
+def _finite_seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """A positive, finite number of seconds (click's FloatRange lets NaN through: NaN < 0 is False)."""
+    if not (isinstance(value, float) and math.isfinite(value) and 0 < value <= 86_400):
+        raise click.BadParameter(f"must be a number of seconds > 0 and <= 86400 (got {value})")
+    return value
 
 
 def _dump(data) -> None:
@@ -139,7 +147,8 @@ def estimate_cmd(plan_file, as_json, rules_dirs) -> None:
 @cli.command("review")
 @click.option("--rules", "rules_dirs", multiple=True, type=click.Path(file_okay=False), help="Extra rule directory (repeatable).")
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--max-examples", default=25, show_default=True, help="Generated plans per property.")
+@click.option("--max-examples", default=25, show_default=True, type=click.IntRange(1, 100_000),
+              help="Generated plans per property.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where counterexample plans are written.")
 def review_cmd(rules_dirs, as_json, max_examples, seed, out_dir) -> None:
@@ -251,8 +260,9 @@ def check_cmd(config, plan_file, as_json) -> None:
 
 @cli.command("verify")
 @click.argument("plan_file", type=click.Path(dir_okay=False))
-@click.option("--top", default=3, show_default=True, help="How many feasible plans to run.")
-@click.option("--timeout", "timeout_s", default=300.0, show_default=True, help="Seconds per config.")
+@click.option("--top", default=3, show_default=True, type=click.IntRange(1, 100), help="How many feasible plans to run.")
+@click.option("--timeout", "timeout_s", default=300.0, show_default=True, callback=_finite_seconds,
+              help="Seconds per config (> 0, at most a day).")
 @click.option("--json", "as_json", is_flag=True)
 def verify_cmd(plan_file, top, timeout_s, as_json) -> None:
     """Run the top plans' DeepSpeed configs for two real steps on a tiny model (CPU, gloo)."""

@@ -81,7 +81,9 @@ def test_out_dir_writes_and_refuses_to_overwrite(tmp_path, capsys):
     assert code == 2 and "exists; use --force" in err
     assert (out_dir / "advice.json").read_text() == before  # nothing half-written
     assert run([EXAMPLE, "--out", str(out_dir), "--force"], capsys)[0] == 0
-    assert not [p for p in out_dir.rglob(".*") if p.is_file()]  # no temporary files left
+    # no temporary files or staging folders left; the manifest lists what memfit wrote
+    assert [p.name for p in out_dir.rglob(".*") if p.is_file()] == [".memfit-files.json"]
+    assert not list(out_dir.parent.glob(".out.staging-*"))
 
 
 def test_console_script_entry_point():

@@ -136,7 +136,7 @@ def test_hostfile_bad_lines_all_reported(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("# only a comment\n\n", "no hosts"),
-    (None, "cannot read (No such file or directory)"),
+    (None, "cannot read the hostfile (No such file or directory)"),
 ])
 def test_hostfile_empty_or_missing(tmp_path, text, message):
     hostfile = tmp_path / "hostfile"

@@ -234,8 +234,8 @@ def test_unreadable_paths_reported_together(tmp_path):
         parse_logs([tmp_path / "missing.log", tmp_path, bad_gz, LOGS / "dmesg_host_oom.log"])
     problems = err.value.problems
     assert len(problems) == 3
-    assert problems[0] == f"{tmp_path / 'missing.log'}: cannot read (No such file or directory)"
-    assert problems[1] == f"{tmp_path}: cannot read (Is a directory)"
+    assert problems[0] == f"{tmp_path / 'missing.log'}: cannot read the log (No such file or directory)"
+    assert problems[1] == f"{tmp_path}: cannot read the log: it is a directory; give a regular file"
     assert problems[2].startswith(f"{bad_gz}: cannot read (")
 
 

@@ -229,7 +229,7 @@ def test_folder_without_config_and_unreadable_json(tmp_path):
     with pytest.raises(ModelNotFoundError, match="folder has no config.json"):
         mf.resolve_model(str(tmp_path / "empty"))
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(mf.ModelSpecError, match="cannot read as JSON"):
+    with pytest.raises(mf.ModelSpecError, match=r"bad.json: not valid JSON at line 1, column 2"):
         mf.resolve_model(str(tmp_path / "bad.json"))
 
 

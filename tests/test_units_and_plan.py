@@ -35,7 +35,7 @@ BAD_PLANS = [
     ("missing host", {"hardware": {"gpu_memory": 8}}, r"hardware.host_memory: Field required"),
     ("no gpu memory", {"hardware": {"host_memory": 8}}, r"hardware: give gpu_memory"),
     ("unknown gpu", {"hardware": {"gpu": "H100-SXM-80G", "host_memory": 8}}, r"did you mean 'H100-SXM-80GB'"),
-    ("micro batch 0", {"training": {"micro_batch_size": 0}}, r"training.micro_batch_size: must be >= 1 or 'auto' \(got 0\)"),
+    ("micro batch 0", {"training": {"micro_batch_size": 0}}, r"training.micro_batch_size: must be between 1 and 65536, or 'auto' \(got 0\)"),
     ("precision", {"training": {"precision": "bf8"}}, r"training.precision: .*'bf16'.* \(got 'bf8'\)"),
     ("zero stage", {"training": {"zero_stage": 4}}, r"training.zero_stage: .* \(got 4\)"),
     ("headroom", {"policy": {"gpu_headroom": 1.5}}, r"policy.gpu_headroom: .*less than 1 \(got 1.5\)"),

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..deepspeed.parity import deepspeed_estimate
-from ..core.errors import PlanError
+from ..core.errors import PlanError, about
 from ..policy.oracle import make_evaluator
 from ..memory.estimate import estimate_memory
-from ..model.spec import ModelSpec, resolve_model
+from ..model.spec import ModelSpec, plan_model
 from ..plan.schema import Plan, load_plan
 from .results import (Advice, CandidateResult, EstimateResult, Explanation, HardwareSummary, MemoryReport,
                       ModelSummary)
@@ -133,12 +133,15 @@ def advise(plan: Plan | str | Path, *, rules_dirs: Iterable[str | Path] = (), me
     """
     plan = _as_plan(plan)
     base = Path(plan.base_dir)
+    rules_dirs, measured = tuple(rules_dirs), tuple(measured)  # read twice below
     if rules is None:
-        rules = load_rules([*rules_dirs, *(base / d for d in plan.rules)])
-    model = resolve_model(plan.model, plan.base_dir)
+        with about(_origin(plan.source, "rules", plan.rules, rules_dirs)):
+            rules = load_rules([*rules_dirs, *(base / d for d in plan.rules)])
+    model = plan_model(plan)
     from ..evidence.match import evidence_for
 
-    evidence = evidence_for(plan, model, [*measured, *(base / m for m in plan.measured)])
+    with about(_origin(plan.source, "measured", plan.measured, measured)):
+        evidence = evidence_for(plan, model, [*measured, *(base / m for m in plan.measured)])
     with Feasibility(rules, backend) as feasibility:
         judged, evaluator_name = evaluate_candidates(plan, model, rules, backend, evidence, feasibility)
         outlook = what_it_would_take(plan, model, judged, rules, feasibility)
@@ -150,6 +153,11 @@ def advise(plan: Plan | str | Path, *, rules_dirs: Iterable[str | Path] = (), me
         hardware=hardware_summary(plan), evaluator=evaluator_name, rules_loaded=len(rules),
         measured=list(evidence.notes), summary=_summary(best, results), what_it_would_take=outlook,
         candidates=results)
+
+
+def _origin(source: str, key: str, from_plan: Sequence, from_caller: Iterable) -> str:
+    """What brought extra files in, for messages: the plan's key, else the caller's option."""
+    return f"{source}: {key}" if from_plan else f"--{key}" if list(from_caller) else ""
 
 
 def _summary(best: CandidateResult | None, results: list[CandidateResult]) -> str:
@@ -184,8 +192,9 @@ def estimate(plan: Plan | str | Path, *, rules_dirs: Iterable[str | Path] = (), 
     if unpinned:
         raise PlanError(unpinned)
     if rules is None:
-        rules = load_rules([*rules_dirs, *(Path(plan.base_dir) / d for d in plan.rules)])
-    model = resolve_model(plan.model, plan.base_dir)
+        with about(_origin(plan.source, "rules", plan.rules, tuple(rules_dirs))):
+            rules = load_rules([*rules_dirs, *(Path(plan.base_dir) / d for d in plan.rules)])
+    model = plan_model(plan)
     s = Strategy(**pins)
     e = estimate_memory(plan, model, s)
     with Feasibility(rules, backend) as feasibility:

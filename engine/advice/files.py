@@ -1,19 +1,15 @@
-"""Write advice files into an output folder atomically, never overwriting without `force`.
-
-Everything is rendered in memory first; then each file is written to a temporary name in the same
-folder and moved into place, so an interrupted run leaves either the old file or the new one.
+"""The files `advise --out DIR` writes, rendered in memory; engine/advice/output.py writes them
+all or nothing (`write_files`, re-exported here).
 """
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import tempfile
-from pathlib import Path
-from typing import Mapping
 
-from ..core.errors import OutputExistsError
 from ..policy.knobs import KNOBS, describe, env_for
+from .output import write_files
+
+__all__ = ["advice_files", "hf_config", "write_files"]
 
 
 def _json(data) -> str:
@@ -35,8 +31,10 @@ def advice_files(advice, plan=None, max_plans: int = 5) -> dict[str, str]:
         if plan is not None:
             files["ds_config.hf.json"] = _json(hf_config(best, plan))
         files["launch.sh"] = _launch_script(best)
-        if "hostfile" in best.launch:
-            files["hostfile"] = best.launch["hostfile"]
+        if "hostfile" in best.launch:  # built here, once, not per candidate
+            from ..deepspeed.launch import hostfile_text
+
+            files["hostfile"] = hostfile_text(advice.hardware.nodes, advice.hardware.gpus_per_node)
         if "deepspeed_env" in best.launch:
             files[".deepspeed_env"] = best.launch["deepspeed_env"]
     for i, c in enumerate(feasible[:max_plans], start=1):
@@ -48,10 +46,10 @@ def advice_files(advice, plan=None, max_plans: int = 5) -> dict[str, str]:
 def hf_config(candidate, plan) -> dict:
     """The HF-flavor DeepSpeed config of a candidate ("auto" where the HF Trainer fills values)."""
     from ..deepspeed.config import deepspeed_config
-    from ..model.spec import resolve_model
+    from ..model.spec import plan_model
 
     s = candidate.to_strategy()
-    return deepspeed_config(s, plan, resolve_model(plan.model, plan.base_dir), flavor="hf",
+    return deepspeed_config(s, plan, plan_model(plan), flavor="hf",
                             pin_memory=s.pin_memory, gather_16bit_on_save=s.gather_16bit_on_save)
 
 
@@ -72,30 +70,3 @@ def _launch_script(c) -> str:
     lines.append("# LLaMA-Factory, axolotl, torchtune: `advise YOUR_CONFIG --hardware HW.yaml --out DIR` writes "
                  "your config back with its own launch line.")
     return "\n".join(lines) + "\n"
-
-
-def write_files(out_dir: str | Path, files: Mapping[str, str], force: bool = False) -> list[Path]:
-    """Write files under out_dir atomically.
-
-    Raises:
-        OutputExistsError: some files exist and force is False (nothing is written then).
-    """
-    root = Path(out_dir)
-    targets = {root / name: text for name, text in files.items()}
-    existing = [str(p) for p in targets if p.exists()]
-    if existing and not force:
-        raise OutputExistsError([f"{p}: exists; use --force to overwrite" for p in existing])
-    written = []
-    for path, text in targets.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.chmod(tmp, 0o755 if path.suffix == ".sh" else 0o644)  # mkstemp creates 0600
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        written.append(path)
-    return written

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..deepspeed.verify import verify
-from ..model.spec import resolve_model
+from ..model.spec import plan_model
 from ..plan.schema import load_plan
 from .advise import advise
 
@@ -16,7 +16,7 @@ def verify_plan(plan_path: str | Path, top: int = 3, timeout_s: float = 300.0):
 
     plan = load_plan(plan_path)
     advice = advise(plan)
-    model = resolve_model(plan.model, plan.base_dir)
+    model = plan_model(plan)
     # Distinct DeepSpeed shapes first: the top candidates often differ only in micro-batch or pinning,
     # and running the same ZeRO/offload shape twice proves little more.
     chosen, shapes = [], set()

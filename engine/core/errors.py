@@ -4,6 +4,9 @@ Each error carries every problem found, so a person fixes a file in one pass.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 
 class MemfitError(Exception):
     """Base of all errors a user can act on. `problems` holds one line per problem."""
@@ -39,6 +42,10 @@ class OutputExistsError(MemfitError):
     """Refusing to overwrite an existing output file without --force."""
 
 
+class OutputError(MemfitError):
+    """An output folder cannot be written (permissions, full disk, a symlinked target, a held lock)."""
+
+
 class HostfileError(MemfitError):
     """A DeepSpeed hostfile is unreadable or has bad lines; each problem names the file and line."""
 
@@ -49,3 +56,20 @@ class ModelSpecError(MemfitError):
 
 class ProbeError(MemfitError):
     """The architecture could not be traced (unknown model_type, an op fake tensors cannot run)."""
+
+
+@contextmanager
+def about(prefix: str) -> Iterator[None]:
+    """Prefix each problem of a MemfitError raised inside with `PREFIX: `.
+
+    Used where a plan key leads to another file (model, rules, measured logs), so a message names
+    the plan file and key first, then the referenced file: `plan.yaml: model: cfg.json: ...`.
+    """
+    try:
+        yield
+    except MemfitError as exc:
+        if not prefix:
+            raise
+        exc.problems = [p if p.startswith(prefix + ":") else f"{prefix}: {p}" for p in exc.problems]
+        exc.args = ("\n".join(exc.problems),)
+        raise

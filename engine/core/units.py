@@ -7,6 +7,7 @@ that never overstates capacity. Every reading is reported back to the user (`des
 """
 from __future__ import annotations
 
+import math
 import re
 
 GIB = 2**30
@@ -17,7 +18,11 @@ _UNITS = {
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
     "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
 }
-_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+# Matched against the stripped text, so one `\s*` remains and no two quantifiers compete for the
+# same characters: linear time (the unstripped form with `\s*` on both sides of an empty-able unit
+# took 22 s on "1" + 60k spaces + "!"). Longer strings are refused before matching.
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)")
+_SIZE_MAX_CHARS = 64
 
 # Bytes per element of each storage dtype. int4 is 0.5: two values per byte (bitsandbytes nf4/fp4).
 BYTES_PER_DTYPE = {
@@ -46,18 +51,37 @@ def parse_size_gib(value: object, gb_means_gib: bool = False) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a size such as 80, \"96GB\" or \"80 GiB\" (got {value!r})")
     if isinstance(value, (int, float)):
-        return float(value)
+        return _finite(value, value)
     if isinstance(value, str):
-        m = _SIZE.match(value)
+        text = value.strip()
+        if text[:1] == "-" and text[1:2].isdigit():
+            raise ValueError("must not be negative")
+        m = _SIZE.fullmatch(text) if len(text) <= _SIZE_MAX_CHARS else None
         if m:
             number, unit = float(m.group(1)), m.group(2).lower()
             if unit == "":
-                return number
+                return _finite(number, value)
             if gb_means_gib and unit in ("gb", "tb", "g", "t"):
                 unit = unit[0] + "ib"
             if unit in _UNITS:
-                return number * _UNITS[unit] / GIB
-    raise ValueError(f"expected a size such as 80, \"96GB\" or \"80 GiB\" (got {value!r})")
+                return _finite(number * _UNITS[unit] / GIB, value)
+        shown = repr(value[:_SIZE_MAX_CHARS])[:2 * _SIZE_MAX_CHARS]  # escapes can make a repr 10x longer
+        shown += f"... ({len(value)} chars)" if len(value) > _SIZE_MAX_CHARS else ""
+        raise ValueError(f"expected a size such as 80, \"96GB\" or \"80 GiB\" (got {shown})")
+    raise ValueError(f"expected a size such as 80, \"96GB\" or \"80 GiB\" (got a {type(value).__name__})")
+
+
+def _finite(size: float | int, value: object) -> float:
+    """The size as a finite float; NaN, infinities and numbers beyond float range are refused."""
+    try:
+        out = float(size)
+    except OverflowError:
+        out = math.inf
+    if not math.isfinite(out):
+        raise ValueError("must be a finite number")
+    if out < 0:
+        raise ValueError("must not be negative")
+    return out
 
 
 def describe_size(value: object, gb_means_gib: bool = False) -> str:

@@ -16,8 +16,9 @@ from typing import Any, Iterator, Literal, Optional
 from pydantic import BaseModel, ConfigDict
 
 from ..core.errors import ConfigCheckError
+from ..core.inputs import CONFIG_MAX_BYTES, load_json, read_text
 from ..memory.estimate import estimate_memory
-from ..model.spec import resolve_model
+from ..model.spec import plan_model
 from ..plan.schema import Plan, load_plan
 from ..plan.strategy import Strategy
 from .accepted import NOT_READ, PYDANTIC_SECTIONS, accepted_keys, deepspeed_schema, without
@@ -40,17 +41,13 @@ def load_config(path: str | Path) -> dict[str, Any]:
     """Read a DeepSpeed JSON config.
 
     Raises:
-        ConfigCheckError: unreadable file, invalid JSON (with line and column), or not a JSON object.
+        ConfigCheckError: unreadable or oversized file, not a regular file, not UTF-8, invalid JSON
+            (with line and column), duplicate keys, NaN/Infinity, nesting beyond MAX_DEPTH, or not a
+            JSON object.
     """
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigCheckError(f"{p}: cannot read the DeepSpeed config ({exc.strerror or exc})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigCheckError(f"{p}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    text = read_text(p, "the DeepSpeed config", ConfigCheckError, CONFIG_MAX_BYTES)
+    data = load_json(text, str(p), ConfigCheckError)
     if not isinstance(data, dict):
         raise ConfigCheckError(f"{p}: a DeepSpeed config must be a JSON object (got {type(data).__name__})")
     return data
@@ -288,7 +285,7 @@ def check(config_path: str | Path, plan_path: str | Path | Plan | None = None, *
         strategy = strategy_from_config(cfg, plan, method, gradient_checkpointing)
         if micro_batch_size and not isinstance(cfg.get("train_micro_batch_size_per_gpu"), int):
             strategy = strategy.model_copy(update={"micro_batch_size": micro_batch_size})
-        model = resolve_model(plan.model, plan.base_dir)
+        model = plan_model(plan)
         e = estimate_memory(plan, model, strategy)
         p = plan.policy
         gpu_budget, host_budget = e.gpu_capacity_gib * (1 - p.gpu_headroom), e.host_capacity_gib * (1 - p.host_headroom)

@@ -30,6 +30,10 @@ TINY = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "nu
 # remote code, token ids beyond the tiny vocabulary.
 _DROP = ("layer_types", "torch_dtype", "dtype", "quantization_config", "auto_map", "architectures",
          "_name_or_path", "transformers_version", "max_window_layers")
+# Expert counts (Mixtral num_local_experts, Qwen-MoE num_experts, DeepSeek n_routed_experts) and top-k.
+_EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
+_PER_TOKEN_KEYS = ("num_experts_per_tok",)
+_TINY_EXPERTS = 4
 _SEQ_LEN = 16
 _MAX_ACCUM = 4  # two verify steps with accumulation 64 would take minutes and prove nothing more
 _RESULT_PREFIX = "MEMFIT_RESULT "
@@ -65,6 +69,14 @@ def tiny_config(facts_config: Mapping[str, Any]) -> dict[str, Any]:
     for key, tiny_id in (("bos_token_id", 1), ("eos_token_id", 2), ("pad_token_id", None)):
         if key in cfg:
             cfg[key] = tiny_id
+    # MoE: the expert count would survive the shrink (40,000 experts tried to allocate > 8 GB); a few
+    # experts exercise routing and the expert parameters' partitioning just the same.
+    for key in _EXPERT_KEYS:
+        if isinstance(cfg.get(key), int):
+            cfg[key] = max(1, min(cfg[key], _TINY_EXPERTS))
+    for key in _PER_TOKEN_KEYS:
+        if isinstance(cfg.get(key), int):
+            cfg[key] = max(1, min(cfg[key], _TINY_EXPERTS // 2))
     return cfg
 
 

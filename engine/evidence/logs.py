@@ -10,20 +10,17 @@ the regexes and the per-file parser (`FileParser`) that read them.
 """
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
-from typing import Iterable, Iterator, Literal, Optional
+from typing import Iterable, Optional
 
 from pydantic import BaseModel, ConfigDict
 
 from .formats import FileParser
+from .reader import MATCH_CHARS, read_blocks
 from .record import LINE_CHARS, Kind, LogRecord
 from ..core.errors import LogError
 
 __all__ = ["LogRecord", "Kind", "LINE_CHARS", "parse_log", "parse_logs", "summarize", "fragmentation_hint"]
-
-_BLOCK = 1 << 20  # bytes read at a time; a block without any keyword is skipped whole
-
 
 def _has_keyword(data: bytes) -> bool:
     """Cheap test: a line (or block) without any of these cannot carry evidence (see FileParser.feed)."""
@@ -31,19 +28,8 @@ def _has_keyword(data: bytes) -> bool:
             or b"return code = -9" in data or b"exitcode" in data or b"llocated" in data or b"eserved" in data)
 
 
-def _blocks(path: Path) -> Iterator[bytes]:
-    """The file in blocks of about _BLOCK bytes, each ending at a line break (or the end of the file)."""
-    with open(path, "rb") as probe:
-        gz = probe.read(2) == b"\x1f\x8b" or path.suffix == ".gz"
-    opener = gzip.open if gz else open
-    with opener(path, "rb") as f:  # type: ignore[operator]
-        while block := f.read(_BLOCK):
-            if not block.endswith(b"\n"):
-                block += f.readline()
-            yield block
-
-
 def _feed_line(parser: FileParser, n: int, raw: bytes) -> None:
+    raw = raw[:MATCH_CHARS]  # evidence lines are short; this bounds the regexes' work per line
     if parser.csv is not None and parser.smi_row(n, raw.decode("utf-8", "replace")):
         pass
     elif _has_keyword(raw):
@@ -62,26 +48,23 @@ def parse_log(path: str | Path) -> list[LogRecord]:
     Returns:
         The facts found; [] when the file holds no memory evidence.
     Raises:
-        LogError: "PATH: cannot read (reason)" when the file cannot be opened or decompressed.
+        LogError: "PATH: cannot read (reason)" when the file cannot be opened or decompressed, is not
+            a regular file, or is larger than reader.LOG_MAX_BYTES.
     """
     path = Path(path)
     parser = FileParser(str(path))
     n = 0
-    try:
-        for block in _blocks(path):
-            lines = block.split(b"\n") if parser.csv is not None or _has_keyword(block) else None
-            if lines is None:  # nothing here: count the lines, keep the last one as a possible label
-                n += block.count(b"\n") + (not block.endswith(b"\n"))
-                parser.prev = block.rstrip(b"\n").rsplit(b"\n", 1)[-1]
-                continue
-            if lines[-1] == b"":
-                lines.pop()
-            for raw in lines:
-                n += 1
-                _feed_line(parser, n, raw)
-    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError; EOFError: truncated gzip
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
-        raise LogError(f"{path}: cannot read ({reason})") from exc
+    for block in read_blocks(path):
+        lines = block.split(b"\n") if parser.csv is not None or _has_keyword(block) else None
+        if lines is None:  # nothing here: count the lines, keep the last one as a possible label
+            n += block.count(b"\n") + (not block.endswith(b"\n"))
+            parser.prev = block.rstrip(b"\n").rsplit(b"\n", 1)[-1][:MATCH_CHARS]
+            continue
+        if lines[-1] == b"":
+            lines.pop()
+        for raw in lines:
+            n += 1
+            _feed_line(parser, n, raw)
     return parser.finish()
 
 

@@ -12,15 +12,14 @@
 """
 from __future__ import annotations
 
-import gzip
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
-from ..core.errors import LogError
 from ..memory.estimate import estimate_memory
 from ..plan.strategy import Strategy
+from .reader import MATCH_CHARS, read_blocks
 
 _STAGE = re.compile(r"zero_config \.+ stage=(\d)")
 _DEVICE = {"offload_param": re.compile(r"offload_param=\w*\(device='(\w+)'"),
@@ -67,28 +66,28 @@ def _family(s: Strategy) -> tuple:
     return (s.method, s.zero_stage, s.offload_optimizer, s.offload_param)
 
 
-def _open(path: Path):
-    return gzip.open(path, "rt", errors="replace") if path.suffix == ".gz" else open(path, errors="replace")
-
-
 def infer_run(path: str | Path) -> dict:
     """Strategy fields a log states about its own run (DeepSpeed's config print, the trainer's batch)."""
     found: dict = {}
-    try:
-        with _open(Path(path)) as fh:
-            for line in fh:
-                if "zero_config" in line and (m := _STAGE.search(line)):
-                    found["zero_stage"] = int(m.group(1))
-                    for key, rx in _DEVICE.items():
-                        d = rx.search(line)
-                        found[key] = d.group(1) if d and d.group(1) in ("cpu", "nvme") else "none"
-                    if pin := _PIN.search(line):
-                        found["pin_memory"] = pin.group(1) == "True"
-                elif "batch" in line and (m := _MICRO.search(line)):
-                    found.setdefault("micro_batch_size", int(m.group(1)))
-    except OSError as exc:
-        raise LogError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    for block in read_blocks(path):  # the same reader as the facts: gzip by magic bytes, bounded lines
+        if b"zero_config" not in block and b"batch" not in block:
+            continue
+        for raw in block.split(b"\n"):
+            if b"zero_config" in raw or b"batch" in raw:
+                _infer_line(raw[:MATCH_CHARS].decode("utf-8", "replace"), found)
     return found
+
+
+def _infer_line(line: str, found: dict) -> None:
+    if "zero_config" in line and (m := _STAGE.search(line)):
+        found["zero_stage"] = int(m.group(1))
+        for key, rx in _DEVICE.items():
+            d = rx.search(line)
+            found[key] = d.group(1) if d and d.group(1) in ("cpu", "nvme") else "none"
+        if pin := _PIN.search(line):
+            found["pin_memory"] = pin.group(1) == "True"
+    elif "batch" in line and (m := _MICRO.search(line)):
+        found.setdefault("micro_batch_size", int(m.group(1)))
 
 
 def run_strategy(plan, inferred: dict) -> Optional[Strategy]:

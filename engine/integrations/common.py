@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from ..core.inputs import load_yaml, read_text
 from ..core.errors import PlanError
 from ..deepspeed.check import check_config, load_config
 
@@ -52,14 +53,9 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
         PlanError: unreadable, invalid YAML, or not a mapping.
     """
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PlanError(f"{p}: cannot read ({exc.strerror or exc})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise PlanError(f"{p}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    # The one strict reader of user files: regular files only, size cap, UTF-8, duplicate keys,
+    # NaN/inf and alias bombs refused (core/inputs.py).
+    data = load_yaml(read_text(p, "the config", PlanError), str(p), PlanError)
     if not isinstance(data, dict):
         raise PlanError(f"{p}: expected a mapping of keys at the top level (got {type(data).__name__})")
     return data
@@ -163,10 +159,7 @@ def read_hardware(spec: str | Path | dict | None, source: str) -> dict[str, Any]
             raise PlanError(f"--hardware detect found no GPU on this machine ({'; '.join(found.notes)}); "
                             "give --hardware HW.yaml instead")
         return hw
-    try:
-        doc = yaml.safe_load(Path(spec).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise PlanError(f"{spec}: cannot read the hardware ({getattr(exc, 'strerror', None) or exc})") from None
+    doc = load_yaml(read_text(spec, "the hardware", PlanError), f"--hardware {spec}", PlanError) or {}
     hardware = doc.get("hardware", doc) if isinstance(doc, dict) else None
     if not isinstance(hardware, dict):
         raise PlanError(f"{spec}: hardware: expected a mapping (gpu_memory, gpus_per_node, host_memory)")

@@ -67,6 +67,7 @@ def read_foreign(path: str | Path, hardware: str | Path | dict | None, deepspeed
     """
     kind = detect_format(path)
     if kind == "memfit":
+        read_mapping(path)  # an unreadable file is reported as what it is, not as a plan
         raise PlanError(f"{path}: a memfit plan: read it with load_plan")
     if deepspeed and Path(deepspeed).suffix in (".yaml", ".yml"):
         raise PlanError(fsdp_message(deepspeed))

@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 from pydantic import BaseModel, ConfigDict
 
 from ..core.errors import HostfileError
+from ..core.inputs import read_text
 from ..core.units import GIB
 
 
@@ -191,10 +192,7 @@ def parse_hostfile(path: str | Path) -> dict[str, int]:
     Raises:
         HostfileError: every bad, duplicate or zero-slot line, each as "FILE:LINE: problem (got 'text')".
     """
-    try:
-        lines = Path(path).read_text(errors="replace").splitlines()
-    except OSError as exc:
-        raise HostfileError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    lines = read_text(path, "the hostfile", HostfileError).splitlines()
     hosts: dict[str, int] = {}
     problems = []
     for n, raw in enumerate(lines, 1):

@@ -112,13 +112,47 @@ def _get(cfg: Mapping[str, Any], key: str) -> Any:
     return None
 
 
+# Largest value accepted for any size or count field: far beyond real models (hidden sizes < 2**15,
+# vocabularies < 2**18), small enough that products of a few of them stay exact in a float.
+MAX_DIM = 2**24
+# Experts per MoE layer: published models have <= 256; beyond this a count is a typo.
+MAX_EXPERTS = 4096
+
+
+def _int_in(value: Any, key: str, high: int, problems: list[str]) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        shown = "missing" if value is None else f"got {str(value)[:40]!r}" if isinstance(value, str) else f"got {str(value)[:40]}"
+        problems.append(f"{key}: must be a positive integer ({shown})")
+        return False
+    if value > high:
+        problems.append(f"{key}: must be at most {high:,} (got {str(value)[:40]})")
+        return False
+    return True
+
+
 def _required_int(cfg: Mapping[str, Any], key: str, problems: list[str]) -> int:
     value = _get(cfg, key)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        shown = "missing" if value is None else f"got {value!r}"
-        problems.append(f"{key}: must be a positive integer ({shown})")
-        return 1
+    return value if _int_in(value, key, MAX_DIM, problems) else 1
+
+
+def _flag(cfg: Mapping[str, Any], key: str, default: bool, problems: list[str]) -> bool:
+    """A boolean field: JSON true/false only ("false" as a string would read as True)."""
+    value = cfg.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        problems.append(f"{key}: must be true or false (got {str(value)[:40]!r})")
+        return default
     return value
+
+
+def _experts(cfg: Mapping[str, Any], problems: list[str]) -> tuple[int, int]:
+    """(experts per layer, experts per token) of a Mixtral config, validated before any counting."""
+    n, k = cfg.get("num_local_experts", 8), cfg.get("num_experts_per_tok", 2)
+    ok = _int_in(n, "num_local_experts", MAX_EXPERTS, problems)
+    if _int_in(k, "num_experts_per_tok", MAX_EXPERTS, problems) and ok and k > n:
+        problems.append(f"num_experts_per_tok: {k} is more than num_local_experts {n}")
+    return (n, k) if not problems else (1, 1)
 
 
 def read_shape(cfg: Mapping[str, Any]) -> tuple[Shape, list[str]]:
@@ -142,18 +176,16 @@ def read_shape(cfg: Mapping[str, Any]) -> tuple[Shape, list[str]]:
     kv = heads if kv in (None, "heads") else kv
     head_dim = cfg.get("head_dim") or dflt["head_dim"] or hidden // heads
     for key, value in (("num_key_value_heads", kv), ("head_dim", head_dim)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            problems.append(f"{key}: must be a positive integer (got {value!r})")
+        if not _int_in(value, key, MAX_DIM, problems):
             kv, head_dim = (1, head_dim) if key == "num_key_value_heads" else (kv, 1)
-    tie = cfg.get("tie_word_embeddings")
-    moe = mtype == "mixtral"
+    tie = _flag(cfg, "tie_word_embeddings", dflt["tie"], problems)
+    attention_bias, mlp_bias = _flag(cfg, "attention_bias", False, problems), _flag(cfg, "mlp_bias", False, problems)
+    experts, per_token = _experts(cfg, problems) if mtype == "mixtral" else (0, 0)
     shape = Shape(
         model_type=mtype, hidden_size=hidden, intermediate_size=inter, num_layers=layers,
         num_attention_heads=heads, num_kv_heads=int(kv), head_dim=int(head_dim), vocab_size=vocab,
-        tie_word_embeddings=dflt["tie"] if tie is None else bool(tie),
-        attention_bias=bool(cfg.get("attention_bias") or False), mlp_bias=bool(cfg.get("mlp_bias") or False),
-        num_experts=int(cfg.get("num_local_experts", 8)) if moe else 0,
-        experts_per_token=int(cfg.get("num_experts_per_tok", 2)) if moe else 0,
+        tie_word_embeddings=tie, attention_bias=attention_bias, mlp_bias=mlp_bias,
+        num_experts=experts, experts_per_token=per_token,
     )
     if not problems and heads % shape.num_kv_heads:  # only once heads itself is valid
         problems.append(f"num_key_value_heads: {shape.num_kv_heads} must divide num_attention_heads {heads}")

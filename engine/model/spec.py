@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import arch
-from ..core.errors import ModelSpecError, ModelNotFoundError
+from ..core.errors import ModelSpecError, ModelNotFoundError, about
+from ..core.inputs import CONFIG_MAX_BYTES, load_json, read_text
 
 
 @dataclass(frozen=True)
@@ -150,10 +151,7 @@ def _hf_cache_config(model_id: str) -> Path | None:
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelSpecError(f"{path}: cannot read as JSON ({exc})") from exc
+    data = load_json(read_text(path, "the model config", ModelSpecError, CONFIG_MAX_BYTES), str(path), ModelSpecError)
     if not isinstance(data, dict):
         raise ModelSpecError(f"{path}: expected a JSON object of config fields")
     return data
@@ -287,3 +285,13 @@ def meta_device_count(config: Mapping[str, Any], lora_rank: int | None = None,
         wrapped = peft.get_peft_model(model, peft.LoraConfig(r=lora_rank, target_modules=targets))
         out["lora_trainable_params"] = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
     return out
+
+
+def plan_model(plan) -> ModelSpec:
+    """`resolve_model` for a plan's `model:` key; each problem starts "PLAN_FILE: model: ".
+
+    Raises:
+        ModelNotFoundError, ModelSpecError: as resolve_model, prefixed with the plan file and key.
+    """
+    with about(f"{plan.source}: model"):
+        return resolve_model(plan.model, plan.base_dir)

@@ -10,11 +10,11 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ..core.errors import PlanError
 from ..machine.gpus import find_gpu, GPUS
+from ..core.inputs import PLAN_MAX_BYTES, escape_key, excerpt, load_yaml, read_text
 from ..core.units import parse_size_gib
 
 Auto = Literal["auto"]
@@ -24,17 +24,40 @@ Size = Union[float, str]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a YAML `true` is never read as 1 GiB, nor "false" as True; no NaN or infinities.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+# Plausible ranges (docs/reference/limits.md): beyond them a value is a typo, and a huge one would
+# cost time or memory (a hostfile line per node, a search over micro-batch sizes).
+MAX_GPUS_PER_NODE = 1024
+MAX_NODES = 100_000
+MAX_GPU_MEMORY_GIB = 4096.0          # per device; the largest shipping GPUs have < 300 GiB
+MAX_HOST_MEMORY_GIB = 2.0**20        # 1 PiB per node
+MAX_STORAGE_GIB = 2.0**30            # 1 EiB: NVMe per node, data set size
+MAX_PATH_CHARS = 4096                # PATH_MAX on Linux
+MAX_LIST_ENTRIES = 256               # rules:, measured:, target_modules
+MAX_UNKNOWN_KEY_HINTS = 20           # did-you-mean suggestions computed per plan (difflib is O(n*m))
+
+
+def _size_in(value: object, low: float, high: float, gb_means_gib: bool = False, low_ok: bool = False) -> None:
+    """Raise ValueError unless low < size <= high (low <= size with low_ok)."""
+    negative = isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0
+    size = low - 1 if negative else parse_size_gib(value, gb_means_gib=gb_means_gib)
+    if size < low or (size == low and not low_ok):
+        raise ValueError(f"must be {'>=' if low_ok else '>'} {low:g}")
+    if size > high:
+        raise ValueError(f"must be at most {high:g} GiB (a plausible size)")
 
 
 class Hardware(_Strict):
     gpu: str | None = Field(None, description="GPU catalogue name that fills gpu_memory, e.g. H100-SXM-80GB")
     gpu_memory: Size | None = Field(None, description="per GPU: a number (GiB) or a string with a unit; GPU 'GB' means GiB")
-    gpus_per_node: int = Field(1, ge=1)
-    nodes: int = Field(1, ge=1)
+    gpus_per_node: int = Field(1, ge=1, le=MAX_GPUS_PER_NODE)
+    nodes: int = Field(1, ge=1, le=MAX_NODES)
     host_memory: Size = Field(..., description="host RAM per node; a number is GiB, '744GB' is SI")
     nvme: Size = Field(0.0, description="free NVMe per node for ZeRO-Infinity")
-    nvme_path: str | None = Field(None, description="mount point of the NVMe used for offload")
+    nvme_path: str | None = Field(None, max_length=MAX_PATH_CHARS, description="mount point of the NVMe used for offload")
     bf16: bool | None = Field(None, description="whether the GPU supports bf16; default from the catalogue, else true")
 
     @field_validator("gpu")
@@ -49,22 +72,20 @@ class Hardware(_Strict):
     @field_validator("gpu_memory")
     @classmethod
     def _gpu_size(cls, v: Size | None) -> Size | None:
-        if v is not None and parse_size_gib(v, gb_means_gib=True) <= 0:
-            raise ValueError("must be > 0")
+        if v is not None:
+            _size_in(v, 0, MAX_GPU_MEMORY_GIB, gb_means_gib=True)
         return v
 
     @field_validator("host_memory")
     @classmethod
     def _host_size(cls, v: Size) -> Size:
-        if parse_size_gib(v) <= 0:
-            raise ValueError("must be > 0")
+        _size_in(v, 0, MAX_HOST_MEMORY_GIB)
         return v
 
     @field_validator("nvme")
     @classmethod
     def _nvme_size(cls, v: Size) -> Size:
-        if parse_size_gib(v) < 0:
-            raise ValueError("must be >= 0")
+        _size_in(v, 0, MAX_STORAGE_GIB, low_ok=True)
         return v
 
     @model_validator(mode="after")
@@ -103,23 +124,28 @@ class Hardware(_Strict):
 
 class Lora(_Strict):
     rank: int = Field(16, ge=1, le=4096)
-    alpha: float = Field(32, gt=0)
+    alpha: float = Field(32, gt=0, le=1e6)
     dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: Union[str, list[str]] = Field(
+    target_modules: Union[str, list[str]] = Field(  # an empty list would train nothing: refused
         "all-linear", description="'all-linear' (every Linear in the decoder layers), one module name, or a list")
 
     @field_validator("target_modules")
     @classmethod
     def _one_name_is_a_list(cls, v: str | list[str]) -> str | list[str]:
         # peft accepts one module name as a string; memfit counts it as a one-element list.
+        names = [v] if isinstance(v, str) else v
+        if not names:
+            raise ValueError("must name at least one module, or be 'all-linear' (an empty list trains nothing)")
+        if len(names) > MAX_LIST_ENTRIES or any(not n.strip() or len(n) > 200 for n in names):
+            raise ValueError(f"at most {MAX_LIST_ENTRIES} non-empty module names of up to 200 characters")
         return v if v == "all-linear" or isinstance(v, list) else [v]
 
 
 class Training(_Strict):
     method: Union[Method, Auto] = "auto"
-    seq_len: int = Field(2048, ge=1)
+    seq_len: int = Field(2048, ge=1, le=2**24)
     micro_batch_size: Union[int, Auto] = "auto"
-    global_batch_size: int | None = Field(None, ge=1)
+    global_batch_size: int | None = Field(None, ge=1, le=2**24)
     precision: Literal["auto", "bf16", "fp16", "fp32", "pure_bf16"] = Field(
         "auto", description="auto: bf16 where the GPU supports it, else fp16 with loss scaling")
     optimizer: Literal["adamw", "adamw_8bit", "adafactor", "sgd"] = "adamw"
@@ -133,8 +159,8 @@ class Training(_Strict):
     @field_validator("micro_batch_size")
     @classmethod
     def _positive_batch(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and v < 1:
-            raise ValueError("must be >= 1 or 'auto'")
+        if isinstance(v, int) and not 1 <= v <= 2**16:
+            raise ValueError("must be between 1 and 65536, or 'auto'")
         return v
 
 
@@ -142,14 +168,20 @@ class Policy(_Strict):
     require_full_finetune: bool = False
     gpu_headroom: float = Field(0.2, ge=0, lt=1, description="fraction of GPU capacity kept free")
     host_headroom: float = Field(0.25, ge=0, lt=1, description="fraction of host RAM kept free")
-    max_micro_batch_size: int = Field(64, ge=1, description="upper end of the micro-batch search")
+    max_micro_batch_size: int = Field(64, ge=1, le=2**16, description="upper end of the micro-batch search")
 
 
 class Data(_Strict):
     dataset_size: Size = Field(0.0, description="tokenised data set size on disk/in memory")
-    dataloader_workers: int = Field(2, ge=0)
-    preprocessing_workers: int = Field(1, ge=1)
+    dataloader_workers: int = Field(2, ge=0, le=4096)
+    preprocessing_workers: int = Field(1, ge=1, le=4096)
     streaming: Union[bool, Auto] = "auto"
+
+    @field_validator("dataset_size")
+    @classmethod
+    def _data_size(cls, v: Size) -> Size:
+        _size_in(v, 0, MAX_STORAGE_GIB, low_ok=True)
+        return v
 
     @property
     def dataset_gib(self) -> float:
@@ -163,8 +195,8 @@ class Plan(_Strict):
     training: Training = Training()
     policy: Policy = Policy()
     data: Data = Data()
-    rules: list[str] = Field(default_factory=list, description="extra rule directories, relative to the plan")
-    measured: list[str] = Field(default_factory=list, description="logs of real runs, relative to the plan")
+    rules: list[str] = Field(default_factory=list, max_length=MAX_LIST_ENTRIES, description="extra rule directories, relative to the plan")
+    measured: list[str] = Field(default_factory=list, max_length=MAX_LIST_ENTRIES, description="logs of real runs, relative to the plan")
     # Folder that relative paths (model, rules, measured) are read from; set by load_plan. Private: not
     # a plan key, not in the schema.
     _base_dir: str = PrivateAttr(".")
@@ -178,9 +210,18 @@ class Plan(_Strict):
     def source(self) -> str:
         return self._source
 
+    @field_validator("rules", "measured")
+    @classmethod
+    def _paths(cls, v: list[str]) -> list[str]:
+        if any(not 0 < len(p) <= MAX_PATH_CHARS for p in v):
+            raise ValueError(f"each path has 1 to {MAX_PATH_CHARS} characters")
+        return v
+
     @field_validator("model")
     @classmethod
     def _inline_needs_type(cls, v: str | dict) -> str | dict:
+        if isinstance(v, str) and not 0 < len(v) <= MAX_PATH_CHARS:
+            raise ValueError(f"a model id or path has 1 to {MAX_PATH_CHARS} characters (got {len(v):,})")
         if isinstance(v, dict) and "model_type" not in v:
             raise ValueError("an inline model mapping needs model_type (e.g. llama, qwen2)")
         return v
@@ -188,8 +229,12 @@ class Plan(_Strict):
 
 def _key_path(loc: tuple) -> str:
     # pydantic puts union branch names into loc (e.g. 'int', "literal['auto']"): drop them.
-    parts = [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in ("int", "float", "str", "bool", "function-after")))]
-    return ".".join(parts) or "(top level)"
+    parts = [f"[{p}]" if isinstance(p, int) else escape_key(p) for p in loc
+             if not (isinstance(p, str) and ("[" in p or p in _BRANCHES))]
+    return ".".join(parts).replace(".[", "[") or "(top level)"
+
+
+_BRANCHES = ("int", "float", "str", "bool", "function-after", "list", "dict", "function-plain")
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -202,16 +247,31 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def _describe(err: dict, source: str) -> str:
+def _describe(err: dict, source: str, hint: bool = True) -> str:
     loc = err["loc"]
     path = _key_path(loc)
     if err["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(str(loc[-1]), _fields_at(Plan, loc), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        return f"{source}: {path}: unknown key{hint}"
+        close = difflib.get_close_matches(str(loc[-1])[:200], _fields_at(Plan, loc), n=1) if hint else []
+        return f"{source}: {path}: unknown key" + (f"; did you mean '{close[0]}'?" if close else "")
     msg = err["msg"].removeprefix("Value error, ")
-    got = f" (got {err['input']!r})" if err["type"] != "missing" else ""
+    got = f" (got {excerpt(err['input'])})" if err["type"] != "missing" else ""
     return f"{source}: {path}: {msg}{got}"
+
+
+def _problems(errors: list[dict], source: str) -> list[str]:
+    """One line per problem; did-you-mean only for the first MAX_UNKNOWN_KEY_HINTS unknown keys, and
+    past that many unknown keys one line counts the rest (100k unknown keys took 124 s before)."""
+    problems: dict[str, None] = {}
+    unknown = 0
+    for err in errors:
+        if err["type"] == "extra_forbidden":
+            unknown += 1
+            if unknown > MAX_UNKNOWN_KEY_HINTS:
+                continue
+        problems.setdefault(_describe(err, source, hint=unknown <= MAX_UNKNOWN_KEY_HINTS))
+    if unknown > MAX_UNKNOWN_KEY_HINTS:
+        problems[f"{source}: ... and {unknown - MAX_UNKNOWN_KEY_HINTS:,} more unknown key(s)"] = None
+    return list(problems)
 
 
 def plan_from_dict(data: Any, source: str = "<plan>", base_dir: str | Path = ".") -> Plan:
@@ -227,12 +287,7 @@ def plan_from_dict(data: Any, source: str = "<plan>", base_dir: str | Path = "."
     try:
         plan = Plan.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            line = _describe(err, source)
-            if line not in problems:
-                problems.append(line)
-        raise PlanError(problems) from None
+        raise PlanError(_problems(exc.errors(include_url=False), source)) from None
     if plan.training.precision == "auto":
         chosen = "bf16" if plan.hardware.supports_bf16 else "fp16"
         plan = plan.model_copy(update={"training": plan.training.model_copy(update={"precision": chosen})})
@@ -256,17 +311,9 @@ def load_plan(path: str | Path) -> Plan:
     """Read and check a plan YAML file (safe loading only).
 
     Raises:
-        PlanError: unreadable file, bad YAML, or invalid keys (all problems at once).
+        PlanError: unreadable or oversized file, not a regular file, not UTF-8, bad YAML (duplicate
+            keys, NaN, deep nesting, alias bombs), or invalid keys (all problems at once).
     """
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PlanError(f"{p}: cannot read the plan ({exc.strerror or exc})") from None
-    try:
-        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise PlanError(f"{p}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    data = load_yaml(read_text(p, "the plan", PlanError, PLAN_MAX_BYTES), str(p), PlanError)
     return plan_from_dict(data, str(p), p.parent)

@@ -273,7 +273,7 @@ def probe_plan(plan, strategy=None, progress: Progress | None = None) -> ProbeRe
         ModelNotFoundError, ModelSpecError: the plan's model cannot be resolved.
         ProbeError: the architecture cannot be traced.
     """
-    from ..model.spec import resolve_model
+    from ..model.spec import plan_model
 
     t = plan.training
 
@@ -281,7 +281,7 @@ def probe_plan(plan, strategy=None, progress: Progress | None = None) -> ProbeRe
         value = getattr(strategy, name) if strategy is not None else getattr(t, name)
         return auto if value == "auto" else value
 
-    facts = resolve_model(plan.model, plan.base_dir)
+    facts = plan_model(plan)
     return probe(facts.config, seq_len=t.seq_len, micro_batch=pick("micro_batch_size", 1),
                  method=pick("method", "full"), gradient_checkpointing=pick("gradient_checkpointing", False),
                  attention=t.attention, precision=t.precision, optimizer=t.optimizer,

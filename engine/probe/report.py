@@ -6,7 +6,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from ..memory.activations import layer_bytes
-from ..model.spec import resolve_model
+from ..model.spec import plan_model
 from ..plan.schema import Plan
 from .probe import probe_plan
 
@@ -32,7 +32,7 @@ def probe_report(plan: Plan, progress=None) -> ProbeReport:
     from ..probe.probe import probe_plan
 
     t = plan.training
-    facts = resolve_model(plan.model, plan.base_dir)
+    facts = plan_model(plan)
     mb = t.micro_batch_size if t.micro_batch_size != "auto" else 1
     method = t.method if t.method != "auto" else "full"
     formula = layer_bytes(facts, t.seq_len, mb, t.attention, method=method, lora_rank=t.lora.rank,
