@@ -35,7 +35,7 @@ class FsdpTerms:
 def shard_group(strategy, gpus_per_node: int, world: int) -> int:
     """GPUs one copy of the states is sharded over: all of them, one node's (HYBRID_SHARD), or none."""
     return {"FULL_SHARD": world, "SHARD_GRAD_OP": world, "HYBRID_SHARD": gpus_per_node, "NO_SHARD": 1}[
-        strategy.fsdp_sharding]
+        strategy.effective_fsdp_sharding]
 
 
 def _dtypes(precision: str, optimizer: str, hidden: int, fused: bool) -> dict[str, float]:
@@ -85,9 +85,9 @@ def unit_params(facts) -> tuple[float, float]:
 
 def _in_flight(strategy, unit_bytes: float, root_bytes: float, model_bytes: float) -> float:
     """Unsharded parameters on the GPU at the start of backward."""
-    if strategy.fsdp_sharding == "NO_SHARD":
+    if strategy.effective_fsdp_sharding == "NO_SHARD":
         return 0.0  # the parameters are the full copy already counted in the shard
-    if strategy.fsdp_sharding == "SHARD_GRAD_OP":
+    if strategy.effective_fsdp_sharding == "SHARD_GRAD_OP":
         return model_bytes  # reshard_after_forward=False: every unit stays gathered until its backward
     # The root is not resharded after forward (_runtime_utils._post_forward_reshard: `not
     # state._is_root`; FSDP2 _fsdp_state._lazy_init sets post_forward_mesh_info = None for it).

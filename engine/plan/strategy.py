@@ -15,6 +15,9 @@ _FSDP_SHORT = {"FULL_SHARD": "full", "SHARD_GRAD_OP": "grad_op", "HYBRID_SHARD":
 FSDP_EQUIVALENT_STAGE = {"FULL_SHARD": 3, "HYBRID_SHARD": 3, "SHARD_GRAD_OP": 2, "NO_SHARD": 0}
 
 
+_STAGE_TO_FSDP = {3: "FULL_SHARD", 2: "SHARD_GRAD_OP", 1: "NO_SHARD", 0: "NO_SHARD"}
+
+
 class Strategy(BaseModel):
     """A concrete strategy. Plan-wide settings (precision, optimizer, seq_len...) stay on the Plan."""
 
@@ -57,9 +60,17 @@ class Strategy(BaseModel):
         parts.append(f"mb{self.micro_batch_size}")
         return "/".join(parts)
 
+    @property
+    def effective_fsdp_sharding(self) -> str:
+        """fsdp_sharding, or the FSDP strategy of zero_stage when a neighbour copy changed only the stage
+        (`model_copy(update={"zero_stage": ...})` skips validation): stage 1 has no FSDP form, NO_SHARD."""
+        if FSDP_EQUIVALENT_STAGE[self.fsdp_sharding] == self.zero_stage:
+            return self.fsdp_sharding
+        return _STAGE_TO_FSDP[self.zero_stage]
+
     def _fsdp_key(self) -> str:
         """e.g. 'full/fsdp1-full/offload/gc/mb1': version, sharding strategy, CPU offload, save format."""
-        parts = [self.method, f"fsdp{self.fsdp_version}-{_FSDP_SHORT[self.fsdp_sharding]}"]
+        parts = [self.method, f"fsdp{self.fsdp_version}-{_FSDP_SHORT[self.effective_fsdp_sharding]}"]
         if self.offload_param != "none":
             parts.append("offload" if self.pin_memory else "offload-unpinned")
         if self.method == "full" and not self.gather_16bit_on_save:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .candidates import largest_fitting, micro_batch_limit, strategy_shapes
+from .fsdp_shapes import engine_facts
 from ..policy.vocabulary import CandidateFacts
 from ..memory.estimate import MemoryEstimate, estimate_memory
 from ..evidence.match import Evidence
@@ -72,6 +73,7 @@ def sweep(plan, model, evidence: Evidence = Evidence()) -> list[Candidate]:
     for s, e in zip(sized, estimates):
         ok = within_budget(plan, e, *evidence.calibration(s, plan.policy.gpu_headroom))
         ok_by_method[s.method] = ok_by_method.get(s.method, False) or ok
+        ok_by_method[f"engine:{s.sharding}"] = ok_by_method.get(f"engine:{s.sharding}", False) or ok
     return [Candidate(s, e, _facts(plan, memo, s, e, ok_by_method, evidence)) for s, e in zip(sized, estimates)]
 
 
@@ -129,6 +131,7 @@ def _facts(plan, memo: _Memo, s: Strategy, e: MemoryEstimate, ok_by_method: dict
         dataset_gib=plan.data.dataset_gib,
         dataset_host_share=plan.data.dataset_gib * ranks_copies / e.host_capacity_gib,
         streaming=str(plan.data.streaming).lower(),
+        **engine_facts(plan, s, ok_by_method),
     )
 
 
