@@ -167,12 +167,14 @@ def probe_cmd(plan_file, as_json) -> None:
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False), help="Also check it fits this plan's hardware.")
 @click.option("--json", "as_json", is_flag=True)
 def check_cmd(config, plan_file, as_json) -> None:
-    """Review an existing DeepSpeed CONFIG: typos, impossible combinations, batch arithmetic, fit."""
+    """Review an existing DeepSpeed CONFIG (JSON) or accelerate FSDP config (YAML): typos, impossible
+    combinations, batch arithmetic, fit."""
     from memfit.engine.deepspeed.check import check
+    from memfit.engine.fsdp.check import check_accelerate, is_accelerate_yaml
 
     from .render import check_text
 
-    result = check(config, plan_file)
+    result = (check_accelerate if is_accelerate_yaml(config) else check)(config, plan_file)
     click.echo(json.dumps(result.model_dump(), indent=2) if as_json else check_text(result))
     if not result.ok:
         raise SystemExit(1)

@@ -79,6 +79,8 @@ def _result(rank: int, c: Candidate, v, plan: Plan, model: ModelSpec) -> Candida
     from ..deepspeed.launch import launch_commands
 
     s = c.strategy
+    if s.sharding == "fsdp":
+        return _fsdp_result(rank, c, v, plan)
     cfg, notes = _ds_config(s, plan, model)
     explanation = [Explanation(rule=f.rule, topic=f.topic, effect=f.effect, score=f.score, message=f.message,
                                advice=f.advice, source=f.source) for f in v.firings]
@@ -91,6 +93,27 @@ def _result(rank: int, c: Candidate, v, plan: Plan, model: ModelSpec) -> Candida
         rejected_because=[f.message for f in v.firings if f.effect == "reject"],
         explanation=explanation, settings=dict(v.settings), notes=notes + list(v.conflicts),
         deepspeed_config=cfg, launch=launch_commands(plan, s) if cfg else {})
+
+
+def _fsdp_result(rank: int, c: Candidate, v, plan: Plan) -> CandidateResult:
+    """An FSDP candidate: the accelerate config instead of DeepSpeed JSON (engine/fsdp/config.py)."""
+    from ..fsdp.config import accelerate_config, framework_keys, torchtune_overrides
+
+    s = c.strategy
+    explanation = [Explanation(rule=f.rule, topic=f.topic, effect=f.effect, score=f.score, message=f.message,
+                               advice=f.advice, source=f.source) for f in v.firings]
+    keys = {**framework_keys(s, plan), "torchtune": torchtune_overrides(s, plan)}
+    line = f"accelerate launch --config_file fsdp_config.yaml train.py  # {s.key}"
+    return CandidateResult(
+        rank=rank, key=s.key, feasible=not v.rejected, method=s.method, zero_stage=s.zero_stage,
+        offload_optimizer=s.offload_optimizer, offload_param=s.offload_param,
+        gradient_checkpointing=s.gradient_checkpointing, micro_batch_size=s.micro_batch_size,
+        gradient_accumulation_steps=c.estimate.gradient_accumulation_steps, pin_memory=s.pin_memory,
+        gather_16bit_on_save=s.gather_16bit_on_save, score=v.score, memory=_memory_report(c),
+        rejected_because=[f.message for f in v.firings if f.effect == "reject"], explanation=explanation,
+        settings=dict(v.settings), notes=list(v.conflicts), deepspeed_config={}, launch={"accelerate": line},
+        sharding="fsdp", fsdp={"fsdp_version": s.fsdp_version, "fsdp_sharding": s.effective_fsdp_sharding},
+        accelerate_config=accelerate_config(s, plan), framework_keys=keys)
 
 
 def evaluate_candidates(plan: Plan, model: ModelSpec, rules: Sequence[Rule], backend: str = "auto",
@@ -226,9 +249,14 @@ def estimate(plan: Plan | str | Path) -> EstimateResult:
     if unpinned:
         raise PlanError(unpinned)
     model = resolve_model(plan.model, plan.base_dir)
-    s = Strategy(**pins)
+    from ..search.fsdp_shapes import pinned_sharding
+
+    try:
+        s = Strategy(**pins, **pinned_sharding(plan))
+    except ValueError as exc:
+        raise PlanError(f"{plan.source}: {exc}") from None
     e = estimate_memory(plan, model, s)
-    ds = deepspeed_estimate(model, s, plan)
+    ds = deepspeed_estimate(model, s, plan) if s.sharding == "deepspeed" else None
     return EstimateResult(
         plan=plan.source, model=model_summary(model, plan, s.method), strategy=s.model_dump(),
         gpu_peak_gib=round(e.gpu_peak_gib, 3), host_peak_gib=round(e.host_peak_gib, 3), nvme_gib=round(e.nvme_gib, 3),
