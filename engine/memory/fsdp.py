@@ -79,7 +79,8 @@ def quant_state_bytes(facts, method: str) -> float:
 def unit_params(facts) -> tuple[float, float]:
     """(parameters of one decoder layer, parameters of the root unit: embeddings, lm_head, final norm)."""
     head = 0 if facts.tie_word_embeddings else facts.lm_head_params
-    layer = max(facts.total_params - facts.embedding_params - head, 0) / max(facts.num_layers, 1)
+    root = facts.embedding_params + head + facts.hidden_size  # + the final norm's weight
+    layer = max(facts.total_params - root, 0) / max(facts.num_layers, 1)
     return layer, facts.total_params - layer * facts.num_layers
 
 
