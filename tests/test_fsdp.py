@@ -231,3 +231,55 @@ def test_verify_runs_fsdp_steps_on_cpu_with_one_and_two_ranks():
         # random tokens over a 512-word vocabulary: the first loss is near ln(512) = 6.24
         assert len(r.losses) == 2 and all(math.isfinite(x) for x in r.losses) and abs(r.losses[0] - math.log(512)) < 1
     assert results[4].skipped and "accelerator" in results[4].skipped
+
+
+def _step_temporary_bytes(**adamw) -> tuple[int, list[int]]:
+    """Peak bytes of new tensors during one AdamW step (after the first, which creates the states),
+    traced with a dispatch mode over real CPU tensors; in-place and view results are not new memory."""
+    import weakref
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Live(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.live = self.peak = 0
+
+        def _free(self, n):
+            self.live -= n
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if not func._schema.is_mutable:
+                for o in out if isinstance(out, (list, tuple)) else [out]:
+                    if isinstance(o, torch.Tensor) and o._base is None:
+                        n = o.untyped_storage().nbytes()
+                        self.live += n
+                        weakref.finalize(o, self._free, n)
+                self.peak = max(self.peak, self.live)
+            return out
+
+    sizes = [4096, 65536, 16384]
+    params = [torch.nn.Parameter(torch.randn(n, dtype=torch.bfloat16)) for n in sizes]
+    opt = torch.optim.AdamW(params, lr=1e-3, **adamw)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    mode = Live()
+    with mode:
+        opt.step()
+    return mode.peak, sizes
+
+
+@pytest.mark.slow
+def test_adamw_step_temporaries_traced():
+    """The optimizer-step term of memory/fsdp.py, traced: foreach AdamW allocates one copy of every
+    second moment at once (torch._foreach_sqrt), the single-tensor path (AdamW on CPU tensors, i.e.
+    FSDP CPU offload) about two copies of the largest tensor's, fused AdamW none."""
+    foreach, sizes = _step_temporary_bytes(foreach=True)
+    assert foreach == 2 * sum(sizes)  # bf16 v of every tensor
+    single, _ = _step_temporary_bytes(foreach=False)
+    assert 2 * 2 * max(sizes) <= single <= 2 * 2 * max(sizes) + 2 * min(sizes) * 2
+    fused, _ = _step_temporary_bytes(fused=True)
+    assert fused == 0
