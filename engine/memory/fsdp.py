@@ -133,6 +133,9 @@ def fsdp_terms(plan, facts, strategy, slack: float, fused_optimizer: bool = Fals
     root_grad = root_p * train_share * d["grad_compute"] if n > 1 else 0.0
     layer_grad = layer_p * train_share * d["grad_compute"] if n > 1 else 0.0
     flight = _in_flight(strategy, unit, root, model_compute)
+    # Reduce-scatter buffers for a layer's gradient: the sharded output (FSDP1 _get_reduce_scatter_tensors)
+    # and, in FSDP2, the flat input the gradients are copied into first (foreach_reduce_scatter_copy_in).
+    reduce_buf = layer_grad / n + (layer_grad if strategy.fsdp_version == 2 else 0.0)
     constants = quant_state_bytes(facts, strategy.method)
     on_gpu["params"] += constants
     start = {"weights_gib": on_gpu["params"], "gradients_gib": held, "optimizer_states_gib": on_gpu["opt"],
@@ -141,7 +144,7 @@ def fsdp_terms(plan, facts, strategy, slack: float, fused_optimizer: bool = Fals
              "allocator_slack_gib": (act.stored_bytes + act.logits_loss_bytes) * slack}
     end = {"weights_gib": on_gpu["params"], "gradients_gib": on_gpu["grads"],
            "optimizer_states_gib": on_gpu["opt"], "activations_gib": act.working_bytes, "logits_loss_gib": 0.0,
-           "zero_buffers_gib": (root + unit if n > 1 else 0.0) + root_grad + layer_grad,
+           "zero_buffers_gib": (root + unit if n > 1 else 0.0) + root_grad + layer_grad + reduce_buf,
            "allocator_slack_gib": act.working_bytes * slack}
     step = {"weights_gib": on_gpu["params"], "gradients_gib": on_gpu["grads"],
             "optimizer_states_gib": on_gpu["opt"] + on_gpu["temp"], "activations_gib": 0.0, "logits_loss_gib": 0.0,
