@@ -231,6 +231,10 @@ def test_verify_runs_fsdp_steps_on_cpu_with_one_and_two_ranks():
         # random tokens over a 512-word vocabulary: the first loss is near ln(512) = 6.24
         assert len(r.losses) == 2 and all(math.isfinite(x) for x in r.losses) and abs(r.losses[0] - math.log(512)) < 1
     assert results[4].skipped and "accelerator" in results[4].skipped
+    # Every rank draws the same batch (same seed), so the mean gradient over 2 ranks is one rank's:
+    # sharded over 2 ranks, the run must reproduce the 1-rank losses.
+    for one, two in (results[0:2], results[2:4]):
+        assert two.losses == pytest.approx(one.losses, rel=1e-3)
 
 
 def _step_temporary_bytes(**adamw) -> tuple[int, list[int]]:

@@ -14,7 +14,9 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict
@@ -55,27 +57,40 @@ def _free_port() -> int:
 
 
 def _launch(spec: dict[str, Any], ranks: int, timeout_s: float) -> tuple[list, str | None]:
-    port = str(_free_port())
-    procs = []
-    for rank in range(ranks):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank), WORLD_SIZE=str(ranks),
-                   LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(ranks), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                   CUDA_VISIBLE_DEVICES="")
-        procs.append(subprocess.Popen([sys.executable, "-m", "memfit.engine.fsdp._worker"], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-    outs, deadline = [], time.monotonic() + timeout_s
-    for p in procs:
+    """Start every rank before waiting on any (they meet in init_process_group); each writes to its own
+    temporary files, so a chatty rank cannot block on a full pipe while the others wait for it."""
+    port, text = str(_free_port()), json.dumps(spec)
+    with tempfile.TemporaryDirectory(prefix="memfit-fsdp-") as tmp:
+        procs, logs = [], []
+        for rank in range(ranks):
+            env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank), WORLD_SIZE=str(ranks),
+                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(ranks), HF_HUB_OFFLINE="1",
+                       TRANSFORMERS_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
+            out, err = Path(tmp, f"{rank}.out").open("w+"), Path(tmp, f"{rank}.err").open("w+")
+            logs.append((out, err))
+            procs.append(subprocess.Popen([sys.executable, "-m", "memfit.engine.fsdp._worker"], stdin=subprocess.PIPE,
+                                          stdout=out, stderr=err, text=True, env=env))
+        for p in procs:
+            p.stdin.write(text)
+            p.stdin.close()
+        deadline = time.monotonic() + timeout_s
         try:
-            outs.append(p.communicate(json.dumps(spec), timeout=max(deadline - time.monotonic(), 1)))
+            for p in procs:
+                p.wait(timeout=max(deadline - time.monotonic(), 1))
         except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
+            for p in procs:
+                p.kill()
+                p.wait()
             return [], f"timed out after {timeout_s:.0f} s"
-    failed = [(p.returncode, err) for p, (_, err) in zip(procs, outs) if p.returncode != 0]
+        texts = [(o.seek(0) or o.read(), e.seek(0) or e.read()) for o, e in logs]
+        for o, e in logs:
+            o.close()
+            e.close()
+    failed = [(p.returncode, err) for p, (_, err) in zip(procs, texts) if p.returncode != 0]
     if failed:
         code, err = failed[0]
         return [], f"exit code {code}\n" + "\n".join(err.strip().splitlines()[-12:])
-    lines = [ln for ln in outs[0][0].splitlines() if ln.startswith(_RESULT_PREFIX)]
+    lines = [ln for ln in texts[0][0].splitlines() if ln.startswith(_RESULT_PREFIX)]
     return (json.loads(lines[-1][len(_RESULT_PREFIX):])["losses"] if lines else []), None
 
 
