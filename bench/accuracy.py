@@ -90,11 +90,13 @@ def evaluate(case: dict) -> dict:
     s = Strategy(method=t.method, zero_stage=t.zero_stage, offload_optimizer=t.offload_optimizer,
                  offload_param=t.offload_param, gradient_checkpointing=t.gradient_checkpointing,
                  micro_batch_size=t.micro_batch_size)
-    ds = deepspeed_estimate(facts, s, plan)
+    fsdp = t.sharding in ("fsdp", "fsdp1", "fsdp2")
+    ds = None if fsdp else deepspeed_estimate(facts, s, plan)  # DeepSpeed's estimator is for ZeRO runs
     cap = plan.hardware.gpu_memory_gib
     exp = case["expect"]
     ran = exp.get("gpu_fits", True if "gpu_peak_gib" in exp else None)
-    return {"name": case["name"], "measured": exp.get("gpu_peak_gib"), "expect_fits": ran,
+    return {"name": case["name"], "family": "fsdp" if fsdp else "deepspeed/plain",
+            "measured": exp.get("gpu_peak_gib"), "expect_fits": ran,
             "expect_host_fits": exp.get("host_fits", True if "host_peak_gib" in exp else None),
             "measured_host": exp.get("host_peak_gib"), "capacity": cap,
             "host_capacity": plan.hardware.host_memory_gib,
@@ -104,9 +106,9 @@ def evaluate(case: dict) -> dict:
                       "llamafactory": (lf_table_gib(facts, plan), None)}}
 
 
-def summarize(rows: list[dict]) -> dict:
+def summarize(rows: list[dict], tools=("memfit", "deepspeed", "accelerate", "llamafactory")) -> dict:
     out = {}
-    for tool in ("memfit", "deepspeed", "accelerate", "llamafactory"):
+    for tool in tools:
         errors, right, wrong, unsafe, n_verdicts, misses = [], 0, 0, 0, 0, []
         for r in rows:
             gpu, host = r["tools"][tool]
@@ -157,7 +159,19 @@ def render(rows, summary, markdown: bool) -> str:
                      f"verdicts right {s['right']}/{s['verdicts']}, 'fits' where a run measured OOM: {s['fits_but_measured_oom']}")
         if tool == "memfit":
             lines += [f"{'  - ' if markdown else '    '}wrong verdict: {m}" for m in s["misses"]]
+    lines += family_lines(rows, markdown)
     return "\n".join(lines)
+
+
+def family_lines(rows, markdown: bool) -> list[str]:
+    """memfit's summary per sharding family (PyTorch FSDP runs apart from DeepSpeed / single-GPU runs)."""
+    out = ["", "memfit by family:"]
+    for family in sorted({r["family"] for r in rows}):
+        s = summarize([r for r in rows if r["family"] == family], tools=("memfit",))["memfit"]
+        mae = "n/a" if s["median_abs_error"] is None else f"{s['median_abs_error']:.1%}"
+        out.append(f"{'- ' if markdown else '  '}{family}: median |error| {mae} over {s['cases_with_peak']} measured peaks; "
+                   f"verdicts right {s['right']}/{s['verdicts']}, 'fits' where a run measured OOM: {s['fits_but_measured_oom']}")
+    return out
 
 
 def main(argv=None) -> int:

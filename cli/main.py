@@ -232,22 +232,16 @@ def probe_cmd(plan_file, as_json) -> None:
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False), help="Also check it fits this plan's hardware.")
 @click.option("--json", "as_json", is_flag=True)
 def check_cmd(config, plan_file, as_json) -> None:
-    """Review an existing DeepSpeed CONFIG: typos, impossible combinations, batch arithmetic, fit."""
-    from pathlib import Path
-
-    from memfit.engine.core.errors import ConfigCheckError
-
+    """Review an existing DeepSpeed CONFIG (JSON) or accelerate FSDP config (YAML): typos, impossible
+    combinations, batch arithmetic, fit."""
     from memfit.engine.deepspeed.check import check
+    from memfit.engine.fsdp.check import check_accelerate, is_accelerate_yaml
 
     from .render import check_text
 
-    if Path(config).suffix in (".yaml", ".yml"):
-        from memfit.engine.integrations.common import fsdp_message, read_mapping
-
-        data = read_mapping(config)
-        raise ConfigCheckError(fsdp_message(config) if "fsdp_config" in data or data.get("distributed_type") == "FSDP"
-                          else f"{config}: not a DeepSpeed config (a YAML file); `advise check` reads DeepSpeed JSON")
-    if plan_file:
+    if is_accelerate_yaml(config):
+        result = check_accelerate(config, plan_file)
+    elif plan_file:
         from memfit.engine.advice.check_plan import check_against_plan
 
         result = check_against_plan(config, plan_file)

@@ -13,10 +13,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "engine"
 # Bottom to top: plan -> model -> memory -> search (policy, evidence) -> advice -> outputs of the tools.
-LAYERS = ["core", "machine", "plan", "model", "memory", "evidence", "policy", "search", "deepspeed",
+LAYERS = ["core", "machine", "plan", "model", "memory", "evidence", "policy", "search", "deepspeed", "fsdp",
           "advice", "review", "probe", "integrations"]
-# Packages on one level may not import each other (review, probe and integrations are siblings).
+# Packages on one level may not import each other (review, probe and integrations are siblings; so are
+# the two sharding engines' output packages, deepspeed and fsdp).
 TOP_SIBLINGS = {"review", "probe", "integrations"}
+ENGINE_SIBLINGS = {"deepspeed", "fsdp"}
 
 
 def _modules() -> dict[str, Path]:
@@ -74,7 +76,7 @@ def test_no_upward_imports():
             there = _layer(mod) if mod else ""
             if there not in rank or there == here:
                 continue
-            sibling = here in TOP_SIBLINGS and there in TOP_SIBLINGS
+            sibling = any(here in group and there in group for group in (TOP_SIBLINGS, ENGINE_SIBLINGS))
             if rank[there] > rank[here] or sibling:
                 problems.append(f"engine/{path.relative_to(ROOT)}:{line}: {here} imports {there}")
     assert problems == []

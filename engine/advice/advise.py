@@ -5,6 +5,7 @@ typed Advice (with DeepSpeed JSON and launch lines per candidate).
 """
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -16,7 +17,7 @@ from ..model.spec import ModelSpec, plan_model
 from ..plan.schema import Plan, load_plan
 from .results import (Advice, CandidateResult, EstimateResult, Explanation, HardwareSummary, MemoryReport,
                       ModelSummary)
-from ..policy.knobs import env_for
+from ..policy.knobs import accelerate_for, env_for
 from ..policy.rules import Rule, load_rules
 from ..plan.strategy import Strategy
 from ..evidence.match import Evidence
@@ -80,6 +81,8 @@ def _result(rank: int, c: Candidate, v, plan: Plan, model: ModelSpec) -> Candida
     from ..deepspeed.launch import launch_commands
 
     s = c.strategy
+    if s.sharding == "fsdp":
+        return _fsdp_result(rank, c, v, plan)
     cfg, notes = _ds_config(s, plan, model)
     explanation = [Explanation(rule=f.rule, topic=f.topic, effect=f.effect, score=f.score, message=f.message,
                                advice=f.advice, source=f.source) for f in v.firings]
@@ -92,6 +95,30 @@ def _result(rank: int, c: Candidate, v, plan: Plan, model: ModelSpec) -> Candida
         rejected_because=list(v.reject_reasons), explanation=explanation, settings=dict(v.settings),
         notes=notes + list(v.conflicts), deepspeed_config=cfg,
         launch=launch_commands(plan, s, env=env_for(v.settings)) if cfg else {})
+
+
+def _fsdp_result(rank: int, c: Candidate, v, plan: Plan) -> CandidateResult:
+    """An FSDP candidate: the accelerate config instead of DeepSpeed JSON (engine/fsdp/config.py)."""
+    from ..fsdp.config import accelerate_config, framework_keys, torchtune_overrides
+
+    s = c.strategy
+    explanation = [Explanation(rule=f.rule, topic=f.topic, effect=f.effect, score=f.score, message=f.message,
+                               advice=f.advice, source=f.source) for f in v.firings]
+    keys = {**framework_keys(s, plan), "torchtune": torchtune_overrides(s, plan)}
+    env = "".join(f"{k}={shlex.quote(val)} " for k, val in env_for(v.settings).items())
+    line = f"{env}accelerate launch --config_file fsdp_config.yaml train.py  # {s.key}"
+    acc = accelerate_config(s, plan)
+    acc.setdefault("fsdp_config", {}).update(accelerate_for(v.settings))  # the rules' `set` (policy/knobs.py)
+    return CandidateResult(
+        rank=rank, key=s.key, feasible=not v.rejected, method=s.method, zero_stage=s.zero_stage,
+        offload_optimizer=s.offload_optimizer, offload_param=s.offload_param,
+        gradient_checkpointing=s.gradient_checkpointing, micro_batch_size=s.micro_batch_size,
+        gradient_accumulation_steps=c.estimate.gradient_accumulation_steps, pin_memory=s.pin_memory,
+        gather_16bit_on_save=s.gather_16bit_on_save, score=v.score, memory=_memory_report(c),
+        rejected_because=[f.message for f in v.firings if f.effect == "reject"], explanation=explanation,
+        settings=dict(v.settings), notes=list(v.conflicts), deepspeed_config={}, launch={"accelerate": line},
+        sharding="fsdp", fsdp={"fsdp_version": s.fsdp_version, "fsdp_sharding": s.effective_fsdp_sharding},
+        accelerate_config=acc, framework_keys=keys)
 
 
 def evaluate_candidates(plan: Plan, model: ModelSpec, rules: Sequence[Rule], backend: str = "auto",
@@ -195,11 +222,16 @@ def estimate(plan: Plan | str | Path, *, rules_dirs: Iterable[str | Path] = (), 
         with about(_origin(plan.source, "rules", plan.rules, tuple(rules_dirs))):
             rules = load_rules([*rules_dirs, *(Path(plan.base_dir) / d for d in plan.rules)])
     model = plan_model(plan)
-    s = Strategy(**pins)
+    from ..search.fsdp_shapes import pinned_sharding
+
+    try:
+        s = Strategy(**pins, **pinned_sharding(plan))
+    except ValueError as exc:
+        raise PlanError(f"{plan.source}: {exc}") from None
     e = estimate_memory(plan, model, s)
     with Feasibility(rules, backend) as feasibility:
         max_mb, max_seq = _largest(plan, model, s, feasibility)
-    ds = deepspeed_estimate(model, s, plan)
+    ds = deepspeed_estimate(model, s, plan) if s.sharding == "deepspeed" else None
     return EstimateResult(
         plan=plan.source, model=model_summary(model, plan, s.method), strategy=s.model_dump(),
         gpu_peak_gib=round(e.gpu_peak_gib, 3), host_peak_gib=round(e.host_peak_gib, 3), nvme_gib=round(e.nvme_gib, 3),

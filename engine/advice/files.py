@@ -37,10 +37,22 @@ def advice_files(advice, plan=None, max_plans: int = 5) -> dict[str, str]:
             files["hostfile"] = hostfile_text(advice.hardware.nodes, advice.hardware.gpus_per_node)
         if "deepspeed_env" in best.launch:
             files[".deepspeed_env"] = best.launch["deepspeed_env"]
+    fsdp = [c for c in advice.candidates if c.feasible and c.accelerate_config]
+    if fsdp:  # the top FSDP plan: accelerate config, and the other tools' keys (engine/fsdp/config.py)
+        files["fsdp_config.yaml"] = _fsdp_yaml(fsdp[0])
+        files["fsdp_framework_keys.json"] = _json(fsdp[0].framework_keys)
     for i, c in enumerate(feasible[:max_plans], start=1):
         folder = f"plans/{i:02d}-{c.key.replace('/', '-')}"
         files[f"{folder}/ds_config.json"] = _json(c.deepspeed_config)
     return files
+
+
+def _fsdp_yaml(c) -> str:
+    import yaml
+
+    return (f"# accelerate FSDP config written by memfit for {c.key}.\n"
+            "# Run: accelerate launch --config_file fsdp_config.yaml train.py\n"
+            + yaml.safe_dump(c.accelerate_config, sort_keys=False))
 
 
 def hf_config(candidate, plan) -> dict:

@@ -75,6 +75,11 @@ class CandidateResult(_Out):
     notes: list[str]
     deepspeed_config: dict[str, Any]
     launch: dict[str, str]
+    # PyTorch FSDP candidates (training.sharding): the engine, its shape, and what runs it.
+    sharding: str = "deepspeed"
+    fsdp: dict[str, Any] = Field(default_factory=dict, description="FSDP version and sharding strategy; {} for DeepSpeed")
+    accelerate_config: dict[str, Any] = Field(default_factory=dict, description="accelerate FSDP config file; {} for DeepSpeed")
+    framework_keys: dict[str, Any] = Field(default_factory=dict, description="torchtune overrides, LLaMA-Factory and axolotl FSDP keys")
 
 
     def to_strategy(self):
@@ -84,7 +89,8 @@ class CandidateResult(_Out):
         return Strategy(method=self.method, zero_stage=self.zero_stage, offload_optimizer=self.offload_optimizer,
                         offload_param=self.offload_param, gradient_checkpointing=self.gradient_checkpointing,
                         micro_batch_size=self.micro_batch_size, pin_memory=self.pin_memory,
-                        gather_16bit_on_save=self.gather_16bit_on_save)
+                        gather_16bit_on_save=self.gather_16bit_on_save, **({"sharding": "fsdp", **self.fsdp}
+                                                                             if self.sharding == "fsdp" else {}))
 
 
 class Advice(_Out):

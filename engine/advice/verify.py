@@ -21,8 +21,16 @@ def verify_plan(plan_path: str | Path, top: int = 3, timeout_s: float = 300.0):
     # and running the same ZeRO/offload shape twice proves little more.
     chosen, shapes = [], set()
     for c in advice.candidates:
-        shape = (c.method, c.zero_stage, c.offload_optimizer, c.offload_param)
+        shape = (c.method, c.zero_stage, c.offload_optimizer, c.offload_param, c.sharding, str(c.fsdp))
         if c.feasible and shape not in shapes and len(chosen) < top:
             shapes.add(shape)
             chosen.append(c.to_strategy())
-    return advice, verify(plan, chosen, dict(model.config), timeout_s=timeout_s)
+    ds = [s for s in chosen if s.sharding == "deepspeed"]
+    fs = [s for s in chosen if s.sharding == "fsdp"]
+    results = verify(plan, ds, dict(model.config), timeout_s=timeout_s) if ds else []
+    if fs:  # PyTorch FSDP on CPU with gloo, 1 and 2 ranks (engine/fsdp/verify.py)
+        from ..deepspeed.verify import tiny_config
+        from ..fsdp.verify import verify_fsdp
+
+        results += verify_fsdp(plan, fs, tiny_config(dict(model.config)), timeout_s=timeout_s)
+    return advice, results

@@ -214,7 +214,7 @@ def read_deepspeed(path: Path, source: str, key: str, out: ForeignRead) -> dict[
 def fsdp_message(path: str | Path) -> str:
     """The one message for an accelerate/FSDP config given where a DeepSpeed JSON was expected."""
     return (f"{path}: not a DeepSpeed config: this is an accelerate config (distributed_type / fsdp_config); "
-            "FSDP is not supported yet by memfit. Give a DeepSpeed JSON, or leave the strategy to memfit")
+            f"review it with `advise check {path} [--plan PLAN]`, or plan FSDP with training.sharding: fsdp")
 
 
 def fsdp_pins(shard: str, offload: bool) -> tuple[dict[str, Any], str]:

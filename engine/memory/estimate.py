@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from .activations import activation_bytes
+from .fsdp import fsdp_terms
 from .states import frozen_weight_bytes, state_bytes, trainable_params
 from ..core.units import GIB
 from ..core.ds_defaults import (OPT_NVME_BUFFERS, PARAM_NVME_BUFFER_SIZE, PARAM_NVME_BUFFERS, SUB_GROUP_SIZE,
@@ -105,8 +106,11 @@ def estimate_memory(plan, facts, strategy) -> MemoryEstimate:
     Returns:
         MemoryEstimate with the peak, its phase, capacity, verdicts and breakdowns, in GiB.
     """
-    gpu, gpu_phase, accum = _gpu_peak(plan, facts, strategy)
-    host, host_phase, nvme = _host_peak(plan, facts, strategy)
+    if strategy.sharding == "fsdp":  # PyTorch FSDP: its own terms (memory/fsdp.py)
+        gpu, gpu_phase, accum, host, host_phase, nvme = _fsdp_peaks(plan, facts, strategy)
+    else:
+        gpu, gpu_phase, accum = _gpu_peak(plan, facts, strategy)
+        host, host_phase, nvme = _host_peak(plan, facts, strategy)
     hw = plan.hardware
     gpu_peak = gpu.total_gib
     host_peak = host.total_gib
@@ -240,3 +244,13 @@ def _host_peak(plan, facts, strategy) -> tuple[HostBreakdown, str, float]:
              "nvme_swap_buffers_gib", "checkpoint_load_gib", "save_gather_gib", "dataset_gib")
     host = HostBreakdown(process_baseline_gib=baseline / GIB, **{k: v / GIB for k, v in zip(names, values)})
     return host, phase, (opt_nvme + params_nvme) / GIB
+
+
+def _fsdp_peaks(plan, facts, strategy) -> tuple[GpuBreakdown, str, int, HostBreakdown, str, float]:
+    """FSDP's terms (bytes) as breakdowns in GiB, plus the per-process terms shared with DeepSpeed."""
+    terms = fsdp_terms(plan, facts, strategy, ALLOCATOR_SLACK)
+    gpu = GpuBreakdown(**{k: v / GIB for k, v in terms.gpu.items()}, cuda_context_gib=CUDA_CONTEXT_GIB,
+                       nccl_gib=NCCL_GIB if plan.hardware.world_size > 1 else 0.0)
+    host = HostBreakdown(process_baseline_gib=HOST_PROCESS_GIB * plan.hardware.gpus_per_node,
+                         **{k: v / GIB for k, v in terms.host.items()})
+    return gpu, terms.gpu_phase, terms.accumulation_steps, host, terms.host_phase, 0.0

@@ -155,6 +155,9 @@ class Training(_Strict):
     zero_stage: Union[Literal[0, 1, 2, 3], Auto] = "auto"
     offload_optimizer: Union[Offload, Auto] = "auto"
     offload_param: Union[Offload, Auto] = "auto"
+    sharding: Literal["auto", "deepspeed", "fsdp", "fsdp1", "fsdp2", "any", "none"] = Field(
+        "auto", description="sharding engine: auto = deepspeed; fsdp = PyTorch FSDP (either version), fsdp1 | fsdp2 "
+                            "pin the version; any = both engines, ranked by the rules; none = no sharding (ZeRO-0)")
 
     @field_validator("micro_batch_size")
     @classmethod

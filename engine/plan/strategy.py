@@ -7,6 +7,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Method = Literal["full", "lora", "qlora"]
 Offload = Literal["none", "cpu", "nvme"]
+# PyTorch FSDP's sharding strategies (torch.distributed.fsdp.ShardingStrategy); FSDP2 spells them
+# reshard_after_forward=True/False and a 2-D mesh for HYBRID_SHARD.
+FsdpSharding = Literal["FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"]
+_FSDP_SHORT = {"FULL_SHARD": "full", "SHARD_GRAD_OP": "grad_op", "HYBRID_SHARD": "hybrid", "NO_SHARD": "no_shard"}
+# The ZeRO stage that shards the same states (for rules and facts that speak in stages).
+FSDP_EQUIVALENT_STAGE = {"FULL_SHARD": 3, "HYBRID_SHARD": 3, "SHARD_GRAD_OP": 2, "NO_SHARD": 0}
+
+
+_STAGE_TO_FSDP = {3: "FULL_SHARD", 2: "SHARD_GRAD_OP", 1: "NO_SHARD", 0: "NO_SHARD"}
 
 
 class Strategy(BaseModel):
@@ -26,10 +35,18 @@ class Strategy(BaseModel):
     # ZeRO-3 only: gather the 16-bit weights onto rank 0's host at save (a usable checkpoint, at the
     # cost of one full 16-bit copy of the model in host RAM); off means zero_to_fp32.py afterwards.
     gather_16bit_on_save: bool = True
+    # The sharding engine. FSDP strategies keep zero_stage at the equivalent ZeRO stage
+    # (FSDP_EQUIVALENT_STAGE) and offload parameters, gradients and optimizer together (CPUOffload);
+    # gather_16bit_on_save then means FULL_STATE_DICT at save (off: SHARDED_STATE_DICT).
+    sharding: Literal["deepspeed", "fsdp"] = "deepspeed"
+    fsdp_version: Literal[1, 2] = 1
+    fsdp_sharding: FsdpSharding = "FULL_SHARD"
 
     @property
     def key(self) -> str:
         """Short stable label, e.g. 'full/z3/opt=cpu/param=cpu/gc/mb1'."""
+        if self.sharding == "fsdp":
+            return self._fsdp_key()
         parts = [self.method, f"z{self.zero_stage}"]
         if self.offload_optimizer != "none":
             parts.append(f"opt={self.offload_optimizer}")
@@ -39,6 +56,25 @@ class Strategy(BaseModel):
             parts.append("unpinned")
         if self.zero_stage == 3 and not self.gather_16bit_on_save:
             parts.append("nogather")
+        parts.append("gc" if self.gradient_checkpointing else "nogc")
+        parts.append(f"mb{self.micro_batch_size}")
+        return "/".join(parts)
+
+    @property
+    def effective_fsdp_sharding(self) -> str:
+        """fsdp_sharding, or the FSDP strategy of zero_stage when a neighbour copy changed only the stage
+        (`model_copy(update={"zero_stage": ...})` skips validation): stage 1 has no FSDP form, NO_SHARD."""
+        if FSDP_EQUIVALENT_STAGE[self.fsdp_sharding] == self.zero_stage:
+            return self.fsdp_sharding
+        return _STAGE_TO_FSDP[self.zero_stage]
+
+    def _fsdp_key(self) -> str:
+        """e.g. 'full/fsdp1-full/offload/gc/mb1': version, sharding strategy, CPU offload, save format."""
+        parts = [self.method, f"fsdp{self.fsdp_version}-{_FSDP_SHORT[self.effective_fsdp_sharding]}"]
+        if self.offload_param != "none":
+            parts.append("offload" if self.pin_memory else "offload-unpinned")
+        if self.method == "full" and not self.gather_16bit_on_save:
+            parts.append("sharded-save")
         parts.append("gc" if self.gradient_checkpointing else "nogc")
         parts.append(f"mb{self.micro_batch_size}")
         return "/".join(parts)

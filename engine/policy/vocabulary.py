@@ -78,6 +78,13 @@ class CandidateFacts(BaseModel):
     dataset_gib: float = Field(description="tokenised data set size")
     dataset_host_share: float = Field(description="cached data set copies (ranks x workers) / host RAM")
     streaming: str = Field(description="plan's data.streaming: auto | true | false")
+    # Sharding engine (rules/sharding.yaml): DeepSpeed ZeRO or PyTorch FSDP
+    sharding: str = Field("deepspeed", description="sharding engine: deepspeed | fsdp")
+    fsdp_version: int = Field(0, description="FSDP 1 (flat parameters) or 2 (fully_shard, DTensor); 0 for DeepSpeed")
+    fsdp_sharding: str = Field("", description="FULL_SHARD | SHARD_GRAD_OP | HYBRID_SHARD | NO_SHARD; '' for DeepSpeed")
+    engines_compared: bool = Field(False, description="the search holds both engines (training.sharding: any)")
+    deepspeed_feasible: bool = Field(False, description="some DeepSpeed candidate passes every reject rule")
+    fsdp_feasible: bool = Field(False, description="some FSDP candidate passes every reject rule")
 
 
 FACT_TYPES: dict[str, type] = {

@@ -60,6 +60,8 @@ def plan_dicts(draw, models: Sequence[Any] | None = None, pin_micro_batch: bool 
         # Listed in another order than offload_optimizer's: hypothesis likes to repeat a choice index,
         # which would tie the two pins together (opt=cpu nearly always with param=cpu).
         "offload_param": draw(st.sampled_from(("auto", "none", "auto", "cpu", "nvme"))),
+        # Sharding engine: mostly the default (DeepSpeed), often both engines or FSDP alone.
+        "sharding": draw(st.sampled_from(("auto", "auto", "any", "auto", "fsdp", "deepspeed", "fsdp1", "fsdp2", "none"))),
     }
     gbs = draw(st.sampled_from((None, 64, 256)))
     if gbs:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from itertools import product
 from typing import Iterator
 
+from .fsdp_shapes import fsdp_shapes, uses_deepspeed
 from ..plan.strategy import Strategy
 
 _OFFLOADS = ("none", "cpu", "nvme")
@@ -24,12 +25,18 @@ def strategy_shapes(plan) -> Iterator[Strategy]:
     Args:
         plan: the checked Plan; pinned training values restrict the search, 'auto' opens it.
     """
+    yield from _deepspeed_shapes(plan) if uses_deepspeed(plan) else ()
+    yield from fsdp_shapes(plan)  # only when training.sharding asks for FSDP (search/fsdp_shapes.py)
+
+
+def _deepspeed_shapes(plan) -> Iterator[Strategy]:
     t = plan.training
+    stages = (0,) if t.sharding == "none" else (0, 1, 2, 3)
     methods = _pick(t.method, ("full", "lora", "qlora"))
     if plan.policy.require_full_finetune and t.method == "auto":
         methods = ("full",)
     for method, stage, opt, param, ckpt in product(
-            methods, _pick(t.zero_stage, (0, 1, 2, 3)), _pick(t.offload_optimizer, _OFFLOADS),
+            methods, stages if t.sharding == "none" else _pick(t.zero_stage, stages), _pick(t.offload_optimizer, _OFFLOADS),
             _pick(t.offload_param, _OFFLOADS), _pick(t.gradient_checkpointing, (False, True))):
         if t.offload_optimizer == "auto" and opt != "none" and stage < 2:
             continue

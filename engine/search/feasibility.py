@@ -19,7 +19,7 @@ from ..policy.rules import Rule
 
 # Facts about other candidates (neighbours, other methods), computed from first-pass verdicts.
 RELATIONAL_FACTS = frozenset({"feasible_without_checkpointing", "feasible_without_offload", "feasible_pinned",
-                              "lower_stage_feasible", "lora_feasible"})
+                              "lower_stage_feasible", "lora_feasible", "deepspeed_feasible", "fsdp_feasible"})
 _ABSENT = object()
 
 

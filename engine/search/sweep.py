@@ -12,6 +12,7 @@ from typing import Any, Iterable
 
 from .candidates import micro_batch_limit, strategy_shapes
 from .feasibility import Feasibility, largest_passing
+from .fsdp_shapes import engine_facts
 from ..policy.vocabulary import CandidateFacts
 from ..memory.estimate import MemoryEstimate, estimate_memory
 from ..evidence.match import Evidence
@@ -89,7 +90,10 @@ def sweep(plan, model, feasibility: Feasibility, evidence: Evidence = Evidence()
 
 def cross_facts(probe: PlanProbe, sized: Iterable[Strategy]) -> dict[str, bool]:
     """Facts about the other candidates, from the first pass of the reject rules over all of them."""
-    return {"lora_feasible": any(s.method == "lora" and probe.passes(s) for s in sized)}
+    sized = list(sized)
+    return {"lora_feasible": any(s.method == "lora" and probe.passes(s) for s in sized),
+            "deepspeed_feasible": any(s.sharding == "deepspeed" and probe.passes(s) for s in sized),
+            "fsdp_feasible": any(s.sharding == "fsdp" and probe.passes(s) for s in sized)}
 
 
 def _neighbours(probe: PlanProbe, s: Strategy) -> dict[str, bool]:
@@ -143,6 +147,7 @@ def _measures(plan, model, s: Strategy, e: MemoryEstimate, ev: Evidence) -> dict
         dataset_gib=plan.data.dataset_gib,
         dataset_host_share=plan.data.dataset_gib * ranks_copies / e.host_capacity_gib,
         streaming=str(plan.data.streaming).lower(),
+        **engine_facts(plan, s),
     )
 
 

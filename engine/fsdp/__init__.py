@@ -1,0 +1,1 @@
+"""PyTorch FSDP outputs: accelerate config writer and checker, torchtune/LLaMA-Factory/axolotl keys, CPU verify."""

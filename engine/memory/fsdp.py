@@ -1,0 +1,207 @@
+"""Memory terms of PyTorch FSDP (FSDP1 flat parameters and FSDP2 `fully_shard`), per GPU and per node.
+
+Read from torch 2.13 (torch/distributed/fsdp/) and accelerate 1.x (utils/dataclasses.py
+FullyShardedDataParallelPlugin); docs/explanation/memory-model.md lists every term with its source.
+Units are wrapped per decoder layer (accelerate's TRANSFORMER_BASED_WRAP); what no layer owns
+(embeddings, lm_head, final norm) is the root unit.
+
+Three moments compete for the GPU peak:
+- start of backward: shards + optimizer states + the root unit and two layer units unsharded (FSDP1's
+  `_FreeEventQueue` allows two all-gathers in flight; FSDP2 adds its all-gather output buffer) or,
+  under SHARD_GRAD_OP, every unit (not resharded after forward) + activations + the loss peak;
+- end of backward: + all sharded gradients, the root's unsharded gradient and one layer's working set;
+- optimizer step: shards + gradients + states + torch AdamW's foreach temporaries.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .activations import activation_bytes
+from .states import QLORA_BYTES_PER_PARAM, state_bytes, trainable_params
+from ..core.ds_defaults import accumulation_steps
+
+
+@dataclass(frozen=True)
+class FsdpTerms:
+    """Bytes per GPU (gpu_*) and per node (host_*) at the peak moment of each, with the phases."""
+
+    gpu: dict[str, float]
+    gpu_phase: str
+    host: dict[str, float]
+    host_phase: str
+    accumulation_steps: int
+
+
+def shard_group(strategy, gpus_per_node: int, world: int) -> int:
+    """GPUs one copy of the states is sharded over: all of them, one node's (HYBRID_SHARD), or none."""
+    return {"FULL_SHARD": world, "SHARD_GRAD_OP": world, "HYBRID_SHARD": gpus_per_node, "NO_SHARD": 1}[
+        strategy.effective_fsdp_sharding]
+
+
+def _dtypes(precision: str, optimizer: str, hidden: int, fused: bool) -> dict[str, float]:
+    """Bytes per trainable parameter: sharded (at rest) and unsharded (compute) copies."""
+    sb = state_bytes(precision, optimizer, hidden)
+    mixed = precision in ("bf16", "fp16")
+    return {
+        # MixedPrecision keeps the sharded FlatParameter in its original dtype (fp32) and casts the
+        # gradient back to it (_runtime_utils._cast_grad_to_param_dtype); states follow the shard.
+        "param_shard": 4.0 if mixed else sb.weights,
+        "grad_shard": 4.0 if mixed else sb.gradients,
+        "moments": sb.moments,
+        # torch/optim/adam.py _multi_tensor_adam: torch._foreach_sqrt(exp_avg_sqs) copies the second
+        # moments of the whole device/dtype group; fused=True steps in place.
+        "foreach_temp": 0.0 if fused else sb.foreach_temp,
+        "compute": sb.weights,  # param_dtype of the all-gathered unit
+        "grad_compute": sb.gradients,  # unsharded gradient before the reduce-scatter
+    }
+
+
+def _frozen_bytes(facts, method: str, precision: str) -> float:
+    """Frozen base weights that FSDP shards. QLoRA under FSDP stores the packed 4-bit weights in a
+    bf16 carrier (bnb_4bit_quant_storage) and every other weight in bf16 too: a FlatParameter must
+    have one dtype (_flat_param.py _validate_tensors_to_flatten), so peft's fp32 upcast of the norms
+    cannot happen (TRL skips prepare_model_for_kbit_training for sharded QLoRA)."""
+    if method == "full":
+        return 0.0
+    w = 4.0 if precision == "fp32" else 2.0
+    if method == "lora":
+        return facts.total_params * w
+    quantized = facts.quantizable_params()
+    return quantized * 0.5 + (facts.total_params - quantized) * 2.0
+
+
+def quant_state_bytes(facts, method: str) -> float:
+    """bitsandbytes' quantisation constants (absmax, nested absmax) of every 4-bit weight: attributes
+    of Params4bit.quant_state, not parameters, so FSDP neither shards nor offloads them."""
+    return facts.quantizable_params() * (QLORA_BYTES_PER_PARAM - 0.5) if method == "qlora" else 0.0
+
+
+def unit_params(facts) -> tuple[float, float]:
+    """(parameters of one decoder layer, parameters of the root unit: embeddings, lm_head, final norm)."""
+    head = 0 if facts.tie_word_embeddings else facts.lm_head_params
+    root = facts.embedding_params + head + facts.hidden_size  # + the final norm's weight
+    layer = max(facts.total_params - root, 0) / max(facts.num_layers, 1)
+    return layer, facts.total_params - layer * facts.num_layers
+
+
+def _in_flight(strategy, unit_bytes: float, root_bytes: float, model_bytes: float) -> float:
+    """Unsharded parameters on the GPU at the start of backward."""
+    if strategy.effective_fsdp_sharding == "NO_SHARD":
+        return 0.0  # the parameters are the full copy already counted in the shard
+    if strategy.effective_fsdp_sharding == "SHARD_GRAD_OP":
+        return model_bytes  # reshard_after_forward=False: every unit stays gathered until its backward
+    # The root is not resharded after forward (_runtime_utils._post_forward_reshard: `not
+    # state._is_root`; FSDP2 _fsdp_state._lazy_init sets post_forward_mesh_info = None for it).
+    layers = 2 * unit_bytes  # current unit + the prefetched one (limit_all_gathers, BACKWARD_PRE)
+    if strategy.fsdp_version == 2:
+        layers += unit_bytes  # foreach_all_gather's output buffer before foreach_all_gather_copy_out
+    return root_bytes + layers
+
+
+def fsdp_terms(plan, facts, strategy, slack: float, fused_optimizer: bool = False) -> FsdpTerms:
+    """Named memory terms of one FSDP strategy (bytes; the caller adds CUDA context, NCCL, process RSS).
+
+    Args:
+        plan: the checked Plan.
+        facts: ModelSpec of the model that trains.
+        strategy: a Strategy with sharding 'fsdp'.
+        slack: caching-allocator slack on short-lived tensors (fraction).
+        fused_optimizer: torch AdamW(fused=True) instead of the default foreach path.
+    Returns:
+        FsdpTerms with GpuBreakdown/HostBreakdown field names (without context, NCCL and baseline).
+    """
+    t, hw = plan.training, plan.hardware
+    n = shard_group(strategy, hw.gpus_per_node, hw.world_size)
+    d = _dtypes(t.precision, t.optimizer, facts.hidden_size, fused_optimizer)
+    n_train = trainable_params(facts, strategy.method, t.lora.rank, t.lora.target_modules)
+    frozen = _frozen_bytes(facts, strategy.method, t.precision)
+    model_compute = frozen + n_train * d["compute"]
+    layer_p, root_p = unit_params(facts)
+    unit, root = model_compute * layer_p / facts.total_params, model_compute * root_p / facts.total_params
+    train_share = n_train / facts.total_params if strategy.method == "full" else 0.0
+    shards = {"params": (frozen + n_train * d["param_shard"]) / n, "grads": n_train * d["grad_shard"] / n,
+              "opt": n_train * d["moments"] / n, "temp": n_train * d["foreach_temp"] / n}
+    offload = strategy.offload_param != "none"
+    on_gpu = {k: (0.0 if offload else v) for k, v in shards.items()}
+    act = activation_bytes(facts, t.seq_len, strategy.micro_batch_size, t.attention, strategy.method,
+                           strategy.gradient_checkpointing, t.precision, lora_rank=t.lora.rank,
+                           lora_targets=t.lora.target_modules, lora_dropout=t.lora.dropout)
+    accum = accumulation_steps(t.global_batch_size, strategy.micro_batch_size, hw.world_size)
+    held = on_gpu["grads"] if accum > 1 else 0.0
+    # Unsharded gradients: the root's lives from lm_head's backward to the embedding's (one unit);
+    # a layer's until its reduce-scatter. NO_SHARD all-reduces the gradient in place.
+    root_grad = root_p * train_share * d["grad_compute"] if n > 1 else 0.0
+    layer_grad = layer_p * train_share * d["grad_compute"] if n > 1 else 0.0
+    flight = _in_flight(strategy, unit, root, model_compute)
+    # Reduce-scatter buffers for a layer's gradient: the sharded output (FSDP1 _get_reduce_scatter_tensors)
+    # and, in FSDP2, the flat input the gradients are copied into first (foreach_reduce_scatter_copy_in).
+    reduce_buf = layer_grad / n + (layer_grad if strategy.fsdp_version == 2 else 0.0)
+    constants = quant_state_bytes(facts, strategy.method)
+    on_gpu["params"] += constants
+    start = {"weights_gib": on_gpu["params"], "gradients_gib": held, "optimizer_states_gib": on_gpu["opt"],
+             "activations_gib": act.stored_bytes, "logits_loss_gib": act.logits_loss_bytes,
+             "zero_buffers_gib": flight + root_grad,
+             "allocator_slack_gib": (act.stored_bytes + act.logits_loss_bytes) * slack}
+    end = {"weights_gib": on_gpu["params"], "gradients_gib": on_gpu["grads"],
+           "optimizer_states_gib": on_gpu["opt"], "activations_gib": act.working_bytes, "logits_loss_gib": 0.0,
+           "zero_buffers_gib": (root + unit if n > 1 else 0.0) + root_grad + layer_grad + reduce_buf,
+           "allocator_slack_gib": act.working_bytes * slack}
+    step = {"weights_gib": on_gpu["params"], "gradients_gib": on_gpu["grads"],
+            "optimizer_states_gib": on_gpu["opt"] + on_gpu["temp"], "activations_gib": 0.0, "logits_loss_gib": 0.0,
+            "zero_buffers_gib": 0.0, "allocator_slack_gib": 0.0}
+    phases = {"forward/backward": start, "end of backward": end, "optimizer step": step}
+    gpu_phase = max(phases, key=lambda k: sum(phases[k].values()))
+    host, host_phase = _host(plan, facts, strategy, shards, n, layer_p, d, model_compute, n_train)
+    return FsdpTerms(phases[gpu_phase], gpu_phase, host, host_phase, accum)
+
+
+def pinned_bytes(nbytes: float) -> float:
+    """Host bytes a pinned tensor takes: the CUDA caching host allocator rounds every block up to a
+    power of two (ATen/core/CachingHostAllocator.h `PowerOf2Ceil`, default round threshold: no limit)."""
+    return float(1 << (max(int(nbytes), 1) - 1).bit_length())
+
+
+def _host(plan, facts, strategy, shards, n, layer_p, d, model_compute, n_train) -> tuple[dict, str]:
+    t, hw = plan.training, plan.hardware
+    ranks = hw.gpus_per_node
+    per_node = ranks  # each rank of this node holds its own shard (HYBRID: a whole copy per node)
+    opt_host = params_host = slack = 0.0
+    if strategy.offload_param != "none":
+        # CPUOffload moves the shard, its gradient (FSDP1 `_cpu_grad`, both pinned in
+        # FlatParamHandle._init_shard_metadata / FSDP2 FSDPParam.pin_memory) and the optimizer states
+        # (created by AdamW beside the CPU parameters, not pinned) to host RAM. On CPU tensors AdamW
+        # takes the single-tensor path (no foreach), whose temporaries are one parameter's.
+        opt_host = shards["opt"] * per_node + layer_p * d["moments"] / n * per_node
+        params_host = (shards["params"] + shards["grads"]) * per_node
+        units = facts.num_layers
+        root_share = 1 - layer_p * units / facts.total_params
+        layer_shard = (shards["params"] + shards["grads"]) * (1 - root_share) / units
+        root_shard = (shards["params"] + shards["grads"]) * root_share
+        pinned = units * pinned_bytes(layer_shard) + (pinned_bytes(root_shard) if root_shard > 0 else 0.0)
+        slack = (pinned - (shards["params"] + shards["grads"])) * per_node
+    dataset = 0.0 if plan.data.streaming is True else plan.data.dataset_gib * 2**30 * ranks
+    # Loading: with cpu_ram_efficient_loading (always written by memfit, with sync_module_states) only
+    # rank 0 materialises the checkpoint, in the dtype the shards keep; the others start on meta.
+    load = facts.total_params * d["param_shard"] if strategy.method == "full" else _load_frozen(plan, facts, strategy)
+    # Save with FULL_STATE_DICT: accelerate gathers model, then optimizer state, onto rank 0's CPU
+    # (FullStateDictConfig / FullOptimStateDictConfig offload_to_cpu, rank0_only); one at a time.
+    gather = 0.0
+    if strategy.method == "full" and strategy.gather_16bit_on_save:
+        gather = max(n_train * d["param_shard"], n_train * d["moments"])
+    train = opt_host + params_host + slack + dataset + gather
+    loading = params_host + slack + dataset + load
+    if train >= loading:
+        values = (opt_host, params_host, slack, 0.0, gather, dataset)
+        phase = "training" if gather == 0 else "checkpoint save"
+    else:
+        values = (0.0, params_host, slack, load, 0.0, dataset)
+        phase = "model loading"
+    names = ("offloaded_optimizer_gib", "offloaded_params_gib", "offload_slack_gib", "checkpoint_load_gib",
+             "save_gather_gib", "dataset_gib")
+    host = dict(zip(names, values))
+    host["nvme_swap_buffers_gib"] = 0.0
+    return host, phase
+
+
+def _load_frozen(plan, facts, strategy) -> float:
+    return _frozen_bytes(facts, strategy.method, plan.training.precision)
