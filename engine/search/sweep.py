@@ -125,6 +125,7 @@ def _facts(plan, memo: _Memo, s: Strategy, e: MemoryEstimate, ok_by_method: dict
         lora_fits=ok_by_method.get("lora", False), full_fits=ok_by_method.get("full", False),
         measured=ev.present, measured_oom=oom is not None, measured_oom_source=oom or "",
         measured_ratio=ev.ratio_for(s),
+        measured_ratio_source=ev.ratio_source if ev.ratio_for(s) else "",
         fragmentation_seen=ev.fragmentation,
         dataset_gib=plan.data.dataset_gib,
         dataset_host_share=plan.data.dataset_gib * ranks_copies / e.host_capacity_gib,
