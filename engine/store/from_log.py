@@ -10,6 +10,7 @@ from ..evidence.logs import parse_log
 from ..evidence.match import infer_run, run_strategy
 from ..model.spec import resolve_model
 from ..plan.schema import Plan
+from .make import estimate_dict, plan_dict, versions
 from .record import MeasurementRecord, model_fingerprint
 
 
@@ -30,8 +31,6 @@ def record_from_log(path: Path, plan: Plan) -> MeasurementRecord:
         StoreError: the run's strategy cannot be known from the log and the plan's pins.
         LogError: the log is unreadable.
     """
-    from .ingest import estimate_dict, plan_dict, versions
-
     facts = parse_log(path)
     strategy = run_strategy(plan, infer_run(path))
     if strategy is None:

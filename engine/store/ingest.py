@@ -4,54 +4,16 @@ parsers behind `advise facts`), the last with the plan of the run they came from
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 from typing import Any, Optional
 
 from ..core.errors import PlanError, StoreError
-from ..core.units import GIB
-from ..memory.estimate import estimate_memory
 from ..model.spec import resolve_model
 from ..plan.schema import Plan, plan_from_dict
 from ..plan.strategy import Strategy
 from .record import MeasurementRecord, model_fingerprint, record_from_json
 
 _PINS = ("method", "zero_stage", "offload_optimizer", "offload_param", "gradient_checkpointing", "micro_batch_size")
-
-
-def plan_dict(plan: Plan, model) -> dict[str, Any]:
-    """The plan as a self-contained mapping: a model read from a path is inlined (the path may not exist
-    where the record is read), and rule/log paths relative to the plan file are dropped."""
-    data = plan.model_dump(mode="json")
-    data.update(rules=[], measured=[])
-    if isinstance(plan.model, str) and model.source in ("path", "hf-cache"):
-        data["model"] = {**dict(model.config), "_name_or_path": plan.model}
-    return data
-
-
-def estimate_dict(plan: Plan, model, strategy: Strategy) -> dict[str, Any]:
-    """memfit's estimate in the shape bench/gpu_calibration.py records it."""
-    e = estimate_memory(plan, model, strategy)
-    return {"gpu_peak_gib": round(e.gpu_peak_gib, 4), "host_peak_gib": round(e.host_peak_gib, 4),
-            "gpu_peak_phase": e.gpu_peak_phase, "breakdown": {"gpu": e.gpu.as_dict(), "host": e.host.as_dict()}}
-
-
-def versions() -> dict[str, str]:
-    """memfit's and Python's versions, and those of torch/transformers/deepspeed where already imported."""
-    import sys
-
-    found = {"python": platform.python_version()}
-    try:
-        from importlib.metadata import version
-
-        found["memfit"] = version("memfit")
-    except Exception:  # an uninstalled checkout: the version is unknown, not an error
-        pass
-    for name in ("torch", "transformers", "deepspeed", "peft", "accelerate"):
-        mod = sys.modules.get(name)
-        if mod is not None and getattr(mod, "__version__", None):
-            found[name] = str(mod.__version__)
-    return found
 
 
 def pinned_strategy(plan: Plan, where: str) -> Strategy:
@@ -65,10 +27,6 @@ def pinned_strategy(plan: Plan, where: str) -> Strategy:
     if loose:
         raise StoreError(loose)
     return Strategy(**{k: getattr(t, k) for k in _PINS})
-
-
-def _bytes(gib: Optional[float]) -> Optional[int]:
-    return int(round(gib * GIB)) if gib else None
 
 
 def _finish(data: dict[str, Any], where: str) -> MeasurementRecord:
@@ -118,12 +76,16 @@ def _json_records(text: str, path: Path) -> Optional[list[MeasurementRecord]]:
     lines = [(n, ln) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
     if not lines or not lines[0][1].lstrip().startswith("{"):
         return None
-    out = []
-    for n, line in lines:
+    out, problems = [], []
+    for n, line in lines:  # every bad line is reported at once
         try:
             out.append(_finish(json.loads(line), f"{path}:{n}"))
         except ValueError as exc:
-            raise StoreError(f"{path}:{n}: not a JSON record ({exc})") from None
+            problems.append(f"{path}:{n}: not a JSON record ({exc})")
+        except StoreError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise StoreError(problems)
     return out
 
 
