@@ -50,6 +50,14 @@ def _precision(args, model) -> str:
     return "pure_bf16" if ("bfloat16" in dtype or "float16" in dtype) else "fp32"
 
 
+def _checkpointing(base) -> bool:
+    # transformers 5 renamed is_gradient_checkpointing (deprecated) to is_activation_checkpointing
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(base), name):
+            return bool(getattr(base, name))
+    return False
+
+
 def _optimizer(args) -> str:
     name = str(getattr(getattr(args, "optim", ""), "value", getattr(args, "optim", ""))).lower()
     if "8bit" in name:
@@ -148,8 +156,7 @@ def plan_from_trainer(args, model, dataset=None, *, hardware: Optional[dict] = N
     training = {"method": method, "seq_len": _seq_len(args, model, dataset, seq_len, notes),
                 "micro_batch_size": int(args.per_device_train_batch_size), "precision": _precision(args, model),
                 "optimizer": _optimizer(args),
-                "gradient_checkpointing": bool(getattr(args, "gradient_checkpointing", False)
-                                               or getattr(base, "is_gradient_checkpointing", False)),
+                "gradient_checkpointing": bool(getattr(args, "gradient_checkpointing", False) or _checkpointing(base)),
                 "attention": attention if attention in ("sdpa", "flash_attention_2", "eager") else "sdpa",
                 **_deepspeed(args, notes)}
     if lora:
