@@ -118,3 +118,29 @@ def test_a_run_that_dies_of_oom_leaves_an_oom_record(tmp_path):
     assert proc.returncode == 1 and "can't allocate memory" in proc.stderr
     [rec] = _records()
     assert rec.status == "oom" and "can't allocate memory" in rec.error and rec.host_rss_bytes > 0
+
+
+def test_the_axolotl_plugin_hands_the_trainer_a_callback_with_the_config(tmp_path):
+    # axolotl itself is not installed here: the plugin class is exercised as axolotl's PluginManager
+    # calls it (add_callbacks_pre_trainer(cfg, model)), then its callback runs in a real Trainer.
+    from memfit.engine.integrations.axolotl import MemfitArgs, MemfitPlugin
+
+    plugin = MemfitPlugin()
+    assert plugin.get_input_args() == "memfit.engine.integrations.axolotl.MemfitArgs"
+    MemfitArgs(memfit_policy="raise")
+    cfg = {"sequence_len": 64, "memfit_policy": "raise", "memfit_hardware": {"gpu_memory": "0.5GiB", "host_memory": 64}}
+    [cb] = plugin.add_callbacks_pre_trainer(cfg, None)
+    with pytest.raises(PreflightError, match="does NOT fit"):
+        tiny_trainer(str(tmp_path), [cb]).train()
+    assert cb.result.plan.training.seq_len == 64
+
+
+def test_the_llamafactory_launcher_reads_cutoff_len(tmp_path):
+    from memfit.engine.integrations.llamafactory_train import cutoff_len
+
+    lf = tmp_path / "lf.yaml"
+    lf.write_text("model_name_or_path: x\ncutoff_len: 4096\n")
+    assert cutoff_len(["prog", str(lf)]) == 4096
+    assert cutoff_len(["prog", str(lf), "cutoff_len=1024"]) == 1024
+    lf.write_text("model_name_or_path: x\n")
+    assert cutoff_len(["prog", str(lf)]) == 2048  # LLaMA-Factory's DataArguments default
