@@ -203,3 +203,11 @@ def test_a_recorded_run_calibrates_its_family_and_the_explanation_cites_it(tmp_p
     lora = after["lora/z0/gc/mb1"]
     assert not any(e.rule == "measured-calibration" for e in lora.explanation)
     assert not any(e.rule == "measured-calibration" for e in advise(plan, history=False).candidates[0].explanation)
+
+
+def test_a_record_whose_strategy_key_disagrees_with_its_strategy_is_refused(tmp_path, capsys):
+    f = tmp_path / "rec.json"
+    f.write_text(json.dumps({**published_record(), "strategy_key": "lora/z0/gc/mb4"}))
+    code, _, err = run(["record", f], capsys)
+    assert code == 2 and "rec.json: strategy_key: 'lora/z0/gc/mb4' does not match strategy (whose key is " \
+                         "'full/z0/gc/mb4')" in err

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from transformers import TrainerCallback
 
-from ..core.errors import PreflightError
+from ..core.errors import MemfitError, PreflightError
 from .preflight import Preflight, preflight, record_run
 from .sampler import DEFAULT_INTERVAL_S, PeakSampler
 from .trainer_plan import plan_from_trainer
@@ -69,17 +69,26 @@ class MemfitCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs: Any):
         dataset = getattr(train_dataloader, "dataset", None)
-        plan, gpu_known, notes = plan_from_trainer(args, model, dataset, hardware=self.hardware, seq_len=self.seq_len,
-                                                   policy=self.policy_overrides)
-        self.result = preflight(plan, gpu_known, tuple(notes), history=self.history)
+        try:
+            plan, gpu_known, notes = plan_from_trainer(args, model, dataset, hardware=self.hardware,
+                                                       seq_len=self.seq_len, policy=self.policy_overrides)
+            self.result = preflight(plan, gpu_known, tuple(notes), history=self.history)
+        except MemfitError as exc:
+            if self.policy == "raise":
+                raise
+            # memfit cannot estimate this run (an architecture it does not count...): never stop training for that
+            warnings.warn(f"memfit preflight skipped, nothing will be recorded: {exc}", MemfitWarning, stacklevel=2)
+            return control
         self._main, self._case = bool(state.is_world_process_zero), str(getattr(args, "output_dir", "") or "")
         for note in self.result.notes:
             log.info("memfit: %s", note)
-        if not self.result.fits:
-            if self.policy == "raise":
-                raise PreflightError(self.result.message + " (MemfitCallback policy 'raise': stopped before the first step)")
+        if self.result.fits:
+            log.info("%s", self.result.message)
+        elif self.policy == "raise":
+            raise PreflightError(self.result.message + " (MemfitCallback policy 'raise': stopped before the first step)")
+        else:
+            log.warning("%s", self.result.message)
             warnings.warn(self.result.message, MemfitWarning, stacklevel=2)
-        log.warning("%s", self.result.message) if not self.result.fits else log.info("%s", self.result.message)
         if self.record and self._main:
             self._sampler = PeakSampler(self.sample_seconds)
             self._sampler.start()
@@ -117,9 +126,13 @@ class MemfitCallback(TrainerCallback):
             sys.excepthook = self._prev_hook or sys.__excepthook__
         sampler.stop()
         step = statistics.median(self._steps[1:] or self._steps) if self._steps else None  # step 1 warms up
-        self.record_id, rec = record_run(self.result, sampler.peaks(), status=status, error=error, case=self._case,
-                                         device=sampler.device(), step_seconds=step, notes=tuple(sampler.notes),
-                                         url=self.store)
+        try:
+            self.record_id, rec = record_run(self.result, sampler.peaks(), status=status, error=error,
+                                             case=self._case, device=sampler.device(), step_seconds=step,
+                                             notes=tuple(sampler.notes), url=self.store)
+        except MemfitError as exc:  # an unwritable store must not turn a finished run into a failed one
+            log.warning("memfit: measurement record not written: %s", exc)
+            return None
         log.info("memfit: measurement record #%s written (%s, GPU peak %s GiB, host RSS %.2f GiB)", self.record_id,
                  status, f"{rec.gpu_peak_gib:.2f}" if rec.gpu_peak_gib else "not read", (rec.host_peak_gib or 0.0))
         return self.record_id

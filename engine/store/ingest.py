@@ -32,6 +32,12 @@ def pinned_strategy(plan: Plan, where: str) -> Strategy:
 def _finish(data: dict[str, Any], where: str) -> MeasurementRecord:
     """Fill model_key (and strategy fields) from the plan, then check the record."""
     rec = record_from_json(data, where)
+    try:
+        key = Strategy(**rec.strategy).key
+    except ValueError as exc:
+        raise StoreError(f"{where}: strategy: not a strategy memfit knows ({str(exc).splitlines()[0]})") from None
+    if key != rec.strategy_key:
+        raise StoreError(f"{where}: strategy_key: '{rec.strategy_key}' does not match strategy (whose key is '{key}')")
     if rec.model_key:
         return rec
     try:
