@@ -149,3 +149,35 @@ def test_the_llamafactory_launcher_reads_cutoff_len(tmp_path):
     assert cutoff_len(["prog", str(lf), "cutoff_len=1024"]) == 1024
     lf.write_text("model_name_or_path: x\n")
     assert cutoff_len(["prog", str(lf)]) == 2048  # LLaMA-Factory's DataArguments default
+
+
+KILLED_SCRIPT = r"""
+import sys, time
+sys.path.insert(0, sys.argv[2])
+from trainer_helpers import tiny_trainer
+from memfit.engine.integrations.transformers import MemfitCallback
+trainer = tiny_trainer(sys.argv[1], [MemfitCallback(checkpoint_seconds=0.5)], steps=10_000)
+trainer.model.register_forward_pre_hook(lambda module, inputs: time.sleep(0.2))
+print("training", flush=True)
+trainer.train()
+"""
+
+
+def test_a_run_killed_by_sigkill_leaves_its_last_checkpoint(tmp_path):
+    # SIGKILL (what the kernel's OOM killer sends) runs no handler: only what was committed survives.
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_SCRIPT, str(tmp_path), os.path.dirname(__file__)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    while proc.stdout.readline().strip() != "training":  # (DeepSpeed's import prints to stdout too)
+        assert proc.poll() is None, "the training script died before training"
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(r.step_seconds for r in _records()):
+        time.sleep(0.3)  # until a checkpoint after a few steps is in the store
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    [rec] = _records()
+    assert rec.status == "incomplete" and "killed" in rec.error and rec.run_id
+    assert rec.host_rss_bytes > 0 and rec.step_seconds >= 0.2

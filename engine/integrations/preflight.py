@@ -90,9 +90,12 @@ def preflight(plan_data: dict[str, Any], gpu_known: bool = True, notes: tuple[st
 
 def record_run(pre: Preflight, peaks: dict[str, Optional[int]], *, status: str = "ok", error: Optional[str] = None,
                case: str = "", device: tuple[Optional[str], Optional[int]] = (None, None),
-               step_seconds: Optional[float] = None, notes: tuple[str, ...] = (),
+               step_seconds: Optional[float] = None, notes: tuple[str, ...] = (), run_id: str = "",
                url: Optional[str] = None) -> tuple[int, MeasurementRecord]:
     """Write the run's measurement record into the store (one transaction).
+
+    With a run_id, each call replaces the run's previous record: a live run checkpoints its record
+    (status "incomplete") so that a kill leaves the last one behind, and its end replaces it.
 
     Returns:
         (the record's id in the store, the record).
@@ -103,7 +106,8 @@ def record_run(pre: Preflight, peaks: dict[str, Optional[int]], *, status: str =
         case=case, status=status, plan=plan_dict(pre.plan, pre.model), strategy_key=pre.strategy.key,
         strategy=pre.strategy.model_dump(), model_key=model_fingerprint(pre.model), error=error,
         estimate=estimate_dict(pre.plan, pre.model, pre.strategy), device_name=device[0], gpu_memory_bytes=device[1],
-        step_seconds=step_seconds, versions=versions(), source="callback", notes=[*pre.notes, *notes], **peaks)
+        step_seconds=step_seconds, versions=versions(), source="callback", notes=[*pre.notes, *notes],
+        run_id=run_id, **peaks)
     with open_store(url) as store:
         rid, _ = store.add(rec)
     return rid, rec

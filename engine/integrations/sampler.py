@@ -26,6 +26,7 @@ class PeakSampler:
         self.nvml_used: Optional[int] = None
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self._every: Optional[tuple] = None
         self._process = self._psutil_process()
         self._cuda = self._torch_cuda()
         self._nvml = self._nvml_handle() if self._cuda is not None else None
@@ -99,8 +100,21 @@ class PeakSampler:
             self.nvml_used = max(self.nvml_used or 0, used)
 
     def _loop(self) -> None:
+        import time
+
+        last = time.monotonic()
         while not self._stop.wait(self.interval_s):
             self.sample()
+            if self._every and time.monotonic() - last >= self._every[0]:
+                last = time.monotonic()
+                try:
+                    self._every[1]()
+                except Exception as exc:  # a failed checkpoint must not stop the sampling (or the run)
+                    self.notes.append(f"checkpoint failed: {type(exc).__name__}: {exc}")
+
+    def every(self, seconds: float, fn) -> None:
+        """Call fn() from the sampling thread every `seconds` (e.g. to checkpoint the record)."""
+        self._every = (seconds, fn)
 
     def start(self) -> None:
         self.sample()

@@ -13,6 +13,7 @@ import logging
 import statistics
 import sys
 import time
+import uuid
 import warnings
 from typing import Any, Optional
 
@@ -25,6 +26,10 @@ from .trainer_plan import plan_from_trainer
 
 log = logging.getLogger("memfit")
 POLICIES = ("warn", "raise")
+# Seconds between checkpoints of a live run's record: one small transaction each.
+DEFAULT_CHECKPOINT_S = 30.0
+_INCOMPLETE = ("the run has not reported its end: if this stays, it was killed (the kernel's OOM killer "
+               "sends SIGKILL); peaks are those of the last checkpoint")
 
 
 class MemfitWarning(UserWarning):
@@ -51,16 +56,21 @@ class MemfitCallback(TrainerCallback):
         record: write the measurement record (False: preflight only).
         history: calibrate the preflight from the store's records.
         sample_seconds: seconds between samples of NVML and host RSS.
+        checkpoint_seconds: seconds between checkpoints of the record while the run lives (status
+            "incomplete", replaced by the final record): a run killed by SIGKILL (the kernel's OOM killer)
+            leaves its last checkpoint behind. 0: no checkpoints.
     """
 
     def __init__(self, policy: str = "warn", *, hardware: Optional[dict] = None, seq_len: Optional[int] = None,
                  policy_overrides: Optional[dict] = None, store: Optional[str] = None, record: bool = True,
-                 history: bool = True, sample_seconds: float = DEFAULT_INTERVAL_S):
+                 history: bool = True, sample_seconds: float = DEFAULT_INTERVAL_S,
+                 checkpoint_seconds: float = DEFAULT_CHECKPOINT_S):
         if policy not in POLICIES:
             raise ValueError(f"MemfitCallback: policy must be one of {POLICIES} (got {policy!r})")
         self.policy, self.hardware, self.seq_len = policy, hardware, seq_len
         self.policy_overrides, self.store, self.record, self.history = policy_overrides, store, record, history
-        self.sample_seconds = sample_seconds
+        self.sample_seconds, self.checkpoint_seconds = sample_seconds, checkpoint_seconds
+        self.run_id = ""  # one per trainer.train(): its checkpoints and final record share one row
         self.result: Optional[Preflight] = None   # the preflight verdict, once the run started
         self.record_id: Optional[int] = None      # the record's id in the store, once written
         self._sampler: Optional[PeakSampler] = None
@@ -90,9 +100,14 @@ class MemfitCallback(TrainerCallback):
             log.warning("%s", self.result.message)
             warnings.warn(self.result.message, MemfitWarning, stacklevel=2)
         if self.record and self._main:
+            self.run_id = uuid.uuid4().hex
             self._sampler = PeakSampler(self.sample_seconds)
             self._sampler.start()
             self._prev_hook, sys.excepthook = sys.excepthook, self._excepthook
+            if self.checkpoint_seconds:
+                self._write(self._sampler, "incomplete", _INCOMPLETE)
+                self._sampler.every(self.checkpoint_seconds,
+                                    lambda s=self._sampler: self._write(s, "incomplete", _INCOMPLETE))
         return control
 
     def on_step_begin(self, args, state, control, **kwargs: Any):
@@ -118,6 +133,19 @@ class MemfitCallback(TrainerCallback):
         finally:
             (self._prev_hook or sys.__excepthook__)(kind, value, tb)
 
+    def _write(self, sampler: PeakSampler, status: str, error: Optional[str]):
+        """Write (or replace) this run's record; None when the store refused it (logged, never raised)."""
+        steps = list(self._steps)  # the sampling thread checkpoints while the trainer appends
+        step = statistics.median(steps[1:] or steps) if steps else None  # the first step warms up
+        try:
+            self.record_id, rec = record_run(self.result, sampler.peaks(), status=status, error=error,
+                                             case=self._case, device=sampler.device(), step_seconds=step,
+                                             notes=tuple(sampler.notes), run_id=self.run_id, url=self.store)
+        except MemfitError as exc:  # an unwritable store must not turn a finished run into a failed one
+            log.warning("memfit: measurement record not written: %s", exc)
+            return None
+        return rec
+
     def _finish(self, status: str, error: Optional[str]) -> Optional[int]:
         sampler, self._sampler = self._sampler, None
         if sampler is None or self.result is None:
@@ -125,14 +153,8 @@ class MemfitCallback(TrainerCallback):
         if sys.excepthook == self._excepthook:
             sys.excepthook = self._prev_hook or sys.__excepthook__
         sampler.stop()
-        step = statistics.median(self._steps[1:] or self._steps) if self._steps else None  # step 1 warms up
-        try:
-            self.record_id, rec = record_run(self.result, sampler.peaks(), status=status, error=error,
-                                             case=self._case, device=sampler.device(), step_seconds=step,
-                                             notes=tuple(sampler.notes), url=self.store)
-        except MemfitError as exc:  # an unwritable store must not turn a finished run into a failed one
-            log.warning("memfit: measurement record not written: %s", exc)
-            return None
-        log.info("memfit: measurement record #%s written (%s, GPU peak %s GiB, host RSS %.2f GiB)", self.record_id,
-                 status, f"{rec.gpu_peak_gib:.2f}" if rec.gpu_peak_gib else "not read", (rec.host_peak_gib or 0.0))
+        rec = self._write(sampler, status, error)
+        if rec is not None:
+            log.info("memfit: measurement record #%s written (%s, GPU peak %s GiB, host RSS %.2f GiB)", self.record_id,
+                     status, f"{rec.gpu_peak_gib:.2f}" if rec.gpu_peak_gib else "not read", rec.host_peak_gib or 0.0)
         return self.record_id

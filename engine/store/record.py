@@ -17,7 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..core.errors import StoreError
 from ..core.units import GIB
 
-Status = Literal["ok", "oom", "error", "skipped"]
+# bench/gpu_calibration.py's statuses, plus "incomplete": a run that stopped without reporting its end
+# (killed: the kernel's OOM killer sends SIGKILL, which nothing can catch); its peaks are those of its
+# last checkpoint.
+Status = Literal["ok", "oom", "error", "skipped", "incomplete"]
 
 
 class MeasurementRecord(BaseModel):
@@ -44,6 +47,7 @@ class MeasurementRecord(BaseModel):
     versions: dict[str, str] = Field(default_factory=dict)
     source: str = Field("", description="callback | log:FILE | bench:FILE | import:FILE")
     notes: list[str] = Field(default_factory=list, description="readings skipped, and why")
+    run_id: str = Field("", description="set by a run that checkpoints its record: each write replaces the last")
 
     @property
     def gpu_peak_gib(self) -> Optional[float]:
@@ -62,7 +66,10 @@ class MeasurementRecord(BaseModel):
     @property
     def uid(self) -> str:
         """Content hash: the same run imported twice is stored once. The date is left out: a record read
-        from a file without one is dated when read, and must still match itself on a second import."""
+        from a file without one is dated when read, and must still match itself on a second import.
+        A record with a run_id is identified by it: the run's checkpoints and its final record are one row."""
+        if self.run_id:
+            return hashlib.sha256(self.run_id.encode()).hexdigest()[:32]
         body = json.dumps(self.model_dump(mode="json", exclude={"date"}), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(body.encode()).hexdigest()[:32]
 

@@ -103,20 +103,29 @@ class SqlStore:
         """Write one record in its own transaction.
 
         Args:
-            record: the record; one with the same content already stored is not added twice.
+            record: the record; one with the same content already stored is not added twice, and one
+                with a run_id replaces the stored record of the same run (a checkpoint of a live run).
         Returns:
-            (row id, True if it was new).
+            (row id, True if it was new: for a run_id, True on its first write only).
         """
         body = json.dumps(record.model_dump(mode="json"), sort_keys=True)
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
 
+        # A run's checkpoint replaces the run's previous one; any other record is never overwritten.
+        conflict = ("DO UPDATE SET body = excluded.body, status = excluded.status, strategy_key = excluded.strategy_key"
+                    if record.run_id else "DO NOTHING")
+
         def work(cur) -> tuple[int, bool]:
+            select = self._sql("SELECT id FROM memfit_records WHERE uid = ?")
+            if record.run_id:  # one process writes a run's checkpoints in turn: a look first is exact
+                cur.execute(select, (record.uid,))
+                existed = cur.fetchone() is not None
             cur.execute(self._sql(
                 "INSERT INTO memfit_records (uid, created_at, model_key, strategy_key, status, body) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (uid) DO NOTHING"),
+                f"VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (uid) {conflict}"),
                 (record.uid, now, record.model_key, record.strategy_key, record.status, body))
-            inserted = cur.rowcount == 1
-            cur.execute(self._sql("SELECT id FROM memfit_records WHERE uid = ?"), (record.uid,))
+            inserted = not existed if record.run_id else cur.rowcount == 1
+            cur.execute(select, (record.uid,))
             return int(cur.fetchone()[0]), inserted
         return self._run(work)
 
