@@ -211,3 +211,21 @@ def test_a_record_whose_strategy_key_disagrees_with_its_strategy_is_refused(tmp_
     code, _, err = run(["record", f], capsys)
     assert code == 2 and "rec.json: strategy_key: 'lora/z0/gc/mb4' does not match strategy (whose key is " \
                          "'full/z0/gc/mb4')" in err
+
+
+def test_a_run_checkpoint_is_replaced_by_the_runs_next_write(tmp_path):
+    base = {**published_record(), "model_key": "k", "run_id": "run-1"}
+    with open_store(str(tmp_path / "s.sqlite")) as store:
+        assert store.add(MeasurementRecord.model_validate({**base, "status": "incomplete"})) == (1, True)
+        assert store.add(MeasurementRecord.model_validate({**base, "status": "ok"})) == (1, False)
+        assert [s.record.status for s in store.records()] == ["ok"]
+
+
+def test_a_store_that_cannot_be_read_does_not_stop_the_advice(tmp_path, monkeypatch):
+    bad = tmp_path / "not-a-db.sqlite"
+    bad.write_text("this is not a SQLite database\n" * 100)
+    monkeypatch.setenv("MEMFIT_STORE", str(bad))
+    advice = advise(plan_from_dict(_mistral_plan()))
+    assert any(n.startswith(f"store not read ({bad}: cannot open the store (file is not a database))")
+               for n in advice.measured)
+    assert advice.candidates

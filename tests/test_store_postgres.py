@@ -95,3 +95,11 @@ def test_advise_record_and_history_through_the_url(pg_url, tmp_path, monkeypatch
                                         "gradient_checkpointing": True, "micro_batch_size": 1}})
     best = advise(plan).candidates[0]
     assert any(e.rule == "measured-calibration" and "store record #1" in e.message for e in best.explanation)
+
+
+def test_a_run_checkpoint_is_replaced_on_postgresql(pg_url):
+    base = {**published_record(), "model_key": "k", "run_id": "run-1"}
+    with open_store(pg_url) as store:
+        assert store.add(MeasurementRecord.model_validate({**base, "status": "incomplete"})) == (1, True)
+        assert store.add(MeasurementRecord.model_validate({**base, "status": "ok"})) == (1, False)
+        assert [s.record.status for s in store.records()] == ["ok"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Optional
 
-from ..core.errors import PlanError
+from ..core.errors import PlanError, StoreError
 from ..evidence.match import Evidence, OomEvidence, family_of
 from ..memory.estimate import estimate_memory
 from ..plan.schema import plan_from_dict
@@ -106,15 +106,19 @@ def with_history(evidence: Evidence, plan, model, url: Optional[str] = None) -> 
         url: the store (default: MEMFIT_STORE, else the user's data directory).
     Returns:
         The merged Evidence.
-    Raises:
-        StoreError: the store exists but cannot be read.
+        A store that cannot be read (a team database that is down) does not stop the advice: the
+        notes say it was not read.
     """
     from .open import open_store
 
-    store = open_store(url, create=False)
-    if store is None:
-        return evidence
-    with store:
-        stored = store.records(model_key=model_fingerprint(model), limit=LOOKUP_LIMIT)
-        where = store.url
+    try:
+        store = open_store(url, create=False)
+        if store is None:
+            return evidence
+        with store:
+            stored = store.records(model_key=model_fingerprint(model), limit=LOOKUP_LIMIT)
+            where = store.url
+    except StoreError as exc:
+        return replace(evidence, notes=(*evidence.notes, f"store not read ({'; '.join(exc.problems)}): "
+                                        "the advice is not calibrated by recorded runs"))
     return merge(evidence, history_evidence(plan, model, stored, where)) if stored else evidence
