@@ -229,3 +229,38 @@ def test_a_store_that_cannot_be_read_does_not_stop_the_advice(tmp_path, monkeypa
     assert any(n.startswith(f"store not read ({bad}: cannot open the store (file is not a database))")
                for n in advice.measured)
     assert advice.candidates
+
+
+def test_bench_results_are_recorded_with_their_environment(tmp_path, capsys):
+    # The shape bench/gpu_calibration.py writes: the environment, then one row per case.
+    rec = published_record()
+    row = {"case": rec["case"], "model": "mistralai/Mistral-7B-v0.1", "method": "full", "seq_len": 4096,
+           "micro_batch": 4, "checkpointing": True, "attention": "flash_attention_2", "deepspeed": "",
+           "status": "ok", "max_memory_allocated": rec["max_memory_allocated"], "max_memory_reserved": None,
+           "nvml_used_bytes": rec["nvml_used_bytes"], "host_rss_bytes": None, "step_seconds": 1.5, "error": None,
+           "estimate": {"error": "not run"}, "plan": rec["plan"]}
+    skipped = {"case": "x", "status": "skipped", "error": "--max-seconds reached"}
+    results = {"date": "2026-11-30T12:00:00+00:00", "device": "cuda", "torch": "2.13.0", "transformers": "5.24.0",
+               "python": "3.11.7", "device_name": "NVIDIA A100-SXM4-80GB", "gpu_memory_bytes": 85_899_345_920,
+               "rows": [row, skipped]}
+    f = tmp_path / "a100.json"
+    f.write_text(json.dumps(results))
+    assert run(["record", f], capsys)[0] == 0
+    [stored] = open_store().records()
+    r = stored.record
+    assert r.source == "bench:a100.json" and r.device_name == "NVIDIA A100-SXM4-80GB" and r.estimate is None
+    assert r.versions == {"torch": "2.13.0", "transformers": "5.24.0", "python": "3.11.7"} and r.step_seconds == 1.5
+
+
+def test_a_recorded_oom_rejects_that_strategy_on_the_same_gpu(tmp_path, capsys):
+    rec = {**published_record(), "status": "oom", "nvml_used_bytes": None, "max_memory_allocated": None,
+           "error": "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.00 GiB."}
+    f = tmp_path / "oom.json"
+    f.write_text(json.dumps(rec))
+    assert run(["record", f], capsys)[0] == 0
+    same = plan_from_dict({**published_record()["plan"], "training": {**published_record()["plan"]["training"]}})
+    [c] = advise(same).candidates
+    assert not c.feasible and any(e.rule == "measured-oom" and "store record #1" in e.message for e in c.explanation)
+    other_gpu = plan_from_dict({**published_record()["plan"], "hardware": {"gpu_memory": 141, "host_memory": 128}})
+    [c] = advise(other_gpu).candidates
+    assert not any(e.rule == "measured-oom" for e in c.explanation)  # a bigger card: the OOM proves nothing
