@@ -181,3 +181,27 @@ def test_a_run_killed_by_sigkill_leaves_its_last_checkpoint(tmp_path):
     [rec] = _records()
     assert rec.status == "incomplete" and "killed" in rec.error and rec.run_id
     assert rec.host_rss_bytes > 0 and rec.step_seconds >= 0.2
+
+
+def test_the_plan_reads_deepspeed_and_fsdp_from_real_training_arguments():
+    # Real TrainingArguments objects (transformers builds HfTrainerDeepSpeedConfig and fsdp_config itself).
+    from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
+
+    from memfit.engine.integrations.trainer_plan import plan_from_trainer
+
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=512))
+    hw = {"gpu_memory": 80, "host_memory": 64}
+    ds = {"train_micro_batch_size_per_gpu": "auto", "bf16": {"enabled": "auto"},
+          "zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}, "offload_param": {"device": "cpu"}}}
+    cases = [
+        (dict(deepspeed=ds, bf16=True, per_device_train_batch_size=4), (3, "cpu", "cpu", "bf16", 4)),
+        (dict(fsdp=True, fsdp_config={"reshard_after_forward": True, "cpu_offload": True}), (3, "cpu", "cpu", "fp32", 8)),
+        (dict(fsdp=True, fsdp_config={"reshard_after_forward": False}), (2, "none", "none", "fp32", 8)),
+        (dict(), (0, "none", "none", "fp32", 8)),  # 8: TrainingArguments' default per-device batch
+    ]
+    for kwargs, (stage, opt, param, precision, batch) in cases:
+        args = TrainingArguments(output_dir="/tmp/memfit-unused", report_to="none", use_cpu=True, **kwargs)
+        t = plan_from_trainer(args, model, None, hardware=hw, seq_len=128)[0]["training"]
+        assert (t["zero_stage"], t["offload_optimizer"], t["offload_param"], t["precision"],
+                t["micro_batch_size"]) == (stage, opt, param, precision, batch), kwargs

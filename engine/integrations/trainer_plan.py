@@ -4,9 +4,10 @@ config, peft adapter, quantisation), the DeepSpeed or FSDP config, and the hardw
 Read through attributes only (no transformers import here), with the names of transformers 5
 `TrainingArguments` (per_device_train_batch_size, bf16, fp16, optim, gradient_checkpointing, deepspeed,
 hf_deepspeed_config, fsdp, world_size) and of TRL's configs (max_length / max_seq_length).
-FSDP has no plan key of its own: FULL_SHARD / HYBRID_SHARD shard like ZeRO-3 and SHARD_GRAD_OP like
-ZeRO-2 (accelerate's FSDP1 -> FSDP2 mapping reads them the same way), `offload` moves parameters and
-optimizer states to the CPU; the notes say so.
+FSDP has no plan key of its own: FULL_SHARD / HYBRID_SHARD (FSDP2 reshard_after_forward=True) shard
+like ZeRO-3 and SHARD_GRAD_OP (reshard_after_forward=False) like ZeRO-2 (accelerate's FSDP1 -> FSDP2
+mapping reads them the same way), `offload` / `cpu_offload` moves parameters and optimizer states to
+the CPU; the notes say so.
 """
 from __future__ import annotations
 
@@ -84,9 +85,21 @@ def _deepspeed(args, notes: list[str]) -> dict:
     return out
 
 
-def _fsdp(args, notes: list[str]) -> dict:
+def _fsdp_options(args) -> set[str]:
+    """FSDP as sharding words: older transformers list options (`fsdp="full_shard offload"`), transformers
+    5 takes `fsdp=True` with `fsdp_config` {reshard_after_forward (default True), cpu_offload}."""
     raw = getattr(args, "fsdp", None) or []
-    opts = {str(getattr(o, "value", o)).lower() for o in (raw.split() if isinstance(raw, str) else raw)}
+    if raw is True:
+        cfg = {k.removeprefix("fsdp_"): v for k, v in (getattr(args, "fsdp_config", None) or {}).items()}
+        opts = {"full_shard" if cfg.get("reshard_after_forward", True) else "shard_grad_op"}
+        return opts | ({"offload"} if cfg.get("cpu_offload") or cfg.get("offload_params") else set())
+    if isinstance(raw, str):
+        raw = raw.split()
+    return {str(getattr(o, "value", o)).lower() for o in raw} if isinstance(raw, (list, tuple, set)) else set()
+
+
+def _fsdp(args, notes: list[str]) -> dict:
+    opts = _fsdp_options(args)
     if not opts & {"full_shard", "hybrid_shard", "shard_grad_op", "hybrid_shard_zero2"}:
         return {"zero_stage": 0, "offload_optimizer": "none", "offload_param": "none"}
     stage = 3 if opts & {"full_shard", "hybrid_shard"} else 2

@@ -30,6 +30,7 @@ SAME_GPU = 0.02
 
 
 def cite(item: StoredRecord) -> str:
+    """How explanations name a stored record: "store record #ID (date, device, strategy)"."""
     r = item.record
     return f"store record #{item.id} ({r.date[:10]}, {r.device_name or 'unknown GPU'}, {r.strategy_key})"
 

@@ -26,6 +26,7 @@ def store_url(url: Optional[str] = None) -> str:
 
 
 def is_postgres(url: str) -> bool:
+    """Whether the URL names a PostgreSQL store."""
     return url.startswith(_PG_SCHEMES)
 
 

@@ -92,6 +92,7 @@ class SqlStore:
         return self._run(work)
 
     def schema_version(self) -> int:
+        """The store's schema version as recorded in memfit_meta (0: none yet)."""
         cur = self.conn.cursor()
         cur.execute(self._sql("SELECT value FROM memfit_meta WHERE key = ?"), ("schema_version",))
         row = cur.fetchone()
