@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export DS_BUILD_OPS := 0
 
-.PHONY: demo test test-quick bench clean venv
+.PHONY: demo test test-quick bench clean venv postgres-server
 
 venv: $(VENV)/.installed
 
@@ -25,7 +25,16 @@ $(VENV)/.installed: pyproject.toml
 demo: venv
 	@for f in examples/*.yaml; do echo "== advise $$f"; $(VENV)/bin/advise "$$f" || exit 1; done
 
-test: venv
+# The PostgreSQL store tests start a real server from Debian's postgresql package (they must run, not
+# skip, when CI=true): install it when missing and we are root; otherwise those tests skip and say why.
+postgres-server:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
+	  else echo "note: no PostgreSQL server and not root: the PostgreSQL store tests will skip"; fi; \
+	fi
+
+test: venv postgres-server
 	$(PY) -m pytest -q
 
 test-quick: venv

@@ -48,6 +48,8 @@ def cli() -> None:
     advise plan.yaml [--json] [--out DIR]    rank every strategy, explain each verdict
     advise estimate plan.yaml [--json]       memory of the strategy the plan pins
     advise review [--rules DIR] [--json]     property-test the rule base
+    advise record FILE... [--plan PLAN]      add measured runs to the store
+    advise history [--json] [--export FILE]  list the measured runs in the store
     """
 
 
@@ -63,7 +65,8 @@ def cli() -> None:
 @click.option("--rules", "rules_dirs", multiple=True, type=click.Path(file_okay=False), help="Extra rule directory (repeatable).")
 @click.option("--measured", multiple=True, type=click.Path(dir_okay=False), help="Log of a real run (repeatable).")
 @click.option("--backend", type=click.Choice(["auto", "durable", "python"]), default="auto", show_default=True)
-def plan_cmd(plan_file, hardware, deepspeed, as_json, out_dir, force, rules_dirs, measured, backend) -> None:
+@click.option("--no-history", is_flag=True, help="Ignore the store of recorded runs (MEMFIT_STORE).")
+def plan_cmd(plan_file, hardware, deepspeed, as_json, out_dir, force, rules_dirs, measured, backend, no_history) -> None:
     """Rank candidate strategies for PLAN_FILE: a memfit plan, LLaMA-Factory, axolotl or torchtune config."""
     from memfit.engine import advise
     from memfit.engine.advice.files import advice_files, write_files
@@ -73,13 +76,14 @@ def plan_cmd(plan_file, hardware, deepspeed, as_json, out_dir, force, rules_dirs
 
     if detect_format(plan_file) != "memfit":
         _foreign(plan_file, hardware, deepspeed, as_json, out_dir, force,
-                 {"rules_dirs": rules_dirs, "measured": measured, "backend": backend})
+                 {"rules_dirs": rules_dirs, "measured": measured, "backend": backend,
+                  "history": not no_history})
         return
     if deepspeed:
         raise click.UsageError("--deepspeed goes with a LLaMA-Factory/axolotl config; for a memfit plan use "
                                "`advise check DS.json --plan PLAN`")
     plan = _memfit_plan(plan_file, hardware)
-    advice = advise(plan, rules_dirs=rules_dirs, measured=measured, backend=backend)
+    advice = advise(plan, rules_dirs=rules_dirs, measured=measured, backend=backend, history=not no_history)
     if out_dir:
         written = write_files(out_dir, advice_files(advice, plan), force=force)
     click.echo(json.dumps(advice.model_dump(mode="json"), indent=2) if as_json else advice_text(advice))
@@ -285,6 +289,59 @@ def verify_cmd(plan_file, top, timeout_s, as_json) -> None:
 def llamafactory_cmd(lf_yaml, hardware, deepspeed, out_dir, force, as_json) -> None:
     """Same as `advise LF_YAML --hardware HW` (kept for earlier scripts)."""
     _foreign(lf_yaml, hardware, deepspeed, as_json, out_dir, force, {})
+
+
+@cli.command("record")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False), help="The plan of the run the logs came from.")
+@click.option("--json", "as_json", is_flag=True)
+def record_cmd(files, plan_file, as_json) -> None:
+    """Add measured runs to the store: record JSON / JSON lines, bench results, or logs (with --plan)."""
+    from memfit.engine import load_plan
+    from memfit.engine.store.ingest import records_from_file
+    from memfit.engine.store.open import open_store
+
+    from .store_render import recorded_text
+
+    plan = load_plan(plan_file) if plan_file else None
+    found = [(path, rec) for path in files for rec in records_from_file(path, plan)]  # all checked first
+    with open_store() as store:
+        results = [(path, rec, store.add(rec)) for path, rec in found]
+        url = store.url
+    if as_json:
+        _dump({"store": url, "records": [{"id": rid, "added": new, "file": path, "strategy_key": rec.strategy_key,
+                                          "status": rec.status} for path, rec, (rid, new) in results]})
+    else:
+        click.echo(recorded_text(results, url))
+
+
+@cli.command("history")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", type=click.IntRange(min=1), help="Only the newest N records.")
+@click.option("--export", "export_file", type=click.Path(dir_okay=False),
+              help="Write the records as JSON lines to FILE ('-': stdout); `advise record FILE` imports them.")
+def history_cmd(as_json, limit, export_file) -> None:
+    """List the measured runs in the store (MEMFIT_STORE, else the user's data directory)."""
+    from memfit.engine.store.open import open_store, store_url
+
+    from .store_render import history_rows, history_text
+
+    store = open_store(create=False)
+    stored, url = ([], store_url()) if store is None else (store.records(limit=limit), store.url)
+    if store is not None:
+        store.close()
+    if export_file:
+        lines = "".join(json.dumps(s.record.model_dump(mode="json"), sort_keys=True) + "\n" for s in reversed(stored))
+        if export_file == "-":
+            click.echo(lines, nl=False)
+        else:
+            with open(export_file, "w", encoding="utf-8") as fh:
+                fh.write(lines)
+            click.echo(f"wrote {len(stored)} record(s) to {export_file}", err=True)
+    elif as_json:
+        _dump({"store": url, "records": history_rows(stored)})
+    else:
+        click.echo(history_text(stored, url))
 
 
 @contextmanager

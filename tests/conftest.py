@@ -17,6 +17,8 @@ EXAMPLES = ROOT / "examples"
 def _private_rules_cache(tmp_path_factory, monkeypatch):
     # Each test session checks the rule base itself instead of trusting a cache from outside.
     monkeypatch.setenv("MEMFIT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "memfit-cache"))
+    # No test reads or writes the developer's store of measured runs: each gets an empty one of its own.
+    monkeypatch.setenv("MEMFIT_STORE", str(tmp_path_factory.mktemp("memfit-store") / "store.sqlite"))
 
 
 # Property tests explore the same examples on every run, so CI cannot flake; set

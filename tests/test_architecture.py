@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "engine"
 # Bottom to top: plan -> model -> memory -> search (policy, evidence) -> advice -> outputs of the tools.
-LAYERS = ["core", "machine", "plan", "model", "memory", "evidence", "policy", "search", "deepspeed", "fsdp",
+LAYERS = ["core", "machine", "plan", "model", "memory", "evidence", "store", "policy", "search", "deepspeed", "fsdp",
           "advice", "review", "probe", "integrations"]
 # Packages on one level may not import each other (review, probe and integrations are siblings; so are
 # the two sharding engines' output packages, deepspeed and fsdp).

@@ -144,7 +144,7 @@ def evaluate_candidates(plan: Plan, model: ModelSpec, rules: Sequence[Rule], bac
 
 
 def advise(plan: Plan | str | Path, *, rules_dirs: Iterable[str | Path] = (), measured: Iterable[str | Path] = (),
-           backend: str = "auto", rules: Sequence[Rule] | None = None) -> Advice:
+           backend: str = "auto", rules: Sequence[Rule] | None = None, history: bool = True) -> Advice:
     """Rank every candidate strategy for a plan and explain each verdict.
 
     Args:
@@ -153,10 +153,11 @@ def advise(plan: Plan | str | Path, *, rules_dirs: Iterable[str | Path] = (), me
         measured: logs of real runs (added to the plan's `measured:`).
         backend: rules backend: 'auto' (durable-rules where available), 'durable' or 'python'.
         rules: an already loaded rule base (overrides rules_dirs and the built-ins).
+        history: calibrate from the store of recorded runs (MEMFIT_STORE; engine/store/calibrate.py).
     Returns:
         Advice: candidates ranked, feasible first, best first.
     Raises:
-        PlanError, ModelNotFoundError, RuleError, LogError: each with every problem found.
+        PlanError, ModelNotFoundError, RuleError, LogError, StoreError: each with every problem found.
     """
     plan = _as_plan(plan)
     base = Path(plan.base_dir)
@@ -169,6 +170,10 @@ def advise(plan: Plan | str | Path, *, rules_dirs: Iterable[str | Path] = (), me
 
     with about(_origin(plan.source, "measured", plan.measured, measured)):
         evidence = evidence_for(plan, model, [*measured, *(base / m for m in plan.measured)])
+    if history:
+        from ..store.calibrate import with_history
+
+        evidence = with_history(evidence, plan, model)
     with Feasibility(rules, backend) as feasibility:
         judged, evaluator_name = evaluate_candidates(plan, model, rules, backend, evidence, feasibility)
         outlook = what_it_would_take(plan, model, judged, rules, feasibility)

@@ -58,6 +58,14 @@ class ProbeError(MemfitError):
     """The architecture could not be traced (unknown model_type, an op fake tensors cannot run)."""
 
 
+class StoreError(MemfitError):
+    """The store of measured runs cannot be opened or written, or a record to add is invalid."""
+
+
+class PreflightError(MemfitError):
+    """A training run does not fit its memory budget (raised by the Trainer callback under policy 'raise')."""
+
+
 @contextmanager
 def about(prefix: str) -> Iterator[None]:
     """Prefix each problem of a MemfitError raised inside with `PREFIX: `.

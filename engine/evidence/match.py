@@ -49,6 +49,7 @@ class Evidence:
     fragmentation: bool = False
     present: bool = False
     notes: tuple[str, ...] = ()      # what was read, and what could not be used
+    ratio_source: str = ""           # where the measured peak behind `ratio` was read (FILE:LINE, store record)
 
     def ratio_for(self, strategy: Strategy) -> float:
         """The measured/estimated ratio that applies to a candidate (0.0: none, another family)."""
@@ -64,6 +65,11 @@ class Evidence:
 
 def _family(s: Strategy) -> tuple:
     return (s.method, s.zero_stage, s.offload_optimizer, s.offload_param)
+
+
+def family_of(s: Strategy) -> tuple:
+    """The calibration family of a strategy (what Evidence.family holds): method, ZeRO stage, offloads."""
+    return _family(s)
 
 
 def infer_run(path: str | Path) -> dict:
@@ -150,4 +156,4 @@ def evidence_for(plan, model, logs: Iterable[str | Path]) -> Evidence:
                      f"ratio {ratio:.2f} applied to {run.method} ZeRO-{run.zero_stage} candidates")
     return Evidence(ooms=tuple(ooms), family=_family(run) if (run and ratio) else None, ratio=ratio,
                     fragmentation=any(fragmentation_hint(f) for f in facts), present=bool(facts),
-                    notes=tuple(notes))
+                    notes=tuple(notes), ratio_source=peak[1] if ratio else "")

@@ -73,6 +73,7 @@ class CandidateFacts(BaseModel):
     measured_oom: bool = Field(description="a measured OOM rules this candidate out")
     measured_oom_source: str = Field(description="FILE:LINE of the OOM evidence, or ''")
     measured_ratio: float = Field(description="measured / estimated peak for this plan family (0: none)")
+    measured_ratio_source: str = Field("", description="where that measured peak was read: FILE:LINE of a log, or a store record; '' if none")
     fragmentation_seen: bool = Field(description="a measured OOM showed large reserved-but-unallocated memory")
     # Data pipeline
     dataset_gib: float = Field(description="tokenised data set size")

@@ -143,6 +143,7 @@ def _measures(plan, model, s: Strategy, e: MemoryEstimate, ev: Evidence) -> dict
         activation_share=dynamic / e.gpu_peak_gib if e.gpu_peak_gib else 0.0,
         measured=ev.present, measured_oom=oom is not None, measured_oom_source=oom or "",
         measured_ratio=ev.ratio_for(s),
+        measured_ratio_source=ev.ratio_source if ev.ratio_for(s) else "",
         fragmentation_seen=ev.fragmentation,
         dataset_gib=plan.data.dataset_gib,
         dataset_host_share=plan.data.dataset_gib * ranks_copies / e.host_capacity_gib,
