@@ -28,7 +28,6 @@ from typing import Any, Callable, Mapping, Sequence
 from ..core.errors import RuleError
 from .conditions import ABSENT_MARK, Condition, In, Not, NotIn, facts_read, literals, walk
 from .limits import DURABLE_MAX_BRANCHES, DURABLE_MAX_FIRING, DURABLE_MAX_RULES
-from .oracle import PythonEvaluator
 from .rules import Rule
 
 __all__ = ["DurableEvaluator", "durable_available", "to_durable", "unsupported", "live_rulesets"]
@@ -176,7 +175,7 @@ class DurableEvaluator:
     def __init__(self, rules: Sequence[Rule]):
         self.name = "durable-rules"
         self._rules = list(rules)
-        self._fallback: PythonEvaluator | None = None
+        self._fallback = False
         # a subclass with its own actions (tests plant failures) gets a ruleset of its own
         shared = type(self)._action is DurableEvaluator._action
         self._compiled: _Compiled | None = _acquire(self._rules, self._action, shared)
@@ -192,19 +191,19 @@ class DurableEvaluator:
         Raises:
             RuleError: a rule action failed inside durable-rules.
         """
-        if self._fallback is None:
+        if not self._fallback:
             bad = next((k for k, v in facts.items() if isinstance(v, float) and not math.isfinite(v)), None)
             if bad is not None:
                 self._fall_back(f"fact {bad} is {facts[bad]!r}")
-        if self._fallback is not None:
-            return self._fallback.fired(facts)
+        if self._fallback:
+            return self._python(facts)
         if self._compiled is None:
             raise RuleError("durable-rules evaluator used after close()")
         with _LOCK:
             fired, error = self._assert(self._compiled, facts)
         if error:
             self._fall_back(error)
-            return self._fallback.fired(facts)  # type: ignore[union-attr]
+            return self._python(facts)
         return fired
 
     def _assert(self, c: _Compiled, facts: Mapping[str, Any]) -> tuple[list[str], str]:
@@ -232,8 +231,12 @@ class DurableEvaluator:
             except Exception:  # nothing was stored for a fact that matched no rule
                 pass
 
+    def _python(self, facts: Mapping[str, Any]) -> list[str]:
+        # what engine/policy/oracle.py's PythonEvaluator does (imported from there it would be a cycle)
+        return [r.id for r in self._rules if r.when.holds(facts)]
+
     def _fall_back(self, why: str) -> None:
-        self._fallback = PythonEvaluator(self._rules)
+        self._fallback = True
         self.name = f"python (durable-rules failed: {why})"
 
     def close(self) -> None:
