@@ -167,7 +167,7 @@ def _too_deep(path: Path, data: Any) -> list[str]:
         if isinstance(raw, dict) and isinstance(raw.get("when"), dict):
             d = depth(raw["when"])
             if d > MAX_DEPTH:
-                out.append(f"{path}: rules[{i}] ({_excerpt(raw.get('id'))}).when: all/any/not nested {d} deep "
+                out.append(f"{path}: rules[{i}] ({str(raw.get('id'))[:60]}).when: all/any/not nested {d} deep "
                            f"(limit {MAX_DEPTH})")
     return out
 
