@@ -45,12 +45,25 @@ def test_one_ruleset_per_rule_base_reused():
 
 
 def test_idle_rule_bases_are_freed():
-    # 12 distinct rule bases, each used and closed: at most 4 stay compiled (plus any in use elsewhere)
+    # 12 distinct rule bases, each used and closed: at most 4 more stay compiled than were before
+    before = live_rulesets()
     for i in range(12):
         rule = Rule(id=f"r{i}", description="d", when={"fact": "zero_stage", "ge": i}, then={"score": 1},
                     because="b", source="s", tests=(), priority=0, file="<t>", topic="t")
         assert _cycle([rule], [{"zero_stage": 20}]) == [[f"r{i}"]]
-    assert live_rulesets() <= 4
+    assert live_rulesets() <= before + 4
+
+
+def test_evaluator_dropped_without_close_releases():
+    import gc
+
+    before = live_rulesets()
+    for i in range(12):  # 12 distinct rule bases, none closed
+        rule = Rule(id=f"dropped-{i}", description="d", when={"fact": "zero_stage", "ge": i}, then={"score": 1},
+                    because="b", source="s", tests=(), priority=0, file="<t>", topic="t")
+        make_evaluator([rule], "durable").fired({"zero_stage": 20})
+    gc.collect()
+    assert live_rulesets() <= before + 4
 
 
 def test_close_is_idempotent_and_use_after_close_is_an_error():

@@ -22,6 +22,7 @@ import itertools
 import json
 import math
 import threading
+import weakref
 from collections import OrderedDict
 from typing import Any, Callable, Mapping, Sequence
 
@@ -179,6 +180,9 @@ class DurableEvaluator:
         # a subclass with its own actions (tests plant failures) gets a ruleset of its own
         shared = type(self)._action is DurableEvaluator._action
         self._compiled: _Compiled | None = _acquire(self._rules, self._action, shared)
+        # an evaluator dropped without close() still releases its ruleset when collected
+        self._release = weakref.finalize(self, _release, self._compiled)
+        self._release.atexit = False
 
     def _action(self, rule_id: str, sink: list) -> Callable:
         def run(closure) -> None:
@@ -241,9 +245,8 @@ class DurableEvaluator:
 
     def close(self) -> None:
         """Release the shared ruleset (idempotent)."""
-        if self._compiled is not None:
-            compiled, self._compiled = self._compiled, None
-            _release(compiled)
+        self._compiled = None
+        self._release()  # runs _release once; later calls do nothing
 
 
 def _describe(exc: Exception, n_rules: int) -> str:
