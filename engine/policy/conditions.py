@@ -17,14 +17,15 @@ so code that reads rule conditions as plain data keeps working.
 from __future__ import annotations
 
 import operator
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 ORDERING_OPS = ("lt", "le", "gt", "ge")
 COMPARE_OPS = ("eq", "ne", *ORDERING_OPS)
 OPS = (*COMPARE_OPS, "in", "not_in")
-_PY = {"eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "le": operator.le, "gt": operator.gt,
+_PY: dict[str, typing.Callable[[typing.Any, typing.Any], bool]] = {"eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "le": operator.le, "gt": operator.gt,
        "ge": operator.ge}
 _DURABLE = {"ne": "$neq", "lt": "$lt", "le": "$lte", "gt": "$gt", "ge": "$gte"}
 # The operator that holds exactly when OP does not, for two present (finite, same-typed) values.
@@ -285,62 +286,3 @@ def fact_pairs(cond: Condition) -> Iterator[tuple[str, str]]:
     for node in walk(cond):
         if isinstance(node, Comparison) and isinstance(node.operand, FactRef):
             yield node.fact, node.operand.name
-
-
-def depth(raw: object) -> int:
-    """Nesting depth of all/any/not in a raw (YAML) condition, measured without recursion."""
-    deepest, stack = 0, [(raw, 0)]
-    while stack:
-        node, d = stack.pop()
-        if not isinstance(node, Mapping):
-            continue
-        deepest = max(deepest, d)
-        for key in ("all", "any"):
-            if isinstance(node.get(key), (list, tuple)):
-                stack.extend((sub, d + 1) for sub in node[key])
-        if "not" in node:
-            stack.append((node["not"], d + 1))
-    return deepest
-
-
-def build(raw: object, check: Callable[[dict, str], list[str]] | None = None,
-          where: str = "when") -> tuple[Condition | None, list[str]]:
-    """A Condition from a schema-valid raw condition whose depth was bounded (see depth()).
-
-    Args:
-        raw: the `when:` mapping as YAML loaded it.
-        check: called on every comparison with its place (`where.all[0]`), returns problems.
-        where: the place of `raw`, for messages.
-    Returns:
-        (condition, problems): the condition is None when there are problems.
-    """
-    problems: list[str] = []
-    cond = _build(raw, check, where, problems)
-    return (None if problems else cond), problems
-
-
-def _build(raw: dict, check, where: str, problems: list[str]) -> Condition:
-    if "all" in raw or "any" in raw:
-        key = "all" if "all" in raw else "any"
-        parts = tuple(_build(sub, check, f"{where}.{key}[{i}]", problems) for i, sub in enumerate(raw[key]))
-        return All(parts) if key == "all" else Any(parts)
-    if "not" in raw:
-        return Not(_build(raw["not"], check, f"{where}.not", problems))
-    if check is not None:
-        problems += check(raw, where)
-    op = next(k for k in OPS if k in raw)
-    value = raw[op]
-    if op == "in":
-        return In(raw["fact"], tuple(value))
-    if op == "not_in":
-        return NotIn(raw["fact"], tuple(value))
-    return Comparison(raw["fact"], op, FactRef(value["fact"]) if isinstance(value, dict) else value)
-
-
-def from_dict(raw: Mapping[str, object]) -> Condition:
-    """A Condition from a raw condition, without the vocabulary checks (rules built in code, cache)."""
-    if isinstance(raw, Condition):
-        return raw
-    cond, _ = build(dict(raw))
-    assert cond is not None
-    return cond

@@ -51,7 +51,7 @@ def durable_available() -> bool:
 
 def to_durable(cond: Condition | Mapping[str, Any]) -> dict:
     """A memfit condition in durable-rules' JSON grammar."""
-    from .conditions import from_dict
+    from .parse import from_dict
 
     return from_dict(cond).durable()
 
@@ -116,7 +116,7 @@ class _Compiled:
         self.name = f"memfit_{next(_ruleset_ids)}"
         definition = {r.id: {"all": [{"m": r.when.durable()}], "run": action(r.id, self.sink)} for r in rules}
         definition[_PRIME] = {"all": [{"m": {_PRIME: True}}], "run": lambda c: None}
-        self.host = _SyncHost()
+        self.host: Any = _SyncHost()
         self.host.register_rulesets({self.name: definition})
         self.sessions = itertools.count()
         # durable-rules 2.0.28 crashes (SIGSEGV, uncatchable) deleting a session before the ruleset

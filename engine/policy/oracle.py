@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Protocol, Sequence
 
-from .conditions import Condition, from_dict
+from .conditions import Condition
+from .parse import from_dict
 from .rules import Rule
 
 __all__ = ["Evaluator", "PythonEvaluator", "holds", "make_evaluator"]

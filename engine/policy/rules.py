@@ -20,7 +20,8 @@ import yaml
 
 from ..core.errors import RuleError
 from . import cache
-from .conditions import ORDERING_OPS, OPS, Condition, build, depth, facts_read, from_dict
+from .conditions import ORDERING_OPS, OPS, Condition, facts_read
+from .parse import build, depth, from_dict
 from .limits import MAX_DEPTH, MAX_LITERALS, MAX_RULE_FILE_BYTES, MAX_RULES
 from .templates import check_template
 from .vocabulary import FACT_TYPES
@@ -226,8 +227,8 @@ def load_rules(extra_dirs: Iterable[str | Path] = (), include_builtin: bool = Tr
             continue
         for f in sorted(directory.glob("*.yaml")):
             text, problem = _read_source(f)
-            if problem:
-                problems.append(problem)
+            if problem or text is None:
+                problems.append(problem or f"{f}: cannot read")
             else:
                 sources.append((str(f), text))
     if problems:
@@ -271,7 +272,7 @@ def check_sources(sources: Sequence[tuple[str, str]]) -> list[Rule]:
 def _checker_parts() -> list[bytes]:
     """What a checked rule base depends on besides its sources: the checker's code, schema, vocabulary."""
     here = Path(__file__).parent
-    code = [(here / m).read_bytes() for m in ("rules.py", "conditions.py", "templates.py", "limits.py", "cache.py")]
+    code = [(here / m).read_bytes() for m in ("rules.py", "conditions.py", "parse.py", "templates.py", "limits.py", "cache.py")]
     return [*code, json.dumps(_schema(), sort_keys=True).encode(),
             json.dumps({k: v.__name__ for k, v in FACT_TYPES.items()}, sort_keys=True).encode()]
 
