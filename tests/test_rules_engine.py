@@ -75,6 +75,42 @@ OPERATOR_TABLE = [
     ({"fact": "method", "not_in": ["lora"]}, {}, False),
     ({"fact": "gpu_usage", "gt": {"fact": "gpu_budget"}}, {"gpu_usage": 0.9}, False),
     ({"any": [{"fact": "zero_stage", "eq": 3}, {"fact": "method", "eq": "full"}]}, {"method": "full"}, True),
+    # not: holds exactly when the inner condition does not, so on an absent fact it holds
+    ({"not": {"fact": "zero_stage", "eq": 3}}, {"zero_stage": 2}, True),
+    ({"not": {"fact": "zero_stage", "eq": 3}}, {"zero_stage": 3}, False),
+    ({"not": {"fact": "zero_stage", "eq": 3}}, {}, True),                 # eq on absent is false
+    ({"not": {"fact": "zero_stage", "ne": 3}}, {}, True),                 # ne on absent is false too
+    ({"not": {"fact": "zero_stage", "ne": 3}}, {"zero_stage": 3}, True),
+    ({"not": {"fact": "zero_stage", "ne": 3}}, {"zero_stage": 2}, False),
+    ({"not": {"fact": "zero_stage", "lt": 3}}, {"zero_stage": 3}, True),  # not (3 < 3)
+    ({"not": {"fact": "zero_stage", "lt": 3}}, {"zero_stage": 2}, False),
+    ({"not": {"fact": "zero_stage", "le": 3}}, {"zero_stage": 4}, True),
+    ({"not": {"fact": "gpu_usage", "ge": 0.8}}, {"gpu_usage": 0.8}, False),
+    ({"not": {"fact": "gpu_usage", "gt": 0.8}}, {"gpu_usage": 0.8}, True),
+    ({"not": {"fact": "gpu_usage", "gt": {"fact": "gpu_budget"}}}, {"gpu_usage": 0.8, "gpu_budget": 0.8}, True),
+    ({"not": {"fact": "gpu_usage", "gt": {"fact": "gpu_budget"}}}, {"gpu_usage": 0.9, "gpu_budget": 0.8}, False),
+    ({"not": {"fact": "gpu_usage", "gt": {"fact": "gpu_budget"}}}, {"gpu_usage": 0.9}, True),   # right side absent
+    ({"not": {"fact": "gpu_usage", "gt": {"fact": "gpu_budget"}}}, {"gpu_budget": 0.8}, True),  # left side absent
+    ({"not": {"fact": "method", "in": ["lora", "qlora"]}}, {"method": "full"}, True),
+    ({"not": {"fact": "method", "in": ["lora", "qlora"]}}, {"method": "lora"}, False),
+    ({"not": {"fact": "method", "in": ["lora", "qlora"]}}, {}, True),
+    ({"not": {"fact": "method", "not_in": ["lora"]}}, {"method": "lora"}, True),
+    ({"not": {"fact": "method", "not_in": ["lora"]}}, {"method": "full"}, False),
+    ({"not": {"fact": "method", "not_in": ["lora"]}}, {}, True),
+    ({"not": {"fact": "gradient_checkpointing", "eq": False}}, {"gradient_checkpointing": True}, True),
+    # De Morgan: not (stage 3 and full) / not (stage 3 or full)
+    ({"not": {"all": [{"fact": "zero_stage", "eq": 3}, {"fact": "method", "eq": "full"}]}},
+     {"zero_stage": 3, "method": "lora"}, True),
+    ({"not": {"all": [{"fact": "zero_stage", "eq": 3}, {"fact": "method", "eq": "full"}]}},
+     {"zero_stage": 3, "method": "full"}, False),
+    ({"not": {"any": [{"fact": "zero_stage", "eq": 3}, {"fact": "method", "eq": "full"}]}},
+     {"zero_stage": 2, "method": "lora"}, True),
+    ({"not": {"any": [{"fact": "zero_stage", "eq": 3}, {"fact": "method", "eq": "full"}]}},
+     {"zero_stage": 2, "method": "full"}, False),
+    ({"not": {"not": {"fact": "zero_stage", "eq": 3}}}, {}, False),       # double negation: eq on absent
+    ({"not": {"not": {"fact": "zero_stage", "eq": 3}}}, {"zero_stage": 3}, True),
+    ({"all": [{"fact": "method", "eq": "full"}, {"not": {"fact": "offload_param", "eq": "nvme"}}]},
+     {"method": "full", "offload_param": "cpu"}, True),
 ]
 
 
@@ -168,15 +204,15 @@ def test_first_miss_does_not_crash():
 
 
 class _FailingAfterRecord(DurableEvaluator):
-    def _action(self, rule_id):
+    def _action(self, rule_id, sink):
         def run(closure):
-            self._fired.append(rule_id)
+            sink.append(rule_id)
             raise ValueError("planted action failure")
         return run
 
 
 class _FailingBeforeRecord(DurableEvaluator):
-    def _action(self, rule_id):
+    def _action(self, rule_id, sink):
         def run(closure):
             raise ValueError("planted action failure")
         return run

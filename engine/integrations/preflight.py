@@ -3,6 +3,8 @@ plan (does it fit its headroom, calibrated by the store like `advise`), and the 
 run leaves in the store at its end."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -11,7 +13,8 @@ from ..memory.estimate import MemoryEstimate, estimate_memory
 from ..model.spec import ModelSpec, resolve_model
 from ..plan.schema import Plan, plan_from_dict
 from ..plan.strategy import Strategy
-from ..search.sweep import within_budget
+from ..policy.rules import load_rules
+from ..search.judge import strategy_verdict
 from ..store.calibrate import with_history
 from ..store.ingest import pinned_strategy
 from ..store.make import estimate_dict, plan_dict, versions
@@ -32,7 +35,17 @@ class Preflight:
     notes: tuple[str, ...]
 
 
-def _verdict_line(plan: Plan, s: Strategy, e: MemoryEstimate, ev: Evidence, gpu_known: bool) -> tuple[bool, str]:
+def _passes(plan: Plan, model: ModelSpec, s: Strategy, ev: Evidence, gpu_known: bool) -> bool:
+    """The rule base's verdict (user rules of the plan included). Without a known GPU, reject rules
+    that read GPU facts are left out: the GPU capacity is a placeholder then."""
+    rules = load_rules([Path(plan.base_dir) / d for d in plan.rules])
+    if not gpu_known:
+        rules = [r for r in rules if not any(f.startswith("gpu_") for f in r.facts_used)]
+    return not strategy_verdict(plan, model, s, rules, evidence=ev)
+
+
+def _verdict_line(plan: Plan, model: ModelSpec, s: Strategy, e: MemoryEstimate, ev: Evidence,
+                  gpu_known: bool) -> tuple[bool, str]:
     pol = plan.policy
     scale, headroom = ev.calibration(s, pol.gpu_headroom)
     gpu = e.gpu_peak_gib * scale
@@ -40,11 +53,9 @@ def _verdict_line(plan: Plan, s: Strategy, e: MemoryEstimate, ev: Evidence, gpu_
     cal = f" (estimate x {scale:.2f}, calibrated by {ev.ratio_source})" if scale != 1.0 else ""
     parts = []
     if gpu_known:
-        fits = within_budget(plan, e, scale, headroom)
         parts.append(f"GPU {gpu:.2f} GiB per device{cal} against {e.gpu_capacity_gib * (1 - headroom):.2f} GiB "
                      f"({e.gpu_capacity_gib:.2f} GiB less {headroom:.0%} headroom)")
-    else:
-        fits = e.host_peak_gib <= host_budget
+    fits = _passes(plan, model, s, ev, gpu_known)
     parts.append(f"host {e.host_peak_gib:.2f} GiB per node against {host_budget:.2f} GiB "
                  f"({e.host_capacity_gib:.2f} GiB less {pol.host_headroom:.0%} headroom)")
     verdict = "fits" if fits else "does NOT fit"
@@ -82,7 +93,7 @@ def preflight(plan_data: dict[str, Any], gpu_known: bool = True, notes: tuple[st
     s = pinned_strategy(plan, "memfit callback plan")
     e = estimate_memory(plan, model, s)
     ev = with_history(Evidence(), plan, model) if history else Evidence()
-    fits, message = _verdict_line(plan, s, e, ev, gpu_known)
+    fits, message = _verdict_line(plan, model, s, e, ev, gpu_known)
     if not fits:
         message += _alternative(plan)
     return Preflight(fits, message, plan, model, s, e, tuple(notes) + ev.notes)

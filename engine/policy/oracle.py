@@ -1,18 +1,19 @@
 """Which rules fire on a set of facts: the plain-Python evaluator (the oracle) and the backend choice.
 
-The production backend is durable-rules (engine/policy/durable.py) where it runs; this evaluator
-implements the same condition semantics directly and is the oracle the tests compare it with.
-Semantics shared by both: a comparison on a fact that is absent is false.
+The conditions evaluate themselves (engine/policy/conditions.py states the semantics); this module is
+the evaluator over them, and picks the backend: durable-rules (engine/policy/durable.py) where it
+imports and the rule base is within what it handles (engine/policy/limits.py), else this one, with the
+reason in the evaluator's name (the advice records it: "python (durable-rules not used: ...)").
 """
 from __future__ import annotations
 
-import operator
 from typing import Any, Mapping, Protocol, Sequence
 
+from .conditions import Condition
+from .parse import from_dict
 from .rules import Rule
 
-_CMP = {"eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "le": operator.le,
-        "gt": operator.gt, "ge": operator.ge}
+__all__ = ["Evaluator", "PythonEvaluator", "holds", "make_evaluator"]
 
 
 class Evaluator(Protocol):
@@ -23,46 +24,21 @@ class Evaluator(Protocol):
     def close(self) -> None: ...
 
 
-def holds(cond: dict, facts: Mapping[str, Any]) -> bool:
-    """Whether a condition holds on the facts."""
-    if "all" in cond:
-        return all(holds(c, facts) for c in cond["all"])
-    if "any" in cond:
-        return any(holds(c, facts) for c in cond["any"])
-    name = cond["fact"]
-    if name not in facts:
-        return False
-    left = facts[name]
-    op = next(k for k in cond if k != "fact")
-    value = cond[op]
-    if op == "in":
-        return any(_same(left, v) for v in value)
-    if op == "not_in":
-        return not any(_same(left, v) for v in value)
-    if isinstance(value, dict):
-        if value["fact"] not in facts:
-            return False
-        value = facts[value["fact"]]
-    if op in ("eq", "ne"):
-        return _same(left, value) == (op == "eq")
-    return _CMP[op](left, value)
-
-
-def _same(a: Any, b: Any) -> bool:
-    # Types are checked at load, so a bool fact is only ever compared with a bool.
-    return a == b
+def holds(cond: Condition | Mapping[str, Any], facts: Mapping[str, Any]) -> bool:
+    """Whether a condition (parsed, or as a rule file writes it) holds on the facts."""
+    return from_dict(cond).holds(facts)
 
 
 class PythonEvaluator:
     """Evaluates rule conditions in plain Python."""
 
-    name = "python"
-
-    def __init__(self, rules: Sequence[Rule]):
-        self._rules = list(rules)
+    def __init__(self, rules: Sequence[Rule], name: str = "python"):
+        self._rules = [(r.id, r.when) for r in rules]
+        self.name = name
 
     def fired(self, facts: Mapping[str, Any]) -> list[str]:
-        return [r.id for r in self._rules if holds(r.when, facts)]
+        """Ids of the rules whose condition holds, in rule-base order."""
+        return [rid for rid, when in self._rules if when.holds(facts)]
 
     def close(self) -> None:
         pass
@@ -73,12 +49,18 @@ def make_evaluator(rules: Sequence[Rule], backend: str = "auto") -> Evaluator:
 
     Args:
         backend: 'durable' (durable-rules), 'python' (the oracle), or 'auto': durable-rules where it
-            imports (Python < 3.13), else the plain-Python evaluator.
+            imports (Python < 3.13), else the plain-Python evaluator. A rule base beyond durable-rules'
+            limits gets the plain-Python evaluator under either 'durable' or 'auto', named with why.
+    Returns:
+        An evaluator; call close() when done (the durable-rules ruleset is shared and reference-counted).
     """
     if backend == "python":
         return PythonEvaluator(rules)
-    from .durable import DurableEvaluator, durable_available
+    from .durable import DurableEvaluator, durable_available, unsupported
 
-    if backend == "durable" or durable_available():
-        return DurableEvaluator(rules)
-    return PythonEvaluator(rules)
+    if backend != "durable" and not durable_available():
+        return PythonEvaluator(rules)
+    reason = unsupported(rules)
+    if reason:
+        return PythonEvaluator(rules, name=f"python (durable-rules not used: {reason})")
+    return DurableEvaluator(rules)

@@ -6,14 +6,12 @@ Everything is checked when loaded, and every problem of every file is reported a
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import hashlib
 import json
+import math
 import os
-import string
-import tempfile
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -21,19 +19,25 @@ from typing import Any, Iterable, Sequence
 import yaml
 
 from ..core.errors import RuleError
+from . import cache
+from .conditions import ORDERING_OPS, OPS, Condition, facts_read
+from .parse import build, depth, from_dict
+from .limits import MAX_DEPTH, MAX_LITERALS, MAX_RULE_FILE_BYTES, MAX_RULES
+from .templates import check_template
 from .vocabulary import FACT_TYPES
 
 # libyaml's loader where PyYAML was built with it: 10x faster than the pure-Python one on the rule base.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-ORDERING_OPS = ("lt", "le", "gt", "ge")
-OPS = ("eq", "ne", *ORDERING_OPS, "in", "not_in")
+__all__ = ["Rule", "load_rules", "check_sources", "builtin_rule_files", "ORDERING_OPS", "OPS"]
 
 
 @dataclass(frozen=True)
 class Rule:
+    """One checked rule. `when` is a parsed Condition (a dict given here is parsed, unchecked)."""
+
     id: str
     description: str
-    when: dict
+    when: Condition
     then: dict
     because: str
     source: str
@@ -42,22 +46,18 @@ class Rule:
     file: str
     topic: str
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.when, Condition):
+            object.__setattr__(self, "when", from_dict(self.when))
+
     @property
     def facts_used(self) -> frozenset[str]:
-        return frozenset(_facts_in(self.when))
+        return facts_read(self.when)
 
-
-def _facts_in(cond: dict) -> Iterable[str]:
-    for key in ("all", "any"):
-        if key in cond:
-            for sub in cond[key]:
-                yield from _facts_in(sub)
-            return
-    yield cond["fact"]
-    for op in OPS:
-        v = cond.get(op)
-        if isinstance(v, dict):
-            yield v["fact"]
+    def as_dict(self) -> dict:
+        """Plain data (the cache's form): `when` as a rule file writes it."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {**out, "when": self.when.as_dict(), "tests": list(self.tests)}
 
 
 def _schema() -> dict:
@@ -78,15 +78,13 @@ def _value_ok(fact_type: type, value: Any) -> bool:
     return isinstance(value, str)
 
 
-def _check_condition(cond: dict, where: str) -> list[str]:
-    if "all" in cond or "any" in cond:
-        key = "all" if "all" in cond else "any"
-        return [p for i, sub in enumerate(cond[key]) for p in _check_condition(sub, f"{where}.{key}[{i}]")]
+def _check_comparison(cond: dict, where: str) -> list[str]:
+    """Problems of one comparison (fact names and value types); all/any/not are walked by build()."""
     name = cond["fact"]
     if name not in FACT_TYPES:
         return [f"{where}.fact: unknown fact '{name}'{_suggest(name)}"]
     ftype = FACT_TYPES[name]
-    op = next(k for k in cond if k != "fact")
+    op = next(k for k in OPS if k in cond)
     value = cond[op]
     if op in ORDERING_OPS and ftype not in (int, float):
         return [f"{where}.{op}: '{name}' is {ftype.__name__}; only numbers can be ordered"]
@@ -100,26 +98,24 @@ def _check_condition(cond: dict, where: str) -> list[str]:
                     f"({FACT_TYPES[other].__name__})"]
         return []
     values = value if op in ("in", "not_in") else [value]
+    if len(values) > MAX_LITERALS:
+        return [f"{where}.{op}: {len(values)} literals (limit {MAX_LITERALS})"]
     bad = [v for v in values if not _value_ok(ftype, v)]
-    return [f"{where}.{op}: '{name}' is {ftype.__name__} (got {bad[0]!r})"] if bad else []
+    if bad:
+        return [f"{where}.{op}: '{name}' is {ftype.__name__} (got {_excerpt(bad[0])})"]
+    return [f"{where}.{op}: {v!r} is not a finite number" for v in values
+            if isinstance(v, float) and not math.isfinite(v)][:1]
 
 
-def _check_template(template: str, where: str) -> list[str]:
-    problems = []
-    try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as exc:
-        return [f"{where}: bad template ({exc})"]
-    for f in fields:
-        if f not in FACT_TYPES:
-            problems.append(f"{where}: unknown fact '{{{f}}}'{_suggest(f)} (only plain fact names are allowed)")
-    return problems
+def _excerpt(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _check_rule(raw: dict, where: str) -> list[str]:
-    problems = _check_condition(raw["when"], f"{where}.when")
-    problems += _check_template(raw["because"], f"{where}.because")
-    used = frozenset(_facts_in(raw["when"]))
+def _check_rule(raw: dict, where: str) -> tuple[Condition | None, list[str]]:
+    when, problems = build(raw["when"], _check_comparison, f"{where}.when")
+    problems += check_template(raw["because"], f"{where}.because", FACT_TYPES)
+    used = facts_read(when) if when is not None else frozenset()
     for i, example in enumerate(raw["tests"]):
         unknown = [k for k in example["facts"] if k not in FACT_TYPES]
         problems += [f"{where}.tests[{i}].facts.{k}: unknown fact{_suggest(k)}" for k in unknown]
@@ -131,7 +127,7 @@ def _check_rule(raw: dict, where: str) -> list[str]:
     fires = {e["fires"] for e in raw["tests"]}
     if fires != {True, False}:
         problems.append(f"{where}.tests: needs at least one example that fires and one that does not")
-    return problems
+    return when, problems
 
 
 def _read_file(path: Path, text: str, validator) -> tuple[list[Rule], list[str]]:
@@ -141,17 +137,40 @@ def _read_file(path: Path, text: str, validator) -> tuple[list[Rule], list[str]]
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         return [], [f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}"]
+    except RecursionError:
+        return [], [f"{path}: YAML nested too deeply"]
+    # Before the schema: jsonschema recurses once per level and would raise RecursionError on `all:`
+    # nested a few hundred deep.
+    too_deep = _too_deep(path, data)
+    if too_deep:
+        return [], too_deep
     errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:
-        return [], [f"{path}: {_json_path(e.absolute_path)}: {e.message}" for e in errors]
+        return [], [f"{path}: {_json_path(e.absolute_path)}: {_excerpt(e.message, 300)}" for e in errors]
     rules, problems = [], []
     for i, raw in enumerate(data["rules"]):
         where = f"{path}: rules[{i}] ({raw['id']})"
-        problems += _check_rule(raw, where)
-        rules.append(Rule(id=raw["id"], description=raw["description"], when=raw["when"], then=raw["then"],
-                          because=raw["because"], source=raw["source"], tests=tuple(raw["tests"]),
-                          priority=raw.get("priority", 0), file=str(path), topic=data["topic"]))
+        when, issues = _check_rule(raw, where)
+        problems += issues
+        if when is not None:
+            rules.append(Rule(id=raw["id"], description=raw["description"], when=when, then=raw["then"],
+                              because=raw["because"], source=raw["source"], tests=tuple(raw["tests"]),
+                              priority=raw.get("priority", 0), file=str(path), topic=data["topic"]))
     return rules, problems
+
+
+def _too_deep(path: Path, data: Any) -> list[str]:
+    rules = data.get("rules") if isinstance(data, dict) else None
+    if not isinstance(rules, list):
+        return []
+    out = []
+    for i, raw in enumerate(rules):
+        if isinstance(raw, dict) and isinstance(raw.get("when"), dict):
+            d = depth(raw["when"])
+            if d > MAX_DEPTH:
+                out.append(f"{path}: rules[{i}] ({str(raw.get('id'))[:60]}).when: all/any/not nested {d} deep "
+                           f"(limit {MAX_DEPTH})")
+    return out
 
 
 def _json_path(parts) -> str:
@@ -168,33 +187,58 @@ def builtin_rule_files() -> list[tuple[str, str]]:
                   for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
+def _read_source(f: Path) -> tuple[str | None, str | None]:
+    """(text, None) or (None, problem): regular files only, bounded, UTF-8."""
+    try:
+        st = f.stat()
+        if not stat.S_ISREG(st.st_mode):
+            return None, f"{f}: not a regular file"
+        if st.st_size > MAX_RULE_FILE_BYTES:
+            return None, f"{f}: {st.st_size} bytes (limit {MAX_RULE_FILE_BYTES} per rule file)"
+        with open(f, "rb") as fh:  # read at most the limit: the size may grow after stat
+            data = fh.read(MAX_RULE_FILE_BYTES + 1)
+    except OSError as exc:
+        return None, f"{f}: cannot read ({exc.strerror or exc})"
+    if len(data) > MAX_RULE_FILE_BYTES:
+        return None, f"{f}: more than {MAX_RULE_FILE_BYTES} bytes (limit per rule file)"
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        return None, f"{f}: not UTF-8 text (byte {exc.start})"
+
+
 def load_rules(extra_dirs: Iterable[str | Path] = (), include_builtin: bool = True) -> list[Rule]:
     """Load and check the built-in rules plus every *.yaml in extra_dirs.
 
-    A rule base whose exact bytes (with the same schema and facts vocabulary) were checked before is
-    read back from the cache of checked rule bases, as Python reuses .pyc files; any change re-checks.
+    A rule base whose exact sources (with the same checker, schema and facts vocabulary) were checked
+    before is read back from the verified cache of checked rule bases (engine/policy/cache.py).
 
     Raises:
-        RuleError: every problem of every file (schema, unknown facts, types, duplicate ids, examples
-        that cannot be evaluated).
+        RuleError: every problem of every file (unreadable or oversized files, schema, unknown facts,
+        types, limits, duplicate ids, examples that cannot be evaluated).
     """
     sources: list[tuple[str, str]] = builtin_rule_files() if include_builtin else []
     problems: list[str] = []
     for d in extra_dirs:
         directory = Path(d)
         if not directory.is_dir():
-            problems.append(f"{directory}: rule directory not found")
+            problems.append(f"{directory}: rule directory not found" if not directory.exists()
+                            else f"{directory}: not a directory (a rules entry names a directory of *.yaml)")
             continue
         for f in sorted(directory.glob("*.yaml")):
-            sources.append((str(f), f.read_text(encoding="utf-8")))
+            text, problem = _read_source(f)
+            if problem or text is None:
+                problems.append(problem or f"{f}: cannot read")
+            else:
+                sources.append((str(f), text))
     if problems:
         raise RuleError(problems)
-    key = _cache_key(sources)
-    cached = _read_cache(key)
+    key = cache.content_key(sources, _checker_parts())
+    cached = _from_cache(key)
     if cached is not None:
         return cached
     rules = check_sources(sources)
-    _write_cache(key, rules)
+    cache.write_entry(key, [r.as_dict() for r in rules])
     return rules
 
 
@@ -202,7 +246,7 @@ def check_sources(sources: Sequence[tuple[str, str]]) -> list[Rule]:
     """Parse and check (name, text) rule files; every problem of every file at once.
 
     Raises:
-        RuleError: schema violations, unknown facts, type errors, duplicate ids.
+        RuleError: schema violations, unknown facts, type errors, limits, duplicate ids.
     """
     import jsonschema  # only when a rule base is checked (it is the slowest import on the cold path)
 
@@ -218,43 +262,33 @@ def check_sources(sources: Sequence[tuple[str, str]]) -> list[Rule]:
         if r.id in seen:
             problems.append(f"{r.file}: rule id '{r.id}' already defined in {seen[r.id]}")
         seen.setdefault(r.id, r.file)
+    if len(rules) > MAX_RULES:
+        problems.append(f"{len(rules)} rules in the rule base (limit {MAX_RULES}); last file {rules[-1].file}")
     if problems:
         raise RuleError(problems)
     return rules
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("MEMFIT_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "memfit")
-    return Path(root)
+def _checker_parts() -> list[bytes]:
+    """What a checked rule base depends on besides its sources: the checker's code, schema, vocabulary."""
+    here = Path(__file__).parent
+    code = [(here / m).read_bytes() for m in ("rules.py", "conditions.py", "parse.py", "templates.py", "limits.py", "cache.py")]
+    return [*code, json.dumps(_schema(), sort_keys=True).encode(),
+            json.dumps({k: v.__name__ for k, v in FACT_TYPES.items()}, sort_keys=True).encode()]
 
 
-def _cache_key(sources: Sequence[tuple[str, str]]) -> str:
-    h = hashlib.sha256()
-    h.update(Path(__file__).read_bytes())  # the checker itself
-    h.update(json.dumps(_schema(), sort_keys=True).encode())
-    h.update(json.dumps({k: v.__name__ for k, v in FACT_TYPES.items()}, sort_keys=True).encode())
-    for name, text in sources:
-        h.update(name.encode() + b"\0" + text.encode() + b"\0")
-    return h.hexdigest()[:32]
-
-
-def _read_cache(key: str) -> list[Rule] | None:
-    try:
-        data = json.loads((_cache_dir() / f"rules-{key}.json").read_text(encoding="utf-8"))
-        return [Rule(**{**r, "tests": tuple(r["tests"])}) for r in data]
-    except (OSError, ValueError, TypeError, KeyError):
+def _from_cache(key: str) -> list[Rule] | None:
+    """Rules of a verified cache entry; conditions re-built with the vocabulary checks (cheap)."""
+    entry = cache.read_entry(key)
+    if entry is None:
         return None
-
-
-def _write_cache(key: str, rules: Sequence[Rule]) -> None:
-    """Best effort: a read-only home only costs the re-check next time."""
+    rules = []
     try:
-        d = _cache_dir()
-        d.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".rules-")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump([dataclasses.asdict(r) for r in rules], fh)
-        os.replace(tmp, d / f"rules-{key}.json")
-    except OSError:
-        pass
+        for r in entry:
+            when, problems = build(r["when"], _check_comparison, r["id"])
+            if problems or when is None:
+                return None
+            rules.append(Rule(**{**r, "when": when, "tests": tuple(r["tests"])}))
+    except (KeyError, TypeError, ValueError, StopIteration, RecursionError):
+        return None
+    return rules

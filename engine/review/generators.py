@@ -11,6 +11,7 @@ from typing import Any, Sequence
 from hypothesis import strategies as st
 
 from ..policy.vocabulary import FACT_TYPES
+from ..policy.conditions import fact_pairs, literals
 from ..policy.rules import Rule
 
 # A size ladder of one family (same vocabulary and architecture), smallest first, so that "a larger
@@ -93,20 +94,9 @@ def measured_overrides() -> st.SearchStrategy:
 def rule_thresholds(rules: Sequence[Rule]) -> dict[str, list]:
     """Every literal each fact is compared with in the rule base, by fact name."""
     found: dict[str, list] = {}
-
-    def walk(cond: dict) -> None:
-        for key in ("all", "any"):
-            for sub in cond.get(key, ()):
-                walk(sub)
-        if "fact" not in cond:
-            return
-        op = next(k for k in cond if k != "fact")
-        value = cond[op]
-        values = value if op in ("in", "not_in") else [value]
-        found.setdefault(cond["fact"], []).extend(v for v in values if not isinstance(v, dict))
-
     for r in rules:
-        walk(r.when)
+        for name, value in literals(r.when):
+            found.setdefault(name, []).append(value)
     return found
 
 
@@ -159,20 +149,9 @@ def fact_sets(rules: Sequence[Rule], drop_some: bool = True, plain_floats: bool 
 
 
 def _fact_pairs(rules: Sequence[Rule]) -> list[tuple[str, str]]:
-    pairs = []
-
-    def walk(cond: dict) -> None:
-        for key in ("all", "any"):
-            for sub in cond.get(key, ()):
-                walk(sub)
-        if "fact" in cond:
-            value = cond[next(k for k in cond if k != "fact")]
-            if isinstance(value, dict) and FACT_TYPES.get(cond["fact"]) is FACT_TYPES.get(value["fact"]):
-                pairs.append((cond["fact"], value["fact"]))
-
-    for r in rules:
-        walk(r.when)
-    return pairs
+    """Fact-against-fact comparisons of the same type (their boundary is equality of the two)."""
+    return [(left, right) for r in rules for left, right in fact_pairs(r.when)
+            if FACT_TYPES.get(left) is FACT_TYPES.get(right)]
 
 
 __all__ = ["plan_dicts", "measured_overrides", "fact_sets", "rule_thresholds", "MODEL_LADDER", "INLINE_MODEL"]

@@ -51,7 +51,7 @@ def judge(candidates: Sequence[Candidate], rules: Sequence[Rule], evaluator,
 
 
 def strategy_verdict(plan, model, strategy, rules: Sequence[Rule] | None = None,
-                     backend: str = "auto") -> tuple[str, ...]:
+                     backend: str = "auto", evidence=None) -> tuple[str, ...]:
     """The reject rules that fire on one given strategy (a config as written), by the same rule base.
 
     `advise check --plan` and the verdict on a foreign config ask this instead of comparing numbers
@@ -61,11 +61,13 @@ def strategy_verdict(plan, model, strategy, rules: Sequence[Rule] | None = None,
         plan, model: the checked plan and its model.
         strategy: the concrete strategy to judge.
         rules: the rule base; the built-in rules plus the plan's `rules:` when None.
+        evidence: measured facts (calibration, OOMs; evidence.match.Evidence), none by default.
     Returns:
         Ids of the reject rules that fire (empty: it passes the policy).
     """
     from pathlib import Path
 
+    from ..evidence.match import Evidence
     from ..policy.rules import load_rules
     from .feasibility import Feasibility
     from .sweep import PlanProbe
@@ -73,4 +75,4 @@ def strategy_verdict(plan, model, strategy, rules: Sequence[Rule] | None = None,
     if rules is None:
         rules = load_rules([Path(plan.base_dir) / d for d in plan.rules])
     with Feasibility(rules, backend) as feasibility:
-        return PlanProbe(plan, model, feasibility).rejected_by(strategy)
+        return PlanProbe(plan, model, feasibility, evidence or Evidence()).rejected_by(strategy)
