@@ -32,7 +32,24 @@ def _dump(data) -> None:
     click.echo(json.dumps(data, indent=2))
 
 
+def _print_completion(ctx: click.Context, _param, shell: str | None) -> None:
+    """--completion SHELL: print the script that makes SHELL complete `advise` (click's own)."""
+    if not shell or ctx.resilient_parsing:
+        return
+    from click.shell_completion import get_completion_class
+
+    # The same script `_ADVISE_COMPLETE=<shell>_source advise` prints.
+    comp = get_completion_class(shell)(ctx.command, {}, "advise", "_ADVISE_COMPLETE")
+    click.echo(comp.source())
+    ctx.exit(0)
+
+
 @click.group(cls=_DefaultToPlan, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(None, "--version", "-V", message="advise (memfit) %(version)s",
+                      package_name="memfit", prog_name="advise", help="Print the version and exit.")
+@click.option("--completion", type=click.Choice(["bash", "zsh", "fish"]), callback=_print_completion,
+              expose_value=False, is_eager=True, metavar="SHELL",
+              help="Print the shell completion script for bash, zsh or fish and exit.")
 def cli() -> None:
     """memfit: which fine-tuning strategy fits your hardware, with what margin, and what to run.
 
@@ -46,30 +63,79 @@ def cli() -> None:
 @cli.command("plan")
 @click.argument("plan_file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the advice as JSON (schemas/advice.schema.json).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write ds_config.json etc. into DIR.")
-@click.option("--force", is_flag=True, help="Overwrite existing files in --out.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the top plan's key; exit 1 when nothing fits.")
+@click.option("--explain", "explain_key", metavar="KEY", help="Print every rule that fired for the plan KEY, with its numbers and source.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write ds_config.json etc. into DIR (nothing fits: the closest plans under DIR/closest/, exit 1).")
+@click.option("--max-plans", type=click.IntRange(min=1), metavar="N", help="Write only the first N feasible plans under DIR/plans/ (default: every one).")
+@click.option("--report", "report_file", type=click.Path(dir_okay=False), help="Write a self-contained HTML report (charts, explanations, configs) to FILE.")
+@click.option("--force", is_flag=True, help="Overwrite existing files in --out and the --report file.")
 @click.option("--rules", "rules_dirs", multiple=True, type=click.Path(file_okay=False), help="Extra rule directory (repeatable).")
 @click.option("--measured", multiple=True, type=click.Path(dir_okay=False), help="Log of a real run (repeatable).")
-@click.option("--backend", type=click.Choice(["auto", "durable", "python"]), default="auto", show_default=True)
-def plan_cmd(plan_file, as_json, out_dir, force, rules_dirs, measured, backend) -> None:
+@click.option("--backend", type=click.Choice(["auto", "durable", "python"]), default="auto", show_default=True,
+              help="Rule evaluator: durable-rules, the plain-Python oracle, or durable-rules where it runs.")
+def plan_cmd(plan_file, as_json, quiet, explain_key, out_dir, max_plans, report_file, force, rules_dirs,
+             measured, backend) -> None:
     """Rank candidate strategies for PLAN_FILE."""
     from memfit.engine import advise, load_plan
-    from memfit.engine.advice.files import advice_files, write_files
-
-    from .render import advice_text
 
     plan = load_plan(plan_file)
     advice = advise(plan, rules_dirs=rules_dirs, measured=measured, backend=backend)
+    if report_file:
+        _write_report(report_file, advice, force)
+    if as_json:
+        click.echo(json.dumps(advice.model_dump(mode="json"), indent=2))
+    elif quiet:
+        if advice.best:
+            click.echo(advice.best.key)
+    elif explain_key:
+        from .explain import explain_lines
+
+        _echo_lines(explain_lines(advice, explain_key))
+    else:
+        from .render import advice_lines
+
+        _echo_lines(advice_lines(advice))
     if out_dir:
-        written = write_files(out_dir, advice_files(advice, plan), force=force)
-    click.echo(json.dumps(advice.model_dump(mode="json"), indent=2) if as_json else advice_text(advice))
-    if out_dir and not as_json:
+        _write_out(out_dir, advice, plan, max_plans, force, loud=not (as_json or quiet))
+    if quiet and not advice.best:
+        raise SystemExit(1)
+
+
+def _echo_lines(lines) -> None:
+    from .bars import echo
+
+    echo(lines, sys.stdout)
+
+
+def _write_report(report_file: str, advice, force: bool) -> None:
+    from pathlib import Path
+
+    from memfit.engine.advice.files import write_files
+
+    from .report import report_html
+
+    path = Path(report_file)
+    write_files(path.parent, {path.name: report_html(advice)}, force=force)
+    click.echo(f"wrote report {path}", err=True)
+
+
+def _write_out(out_dir: str, advice, plan, max_plans, force: bool, loud: bool) -> None:
+    """--out: every feasible plan's files, or (nothing fits) the closest ones marked, and exit 1."""
+    from memfit.engine.advice.files import advice_files, write_files
+
+    written = write_files(out_dir, advice_files(advice, plan, max_plans=max_plans), force=force)
+    if not advice.best:
+        closest = sum(1 for p in written if p.name == "ds_config.json")
+        click.echo(f"ERROR nothing fits: wrote advice.json and the {closest} closest plans under "
+                   f"{out_dir}/closest/ (marked as NOT fitting); no ds_config.json", err=True)
+        raise SystemExit(1)
+    if loud:
         click.echo(f"\nwrote {len(written)} file(s) under {out_dir}")
 
 
 @cli.command("estimate")
 @click.argument("plan_file", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of text.")
 def estimate_cmd(plan_file, as_json) -> None:
     """Memory of exactly the strategy PLAN_FILE pins (no search)."""
     from memfit.engine import estimate
@@ -82,17 +148,19 @@ def estimate_cmd(plan_file, as_json) -> None:
 
 @cli.command("review")
 @click.option("--rules", "rules_dirs", multiple=True, type=click.Path(file_okay=False), help="Extra rule directory (repeatable).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--max-examples", default=25, show_default=True, help="Generated plans per property.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="hypothesis seed: the same seed and rules give the same report.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where counterexample plans are written.")
 def review_cmd(rules_dirs, as_json, max_examples, seed, out_dir) -> None:
     """Property-test the rule base: examples, then properties over generated plans; exit 1 on any violation."""
     from memfit.engine.review.run import review
 
+    from .progress import steps
     from .render import review_text
 
-    report = review(rules_dirs, max_examples=max_examples, seed=seed, out_dir=out_dir)
+    with steps("review", enabled=not as_json) as progress:
+        report = review(rules_dirs, max_examples=max_examples, seed=seed, out_dir=out_dir, progress=progress)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else review_text(report))
     if not report.passed:
         raise SystemExit(1)
@@ -100,7 +168,7 @@ def review_cmd(rules_dirs, as_json, max_examples, seed, out_dir) -> None:
 
 @cli.command("facts")
 @click.argument("logs", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of text.")
 def facts_cmd(logs, as_json) -> None:
     """Memory evidence in training LOGS (OOMs, DeepSpeed memory lines, nvidia-smi traces), in GiB."""
     from memfit.engine.evidence.logs import parse_log
@@ -115,7 +183,7 @@ def facts_cmd(logs, as_json) -> None:
 
 
 @cli.command("detect")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of text.")
 @click.option("--nvme-path", type=click.Path(file_okay=False), help="Report free space on this NVMe mount.")
 @click.option("--hostfile", type=click.Path(dir_okay=False), help="DeepSpeed hostfile: nodes and slots.")
 def detect_cmd(as_json, nvme_path, hostfile) -> None:
@@ -135,37 +203,31 @@ def detect_cmd(as_json, nvme_path, hostfile) -> None:
 
 @cli.command("probe")
 @click.argument("plan_file", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the trace as JSON.")
 def probe_cmd(plan_file, as_json) -> None:
     """Trace one real training step on fake tensors (no GPU, no weights) and report its peaks."""
     from memfit.engine import load_plan
     from memfit.engine.probe.report import probe_report
 
+    from .progress import steps
     from .render import probe_text
 
     plan = load_plan(plan_file)
+    with steps("probe", enabled=not as_json) as progress:
+        # The probe reports after each traced phase: show it as the step just finished.
+        report = probe_report(plan, progress=lambda done, total, label: progress(done - 1, total, f"traced {label}"))
     if as_json:
-        report = probe_report(plan)
         _dump({**{k: v for k, v in report.result.__dict__.items()},
-               "formula_layer_bytes": report.formula_layer_bytes})
+               "formula_layer_bytes": report.formula_layer_bytes,
+               "formula_gradient_checkpointing": report.gradient_checkpointing})
         return
-    with click.progressbar(length=100, label="tracing", file=sys.stderr) as bar:
-        state = {"done": 0}
-
-        def progress(done: int, total: int, label: str) -> None:
-            target = int(100 * done / max(total, 1))
-            bar.label = f"tracing {label}"
-            bar.update(target - state["done"])
-            state["done"] = target
-
-        report = probe_report(plan, progress=progress)
     click.echo(probe_text(report))
 
 
 @cli.command("check")
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False), help="Also check it fits this plan's hardware.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of text.")
 def check_cmd(config, plan_file, as_json) -> None:
     """Review an existing DeepSpeed CONFIG: typos, impossible combinations, batch arithmetic, fit."""
     from memfit.engine.deepspeed.check import check
@@ -182,12 +244,15 @@ def check_cmd(config, plan_file, as_json) -> None:
 @click.argument("plan_file", type=click.Path(dir_okay=False))
 @click.option("--top", default=3, show_default=True, help="How many feasible plans to run.")
 @click.option("--timeout", "timeout_s", default=300.0, show_default=True, help="Seconds per config.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of text.")
 def verify_cmd(plan_file, top, timeout_s, as_json) -> None:
     """Run the top plans' DeepSpeed configs for two real steps on a tiny model (CPU, gloo)."""
     from memfit.engine.advice.verify import verify_plan
 
-    _, results = verify_plan(plan_file, top=top, timeout_s=timeout_s)
+    from .progress import steps
+
+    with steps("verify", enabled=not as_json) as progress:
+        _, results = verify_plan(plan_file, top=top, timeout_s=timeout_s, progress=progress)
     if as_json:
         _dump({"results": [r.model_dump() for r in results]})
     else:
@@ -205,8 +270,8 @@ def verify_cmd(plan_file, top, timeout_s, as_json) -> None:
 @click.option("--hardware", "hardware_file", required=True, type=click.Path(dir_okay=False),
               help="A YAML file with a hardware: mapping (or a memfit plan).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write ds_config.json and lf.yaml into DIR.")
-@click.option("--force", is_flag=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--force", is_flag=True, help="Overwrite existing files in --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of text.")
 def llamafactory_cmd(lf_yaml, hardware_file, out_dir, force, as_json) -> None:
     """Advise on a LLaMA-Factory training YAML; --out writes a corrected one beside the DeepSpeed JSON."""
     from memfit.engine import advise

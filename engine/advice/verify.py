@@ -9,9 +9,11 @@ from ..plan.schema import load_plan
 from .advise import advise
 
 
-def verify_plan(plan_path: str | Path, top: int = 3, timeout_s: float = 300.0):
+def verify_plan(plan_path: str | Path, top: int = 3, timeout_s: float = 300.0, progress=None):
     """Run the top feasible strategies' DeepSpeed configs for two real steps on a tiny model of the
-    plan's architecture (CPU, gloo). Returns (advice, [VerifyResult])."""
+    plan's architecture (CPU, gloo). Returns (advice, [VerifyResult]).
+
+    progress: called with (done, total, label) before each config (see deepspeed.verify.verify)."""
     from ..deepspeed.verify import verify
 
     plan = load_plan(plan_path)
@@ -25,4 +27,4 @@ def verify_plan(plan_path: str | Path, top: int = 3, timeout_s: float = 300.0):
         if c.feasible and shape not in shapes and len(chosen) < top:
             shapes.add(shape)
             chosen.append(c.to_strategy())
-    return advice, verify(plan, chosen, dict(model.config), timeout_s=timeout_s)
+    return advice, verify(plan, chosen, dict(model.config), timeout_s=timeout_s, progress=progress)
