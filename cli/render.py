@@ -44,19 +44,19 @@ def _plan_lines(c, hw, key_width: int, width: int = 20) -> list[Line]:
     Further per-plan lines (e.g. settings) are appended to the returned list, indented under the key.
     """
     batch = f"{c.micro_batch_size}x{c.gradient_accumulation_steps}"
-    row: Line = [(f"{c.rank:>3}  ", ""), (c.key.ljust(key_width), "key" if c.rank == 1 else ""),
+    row: Line = [(f"{c.rank if c.feasible else '-':>3}  ", ""), (c.key.ljust(key_width), "key" if c.rank == 1 else ""),
                  (f"  {batch:>8}  {c.score:>+5g}   ", "")]
     row += _gauge_cells(gauge_of(c, "gpu", hw), width) + [("   ", "")]
     row += _gauge_cells(gauge_of(c, "host", hw), width)
     return [row]
 
 
-def _ranked(feasible, hw) -> list[Line]:
+def _ranked(feasible, hw, title: str = "Fits (best first):") -> list[Line]:
     key_width = max(len("strategy"), *(len(c.key) for c in feasible))
     width = 20
     head = (f"{'#':>3}  {'strategy'.ljust(key_width)}  {'mb x acc':>8}  {'score':>5}   "
             f"{'GPU GiB'.ljust(width + 6)}   host GiB")
-    lines: list[Line] = [[("Fits (best first):", "head")], [(head, "dim")]]
+    lines: list[Line] = [[(title, "head")], [(head, "dim")]]
     for c in feasible:
         lines += _plan_lines(c, hw, key_width, width)
     return lines + _legend(hw, width)
@@ -107,6 +107,8 @@ def advice_lines(advice) -> list[Line]:
     lines = _header(advice) + [[(advice.summary, "head")], []]
     if feasible:
         lines += _ranked(feasible, advice.hardware) + [[]] + _why(feasible[0])
+    elif rejected:
+        lines += _ranked(rejected[:3], advice.hardware, "Closest (none fits):")
     if rejected:
         lines += [[], [("Rejected (closest first):", "head")]] + rejected_lines(rejected, [c for c in advice.candidates if c.feasible])
     if advice.what_it_would_take:

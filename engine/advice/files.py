@@ -49,7 +49,12 @@ def advice_files(advice, plan=None, max_plans: int | None = None) -> dict[str, s
 
 def closest_files(advice, count: int = CLOSEST) -> dict[str, str]:
     """The closest non-fitting plans' configs under closest/, with a README.md marking them."""
-    closest = [c for c in advice.candidates if not c.feasible and c.deepspeed_config][:count]
+    closest, shapes = [], set()
+    for c in advice.candidates:  # distinct strategies: not the same one pinned and unpinned
+        shape = (c.method, c.zero_stage, c.offload_optimizer, c.offload_param, c.gradient_checkpointing)
+        if not c.feasible and c.deepspeed_config and shape not in shapes and len(closest) < count:
+            shapes.add(shape)
+            closest.append(c)
     if not closest:
         return {}
     readme = ["# These plans do NOT fit", "",
