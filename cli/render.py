@@ -180,7 +180,7 @@ def probe_text(report) -> str:
     ckpt = "with" if report.gradient_checkpointing else "without"
     lines = [f"traced one {report.method} step of {report.model} (seq {report.seq_len}, micro-batch "
              f"{report.micro_batch}, {ckpt} checkpointing) in {r.seconds:.1f} s",
-             f"peak {r.peak_bytes / gib:.2f} GiB at {r.peak_phase}: " + _phase_parts(at_peak) + " (traced in bf16)",
+             f"peak {r.peak_bytes / gib:.2f} GiB at {r.peak_phase}: " + _phase_parts(at_peak),
              f"model states after the step: params {r.params_bytes / gib:.2f}, grads {r.grads_bytes / gib:.2f}, "
              f"optimizer {r.optimizer_bytes / gib:.2f} GiB",
              f"activations stored per layer: traced {r.activation_bytes_per_layer / 2**20:.1f} MiB, "

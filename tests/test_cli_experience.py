@@ -3,6 +3,7 @@
 completion."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -91,7 +92,29 @@ def _on_a_tty(env_extra) -> str:
     return b"".join(chunks).decode()
 
 
-def test_colour_on_a_terminal_unless_no_color():
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_colour_only_on_a_terminal_and_never_with_no_color(monkeypatch):
+    from memfit.cli.bars import echo
+
+    lines = [[("fits", "good"), (" plain", "")]]
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    tty, pipe = _Terminal(), io.StringIO()
+    echo(lines, tty)
+    echo(lines, pipe)
+    assert "\x1b[" in tty.getvalue() and pipe.getvalue() == "fits plain\n"
+    monkeypatch.setenv("NO_COLOR", "1")
+    tty = _Terminal()
+    echo(lines, tty)
+    assert tty.getvalue() == "fits plain\n"
+
+
+@pytest.mark.slow
+def test_colour_on_a_real_terminal_unless_no_color():
     assert "\x1b[" in _on_a_tty({})
     assert "\x1b[" not in _on_a_tty({"NO_COLOR": "1"})
 
