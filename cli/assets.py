@@ -15,8 +15,11 @@ table{border-collapse:collapse;width:100%}
 .facts td{padding:2px 0}
 .ranked th,.ranked td{padding:6px 12px;border-bottom:1px solid var(--line);text-align:left}
 .ranked th{background:var(--soft);font-weight:600;font-size:13px}
-.ranked td.n{text-align:right;font-variant-numeric:tabular-nums}
+.ranked td.n{text-align:right;font-variant-numeric:tabular-nums;padding-right:4px}
+.ranked svg.mini{vertical-align:middle}
+ul.take li{margin:4px 0}
 .ranked tr.rejected td{color:var(--muted)}
+.ranked td:last-child{white-space:nowrap}
 a{color:#0969da;text-decoration:none}a:hover{text-decoration:underline}
 .ok{color:var(--ok);font-weight:600}.no{color:var(--no);font-weight:600}
 article.plan{padding:14px 18px;margin:0 0 16px}

@@ -80,8 +80,10 @@ def plan_cmd(plan_file, as_json, quiet, explain_key, out_dir, max_plans, report_
 
     plan = load_plan(plan_file)
     advice = advise(plan, rules_dirs=rules_dirs, measured=measured, backend=backend)
+    from .outputs import echo_lines, write_out, write_report
+
     if report_file:
-        _write_report(report_file, advice, force)
+        write_report(report_file, advice, force)
     if as_json:
         click.echo(json.dumps(advice.model_dump(mode="json"), indent=2))
     elif quiet:
@@ -90,47 +92,15 @@ def plan_cmd(plan_file, as_json, quiet, explain_key, out_dir, max_plans, report_
     elif explain_key:
         from .explain import explain_lines
 
-        _echo_lines(explain_lines(advice, explain_key))
+        echo_lines(explain_lines(advice, explain_key))
     else:
         from .render import advice_lines
 
-        _echo_lines(advice_lines(advice))
+        echo_lines(advice_lines(advice))
     if out_dir:
-        _write_out(out_dir, advice, plan, max_plans, force, loud=not (as_json or quiet))
+        write_out(out_dir, advice, plan, max_plans, force, loud=not (as_json or quiet))
     if quiet and not advice.best:
         raise SystemExit(1)
-
-
-def _echo_lines(lines) -> None:
-    from .bars import echo
-
-    echo(lines, sys.stdout)
-
-
-def _write_report(report_file: str, advice, force: bool) -> None:
-    from pathlib import Path
-
-    from memfit.engine.advice.files import write_files
-
-    from .report import report_html
-
-    path = Path(report_file)
-    write_files(path.parent, {path.name: report_html(advice)}, force=force)
-    click.echo(f"wrote report {path}", err=True)
-
-
-def _write_out(out_dir: str, advice, plan, max_plans, force: bool, loud: bool) -> None:
-    """--out: every feasible plan's files, or (nothing fits) the closest ones marked, and exit 1."""
-    from memfit.engine.advice.files import advice_files, write_files
-
-    written = write_files(out_dir, advice_files(advice, plan, max_plans=max_plans), force=force)
-    if not advice.best:
-        closest = sum(1 for p in written if p.name == "ds_config.json")
-        click.echo(f"ERROR nothing fits: wrote advice.json and the {closest} closest plans under "
-                   f"{out_dir}/closest/ (marked as NOT fitting); no ds_config.json", err=True)
-        raise SystemExit(1)
-    if loud:
-        click.echo(f"\nwrote {len(written)} file(s) under {out_dir}")
 
 
 @cli.command("estimate")

@@ -10,9 +10,12 @@ import json
 from html import escape
 
 from .assets import PAGE_CSS, PAGE_JS
-from .svg import breakdown_svg, colour, legend_items
+from .bars import gauge_of
+from .svg import breakdown_svg, colour, legend_items, mini_bar
 
-MAX_CHARTS = 30  # every feasible plan, then the closest rejected ones, up to this many cards
+MAX_CHARTS = 40         # cards in one report: every feasible plan (up to this), then the closest rejected
+CLOSEST_WITH_FITS = 5   # rejected plans shown beside feasible ones
+CLOSEST_NONE_FIT = 8    # rejected plans shown when nothing fits
 
 
 def _copy_block(text: str, label: str, lang: str = "") -> str:
@@ -35,15 +38,17 @@ def _head(advice) -> str:
             f'<p class="summary">{escape(advice.summary)}</p><table class="facts">{rows}</table></header>')
 
 
-def _ranked_table(shown) -> str:
-    head = "<tr><th>#</th><th>strategy</th><th>micro × accum</th><th>GPU GiB</th><th>host GiB</th><th>score</th><th></th></tr>"
+def _ranked_table(shown, hw) -> str:
+    head = ("<tr><th>#</th><th>strategy</th><th>micro × accum</th><th colspan=2>GPU GiB per device</th>"
+            "<th colspan=2>host GiB per node</th><th>score</th><th></th></tr>")
     rows = []
     for c in shown:
         verdict = '<span class="ok">fits</span>' if c.feasible else '<span class="no">does not fit</span>'
         rows.append(f'<tr class="{"fit" if c.feasible else "rejected"}"><td>{c.rank if c.feasible else "–"}</td>'
                     f'<td><a href="#plan-{c.rank}-{_anchor(c.key)}">{escape(c.key)}</a></td>'
                     f'<td>{c.micro_batch_size} × {c.gradient_accumulation_steps}</td>'
-                    f'<td class="n">{c.memory.gpu_peak_gib:.1f}</td><td class="n">{c.memory.host_peak_gib:.1f}</td>'
+                    f'<td class="n">{c.memory.gpu_peak_gib:.1f}</td><td>{mini_bar(gauge_of(c, "gpu", hw))}</td>'
+                    f'<td class="n">{c.memory.host_peak_gib:.1f}</td><td>{mini_bar(gauge_of(c, "host", hw))}</td>'
                     f'<td class="n">{c.score:+g}</td><td>{verdict}</td></tr>')
     return f'<section><h2>Ranked plans</h2><table class="ranked">{head}{"".join(rows)}</table></section>'
 
@@ -93,16 +98,19 @@ def report_html(advice) -> str:
     """The whole report as one HTML document (str)."""
     feasible = [c for c in advice.candidates if c.feasible]
     rejected = [c for c in advice.candidates if not c.feasible]
-    shown = (feasible + rejected[:max(5, MAX_CHARTS - len(feasible))])[:MAX_CHARTS]
+    shown = (feasible + rejected[:CLOSEST_WITH_FITS] if feasible else rejected[:CLOSEST_NONE_FIT])[:MAX_CHARTS]
     cards = [_card(c, advice.hardware, i == 0) for i, c in enumerate(shown)]
-    top = (f"<section><h2>Recommended</h2>{cards[0]}</section>" if feasible else
-           "<section><h2>Nothing fits</h2><p>The closest candidates follow; none fits within the policy's headroom.</p></section>")
     take = "".join(f"<li>{escape(t)}</li>" for t in advice.what_it_would_take)
-    take = f"<section><h2>What it would take</h2><ul>{take}</ul></section>" if take else ""
+    take = f"<section><h2>What it would take</h2><ul class='take'>{take}</ul></section>" if take else ""
+    if feasible:
+        top = f"<section><h2>Recommended</h2>{cards[0]}</section>{take}"
+    else:
+        top = (f"<section><h2>Nothing fits</h2><p>No candidate fits within the policy's headroom; the closest "
+               f"one is drawn below.</p></section>{take}<section><h2>Closest</h2>{cards[0] if cards else ''}</section>")
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>memfit: {escape(advice.model.name)} on {escape(advice.plan)}</title>"
-            f"<style>{PAGE_CSS}</style></head><body>{_head(advice)}{top}{_ranked_table(shown)}{take}"
-            f"<section><h2>Every plan and where its memory goes</h2>{''.join(cards[1 if feasible else 0:])}</section>"
+            f"<style>{PAGE_CSS}</style></head><body>{_head(advice)}{top}{_ranked_table(shown, advice.hardware)}"
+            f"<section><h2>Every plan and where its memory goes</h2>{''.join(cards[1:])}</section>"
             f"<footer>memfit {escape(advice.memfit_version)}: estimates, not measurements; see the accuracy page "
             f"of the docs for the measured error.</footer><script>{PAGE_JS}</script></body></html>\n")

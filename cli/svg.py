@@ -91,3 +91,14 @@ def legend_items(candidate) -> list[tuple[str, str, float]]:
     """(side, term, GiB) of every non-zero breakdown term, for the HTML legend under a chart."""
     return [(side, k.removesuffix("_gib"), v) for side in ("gpu", "host")
             for k, v in candidate.memory.breakdown[side].items() if v > 0]
+
+
+def mini_bar(g: Gauge, width: int = 90, height: int = 10) -> str:
+    """A small bar for a table cell: the peak against the capacity, the budget as a tick."""
+    scale = width / g.capacity_gib if g.capacity_gib > 0 else 0.0
+    used, budget = min(g.used_gib, g.capacity_gib) * scale, g.budget_gib * scale
+    fill = "#2da44e" if g.fits else "#cf222e"
+    return (f'<svg class="mini" width="{width}" height="{height}" viewBox="0 0 {width} {height}" aria-hidden="true">'
+            f'<rect width="{width}" height="{height}" rx="2" fill="#eaeef2"/>'
+            f'<rect width="{_f(used)}" height="{height}" rx="2" fill="{fill}"/>'
+            f'<line x1="{_f(budget)}" x2="{_f(budget)}" y1="0" y2="{height}" stroke="#24292f" stroke-width="1.5"/></svg>')
