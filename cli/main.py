@@ -184,8 +184,15 @@ def probe_cmd(plan_file, as_json) -> None:
 
     plan = load_plan(plan_file)
     with steps("probe", enabled=not as_json) as progress:
-        # The probe reports after each traced phase: show it as the step just finished.
-        report = probe_report(plan, progress=lambda done, total, label: progress(done - 1, total, f"traced {label}"))
+        seen = {"total": 1}
+
+        def traced(done: int, total: int, label: str) -> None:
+            # The probe reports after each traced phase: shown as the step just finished.
+            seen["total"] = total
+            progress(done - 1, total, f"traced {label}")
+
+        report = probe_report(plan, progress=traced)
+        progress(seen["total"], seen["total"], "done")
     if as_json:
         _dump({**{k: v for k, v in report.result.__dict__.items()},
                "formula_layer_bytes": report.formula_layer_bytes,

@@ -198,3 +198,33 @@ def test_progress_names_each_step_off_a_terminal(tmp_path):
     with steps("verify", stream=stream) as progress:  # fp16 is skipped on CPU: no DeepSpeed run here
         verify(load_plan(plan), strategies, {"model_type": "qwen2"}, progress=progress)
     assert stream.getvalue().splitlines() == [f"verify [1/2] {strategies[0].key}", f"verify [2/2] {strategies[1].key}"]
+
+
+def _probe(tmp_path, capsys, training: str) -> tuple[str, str]:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(f"model: Qwen/Qwen2.5-0.5B\nhardware: {{gpu_memory: 24, host_memory: 64}}\ntraining: {training}\n")
+    code, out, err = run(["probe", plan], capsys)
+    assert code == 0, err
+    return out, err
+
+
+@pytest.mark.slow
+def test_probe_summary_is_its_peak_phases_own_row(tmp_path, capsys):
+    # LoRA without checkpointing peaks in backward, before the full model states exist: the case where
+    # the summary once quoted the after-step sizes (grads, optimizer) beside a row that had none.
+    out, err = _probe(tmp_path, capsys, "{method: lora, seq_len: 1024, micro_batch_size: 2, gradient_checkpointing: false}")
+    assert "probe [6/6] traced 4 layers: optimizer" in err  # each step named on stderr
+    summary = re.search(r"^peak ([\d.]+) GiB at (\w+): (.*)$", out, re.M)
+    assert summary.group(2) == "backward"
+    row = re.search(rf"^  {summary.group(2)}: peak ([\d.]+) = (.*)$", out, re.M)
+    assert (summary.group(1), summary.group(3)) == row.groups()
+
+
+@pytest.mark.slow
+def test_probe_compares_checkpointed_trace_with_checkpointed_formula(tmp_path, capsys):
+    out, _ = _probe(tmp_path, capsys, "{method: full, seq_len: 256, micro_batch_size: 2, gradient_checkpointing: true}")
+    traced, formula = map(float, re.search(r"traced ([\d.]+) MiB, formula ([\d.]+) MiB \(both with checkpointing\)",
+                                           out).groups())
+    # Checkpointing keeps each layer's bf16 input only: s * b * h * 2 bytes = 256 * 2 * 896 * 2 = 0.875 MiB.
+    expected = 256 * 2 * 896 * 2 / 2**20
+    assert traced == pytest.approx(expected, abs=0.05) and formula == pytest.approx(expected, abs=0.05)
