@@ -228,3 +228,13 @@ def test_probe_compares_checkpointed_trace_with_checkpointed_formula(tmp_path, c
     # Checkpointing keeps each layer's bf16 input only: s * b * h * 2 bytes = 256 * 2 * 896 * 2 = 0.875 MiB.
     expected = 256 * 2 * 896 * 2 / 2**20
     assert traced == pytest.approx(expected, abs=0.05) and formula == pytest.approx(expected, abs=0.05)
+
+
+def test_terminal_bar_draws_the_error_band_and_the_budget():
+    from memfit.cli.bars import Gauge, bar
+
+    # 50 GiB of 100 in 20 cells: 10 full cells; a 45-60 GiB band covers cells 9-11 (9 is already
+    # used), so cells 10 and 11 are band; the 80 GiB budget mark is cell 16.
+    cells = "".join(t for t, _ in bar(Gauge(50, 100, 80, 45, 60), 20))
+    assert cells == "█" * 10 + "░░" + "····" + "│" + "···"
+    assert "░" not in "".join(t for t, _ in bar(Gauge(50, 100, 80), 20))
