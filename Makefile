@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export DS_BUILD_OPS := 0
 
-.PHONY: demo test test-quick bench clean venv postgres-server
+.PHONY: demo test test-quick bench clean venv postgres-server chromium
 
 venv: $(VENV)/.installed
 
@@ -34,8 +34,16 @@ postgres-server:
 	  else echo "note: no PostgreSQL server and not root: the PostgreSQL store tests will skip"; fi; \
 	fi
 
-test: venv postgres-server
+test: venv postgres-server chromium
 	$(PY) -m pytest -q
+
+# The HTML report's browser test needs headless Chromium (Debian's package). Installed here when run as
+# root with apt-get; elsewhere the test skips with its reason (under CI=true it fails instead).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else echo "chromium not found and not root: the report's browser test will be skipped"; fi
 
 test-quick: venv
 	$(PY) -m pytest -q -m "not slow"

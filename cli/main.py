@@ -40,7 +40,24 @@ def _dump(data) -> None:
     click.echo(json.dumps(data, indent=2))
 
 
+def _print_completion(ctx: click.Context, _param, shell: str | None) -> None:
+    """--completion SHELL: print the script that makes SHELL complete `advise` (click's own)."""
+    if not shell or ctx.resilient_parsing:
+        return
+    from click.shell_completion import get_completion_class
+
+    # The same script `_ADVISE_COMPLETE=<shell>_source advise` prints.
+    comp = get_completion_class(shell)(ctx.command, {}, "advise", "_ADVISE_COMPLETE")
+    click.echo(comp.source())
+    ctx.exit(0)
+
+
 @click.group(cls=_DefaultToPlan, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(None, "--version", "-V", message="advise (memfit) %(version)s",
+                      package_name="memfit", prog_name="advise", help="Print the version and exit.")
+@click.option("--completion", type=click.Choice(["bash", "zsh", "fish"]), callback=_print_completion,
+              expose_value=False, is_eager=True, metavar="SHELL",
+              help="Print the shell completion script for bash, zsh or fish and exit.")
 def cli() -> None:
     """memfit: which fine-tuning strategy fits your hardware, with what margin, and what to run.
 
@@ -60,19 +77,22 @@ def cli() -> None:
 @click.option("--deepspeed", "deepspeed", type=click.Path(dir_okay=False),
               help="DeepSpeed JSON to use instead of the one the config names.")
 @click.option("--json", "as_json", is_flag=True, help="Print the advice as JSON (schemas/advice.schema.json).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write ds_config.json etc. into DIR.")
-@click.option("--force", is_flag=True, help="Overwrite existing files in --out.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the top plan's key; exit 1 when nothing fits.")
+@click.option("--explain", "explain_key", metavar="KEY", help="Print every rule that fired for the plan KEY, with its numbers and source.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write ds_config.json etc. into DIR (nothing fits: the closest plans under DIR/closest/, exit 1).")
+@click.option("--max-plans", type=click.IntRange(min=1), metavar="N", help="Write only the first N feasible plans under DIR/plans/ (default: every one).")
+@click.option("--report", "report_file", type=click.Path(dir_okay=False), help="Write a self-contained HTML report (charts, explanations, configs) to FILE.")
+@click.option("--force", is_flag=True, help="Overwrite existing files in --out and the --report file.")
 @click.option("--rules", "rules_dirs", multiple=True, type=click.Path(file_okay=False), help="Extra rule directory (repeatable).")
 @click.option("--measured", multiple=True, type=click.Path(dir_okay=False), help="Log of a real run (repeatable).")
-@click.option("--backend", type=click.Choice(["auto", "durable", "python"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "durable", "python"]), default="auto", show_default=True,
+              help="Rule evaluator: durable-rules, the plain-Python oracle, or durable-rules where it runs.")
 @click.option("--no-history", is_flag=True, help="Ignore the store of recorded runs (MEMFIT_STORE).")
-def plan_cmd(plan_file, hardware, deepspeed, as_json, out_dir, force, rules_dirs, measured, backend, no_history) -> None:
+def plan_cmd(plan_file, hardware, deepspeed, as_json, quiet, explain_key, out_dir, max_plans, report_file, force,
+             rules_dirs, measured, backend, no_history) -> None:
     """Rank candidate strategies for PLAN_FILE: a memfit plan, LLaMA-Factory, axolotl or torchtune config."""
     from memfit.engine import advise
-    from memfit.engine.advice.files import advice_files, write_files
     from memfit.engine.integrations.foreign import detect_format
-
-    from .render import advice_text
 
     if detect_format(plan_file) != "memfit":
         _foreign(plan_file, hardware, deepspeed, as_json, out_dir, force,
@@ -84,11 +104,27 @@ def plan_cmd(plan_file, hardware, deepspeed, as_json, out_dir, force, rules_dirs
                                "`advise check DS.json --plan PLAN`")
     plan = _memfit_plan(plan_file, hardware)
     advice = advise(plan, rules_dirs=rules_dirs, measured=measured, backend=backend, history=not no_history)
+    from .outputs import echo_lines, write_out, write_report
+
+    if report_file:
+        write_report(report_file, advice, force)
+    if as_json:
+        click.echo(json.dumps(advice.model_dump(mode="json"), indent=2))
+    elif quiet:
+        if advice.best:
+            click.echo(advice.best.key)
+    elif explain_key:
+        from .explain import explain_lines
+
+        echo_lines(explain_lines(advice, explain_key))
+    else:
+        from .render import advice_lines
+
+        echo_lines(advice_lines(advice))
     if out_dir:
-        written = write_files(out_dir, advice_files(advice, plan), force=force)
-    click.echo(json.dumps(advice.model_dump(mode="json"), indent=2) if as_json else advice_text(advice))
-    if out_dir and not as_json:
-        click.echo(f"\nwrote {len(written)} file(s) under {out_dir}")
+        write_out(out_dir, advice, plan, max_plans, force, loud=not (as_json or quiet))
+    if quiet and not advice.best:
+        raise SystemExit(1)
 
 
 def _memfit_plan(plan_file, hardware):
@@ -136,7 +172,7 @@ def _foreign(path, hardware, deepspeed, as_json, out_dir, force, advise_kw) -> N
 
 @cli.command("estimate")
 @click.argument("plan_file", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of text.")
 @click.option("--rules", "rules_dirs", multiple=True, type=click.Path(file_okay=False), help="Extra rule directory (repeatable).")
 def estimate_cmd(plan_file, as_json, rules_dirs) -> None:
     """Memory of exactly the strategy PLAN_FILE pins (no search)."""
@@ -150,18 +186,20 @@ def estimate_cmd(plan_file, as_json, rules_dirs) -> None:
 
 @cli.command("review")
 @click.option("--rules", "rules_dirs", multiple=True, type=click.Path(file_okay=False), help="Extra rule directory (repeatable).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--max-examples", default=25, show_default=True, type=click.IntRange(1, 100_000),
               help="Generated plans per property.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="hypothesis seed: the same seed and rules give the same report.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where counterexample plans are written.")
 def review_cmd(rules_dirs, as_json, max_examples, seed, out_dir) -> None:
     """Property-test the rule base: examples, then properties over generated plans; exit 1 on any violation."""
     from memfit.engine.review.run import review
 
+    from .progress import steps
     from .render import review_text
 
-    report = review(rules_dirs, max_examples=max_examples, seed=seed, out_dir=out_dir)
+    with steps("review", enabled=not as_json) as progress:
+        report = review(rules_dirs, max_examples=max_examples, seed=seed, out_dir=out_dir, progress=progress)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else review_text(report))
     if not report.passed:
         raise SystemExit(1)
@@ -169,7 +207,7 @@ def review_cmd(rules_dirs, as_json, max_examples, seed, out_dir) -> None:
 
 @cli.command("facts")
 @click.argument("logs", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of text.")
 def facts_cmd(logs, as_json) -> None:
     """Memory evidence in training LOGS (OOMs, DeepSpeed memory lines, nvidia-smi traces), in GiB."""
     from memfit.engine.evidence.logs import parse_log
@@ -184,7 +222,7 @@ def facts_cmd(logs, as_json) -> None:
 
 
 @cli.command("detect")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of text.")
 @click.option("--nvme-path", type=click.Path(file_okay=False), help="Report free space on this NVMe mount.")
 @click.option("--hostfile", type=click.Path(dir_okay=False), help="DeepSpeed hostfile: nodes and slots.")
 def detect_cmd(as_json, nvme_path, hostfile) -> None:
@@ -204,37 +242,38 @@ def detect_cmd(as_json, nvme_path, hostfile) -> None:
 
 @cli.command("probe")
 @click.argument("plan_file", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the trace as JSON.")
 def probe_cmd(plan_file, as_json) -> None:
     """Trace one real training step on fake tensors (no GPU, no weights) and report its peaks."""
     from memfit.engine import load_plan
     from memfit.engine.probe.report import probe_report
 
+    from .progress import steps
     from .render import probe_text
 
     plan = load_plan(plan_file)
+    with steps("probe", enabled=not as_json) as progress:
+        seen = {"total": 1}
+
+        def traced(done: int, total: int, label: str) -> None:
+            # The probe reports after each traced phase: shown as the step just finished.
+            seen["total"] = total
+            progress(done - 1, total, f"traced {label}")
+
+        report = probe_report(plan, progress=traced)
+        progress(seen["total"], seen["total"], "done")
     if as_json:
-        report = probe_report(plan)
         _dump({**{k: v for k, v in report.result.__dict__.items()},
-               "formula_layer_bytes": report.formula_layer_bytes})
+               "formula_layer_bytes": report.formula_layer_bytes,
+               "formula_gradient_checkpointing": report.gradient_checkpointing})
         return
-    with click.progressbar(length=100, label="tracing", file=sys.stderr) as bar:
-        state = {"done": 0}
-
-        def progress(done: int, total: int, label: str) -> None:
-            target = int(100 * done / max(total, 1))
-            bar.label = f"tracing {label}"
-            bar.update(target - state["done"])
-            state["done"] = target
-
-        report = probe_report(plan, progress=progress)
     click.echo(probe_text(report))
 
 
 @cli.command("check")
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False), help="Also check it fits this plan's hardware.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of text.")
 def check_cmd(config, plan_file, as_json) -> None:
     """Review an existing DeepSpeed CONFIG (JSON) or accelerate FSDP config (YAML): typos, impossible
     combinations, batch arithmetic, fit."""
@@ -261,12 +300,15 @@ def check_cmd(config, plan_file, as_json) -> None:
 @click.option("--top", default=3, show_default=True, type=click.IntRange(1, 100), help="How many feasible plans to run.")
 @click.option("--timeout", "timeout_s", default=300.0, show_default=True, callback=_finite_seconds,
               help="Seconds per config (> 0, at most a day).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of text.")
 def verify_cmd(plan_file, top, timeout_s, as_json) -> None:
     """Run the top plans' DeepSpeed configs for two real steps on a tiny model (CPU, gloo)."""
     from memfit.engine.advice.verify import verify_plan
 
-    _, results = verify_plan(plan_file, top=top, timeout_s=timeout_s)
+    from .progress import steps
+
+    with steps("verify", enabled=not as_json) as progress:
+        _, results = verify_plan(plan_file, top=top, timeout_s=timeout_s, progress=progress)
     if as_json:
         _dump({"results": [r.model_dump() for r in results]})
     else:
@@ -284,8 +326,8 @@ def verify_cmd(plan_file, top, timeout_s, as_json) -> None:
 @click.option("--hardware", "hardware", required=True, help="A YAML file with a hardware: mapping (or a plan), or 'detect'.")
 @click.option("--deepspeed", "deepspeed", type=click.Path(dir_okay=False), help="DeepSpeed JSON to use instead.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write the corrected YAML, ds_config.json, launch.sh.")
-@click.option("--force", is_flag=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--force", is_flag=True, help="Overwrite existing files in --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of text.")
 def llamafactory_cmd(lf_yaml, hardware, deepspeed, out_dir, force, as_json) -> None:
     """Same as `advise LF_YAML --hardware HW` (kept for earlier scripts)."""
     _foreign(lf_yaml, hardware, deepspeed, as_json, out_dir, force, {})
@@ -294,7 +336,7 @@ def llamafactory_cmd(lf_yaml, hardware, deepspeed, out_dir, force, as_json) -> N
 @cli.command("record")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False), help="The plan of the run the logs came from.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print what was recorded as JSON.")
 def record_cmd(files, plan_file, as_json) -> None:
     """Add measured runs to the store: record JSON / JSON lines, bench results, or logs (with --plan)."""
     from memfit.engine import load_plan
@@ -316,7 +358,7 @@ def record_cmd(files, plan_file, as_json) -> None:
 
 
 @cli.command("history")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the newest N records.")
 @click.option("--export", "export_file", type=click.Path(dir_okay=False),
               help="Write the records as JSON lines to FILE ('-': stdout); `advise record FILE` imports them.")

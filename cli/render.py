@@ -3,96 +3,153 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from .bars import BAND, FULL, MARK, Gauge, Line, bar, gauge_of, plain
+
+
+def table(headers, rows) -> str:
+    """A plain left-aligned text table (used by `advise history`)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
+    out += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in rows]
+    return "\n".join(out)
+
 
 def _yn(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
-def _offload(c) -> str:
-    parts = []
-    if c.offload_optimizer != "none":
-        parts.append(f"opt:{c.offload_optimizer}")
-    if c.offload_param != "none":
-        parts.append(f"param:{c.offload_param}")
-    if parts and not c.pin_memory:
-        parts.append("unpinned")
-    if c.zero_stage == 3 and not c.gather_16bit_on_save:
-        parts.append("no-16bit-save")
-    return ",".join(parts) or "-"
+def _num(gib: float) -> str:
+    """GiB with one decimal below 100, none above (the precision an estimate can honestly claim)."""
+    return f"{gib:.1f}" if gib < 100 else f"{gib:.0f}"
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in rows]
-    return "\n".join(out)
+def _gauge_cells(g: Gauge, width: int) -> Line:
+    cells = bar(g, width)
+    return cells + [(f" {_num(g.used_gib):>5}", "ok" if g.fits else "over")]
 
 
-def advice_text(advice, show: int = 8, show_rejected: int = 6, launch: str | None = None,
-                tool_optimizer: bool = False) -> str:
-    """The ranked table with the reason for every choice and rejection.
-
-    `launch` replaces the deepspeed line; `tool_optimizer`: the DeepSpeed JSON written has no optimizer
-    block (the tool builds its own), so notes about DeepSpeed's own optimizer do not apply.
-    """
+def _header(advice) -> list[Line]:
     m, hw = advice.model, advice.hardware
-    head = [f"model     {m.name}: {m.total_params / 1e9:.2f}B params ({m.model_type}, {m.num_layers} layers, "
-            f"largest module {m.largest_layer_params / 1e6:.0f}M)",
-            f"hardware  {hw.nodes} node(s) x {hw.gpus_per_node} GPU(s) of {hw.gpu_memory_gib:.1f} GiB, "
-            f"host {hw.host_memory_gib:.1f} GiB per node" + (f", NVMe {hw.nvme_gib:.0f} GiB" if hw.nvme_gib else ""),
-            "          " + "; ".join(hw.readings),
-            f"rules     {advice.rules_loaded} rules, evaluated by {advice.evaluator}"]
-    head += [f"measured  {line}" for line in advice.measured] + [""]
-    feasible = [c for c in advice.candidates if c.feasible][:show]
-    rejected = [c for c in advice.candidates if not c.feasible][:show_rejected]
-    headers = ["#", "method", "zero", "offload", "ckpt", "micro", "accum", "GPU GiB", "host GiB", "score"]
-
-    def row(c):
-        return [str(c.rank), c.method, str(c.zero_stage), _offload(c), _yn(c.gradient_checkpointing),
-                str(c.micro_batch_size), str(c.gradient_accumulation_steps), f"{c.memory.gpu_peak_gib:.1f}",
-                f"{c.memory.host_peak_gib:.0f}", f"{c.score:+g}"]
-
-    body = [advice.summary, ""]
-    if feasible:
-        body += ["Fits (best first):", _table(headers, [row(c) for c in feasible]), ""]
-        body += _settings(feasible)
-        body += [line for line in _why(feasible[0])
-                 if not (tool_optimizer and "DeepSpeed swaps AdamW" in line)]
-    if rejected:
-        body += ["", "Rejected (closest first):"]
-        for c in rejected:
-            body.append(f"  {c.key}: GPU {c.memory.gpu_peak_gib:.1f} GiB, host {c.memory.host_peak_gib:.0f} GiB")
-            body += [f"      - {reason}" for reason in c.rejected_because]
-    if advice.what_it_would_take:
-        body += ["", "What it would take:"] + [f"  {line}" for line in advice.what_it_would_take]
-    if launch:
-        body += ["", "Launch:", f"  {launch}"]
-    elif feasible and feasible[0].launch:
-        body += ["", "Launch:", f"  {feasible[0].launch.get('deepspeed', '')}"]
-    return "\n".join(head + body)
+    lines = [f"model     {m.name}: {m.total_params / 1e9:.2f}B params ({m.model_type}, {m.num_layers} layers, "
+             f"largest module {m.largest_layer_params / 1e6:.0f}M)",
+             f"hardware  {hw.nodes} node(s) x {hw.gpus_per_node} GPU(s) of {hw.gpu_memory_gib:.1f} GiB, "
+             f"host {hw.host_memory_gib:.1f} GiB per node" + (f", NVMe {hw.nvme_gib:.0f} GiB" if hw.nvme_gib else ""),
+             "          " + "; ".join(hw.readings),
+             f"rules     {advice.rules_loaded} rules, evaluated by {advice.evaluator}"]
+    lines += [f"measured  {line}" for line in advice.measured]
+    return [[(t, "dim")] for t in lines] + [[]]
 
 
-def _settings(shown) -> list[str]:
+def _legend(hw, width: int) -> list[Line]:
+    return [[(f"bars: GPU per device of {_num(hw.gpu_memory_gib)} GiB, host per node of "
+              f"{_num(hw.host_memory_gib)} GiB; {FULL} estimate, {BAND} error band, {MARK} budget "
+              f"(capacity minus the policy's {hw.gpu_headroom:.0%} / {hw.host_headroom:.0%} headroom)", "dim")]]
+
+
+def _plan_lines(c, hw, key_width: int, width: int = 20) -> list[Line]:
+    """One feasible or closest plan: its table row (rank, key, batch, score, GPU bar, host bar).
+
+    Further per-plan lines (e.g. settings) are appended to the returned list, indented under the key.
+    """
+    batch = f"{c.micro_batch_size}x{c.gradient_accumulation_steps}"
+    row: Line = [(f"{c.rank if c.feasible else '-':>3}  ", ""), (c.key.ljust(key_width), "key" if c.rank == 1 else ""),
+                 (f"  {batch:>8}  {c.score:>+5g}   ", "")]
+    row += _gauge_cells(gauge_of(c, "gpu", hw), width) + [("   ", "")]
+    row += _gauge_cells(gauge_of(c, "host", hw), width)
+    return [row]
+
+
+def _ranked(feasible, hw, title: str = "Fits (best first):") -> list[Line]:
+    key_width = max(len("strategy"), *(len(c.key) for c in feasible))
+    width = 20
+    head = (f"{'#':>3}  {'strategy'.ljust(key_width)}  {'mb x acc':>8}  {'score':>5}   "
+            f"{'GPU GiB'.ljust(width + 6)}   host GiB")
+    lines: list[Line] = [[(title, "head")], [(head, "dim")]]
+    for c in feasible:
+        lines += _plan_lines(c, hw, key_width, width)
+    return lines + _legend(hw, width)
+
+
+def _why(c) -> list[Line]:
+    lines: list[Line] = [[(f"Why #{c.rank} ({c.key}):", "head")]]
+    for e in c.explanation:
+        sign = f"{e.score:+g}" if e.score else e.effect
+        style = "good" if e.score > 0 else "warn" if e.score < 0 else ""
+        lines.append([("  ", ""), (f"[{sign}]", style), (f" {e.rule}: {e.message}", "")])
+        if e.advice:
+            lines.append([(f"        advice: {e.advice}", "")])
+    b = c.memory.breakdown
+    lines.append([("  GPU breakdown (GiB): " + ", ".join(f"{k.removesuffix('_gib')} {v:.1f}" for k, v in b["gpu"].items() if v), "")])
+    lines.append([("  host breakdown (GiB): " + ", ".join(f"{k.removesuffix('_gib')} {v:.1f}" for k, v in b["host"].items() if v), "")])
+    return lines + [[(f"  note: {n}", "dim")] for n in c.notes]
+
+
+def _shape(c) -> tuple:
+    return (c.method, c.zero_stage, c.offload_optimizer, c.offload_param, c.gradient_checkpointing)
+
+
+def rejected_lines(rejected, feasible=(), limit: int = 12) -> list[Line]:
+    """One line per rejected strategy (method, ZeRO stage, offload, checkpointing) and why not.
+
+    Each strategy is shown by its closest variant; one that fits at another micro-batch or pinning is
+    not a rejected strategy and is left out.
+    """
+    seen, lines = {_shape(c) for c in feasible}, []
+    for c in rejected:
+        if _shape(c) in seen:
+            continue
+        seen.add(_shape(c))
+        reasons = c.rejected_because or ["rejected by the policy"]
+        more = f" (+{len(reasons) - 1} more: --explain {c.key})" if len(reasons) > 1 else ""
+        lines.append([("  x ", "bad"), (c.key, "key"), (f": {reasons[0]}{more}", "")])
+    shown = lines[:limit]
+    if len(lines) > limit:
+        shown.append([(f"  ... {len(lines) - limit} more rejected strategies (--json lists every candidate)", "dim")])
+    return shown
+
+
+def _settings(shown) -> list[Line]:
     """The knobs the rules set, per plan shown, with where each acts (memfit.engine.policy.knobs)."""
     from memfit.engine.policy.knobs import describe
 
-    lines = [f"  #{c.rank} {c.key}: {describe(k, v)}" for c in shown for k, v in c.settings.items()]
-    return ["Settings the rules set:", *lines, ""] if lines else []
+    lines = [[(f"  #{c.rank} {c.key}: {describe(k, v)}", "")] for c in shown for k, v in c.settings.items()]
+    return [[("Settings the rules set:", "head")], *lines, []] if lines else []
 
 
-def _why(c) -> list[str]:
-    lines = [f"Why #{c.rank} ({c.key}):"]
-    for e in c.explanation:
-        sign = f"{e.score:+g}" if e.score else e.effect
-        lines.append(f"  [{sign}] {e.rule}: {e.message}")
-        if e.advice:
-            lines.append(f"        advice: {e.advice}")
-    b = c.memory.breakdown
-    lines.append("  GPU breakdown (GiB): " + ", ".join(f"{k.removesuffix('_gib')} {v:.1f}" for k, v in b["gpu"].items() if v))
-    lines.append("  host breakdown (GiB): " + ", ".join(f"{k.removesuffix('_gib')} {v:.1f}" for k, v in b["host"].items() if v))
-    lines += [f"  note: {n}" for n in c.notes]
+def _launch_line(c) -> str:
+    return c.launch.get("deepspeed") or c.launch.get("accelerate", "")
+
+
+def advice_lines(advice, launch: str | None = None, tool_optimizer: bool = False) -> list[Line]:
+    """The answer as styled lines: header, summary, ranked table with bars, reasons, rejections.
+
+    `launch` replaces the top plan's launch line (a foreign config's own tool); `tool_optimizer`: the
+    DeepSpeed JSON written has no optimizer block (the tool builds its own), so notes about DeepSpeed's
+    own optimizer do not apply.
+    """
+    feasible = [c for c in advice.candidates if c.feasible][:8]
+    rejected = [c for c in advice.candidates if not c.feasible]
+    lines = _header(advice) + [[(advice.summary, "head")], []]
+    if feasible:
+        why = [line for line in _why(feasible[0])
+               if not (tool_optimizer and any("DeepSpeed swaps AdamW" in text for text, _ in line))]
+        lines += _ranked(feasible, advice.hardware) + [[]] + _settings(feasible) + why
+    elif rejected:
+        lines += _ranked(rejected[:3], advice.hardware, "Closest (none fits):")
+    if rejected:
+        lines += [[], [("Rejected (closest first):", "head")]] + rejected_lines(rejected, [c for c in advice.candidates if c.feasible])
+    if advice.what_it_would_take:
+        lines += [[], [("What it would take:", "head")]] + [[(f"  {t}", "")] for t in advice.what_it_would_take]
+    if launch:
+        lines += [[], [("Launch:", "head")], [(f"  {launch}", "")]]
+    elif feasible and feasible[0].launch:
+        lines += [[], [("Launch:", "head")], [(f"  {_launch_line(feasible[0])}", "")]]
     return lines
+
+
+def advice_text(advice, launch: str | None = None, tool_optimizer: bool = False) -> str:
+    """The ranked table with bars, the top plan's reasons and one line per rejected strategy."""
+    return plain(advice_lines(advice, launch, tool_optimizer))
 
 
 def estimate_text(r) -> str:
@@ -149,22 +206,35 @@ def check_text(r) -> str:
 
 
 def probe_text(report) -> str:
-    """Probe peaks by phase and category, in GiB, with the analytic per-layer term beside the traced one."""
+    """Probe peaks by phase and category, in GiB, with the analytic per-layer term beside the traced one.
+
+    The summary line is the peak phase's own row (what was live at that moment), so it always agrees
+    with the table below it; the model states' sizes after the step are a separate line.
+    """
     gib, r = 2**30, report.result
+    at_peak = r.by_phase[r.peak_phase]
+    ckpt = "with" if report.gradient_checkpointing else "without"
     lines = [f"traced one {report.method} step of {report.model} (seq {report.seq_len}, micro-batch "
-             f"{report.micro_batch}) in {r.seconds:.1f} s",
-             f"peak {r.peak_bytes / gib:.2f} GiB at {r.peak_phase}: params {r.params_bytes / gib:.2f}, "
-             f"grads {r.grads_bytes / gib:.2f}, optimizer {r.optimizer_bytes / gib:.2f} (traced in bf16)",
-             f"activations per layer: traced {r.activation_bytes_per_layer / 2**20:.1f} MiB, "
-             f"formula {report.formula_layer_bytes / 2**20:.1f} MiB (no checkpointing)",
-             f"logits and loss {r.logits_loss_bytes / gib:.2f} GiB; activation peak {r.activation_peak_bytes / gib:.2f} GiB"]
+             f"{report.micro_batch}, {ckpt} checkpointing) in {r.seconds:.1f} s",
+             f"peak {r.peak_bytes / gib:.2f} GiB at {r.peak_phase}: " + _phase_parts(at_peak),
+             f"model states after the step: params {r.params_bytes / gib:.2f}, grads {r.grads_bytes / gib:.2f}, "
+             f"optimizer {r.optimizer_bytes / gib:.2f} GiB",
+             f"activations stored per layer: traced {r.activation_bytes_per_layer / 2**20:.1f} MiB, "
+             f"formula {report.formula_layer_bytes / 2**20:.1f} MiB (both {ckpt} checkpointing)",
+             f"logits and loss {r.logits_loss_bytes / gib:.2f} GiB; activation peak {r.activation_peak_bytes / gib:.2f} GiB",
+             "by phase, live at each phase's peak (GiB):"]
     for phase, values in r.by_phase.items():
-        lines.append(f"  {phase}: " + ", ".join(f"{k} {v / gib:.2f}" for k, v in values.items()))
+        lines.append(f"  {phase}: peak {values['peak'] / gib:.2f} = " + _phase_parts(values))
     if r.extrapolated_from_layers:
         a, b = r.extrapolated_from_layers
         lines.append(f"traced {a} and {b} layers and extrapolated to {report.num_layers} by layer count")
     lines += [f"note: {n}" for n in r.notes]
     return "\n".join(lines)
+
+
+def _phase_parts(row) -> str:
+    gib = 2**30
+    return ", ".join(f"{k} {row[k] / gib:.2f}" for k in ("params", "grads", "optimizer", "activations"))
 
 
 def review_text(r) -> str:

@@ -13,7 +13,7 @@ def history_rows(stored) -> list[dict]:
 
 def history_text(stored, url: str) -> str:
     """A table of stored records, newest first, with measured and estimated GPU peaks in GiB."""
-    from .render import _table
+    from .render import table
 
     if not stored:
         return f"no recorded runs in {url} (add some: advise record FILE... --plan PLAN, or the Trainer callback)"
@@ -26,7 +26,7 @@ def history_text(stored, url: str) -> str:
         rows.append([str(s.id), r.date[:19], r.status, str(name)[:40], r.strategy_key, _gib(r.gpu_peak_gib), _gib(est),
                      _gib(r.host_peak_gib), r.device_name or "-", r.source[:40]])
     head = ["id", "date", "status", "model", "strategy", "GPU peak", "estimate", "host RSS", "device", "source"]
-    return f"{len(stored)} recorded run(s) in {url} (GiB; GPU peak: NVML, else torch reserved/allocated)\n" + _table(head, rows)
+    return f"{len(stored)} recorded run(s) in {url} (GiB; GPU peak: NVML, else torch reserved/allocated)\n" + table(head, rows)
 
 
 def recorded_text(results, url: str) -> str:

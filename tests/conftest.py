@@ -33,3 +33,5 @@ _settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 def pytest_addoption(parser):
     parser.addoption("--update-golden", action="store_true",
                      help="rewrite tests/golden/*/advice.json and deepspeed.json from the current code")
+    parser.addoption("--update-docs", action="store_true",
+                     help="rewrite the whole outputs shown in docs (blocks without '...') from the current code")

@@ -47,3 +47,13 @@ def test_golden(case, request):
 
 def test_at_least_five_golden_plans():
     assert len(CASES) >= 5
+
+
+def test_every_example_has_a_golden_copy():
+    # Each shipped example is pinned by a golden case whose plan.yaml is the example itself.
+    examples = Path(__file__).parent.parent / "examples"
+    for f in sorted(examples.glob("*.yaml")):
+        golden = GOLDEN / f.stem / "plan.yaml"
+        assert golden.exists(), f"{f.name}: add tests/golden/{f.stem}/plan.yaml (a copy) and --update-golden"
+        assert golden.read_text() == f.read_text(), f"{golden} differs from examples/{f.name}"
+    assert len(list(examples.glob("*.yaml"))) >= 8

@@ -54,7 +54,9 @@ def hardware_summary(plan: Plan) -> HardwareSummary:
     if hw.nvme_gib:
         readings.append(f"hardware.nvme: {describe_size(hw.nvme)} per node")
     return HardwareSummary(gpu_memory_gib=hw.gpu_memory_gib, gpus_per_node=hw.gpus_per_node, nodes=hw.nodes,
-                           host_memory_gib=hw.host_memory_gib, nvme_gib=hw.nvme_gib, readings=readings)
+                           host_memory_gib=hw.host_memory_gib, nvme_gib=hw.nvme_gib,
+                           gpu_headroom=plan.policy.gpu_headroom, host_headroom=plan.policy.host_headroom,
+                           readings=readings)
 
 
 def _memory_report(c: Candidate) -> MemoryReport:

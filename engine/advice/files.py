@@ -16,12 +16,17 @@ def _json(data) -> str:
     return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
 
-def advice_files(advice, plan=None, max_plans: int = 5) -> dict[str, str]:
+CLOSEST = 3  # how many closest non-fitting plans --out writes when nothing fits
+
+
+def advice_files(advice, plan=None, max_plans: int | None = None) -> dict[str, str]:
     """The files `advise --out DIR` writes: name -> text.
 
     The top feasible plan goes to ds_config.json (concrete, for plain `deepspeed`), ds_config.hf.json
     ("auto" where the HF Trainer / accelerate / LLaMA-Factory fill values; needs `plan`) and launch.sh;
-    every feasible plan up to `max_plans` gets plans/NN-<key>/ds_config.json; advice.json holds it all.
+    every feasible plan (or the first `max_plans`) gets plans/NN-<key>/ds_config.json; advice.json
+    holds it all. When nothing fits, no ds_config.json is written: the closest plans go under
+    closest/NN-<key>/ with a README.md saying that they do not fit and why.
     """
     files = {"advice.json": _json(advice.model_dump(mode="json"))}
     feasible = [c for c in advice.candidates if c.feasible and c.deepspeed_config]
@@ -42,8 +47,9 @@ def advice_files(advice, plan=None, max_plans: int = 5) -> dict[str, str]:
         files["fsdp_config.yaml"] = _fsdp_yaml(fsdp[0])
         files["fsdp_framework_keys.json"] = _json(fsdp[0].framework_keys)
     for i, c in enumerate(feasible[:max_plans], start=1):
-        folder = f"plans/{i:02d}-{c.key.replace('/', '-')}"
-        files[f"{folder}/ds_config.json"] = _json(c.deepspeed_config)
+        files[f"{_folder('plans', i, c)}/ds_config.json"] = _json(c.deepspeed_config)
+    if not feasible:
+        files.update(closest_files(advice))
     return files
 
 
@@ -53,6 +59,33 @@ def _fsdp_yaml(c) -> str:
     return (f"# accelerate FSDP config written by memfit for {c.key}.\n"
             "# Run: accelerate launch --config_file fsdp_config.yaml train.py\n"
             + yaml.safe_dump(c.accelerate_config, sort_keys=False))
+
+
+def closest_files(advice, count: int = CLOSEST) -> dict[str, str]:
+    """The closest non-fitting plans' configs under closest/, with a README.md marking them."""
+    closest, shapes = [], set()
+    for c in advice.candidates:  # distinct strategies: not the same one pinned and unpinned
+        shape = (c.method, c.zero_stage, c.offload_optimizer, c.offload_param, c.gradient_checkpointing)
+        if not c.feasible and c.deepspeed_config and shape not in shapes and len(closest) < count:
+            shapes.add(shape)
+            closest.append(c)
+    if not closest:
+        return {}
+    readme = ["# These plans do NOT fit", "",
+              f"memfit found no strategy for {advice.model.name} that fits this hardware within the policy's "
+              "headroom. These are the closest candidates, written so you can see what they would be; "
+              "running one is expected to run out of memory.", ""]
+    files = {}
+    for i, c in enumerate(closest, start=1):
+        folder = _folder("closest", i, c)
+        files[f"{folder}/ds_config.json"] = _json(c.deepspeed_config)
+        readme.append(f"- `{folder.removeprefix('closest/')}/` ({c.key}): DOES NOT FIT: " + "; ".join(c.rejected_because))
+    files["closest/README.md"] = "\n".join(readme) + "\n"
+    return files
+
+
+def _folder(root: str, i: int, c) -> str:
+    return f"{root}/{i:02d}-{c.key.replace('/', '-')}"
 
 
 def hf_config(candidate, plan) -> dict:

@@ -30,6 +30,8 @@ class HardwareSummary(_Out):
     nodes: int
     host_memory_gib: float
     nvme_gib: float
+    gpu_headroom: float = Field(0.2, description="fraction of GPU capacity the policy keeps free (policy.gpu_headroom)")
+    host_headroom: float = Field(0.25, description="fraction of host RAM the policy keeps free (policy.host_headroom)")
     readings: list[str] = Field(description="how each size in the plan was read, e.g. '744GB read as 692.9 GiB'")
 
 

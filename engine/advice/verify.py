@@ -9,9 +9,11 @@ from ..plan.schema import load_plan
 from .advise import advise
 
 
-def verify_plan(plan_path: str | Path, top: int = 3, timeout_s: float = 300.0):
+def verify_plan(plan_path: str | Path, top: int = 3, timeout_s: float = 300.0, progress=None):
     """Run the top feasible strategies' DeepSpeed configs for two real steps on a tiny model of the
-    plan's architecture (CPU, gloo). Returns (advice, [VerifyResult])."""
+    plan's architecture (CPU, gloo). Returns (advice, [VerifyResult]).
+
+    progress: called with (done, total, label) before each config (see deepspeed.verify.verify)."""
     from ..deepspeed.verify import verify
 
     plan = load_plan(plan_path)
@@ -27,7 +29,7 @@ def verify_plan(plan_path: str | Path, top: int = 3, timeout_s: float = 300.0):
             chosen.append(c.to_strategy())
     ds = [s for s in chosen if s.sharding == "deepspeed"]
     fs = [s for s in chosen if s.sharding == "fsdp"]
-    results = verify(plan, ds, dict(model.config), timeout_s=timeout_s) if ds else []
+    results = verify(plan, ds, dict(model.config), timeout_s=timeout_s, progress=progress) if ds else []
     if fs:  # PyTorch FSDP on CPU with gloo, 1 and 2 ranks (engine/fsdp/verify.py)
         from ..deepspeed.verify import tiny_config
         from ..fsdp.verify import verify_fsdp

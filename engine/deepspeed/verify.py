@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
@@ -144,7 +144,8 @@ def _run_one(key: str, spec: dict[str, Any], timeout_s: float) -> VerifyResult:
 
 
 def verify(plan: Plan, strategies: Sequence[Strategy], facts_config: Mapping[str, Any], steps: int = 2,
-           timeout_s: float = 300.0, facts: Any = None) -> list[VerifyResult]:
+           timeout_s: float = 300.0, facts: Any = None,
+           progress: Callable[[int, int, str], None] | None = None) -> list[VerifyResult]:
     """Run each strategy's DeepSpeed config for `steps` real optimizer steps on a tiny model.
 
     Args:
@@ -154,12 +155,16 @@ def verify(plan: Plan, strategies: Sequence[Strategy], facts_config: Mapping[str
         steps: optimizer steps per config.
         timeout_s: per-config wall-clock limit (the first run compiles DeepSpeed's CPU Adam, ~1-2 min).
         facts: optional ModelSpec of the tiny model for bucket sizes (None: DeepSpeed defaults).
+        progress: called with (configs done, configs in all, the strategy key starting now) before
+            each config and with label "done" at the end.
     Returns:
         One VerifyResult per strategy, in order; skipped ones carry the reason.
     """
     tiny = tiny_config(facts_config)
     results = []
-    for strategy in strategies:
+    tell = progress or (lambda done, total, label: None)
+    for i, strategy in enumerate(strategies):
+        tell(i, len(strategies), strategy.key)
         reason = _skip_reason(strategy, plan)
         if reason is not None:
             results.append(VerifyResult(key=strategy.key, passed=False, skipped=reason))
@@ -170,4 +175,5 @@ def verify(plan: Plan, strategies: Sequence[Strategy], facts_config: Mapping[str
                 "gradient_checkpointing": strategy.gradient_checkpointing, "steps": steps, "seq_len": _SEQ_LEN,
                 "client_optimizer": None if optimizer == "adamw" else optimizer}
         results.append(_run_one(strategy.key, spec, timeout_s))
+    tell(len(strategies), len(strategies), "done")
     return results

@@ -103,6 +103,24 @@ def _backward_transient(facts, s: int, b: int, attention: str, method: str) -> f
     return s * b * max(terms)
 
 
+def stored_layer_bytes(facts, seq_len: int, micro_batch: int, attention: str, method: str,
+                       gradient_checkpointing: bool, precision: str, *, lora_rank: int = 16,
+                       lora_targets="all-linear", lora_dropout: float = 0.0) -> float:
+    """Bytes one decoder layer keeps for backward at the end of forward (a probe's per-layer term).
+
+    Args: as activation_bytes.
+    Returns:
+        With checkpointing, the layer's saved input (s*b*h, fp32 for QLoRA: see activation_bytes);
+        without, everything layer_bytes counts.
+    """
+    dtype_bytes = 4.0 if precision == "fp32" else 2.0
+    if gradient_checkpointing:
+        input_bytes = 4.0 if method == "qlora" else dtype_bytes
+        return seq_len * micro_batch * facts.hidden_size * input_bytes
+    return layer_bytes(facts, seq_len, micro_batch, attention, dtype_bytes, method=method, lora_rank=lora_rank,
+                       lora_targets=lora_targets, lora_dropout=lora_dropout)
+
+
 def activation_bytes(facts, seq_len: int, micro_batch: int, attention: str, method: str,
                      gradient_checkpointing: bool, precision: str, *, lora_rank: int = 16,
                      lora_targets="all-linear", lora_dropout: float = 0.0) -> ActivationBytes:
@@ -132,8 +150,7 @@ def activation_bytes(facts, seq_len: int, micro_batch: int, attention: str, meth
         # norm's tensors are gone by then, so it counts once, in stored). QLoRA: peft's
         # prepare_model_for_kbit_training casts the norms to fp32, and an fp32 norm weight times a
         # bf16 tensor is fp32, so the residual stream (each layer's saved input) is fp32.
-        input_bytes = 4.0 if method == "qlora" else dtype_bytes
-        stored = n * s * b * h * input_bytes + final_norm
+        stored = n * stored_layer_bytes(facts, s, b, attention, method, True, precision) + final_norm
         working = one_layer + transient - final_norm
     else:
         stored, working = n * one_layer + final_norm, transient

@@ -26,7 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 from pydantic import BaseModel
@@ -140,7 +140,8 @@ def _run_property(ctx: ReviewContext, name: str, strategy, check, out: Path) -> 
 
 def review(rules_dirs: Iterable[str | Path] = (), *, include_builtin: bool = True,
            max_examples: int = DEFAULT_MAX_EXAMPLES, seed: int = 0, out_dir: str | Path | None = None,
-           backend: str = "auto", rules: Sequence[Rule] | None = None) -> ReviewReport:
+           backend: str = "auto", rules: Sequence[Rule] | None = None,
+           progress: Callable[[int, int, str], None] | None = None) -> ReviewReport:
     """Review a rule base: its examples, then properties over generated plans with the real estimator.
 
     Args:
@@ -150,6 +151,8 @@ def review(rules_dirs: Iterable[str | Path] = (), *, include_builtin: bool = Tru
         out_dir: where counterexample plans are written (default: a new temporary folder).
         backend: the evaluator the properties use ('auto', 'durable' or 'python').
         rules: an already loaded rule base (overrides rules_dirs and include_builtin).
+        progress: called with (steps done, steps in all, name of the step starting now) before each
+            check and once at the end.
     Returns:
         ReviewReport; `passed` is False if any property found a violation.
     Raises:
@@ -159,10 +162,21 @@ def review(rules_dirs: Iterable[str | Path] = (), *, include_builtin: bool = Tru
     rules = list(rules) if rules is not None else load_rules(rules_dirs, include_builtin)
     out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="memfit-review-"))
     ctx = ReviewContext(rules, backend, seed, max_examples)
+    tell = progress or (lambda done, total, label: None)
     try:
+        checks = property_checks(ctx)
+        total = len(checks) + 3
+        tell(0, total, "rule-examples")
         first, counts = _rule_examples(rules)
-        results = [first] + [_run_property(ctx, *p, out) for p in property_checks(ctx)]
-        results += [every_rule_fires(ctx), no_dead_rules(ctx)]
+        results = [first]
+        for i, p in enumerate(checks, start=1):
+            tell(i, total, p[0])
+            results.append(_run_property(ctx, *p, out))
+        tell(total - 2, total, "every-rule-fires")
+        results.append(every_rule_fires(ctx))
+        tell(total - 1, total, "no-dead-rules")
+        results.append(no_dead_rules(ctx))
+        tell(total, total, "done")
     finally:
         ctx.close()
     violations = [v for p in results for v in p.violations]
