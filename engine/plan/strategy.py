@@ -1,12 +1,31 @@
 """One training strategy: the choices a candidate pins, all concrete (no 'auto')."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
 Method = Literal["full", "lora", "qlora"]
 Offload = Literal["none", "cpu", "nvme"]
+
+
+class ZeroKnobs(BaseModel):
+    """The DeepSpeed ZeRO knobs that size its buffers, in elements (deepspeed/runtime/zero/config.py).
+
+    None everywhere means "what memfit writes" (core.ds_defaults.zero_knobs of the hidden size);
+    `advise check CONFIG --plan` fills them from the config it reads.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reduce_bucket_size: Optional[int] = None
+    prefetch_bucket_size: Optional[int] = None
+    param_persistence_threshold: Optional[int] = None
+    max_live_parameters: Optional[int] = None
+    max_reuse_distance: Optional[int] = None
+    sub_group_size: Optional[int] = None
+    overlap_comm: Optional[bool] = None
+    contiguous_gradients: Optional[bool] = None
 
 
 class Strategy(BaseModel):
@@ -26,6 +45,8 @@ class Strategy(BaseModel):
     # ZeRO-3 only: gather the 16-bit weights onto rank 0's host at save (a usable checkpoint, at the
     # cost of one full 16-bit copy of the model in host RAM); off means zero_to_fp32.py afterwards.
     gather_16bit_on_save: bool = True
+    # DeepSpeed buffer sizes of a config read by `advise check` (None: the ones memfit writes).
+    zero_knobs: Optional[ZeroKnobs] = None
 
     @property
     def key(self) -> str:
