@@ -82,10 +82,13 @@ def measured_cases(path: Path) -> list[dict]:
     return out
 
 
-def family(plan) -> str:
-    """Calibration family of a case: method x ZeRO stage (0, 1-2, 3) x offload."""
+def family(plan, name: str = "") -> str:
+    """Calibration family of a case: method x ZeRO stage (0, 1-2, 3) x offload. FSDP runs written as
+    zero_stage 3 (their names say fsdp; memfit has no FSDP engine yet) are kept apart as "fsdp"."""
     t = plan.training
     stage = {0: "z0", 1: "z12", 2: "z12", 3: "z3"}[t.zero_stage]
+    if "fsdp" in name.lower() and t.zero_stage == 3:
+        stage = "fsdp"
     off = "offload" if "cpu" in (t.offload_optimizer, t.offload_param) or "nvme" in (t.offload_optimizer, t.offload_param) else ""
     return "/".join(x for x in (t.method, stage, off) if x)
 
@@ -114,7 +117,7 @@ def evaluate(case: dict) -> dict:
     cap = plan.hardware.gpu_memory_gib
     exp = case["expect"]
     ran = exp.get("gpu_fits", True if "gpu_peak_gib" in exp else None)
-    return {"name": case["name"], "family": family(plan), "measured": exp.get("gpu_peak_gib"), "expect_fits": ran,
+    return {"name": case["name"], "family": family(plan, case["name"]), "measured": exp.get("gpu_peak_gib"), "expect_fits": ran,
             "expect_host_fits": exp.get("host_fits", True if "host_peak_gib" in exp else None),
             "measured_host": exp.get("host_peak_gib"), "capacity": cap,
             "host_capacity": plan.hardware.host_memory_gib,

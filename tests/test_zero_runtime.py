@@ -29,24 +29,27 @@ def full(stage, **kw):
     return Strategy(method="full", zero_stage=stage, gradient_checkpointing=True, **kw)
 
 
-def test_zero3_holds_its_gradient_partitions_through_forward_and_backward():
-    # stage3.py _setup_for_real_optimizer: grad_partitions_flat_buffer (bf16, P/N) and
-    # initialize_optimizer_states: an fp32 gradient buffer of the largest sub-group (P/N < 1e9 here),
-    # both allocated at init: forward/backward holds 2 + 4 B per parameter and rank besides the
-    # 12 B of master weights and Adam moments.
-    e = estimate_memory(plan(), LLAMA7, full(3))
+def test_zero3_holds_its_gradient_partition_and_steps_one_fp32_sub_group():
+    # stage3.py _setup_for_real_optimizer: grad_partitions_flat_buffer (bf16, P/N) from init on, so
+    # forward/backward holds it with the 12 B of master weights and Adam moments; at the step
+    # _prepare_fp32_grad_for_sub_group adds the fp32 gradient of one sub-group (P/N < 1e9 here).
+    long = plan(micro_batch_size=8)
+    e = estimate_memory(long, LLAMA7, full(3, micro_batch_size=8))
     assert e.gpu_peak_phase == "forward/backward"
     assert e.gpu.gradients_gib == pytest.approx(2 * N / 8 / GIB)
-    assert e.gpu.optimizer_states_gib == pytest.approx((12 + 4) * N / 8 / GIB)
+    assert e.gpu.optimizer_states_gib == pytest.approx(12 * N / 8 / GIB)
+    step = estimate_memory(plan(), LLAMA7, full(3))
+    assert step.gpu_peak_phase == "optimizer step"
+    assert step.gpu.optimizer_states_gib == pytest.approx((12 + 4) * N / 8 / GIB)
 
 
 def test_zero3_gathers_up_to_the_reuse_distance():
     # partitioned_param_coordinator.py __params_to_release: parameters used again within
-    # max_reuse_distance stay gathered; plus the prefetch bucket; plus the largest module's bf16
-    # gradient before reduction; plus one bf16 ipg bucket (stage3.py).
+    # max_reuse_distance stay gathered; plus the module in use (<= L) and the prefetch bucket; plus
+    # the largest module's bf16 gradient before reduction; plus one bf16 ipg bucket (stage3.py).
     knobs = ZeroKnobs(max_reuse_distance=100_000_000, prefetch_bucket_size=50_000_000, reduce_bucket_size=H2)
     e = estimate_memory(plan(), LLAMA7, full(3, zero_knobs=knobs))
-    gathered = (max(100_000_000, L) + 50_000_000) * 2
+    gathered = (100_000_000 + L + 50_000_000) * 2
     assert e.gpu.zero_buffers_gib == pytest.approx((gathered + L * 2 + H2 * 2) / GIB)
     # The default 1e9 window holds more than one 4*L: the "ZeRO-3 buffers too small".
     default = estimate_memory(plan(), LLAMA7, full(3))

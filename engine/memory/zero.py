@@ -24,8 +24,8 @@ class ZeroTerms:
     reduce_buckets: float       # ipg buckets (contiguous_gradients), double-buffered under overlap_comm (1/2)
     offload_staging_gpu: float  # ZeRO-1/2 + optimizer offload: the GPU staging buffer of one parameter
     grad_partition: float       # persistent 16-bit gradient partition (ZeRO-2 grads_in_partition, ZeRO-3 flat)
-    fp32_grad: float            # fp32 gradient of the optimizer's partition (ZeRO-3: persistent)
-    fp32_grad_persistent: bool  # True: allocated at init and held through forward/backward (ZeRO-3)
+    fp32_grad: float            # fp32 gradient built at the step (ZeRO-3: one sub-group at a time)
+    fp32_grad_persistent: bool  # True: held through forward/backward (no DeepSpeed 0.19 path does)
     host_grad16: float          # ZeRO-3 + optimizer offload: the 16-bit gradient partition in host RAM
     host_staging: float         # ZeRO-1/2 + optimizer offload: the pinned host staging buffer
 
@@ -91,12 +91,15 @@ def _stage12(facts, strategy, k, part, w16, opt_off, mixed) -> ZeroTerms:
 
 def _stage3(facts, strategy, k, part, weights_bytes, w16, opt_off, mixed) -> ZeroTerms:
     # partitioned_param_coordinator.py: a gathered parameter is released after its module runs unless
-    # it is used again within `max_reuse_distance` parameters of the trace (__params_to_release), and
-    # up to `prefetch_bucket_size` more are gathered ahead (fetch_sub_module). The parameters held for
-    # reuse all lie in that window, so at most max_reuse_distance (+ the module in use) are gathered at
-    # once: the whole model when it is smaller (with a complete trace, from the second step on).
-    per_param = weights_bytes / facts.total_params  # 16-bit, or 4-bit + fp32 non-quantised under QLoRA
-    window = max(k["max_reuse_distance"], facts.largest_layer_params) + k["prefetch_bucket_size"]
+    # it is used again within `max_reuse_distance` parameters of the recorded trace
+    # (__params_to_release), so those kept for reuse total at most max_reuse_distance; add the module
+    # in use (at most L) and the prefetch in flight (fetch_sub_module, prefetch_bucket_size). The
+    # prefetcher also marks every queued use it passes over (__most_recent_step_id_param_fetched_for),
+    # and when nothing is left to fetch it drains the queue and keeps everything gathered until its
+    # backward use: the whole model when it is small (seen on CPU, bench/zero_cpu.py). Never more
+    # than the whole model. In the weights' dtype (4-bit + fp32 non-quantised under QLoRA).
+    per_param = weights_bytes / facts.total_params
+    window = k["max_reuse_distance"] + facts.largest_layer_params + k["prefetch_bucket_size"]
     gathered = min(facts.total_params, window) * per_param
     # The largest trainable module's full 16-bit gradient exists until it is reduced (stage3.py
     # reduce_ready_partitions_and_remove_grads -> __add_grad_to_ipg_bucket; one larger than the bucket
@@ -108,11 +111,12 @@ def _stage3(facts, strategy, k, part, weights_bytes, w16, opt_off, mixed) -> Zer
     # stage3.py _setup_for_real_optimizer: grad_partitions_flat_buffer, the 16-bit gradients of the
     # whole partition, zeros at init, on the optimizer's device (pinned host RAM under offload).
     grad16 = part * w16
-    # stage3.py initialize_optimizer_states: one fp32 gradient buffer of the largest sub-group
-    # (sub_group_size elements at most), on the GPU and held for the whole run; under optimizer offload
-    # each sub-group gets its own (pinned) host buffer instead, counted by the host model. Without fp32
-    # master weights (pure 16-bit training, bf16.bf16_master_weights_and_grads) it is 16-bit and the
-    # gradient partition itself serves.
+    # stage3.py step -> _prepare_fp32_grad_for_sub_group: each sub-group's gradients are flattened and
+    # converted to fp32 (at most sub_group_size elements), stepped, and released by _release_sub_group
+    # before the next one: a step transient on the GPU. The fp32 buffer initialize_optimizer_states
+    # allocates is dropped at its end (`group.grad = None` without offload); under optimizer offload
+    # each sub-group keeps its own pinned host buffer instead (the host model's 4 B of fp32 gradients).
+    # Without fp32 master weights (pure 16-bit training) the partition itself serves.
     fp32 = 0.0 if (opt_off or not mixed) else min(part, k["sub_group_size"]) * 4.0
-    return ZeroTerms(gathered, gathered_grad, buckets, 0.0, 0.0 if opt_off else grad16, fp32, True,
+    return ZeroTerms(gathered, gathered_grad, buckets, 0.0, 0.0 if opt_off else grad16, fp32, False,
                      grad16 if opt_off else 0.0, 0.0)
