@@ -8,7 +8,8 @@ from a config (under HfDeepSpeedConfig, as the HF Trainer does, so ZeRO-3 builds
 and trains 3 steps with the DeepSpeed JSON memfit writes for that strategy (engine/deepspeed/config.py;
 "torch_adam": true where DeepSpeed would JIT-compile fused_adam; offload uses DeepSpeed's CPU Adam,
 compiled once into TORCH_EXTENSIONS_DIR). On the CPU accelerator "GPU" tensors are CPU tensors, so
-every buffer is readable. On rank 0 it reads DeepSpeed's own buffers after the last backward
+every buffer is readable. On rank 0 it reads DeepSpeed's own buffers after the last backward (ZeRO-1/2's
+buckets and gradient partition, which live only during backward, at their largest during it)
 (optimizer attributes: ipg buckets, gradient partitions, fp32 partitions, optimizer states), samples
 the 16-bit parameters gathered at once on every dispatched op of the last step (a TorchDispatchMode
 that also counts the live bytes of tensors the step allocates), and the process's peak RSS. The
@@ -99,13 +100,9 @@ def _buffers_z3(opt, model) -> dict:
 
 def _buffers_z12(opt) -> dict:
     state = [v for s in opt.optimizer.state.values() for v in s.values() if hasattr(v, "numel") and v.numel() > 1]
-    buckets = [t for b in opt.ipg_buckets.values() for t in (b.buffer or [])]
-    grads = getattr(opt, "grads_in_partition", None)
     return {"weights_flat": _nbytes(opt.bit16_groups_flat),
-            "grad_partition": _nbytes([grads]) if grads is not None else 0,
             "fp32_master": _nbytes(opt.single_partition_of_fp32_groups),
             "optimizer_moments": _nbytes(state),
-            "reduce_buckets": _nbytes(buckets),
             "offload_staging_gpu": _nbytes([getattr(opt, "temp_grad_buffer_for_gpu_offload", None)])}
 
 
@@ -125,7 +122,15 @@ def _watch_fp32_grads(opt) -> dict:
     return seen
 
 
-def _step_tracker(model):
+def _backward_buffers_z12(opt) -> dict:
+    """ZeRO-1/2 buffers that exist only during backward: setup_buckets allocates the ipg buckets and
+    copy_grads_in_partition the 16-bit partition; _release_ipg_buffers drops both at the epilogue."""
+    buckets = [t for b in opt.ipg_buckets.values() for t in (b.buffer or [])]
+    grads = getattr(opt, "grads_in_partition", None)
+    return {"reduce_buckets": _nbytes(buckets), "grad_partition": _nbytes([grads]) if grads is not None else 0}
+
+
+def _step_tracker(model, sample=None):
     """A dispatch mode sampling the gathered 16-bit parameters and the live bytes the step allocates."""
     import weakref
 
@@ -144,6 +149,7 @@ def _step_tracker(model):
             self.live = 0
             self.live_max = 0
             self.keys: set[int] = set()
+            self.sampled: dict[str, int] = {}
 
         def _free(self, key, n):
             self.keys.discard(key)
@@ -163,6 +169,9 @@ def _step_tracker(model):
             if gathered > self.gathered_by_phase.get(self.phase, -1):
                 self.gathered_by_phase[self.phase] = gathered
             self.live_max = max(self.live_max, self.live)
+            if sample is not None:
+                for k, v in sample().items():
+                    self.sampled[k] = max(self.sampled.get(k, 0), v)
             return out
 
     return StepTracker()
@@ -198,7 +207,7 @@ def _rank_main(rank: int, world: int, port: int, model: dict, cfg: dict, out_q) 
     for step in range(STEPS):
         ids = torch.randint(0, model["vocab_size"], (MICRO, SEQ))
         if step == STEPS - 1:
-            tracker = _step_tracker(net)
+            tracker = _step_tracker(net, None if stage == 3 else (lambda: _backward_buffers_z12(opt)))
             tracker.__enter__()
         loss = engine(input_ids=ids, labels=ids).loss
         engine.backward(loss)
@@ -208,7 +217,7 @@ def _rank_main(rank: int, world: int, port: int, model: dict, cfg: dict, out_q) 
         engine.step()
         losses.append(float(loss.detach().float()))
     tracker.__exit__(None, None, None)
-    result = {"rank": rank, "losses": losses, "buffers": dict(buffers, **fp32), "gathered_max": tracker.gathered_max,
+    result = {"rank": rank, "losses": losses, "buffers": dict(buffers, **fp32, **tracker.sampled), "gathered_max": tracker.gathered_max,
               "gathered_by_phase": tracker.gathered_by_phase,
               "step_live_max": tracker.live_max,
               "max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}

@@ -10,7 +10,8 @@ The reuse-window case is an upper bound, checked as one.
 """
 from __future__ import annotations
 
-import importlib.util
+import importlib
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,11 @@ BENCH = Path(__file__).resolve().parent.parent / "bench" / "zero_cpu.py"
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("zero_cpu", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    # Imported by name from bench/ so that the spawned ranks can import it too (multiprocessing's
+    # spawn start method hands the children the parent's sys.path).
+    if str(BENCH.parent) not in sys.path:
+        sys.path.insert(0, str(BENCH.parent))
+    return importlib.import_module("zero_cpu")
 
 
 @pytest.mark.slow
