@@ -103,3 +103,12 @@ def test_knobs_left_out_of_a_config_are_deepspeeds_defaults():
     k3 = knobs_from_config({"stage": 3, "reduce_bucket_size": "auto", "stage3_max_reuse_distance": 0})
     assert (k3.reduce_bucket_size, k3.prefetch_bucket_size, k3.max_reuse_distance, k3.overlap_comm) == \
         (None, 50_000_000, 0, True)
+
+
+def test_zero1_also_copies_its_gradient_partition():
+    # stage_1_and_2.py reduce_ipg_grads: under ZeRO-1 with contiguous_gradients the gradients of the
+    # rank's partition are copied into grads_in_partition too (seen on CPU: bench/zero_cpu.py z1-w2),
+    # so the step holds the full 16-bit gradients plus that 2 B x P/N copy.
+    e = estimate_memory(plan(), LLAMA7, full(1))
+    assert e.gpu_peak_phase == "optimizer step"
+    assert e.gpu.gradients_gib == pytest.approx((2 * N + 2 * N / 8) / GIB)

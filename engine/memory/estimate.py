@@ -154,6 +154,7 @@ def _gpu_peak(plan, facts, strategy) -> tuple[GpuBreakdown, str, int]:
         grad32 = zt.fp32_grad  # DeepSpeed's own fp32 gradient partition (memory/zero.py)
     if strategy.zero_stage >= 2:
         grads = zt.grad_partition  # DeepSpeed's flat 16-bit gradient partition, held from backward on
+    held_partition = zt.grad_partition if strategy.zero_stage == 1 else 0.0  # ZeRO-1's copy, besides full grads
     if strategy.offload_optimizer != "none":
         opt = grad32 = 0.0
     buffers = zt.gpu_buffers
@@ -169,7 +170,8 @@ def _gpu_peak(plan, facts, strategy) -> tuple[GpuBreakdown, str, int]:
     working = act.working_bytes if act.working_bytes >= act.logits_loss_bytes else 0.0
     logits = act.logits_loss_bytes if act.logits_loss_bytes > act.working_bytes else 0.0
     dynamic = act.stored_bytes + working + logits
-    held_grads = grads if (accum > 1 or strategy.zero_stage >= 2) else 0.0
+    held_grads = (grads if (accum > 1 or strategy.zero_stage >= 2) else 0.0) + held_partition
+    grads += held_partition
     held_fp32 = grad32 if zt.fp32_grad_persistent else 0.0  # ZeRO-3 allocates it at init
     fb = weights + opt + held_grads + held_fp32 + buffers + dynamic * (1 + ALLOCATOR_SLACK)
     step = weights + opt + grads + grad32 + buffers

@@ -77,8 +77,12 @@ def _stage12(facts, strategy, k, part, w16, opt_off, mixed) -> ZeroTerms:
     buckets = n_buf * k["reduce_bucket_size"] * w16
     # ZeRO-2 keeps the 16-bit gradients of its partition in one flat buffer from the first backward
     # on (stage_1_and_2.py copy_grads_in_partition: grads_in_partition); ZeRO-1 keeps full gradients
-    # until the reduction at the end of backward (counted by the caller as model gradients).
-    grad_partition = part * w16 if (strategy.zero_stage == 2 and not opt_off) else 0.0
+    # until the reduction at the end of backward (counted by the caller as model gradients). Both are
+    # released at the epilogue (_release_ipg_buffers) but the partition lives on in
+    # averaged_gradients until the step: present from backward through the step.
+    # ZeRO-1 with contiguous_gradients copies its partition the same way (reduce_ipg_grads: "zero
+    # stage 1 - partition only optimizer state" -> copy_grads_in_partition), besides the full gradients.
+    grad_partition = part * w16 if (not opt_off and (strategy.zero_stage == 2 or k["contiguous_gradients"])) else 0.0
     largest = facts.largest_layer_params if strategy.method == "full" else 0
     # Optimizer offload (stage_1_and_2.py __init__, cpu_offload): temp_grad_buffer_for_gpu_offload on
     # the GPU and temp_grad_buffer_for_cpu_offload (pinned) on the host, each of the largest parameter.
