@@ -3,7 +3,7 @@ estimator, accelerate's estimate-memory and LLaMA-Factory's hardware table side 
 
     .venv/bin/python bench/accuracy.py [--markdown] [--cases FILE ...]
 
-Cases: ../shared/calibration/published.yaml, bench/cases/*.yaml and bench/measured/*.json (rows of
+Cases: bench/cases/*.yaml (seed.yaml is the project's seed calibration set) and bench/measured/*.json (rows of
 bench/gpu_calibration.py runs on a real GPU: NVML used memory, CUDA context included, is the measured
 peak; an OOM row is a measured "does not fit"). Prints one row per case and per tool, the median absolute error on GPU peaks, and the
 fit/OOM verdicts each tool gets right or wrong (a "fits" where a run measured OOM is the worst error).
@@ -25,7 +25,7 @@ from memfit.engine.model.spec import resolve_model  # noqa: E402
 from memfit.engine.plan.strategy import Strategy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CASES = [ROOT.parent / "shared" / "calibration" / "published.yaml", *sorted((ROOT / "bench" / "cases").glob("*.yaml")),
+DEFAULT_CASES = [*sorted((ROOT / "bench" / "cases").glob("*.yaml")),
                  *sorted((ROOT / "bench" / "measured").glob("*.json"))]
 
 
@@ -82,6 +82,28 @@ def measured_cases(path: Path) -> list[dict]:
     return out
 
 
+def family(plan, name: str = "") -> str:
+    """Calibration family of a case: method x sharding (ZeRO stage 0, 1-2, 3, or FSDP) x offload."""
+    t = plan.training
+    stage = {0: "z0", 1: "z12", 2: "z12", 3: "z3"}[t.zero_stage] if t.zero_stage != "auto" else "auto"
+    if t.sharding in ("fsdp", "fsdp1", "fsdp2"):
+        stage = "fsdp"
+    off = "offload" if "cpu" in (t.offload_optimizer, t.offload_param) or "nvme" in (t.offload_optimizer, t.offload_param) else ""
+    return "/".join(x for x in (t.method, stage, off) if x)
+
+
+def family_table(rows: list[dict]) -> list[str]:
+    """Median |error| and median signed error of memfit's GPU peak per family."""
+    groups: dict[str, list[float]] = {}
+    for r in rows:
+        if r["measured"] and r["tools"]["memfit"][0] is not None:
+            groups.setdefault(r["family"], []).append(r["tools"]["memfit"][0] / r["measured"] - 1)
+    lines = ["memfit per family: family, cases, median |error|, median signed error"]
+    for fam, errs in sorted(groups.items()):
+        lines.append(f"    {fam:24s} {len(errs):3d}  {statistics.median(map(abs, errs)):6.1%}  {statistics.median(errs):+6.1%}")
+    return lines
+
+
 def evaluate(case: dict) -> dict:
     plan = plan_from_dict(case["plan"], case["name"])
     facts = resolve_model(plan.model)
@@ -95,7 +117,7 @@ def evaluate(case: dict) -> dict:
     cap = plan.hardware.gpu_memory_gib
     exp = case["expect"]
     ran = exp.get("gpu_fits", True if "gpu_peak_gib" in exp else None)
-    return {"name": case["name"], "family": "fsdp" if fsdp else "deepspeed/plain",
+    return {"name": case["name"], "family": family(plan, case["name"]),
             "measured": exp.get("gpu_peak_gib"), "expect_fits": ran,
             "expect_host_fits": exp.get("host_fits", True if "host_peak_gib" in exp else None),
             "measured_host": exp.get("host_peak_gib"), "capacity": cap,
@@ -125,6 +147,7 @@ def summarize(rows: list[dict], tools=("memfit", "deepspeed", "accelerate", "lla
                 if fits != expect:
                     misses.append(f"{r['name']} ({'fits' if fits else 'OOM'} predicted, {pred:.1f} of {cap:.1f} GiB)")
         out[tool] = {"median_abs_error": statistics.median(abs(e) for e in errors) if errors else None,
+                     "median_signed_error": statistics.median(errors) if errors else None,
                      "cases_with_peak": len(errors), "verdicts": n_verdicts, "right": right, "wrong": wrong,
                      "fits_but_measured_oom": unsafe, "misses": misses}
     return out
@@ -155,7 +178,8 @@ def render(rows, summary, markdown: bool) -> str:
     lines.append("GiB; '!' marks a prediction over capacity (predicts OOM).")
     for tool, s in summary.items():
         mae = "n/a" if s["median_abs_error"] is None else f"{s['median_abs_error']:.1%}"
-        lines.append(f"{'- ' if markdown else ''}{tool}: median |error| {mae} over {s['cases_with_peak']} measured peaks; "
+        signed = "n/a" if s["median_signed_error"] is None else f"{s['median_signed_error']:+.1%}"
+        lines.append(f"{'- ' if markdown else ''}{tool}: median |error| {mae} (signed {signed}) over {s['cases_with_peak']} measured peaks; "
                      f"verdicts right {s['right']}/{s['verdicts']}, 'fits' where a run measured OOM: {s['fits_but_measured_oom']}")
         if tool == "memfit":
             lines += [f"{'  - ' if markdown else '    '}wrong verdict: {m}" for m in s["misses"]]
@@ -181,6 +205,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     rows = [evaluate(c) for c in load_cases(args.cases)]
     print(render(rows, summarize(rows), args.markdown))
+    print("\n".join(family_table(rows)))
     return 0
 
 

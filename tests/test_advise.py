@@ -49,7 +49,7 @@ def test_what_it_would_take_does_not_blame_memory_for_a_precision_rejection():
 
 
 def test_estimate_of_the_published_failure_says_host_does_not_fit():
-    # The seed case of ../shared/calibration/published.yaml (LLaMA-Factory issue 6755): full fine-tuning,
+    # The seed case of bench/cases/seed.yaml (LLaMA-Factory issue 6755): full fine-tuning,
     # ZeRO-3 with parameters and optimizer offloaded to CPU, batch 1, killed by the host OOM killer.
     plan = plan_from_dict({
         "model": "Qwen/Qwen2.5-32B-Instruct",

@@ -8,7 +8,7 @@ import re
 import jsonschema
 import pytest
 
-from memfit.engine.deepspeed.check import check_config, deepspeed_schema, load_config, strategy_from_config
+from memfit.engine.deepspeed.check import knobs_from_config, check_config, deepspeed_schema, load_config, strategy_from_config
 from memfit.engine.core.errors import ConfigCheckError
 from memfit.engine.plan.schema import plan_from_dict
 from memfit.engine.plan.strategy import Strategy
@@ -110,10 +110,13 @@ def test_plan_mismatches_are_warnings():
 
 def test_strategy_from_config():
     s = strategy_from_config(GOOD, PLAN_16)
-    assert s == Strategy(method="lora", zero_stage=3, offload_optimizer="cpu", offload_param="cpu",
-                         gradient_checkpointing=False, micro_batch_size=2)
+    assert s.model_copy(update={"zero_knobs": None}) == Strategy(
+        method="lora", zero_stage=3, offload_optimizer="cpu", offload_param="cpu",
+        gradient_checkpointing=False, micro_batch_size=2)
+    assert s.zero_knobs == knobs_from_config(GOOD["zero_optimization"])
     auto_plan = plan_from_dict({"model": {"model_type": "llama"}, "hardware": {"gpu_memory": 80, "host_memory": 64}})
-    assert strategy_from_config({"zero_optimization": {"stage": 1}}, auto_plan) == Strategy(method="full", zero_stage=1)
+    s1 = strategy_from_config({"zero_optimization": {"stage": 1}}, auto_plan)
+    assert s1.model_copy(update={"zero_knobs": None}) == Strategy(method="full", zero_stage=1)
     with pytest.raises(ConfigCheckError, match="zero_optimization"):
         strategy_from_config({"zero_optimization": {"stage": 7}}, auto_plan)
 

@@ -61,15 +61,17 @@ def test_zero3_shards_states_by_world_size():
 
 
 def test_motivating_case_host_terms():
-    # Full offload of Qwen2.5-32B: host holds fp32 master + m + v + fp32 grads (16 B/param) and the
-    # bf16 parameters (2 B/param): 18 B/param = 549 GiB raw, before pinned/allocator slack.
+    # Full offload of Qwen2.5-32B: host holds fp32 master + m + v + fp32 grads (16 B/param), DeepSpeed's
+    # 16-bit gradient partition (2 B/param: stage3.py _setup_for_real_optimizer allocates
+    # grad_partitions_flat_buffer on the optimizer's device, the host under offload) and the bf16
+    # parameters (2 B/param): 20 B/param = 610 GiB raw, before pinned/allocator slack.
     p = plan_from_dict({"model": "Qwen/Qwen2.5-32B-Instruct",
                         "hardware": {"gpu_memory": "96GB", "host_memory": "744GB"},
                         "training": {"seq_len": 2048}}, "t.yaml")
     s = Strategy(method="full", zero_stage=3, offload_optimizer="cpu", offload_param="cpu",
                  gradient_checkpointing=True)
     e = estimate_memory(p, QWEN32, s)
-    assert e.host.offloaded_optimizer_gib == pytest.approx(16 * P32 / GIB)
+    assert e.host.offloaded_optimizer_gib == pytest.approx(18 * P32 / GIB)
     assert e.host.offloaded_params_gib == pytest.approx(2 * P32 / GIB)
     # Published: this run was killed by the host OOM killer (LLaMA-Factory issue 6755).
     assert not e.host_fits
@@ -141,6 +143,11 @@ def test_monotone_in_parameters(c):
     assert peaks == sorted(peaks)
 
 
+def held_bound(e, c):
+    """DeepSpeed's gradient partitions held through forward/backward: <= 2 + 4 B per trainable param and rank."""
+    return e.trainable_params * (2 + 4) / c["gpus"] / 2**30
+
+
 def _states(e):
     return e.gpu.weights_gib + e.gpu.gradients_gib + e.gpu.optimizer_states_gib
 
@@ -148,15 +155,17 @@ def _states(e):
 @settings(max_examples=60, deadline=None)
 @given(cases(), STAGES)
 def test_higher_stage_and_offload_never_raise_gpu(c, stage):
-    # A higher ZeRO stage never raises the model states per GPU; the whole peak may rise only by the
-    # stage's own communication buffers (buckets, the gathered largest module under ZeRO-3), which is
-    # real: on one GPU ZeRO shards nothing, and for a small model with a large tied embedding 4*L can
-    # exceed what ZeRO-3 saves.
+    # A higher ZeRO stage never raises the peak by more than what DeepSpeed itself allocates for it:
+    # its communication buffers (buckets, gathered parameters under ZeRO-3) and the gradient
+    # partitions it holds through forward/backward (16-bit from ZeRO-2 on, fp32 under ZeRO-3: at most
+    # 2 + 4 bytes per trainable parameter and rank; stage_1_and_2.py grads_in_partition, stage3.py
+    # grad_partitions_flat_buffer and initialize_optimizer_states). That rise is real: on one GPU ZeRO
+    # shards nothing (memory/zero.py).
     lower = _est(c, stage=stage)
     for higher in range(stage + 1, 4):
         e = _est(c, stage=higher)
-        assert _states(e) <= _states(lower) + 1e-9
-        assert e.gpu_peak_gib <= lower.gpu_peak_gib + e.gpu.zero_buffers_gib + 1e-9
+        assert _states(e) <= _states(lower) + held_bound(e, c)
+        assert e.gpu_peak_gib <= lower.gpu_peak_gib + e.gpu.zero_buffers_gib + held_bound(e, c) + 1e-9
     if stage >= 1:
         assert _est(c, stage=stage, opt="cpu").gpu_peak_gib <= _est(c, stage=stage).gpu_peak_gib + 1e-9
     if stage == 3:

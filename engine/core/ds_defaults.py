@@ -29,6 +29,7 @@ PARAM_NVME_BUFFER_SIZE = 100_000_000
 # DeepSpeed's defaults (runtime/zero/config.py), kept: the memory model sizes its terms from these too.
 SUB_GROUP_SIZE = 1_000_000_000
 MAX_LIVE_PARAMETERS = 1_000_000_000
+MAX_REUSE_DISTANCE = 1_000_000_000
 AIO = {"block_size": 1_048_576, "queue_depth": 8, "intra_op_parallelism": 1,
        "single_submit": False, "overlap_events": True}
 
@@ -64,3 +65,21 @@ def bucket_sizes(hidden_size: int | None) -> dict[str, int]:
     reduce = _clamp(hidden_size * hidden_size)
     return {"reduce": reduce, "allgather": reduce, "prefetch": _clamp(int(0.9 * hidden_size * hidden_size)),
             "persistence": 10 * hidden_size}
+
+
+def zero_knobs(hidden_size: int | None) -> dict[str, int | bool]:
+    """Every ZeRO knob that sizes a buffer, as memfit writes them into its DeepSpeed JSON.
+
+    The bucket sizes follow `bucket_sizes`; the others are DeepSpeed's defaults, which memfit keeps
+    (engine/deepspeed/config.py writes the same constants). overlap_comm and contiguous_gradients are
+    on in memfit's configs (DeepSpeed's own default for overlap_comm is on for stage 3 only).
+
+    Returns:
+        reduce_bucket_size, prefetch_bucket_size, param_persistence_threshold, max_live_parameters,
+        max_reuse_distance, sub_group_size (elements), overlap_comm, contiguous_gradients.
+    """
+    b = bucket_sizes(hidden_size)
+    return {"reduce_bucket_size": b["reduce"], "prefetch_bucket_size": b["prefetch"],
+            "param_persistence_threshold": b["persistence"], "max_live_parameters": MAX_LIVE_PARAMETERS,
+            "max_reuse_distance": MAX_REUSE_DISTANCE, "sub_group_size": SUB_GROUP_SIZE,
+            "overlap_comm": True, "contiguous_gradients": True}

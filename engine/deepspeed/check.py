@@ -15,12 +15,14 @@ from typing import Any, Iterator, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict
 
+from ..core.ds_defaults import (DS_PERSISTENCE, DS_PREFETCH_BUCKET, DS_REDUCE_BUCKET, MAX_LIVE_PARAMETERS,
+                                MAX_REUSE_DISTANCE, SUB_GROUP_SIZE)
 from ..core.errors import ConfigCheckError
 from ..core.inputs import CONFIG_MAX_BYTES, load_json, read_text
 from ..memory.estimate import estimate_memory
 from ..model.spec import plan_model
 from ..plan.schema import Plan, load_plan
-from ..plan.strategy import Strategy
+from ..plan.strategy import Strategy, ZeroKnobs
 from .accepted import NOT_READ, PYDANTIC_SECTIONS, accepted_keys, deepspeed_schema, without
 
 __all__ = ["Finding", "CheckResult", "check", "check_config", "deepspeed_schema", "load_config",
@@ -172,7 +174,8 @@ def strategy_from_config(cfg: dict[str, Any], plan: Plan, method: str | None = N
     try:
         return Strategy(method=method, zero_stage=stage, offload_optimizer=_device(zero.get("offload_optimizer")),
                         offload_param=_device(zero.get("offload_param")) if stage == 3 else "none",
-                        gradient_checkpointing=gc, micro_batch_size=micro)
+                        gradient_checkpointing=gc, micro_batch_size=micro,
+                        zero_knobs=knobs_from_config(zero))
     except ValueError as exc:
         raise ConfigCheckError(f"zero_optimization: cannot read a strategy from this config ({exc})") from None
 
@@ -190,6 +193,36 @@ def assumptions(cfg: dict[str, Any], plan: Plan, strategy: Strategy, why: str = 
     if not (isinstance(micro, int) and not isinstance(micro, bool)) and t.micro_batch_size == "auto":
         out.append(f"micro-batch: {micro!r} in the config and 'auto' in the plan; {reason} {strategy.micro_batch_size}")
     return out
+
+
+# The config keys that size DeepSpeed's buffers (deepspeed/runtime/zero/config.py aliases) -> ZeroKnobs.
+_KNOB_KEYS = {"reduce_bucket_size": "reduce_bucket_size", "stage3_prefetch_bucket_size": "prefetch_bucket_size",
+              "stage3_param_persistence_threshold": "param_persistence_threshold",
+              "stage3_max_live_parameters": "max_live_parameters", "stage3_max_reuse_distance": "max_reuse_distance",
+              "sub_group_size": "sub_group_size", "overlap_comm": "overlap_comm",
+              "contiguous_gradients": "contiguous_gradients"}
+# DeepSpeed's own defaults for what a config leaves out (zero/config.py DeepSpeedZeroConfig); "auto" is
+# filled by the HF Trainer from the hidden size, the rule memfit writes, so it stays None here.
+_DS_DEFAULTS = {"reduce_bucket_size": DS_REDUCE_BUCKET, "prefetch_bucket_size": DS_PREFETCH_BUCKET,
+                "param_persistence_threshold": DS_PERSISTENCE, "max_live_parameters": MAX_LIVE_PARAMETERS,
+                "max_reuse_distance": MAX_REUSE_DISTANCE, "sub_group_size": SUB_GROUP_SIZE,
+                "contiguous_gradients": True}
+
+
+def knobs_from_config(zero: dict[str, Any]) -> ZeroKnobs:
+    """The buffer-sizing knobs of a zero_optimization block: its values, DeepSpeed's defaults for the
+    keys it leaves out, None for "auto" (the HF Trainer fills those from the hidden size).
+
+    overlap_comm left out follows DeepSpeed (zero/config.py overlap_comm_valid: on for stage 3 only).
+    """
+    out: dict[str, Any] = {}
+    for key, name in _KNOB_KEYS.items():
+        value = zero.get(key, _DS_DEFAULTS.get(name))
+        if isinstance(value, bool) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            out[name] = bool(value) if name in ("overlap_comm", "contiguous_gradients") else int(value)
+    if "overlap_comm" not in zero:
+        out["overlap_comm"] = zero.get("stage", 0) == 3
+    return ZeroKnobs(**out)
 
 
 def check_config(cfg: dict[str, Any], plan: Plan | None = None, source: str = "ds_config.json") -> list[Finding]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..core import ds_defaults
 from ..core.ds_defaults import (AIO as _AIO, HF_DEFAULT_BETAS, HF_DEFAULT_EPS, HF_DEFAULT_LR,
-                               HF_DEFAULT_WEIGHT_DECAY, MAX_LIVE_PARAMETERS, OPT_NVME_BUFFERS,
+                               HF_DEFAULT_WEIGHT_DECAY, MAX_LIVE_PARAMETERS, MAX_REUSE_DISTANCE, OPT_NVME_BUFFERS,
                                PARAM_NVME_BUFFER_SIZE, PARAM_NVME_BUFFERS, SUB_GROUP_SIZE)
 from ..plan.schema import Plan
 from ..plan.strategy import Strategy
@@ -93,7 +93,7 @@ def _zero(strategy: Strategy, plan: Plan, facts: Any, hf: bool, pin_memory: bool
         zero.update(stage3_prefetch_bucket_size="auto" if hf else b["prefetch"],
                     stage3_param_persistence_threshold="auto" if hf else b["persistence"],
                     # DeepSpeed defaults; lower them only when GPU memory is the limit.
-                    stage3_max_live_parameters=MAX_LIVE_PARAMETERS, stage3_max_reuse_distance=MAX_LIVE_PARAMETERS,
+                    stage3_max_live_parameters=MAX_LIVE_PARAMETERS, stage3_max_reuse_distance=MAX_REUSE_DISTANCE,
                     sub_group_size=SUB_GROUP_SIZE,
                     stage3_gather_16bit_weights_on_model_save=gather_16bit_on_save)
     if strategy.offload_optimizer != "none":

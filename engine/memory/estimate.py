@@ -17,9 +17,10 @@ from dataclasses import dataclass, fields
 from .activations import activation_bytes
 from .fsdp import fsdp_terms
 from .states import frozen_weight_bytes, state_bytes, trainable_params
+from .zero import zero_terms
 from ..core.units import GIB
 from ..core.ds_defaults import (OPT_NVME_BUFFERS, PARAM_NVME_BUFFER_SIZE, PARAM_NVME_BUFFERS, SUB_GROUP_SIZE,
-                               accumulation_steps, bucket_sizes)
+                               accumulation_steps)
 
 # CUDA context + cuBLAS/cuDNN workspaces per GPU process, outside PyTorch's allocator: 0.3-2 GiB
 # measured across cards (DOMAIN.md §3; 1.3 GB on a V100 in the transformers docs). Point estimate.
@@ -35,9 +36,11 @@ HOST_PROCESS_GIB = 3.0
 # Offloaded states cost more host RAM than their raw bytes (pinned buffers rounded up by the CUDA host
 # allocator, optimizer step temporaries per sub-group, allocator fragmentation). Published: a 33B
 # ZeRO-3 offload run needed 750-800 GB of host RAM, 1.26-1.35x its raw 18 B/param (DOMAIN.md §1).
-OFFLOAD_SLACK_PINNED = 0.30
+# memfit now counts DeepSpeed's own 16-bit gradient partition explicitly (memory/zero.py), so the raw
+# offloaded bytes are 20 B/param and the same run leaves 1.305 x 18 / 20 - 1 = 17 % for the rest.
+OFFLOAD_SLACK_PINNED = round(1.305 * 18 / 20 - 1, 2)
 # Without pinning there is no page-locked rounding; assumed half the pinned slack (unmeasured).
-OFFLOAD_SLACK_UNPINNED = 0.15
+OFFLOAD_SLACK_UNPINNED = OFFLOAD_SLACK_PINNED / 2
 
 
 class _Breakdown:
@@ -140,7 +143,8 @@ def _gpu_peak(plan, facts, strategy) -> tuple[GpuBreakdown, str, int]:
     sb = state_bytes(t.precision, t.optimizer, facts.hidden_size)
     n_train = trainable_params(facts, strategy.method, t.lora.rank, t.lora.target_modules)
     w_div, g_div, o_div = _shards(strategy, world)
-    weights = (frozen_weight_bytes(facts, strategy.method, t.precision) + n_train * sb.weights) / w_div
+    whole_weights = frozen_weight_bytes(facts, strategy.method, t.precision) + n_train * sb.weights
+    weights = whole_weights / w_div
     if strategy.offload_param != "none":
         weights = 0.0
     grads = n_train * sb.gradients / g_div
@@ -149,11 +153,15 @@ def _gpu_peak(plan, facts, strategy) -> tuple[GpuBreakdown, str, int]:
     # plain trainer path), torch AdamW's foreach temporaries; ZeRO's fused optimizers step in place.
     temp = sb.foreach_temp if strategy.zero_stage == 0 else 0.0
     grad32 = n_train * max(sb.grad_fp32, temp) / o_div
+    zt = zero_terms(facts, strategy, world, n_train, whole_weights, sb.weights, mixed=sb.grad_fp32 > 0)
+    if strategy.zero_stage >= 1:
+        grad32 = zt.fp32_grad  # DeepSpeed's own fp32 gradient partition (memory/zero.py)
+    if strategy.zero_stage >= 2:
+        grads = zt.grad_partition  # DeepSpeed's flat 16-bit gradient partition, held from backward on
+    held_partition = zt.grad_partition if strategy.zero_stage == 1 else 0.0  # ZeRO-1's copy, besides full grads
     if strategy.offload_optimizer != "none":
         opt = grad32 = 0.0
-        if strategy.zero_stage >= 2:
-            grads = 0.0  # reduced straight into the host's fp32 partition through the buckets
-    buffers = _zero_buffer_bytes(plan, facts, strategy, sb)
+    buffers = zt.gpu_buffers
     lora = t.lora
     act = activation_bytes(facts, t.seq_len, strategy.micro_batch_size, t.attention, strategy.method,
                            strategy.gradient_checkpointing, t.precision, lora_rank=lora.rank,
@@ -166,11 +174,14 @@ def _gpu_peak(plan, facts, strategy) -> tuple[GpuBreakdown, str, int]:
     working = act.working_bytes if act.working_bytes >= act.logits_loss_bytes else 0.0
     logits = act.logits_loss_bytes if act.logits_loss_bytes > act.working_bytes else 0.0
     dynamic = act.stored_bytes + working + logits
-    held_grads = grads if accum > 1 else 0.0
-    fb = weights + opt + held_grads + buffers + dynamic * (1 + ALLOCATOR_SLACK)
+    held_grads = (grads if (accum > 1 or strategy.zero_stage >= 2) else 0.0) + held_partition
+    grads += held_partition
+    held_fp32 = grad32 if zt.fp32_grad_persistent else 0.0  # ZeRO-3 allocates it at init
+    fb = weights + opt + held_grads + held_fp32 + buffers + dynamic * (1 + ALLOCATOR_SLACK)
     step = weights + opt + grads + grad32 + buffers
     if fb >= step:
-        parts = (weights, held_grads, opt, act.stored_bytes + working, logits, buffers, dynamic * ALLOCATOR_SLACK)
+        parts = (weights, held_grads, opt + held_fp32, act.stored_bytes + working, logits, buffers,
+                 dynamic * ALLOCATOR_SLACK)
         phase = "forward/backward"
     else:
         parts = (weights, grads, opt + grad32, 0.0, 0.0, buffers, 0.0)
@@ -181,21 +192,6 @@ def _gpu_peak(plan, facts, strategy) -> tuple[GpuBreakdown, str, int]:
     return GpuBreakdown(**values, cuda_context_gib=context / GIB, nccl_gib=nccl / GIB), phase, accum
 
 
-def _zero_buffer_bytes(plan, facts, strategy, sb) -> float:
-    """ZeRO communication buffers and, under ZeRO-3, the gathered parameters in use, sized from the
-    same bucket sizes the emitted DeepSpeed JSON carries (core.ds_defaults.bucket_sizes)."""
-    if strategy.zero_stage == 0:
-        return 0.0
-    knobs = bucket_sizes(facts.hidden_size)
-    reduce = knobs["reduce"] * sb.gradients
-    if strategy.zero_stage in (1, 2):
-        return reduce + knobs["allgather"] * sb.weights
-    # DeepSpeed's own ZeRO-3 term 4*L: the largest module gathered in 16 bits plus its gradient
-    # (estimate_zero3_model_states_mem_needs), plus the prefetch bucket ahead of it.
-    gathered = 2 * facts.largest_layer_params * sb.weights
-    return gathered + knobs["prefetch"] * sb.weights + reduce
-
-
 def _host_peak(plan, facts, strategy) -> tuple[HostBreakdown, str, float]:
     t, hw = plan.training, plan.hardware
     ranks = hw.gpus_per_node
@@ -204,12 +200,16 @@ def _host_peak(plan, facts, strategy) -> tuple[HostBreakdown, str, float]:
     n_train = trainable_params(facts, strategy.method, t.lora.rank, t.lora.target_modules)
     weight_bytes = frozen_weight_bytes(facts, strategy.method, t.precision) + n_train * sb.weights
     opt_host = opt_nvme = params_host = params_nvme = swap = 0.0
+    # DeepSpeed's own host buffers under optimizer offload: ZeRO-3's 16-bit gradient partition,
+    # ZeRO-1/2's pinned staging buffer of one parameter (memory/zero.py).
+    zt = zero_terms(facts, strategy, hw.world_size, n_train, weight_bytes, sb.weights, mixed=sb.grad_fp32 > 0)
+    ds_host = (zt.host_grad16 * hw.world_size * node_share + zt.host_staging * ranks)
     if strategy.offload_optimizer == "cpu":
-        opt_host = n_train * sb.optimizer * node_share
+        opt_host = n_train * sb.optimizer * node_share + ds_host
     elif strategy.offload_optimizer == "nvme":
         # Master weights and moments swap to NVMe; the fp32 gradient partition stays in host RAM.
         opt_nvme = n_train * (sb.master + sb.moments) * node_share
-        opt_host = n_train * sb.grad_fp32 * node_share
+        opt_host = n_train * sb.grad_fp32 * node_share + ds_host
         sub_group = min(SUB_GROUP_SIZE, n_train / hw.world_size)
         swap += ranks * OPT_NVME_BUFFERS * sub_group * 4.0
     if strategy.offload_param == "cpu":

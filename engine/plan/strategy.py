@@ -1,7 +1,7 @@
 """One training strategy: the choices a candidate pins, all concrete (no 'auto')."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,6 +16,25 @@ FSDP_EQUIVALENT_STAGE = {"FULL_SHARD": 3, "HYBRID_SHARD": 3, "SHARD_GRAD_OP": 2,
 
 
 _STAGE_TO_FSDP = {3: "FULL_SHARD", 2: "SHARD_GRAD_OP", 1: "NO_SHARD", 0: "NO_SHARD"}
+
+
+class ZeroKnobs(BaseModel):
+    """The DeepSpeed ZeRO knobs that size its buffers, in elements (deepspeed/runtime/zero/config.py).
+
+    None everywhere means "what memfit writes" (core.ds_defaults.zero_knobs of the hidden size);
+    `advise check CONFIG --plan` fills them from the config it reads.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reduce_bucket_size: Optional[int] = None
+    prefetch_bucket_size: Optional[int] = None
+    param_persistence_threshold: Optional[int] = None
+    max_live_parameters: Optional[int] = None
+    max_reuse_distance: Optional[int] = None
+    sub_group_size: Optional[int] = None
+    overlap_comm: Optional[bool] = None
+    contiguous_gradients: Optional[bool] = None
 
 
 class Strategy(BaseModel):
@@ -41,6 +60,8 @@ class Strategy(BaseModel):
     sharding: Literal["deepspeed", "fsdp"] = "deepspeed"
     fsdp_version: Literal[1, 2] = 1
     fsdp_sharding: FsdpSharding = "FULL_SHARD"
+    # DeepSpeed buffer sizes of a config read by `advise check` (None: the ones memfit writes).
+    zero_knobs: Optional[ZeroKnobs] = None
 
     @property
     def key(self) -> str:

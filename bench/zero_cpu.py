@@ -1,0 +1,324 @@
+"""Ground truth without a GPU: real DeepSpeed ZeRO steps on CPU/gloo, DeepSpeed's buffers against
+memfit's terms (engine/memory/zero.py), term by term.
+
+    .venv/bin/python bench/zero_cpu.py [--model small|0.1b] [--runs z3-w2 z2-w1 ...] [--json OUT]
+
+Each run spawns 1 or 2 ranks (torch.multiprocessing, gloo on 127.0.0.1), builds a random-weight Llama
+from a config (under HfDeepSpeedConfig, as the HF Trainer does, so ZeRO-3 builds inside zero.Init),
+and trains 3 steps with the DeepSpeed JSON memfit writes for that strategy (engine/deepspeed/config.py;
+"torch_adam": true where DeepSpeed would JIT-compile fused_adam; offload uses DeepSpeed's CPU Adam,
+compiled once into TORCH_EXTENSIONS_DIR). On the CPU accelerator "GPU" tensors are CPU tensors, so
+every buffer is readable. On rank 0 it reads DeepSpeed's own buffers after the last backward (ZeRO-1/2's
+buckets and gradient partition, which live only during backward, at their largest during it)
+(optimizer attributes: ipg buckets, gradient partitions, fp32 partitions, optimizer states), samples
+the 16-bit parameters gathered at once on every dispatched op of the last step (a TorchDispatchMode
+that also counts the live bytes of tensors the step allocates), and the process's peak RSS. The
+first step records ZeRO-3's trace; the last runs with the complete trace, as steady-state training.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+MODELS = {
+    # ~9.7M parameters: the slow test's model (tests/test_zero_cpu.py).
+    "small": {"model_type": "llama", "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 16000,
+              "tie_word_embeddings": False, "max_position_embeddings": 512},
+    # ~0.12B parameters: 4 layers, Llama-shaped.
+    "0.1b": {"model_type": "llama", "hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 4,
+             "num_attention_heads": 16, "num_key_value_heads": 16, "vocab_size": 32000,
+             "tie_word_embeddings": False, "max_position_embeddings": 512},
+}
+# name -> (world size, strategy fields, knob overrides written into the config)
+RUNS = {
+    "z1-w2": (2, {"zero_stage": 1}, {}),
+    "z2-w1": (1, {"zero_stage": 2}, {}),
+    "z2-w2": (2, {"zero_stage": 2}, {}),
+    "z3-w1": (1, {"zero_stage": 3}, {}),
+    "z3-w2": (2, {"zero_stage": 3}, {}),
+    # A reuse window far below the model, prefetch off: what stays gathered is what the reuse
+    # distance keeps (with prefetch on, a small model stays gathered whole: memory/zero.py).
+    "z3-window-w2": (2, {"zero_stage": 3}, {"stage3_max_reuse_distance": 1_000_000,
+                                            "stage3_prefetch_bucket_size": 0}),
+    "z2-offload-w2": (2, {"zero_stage": 2, "offload_optimizer": "cpu"}, {}),
+    "z3-offload-w2": (2, {"zero_stage": 3, "offload_optimizer": "cpu"}, {}),
+    "z3-offload-all-w2": (2, {"zero_stage": 3, "offload_optimizer": "cpu", "offload_param": "cpu"}, {}),
+}
+SEQ, MICRO, STEPS = 64, 2, 3
+
+
+def plan_for(model: dict, world: int) -> dict:
+    """The memfit plan of a run: full fine-tuning in bf16 with AdamW, no checkpointing."""
+    return {"model": dict(model), "hardware": {"gpu_memory": 80, "gpus_per_node": world, "host_memory": 64},
+            "training": {"method": "full", "seq_len": SEQ, "micro_batch_size": MICRO, "precision": "bf16",
+                         "optimizer": "adamw", "gradient_checkpointing": False, "attention": "sdpa"}}
+
+
+def ds_config_for(model: dict, world: int, fields: dict, overrides: dict) -> dict:
+    """memfit's concrete DeepSpeed JSON for the run, made runnable on CPU."""
+    from memfit.engine.deepspeed.config import deepspeed_config
+    from memfit.engine.model.spec import resolve_model
+    from memfit.engine.plan.schema import plan_from_dict
+    from memfit.engine.plan.strategy import Strategy
+
+    plan = plan_from_dict(plan_for(model, world), "zero_cpu")
+    strategy = Strategy(method="full", micro_batch_size=MICRO, **fields)
+    cfg = deepspeed_config(strategy, plan, resolve_model(plan.model))
+    if fields.get("offload_optimizer", "none") == "none":
+        cfg["optimizer"]["params"]["torch_adam"] = True  # fused_adam needs a JIT build; same states
+    cfg["zero_optimization"].update(overrides)
+    return cfg
+
+
+def _nbytes(tensors) -> int:
+    seen, total = set(), 0
+    for t in tensors:
+        if t is None:
+            continue
+        key = t.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    return total
+
+
+def _buffers_z3(opt, model) -> dict:
+    state = [v for s in opt.optimizer.state.values() for v in s.values() if hasattr(v, "numel") and v.numel() > 1]
+    return {"weights_partition": sum(p.ds_tensor.numel() * p.ds_tensor.element_size() for p in model.parameters()),
+            "grad_partition": _nbytes([opt.grad_partitions_flat_buffer]),
+            "fp32_master": _nbytes(opt.fp32_partitioned_groups_flat),
+            "optimizer_moments": _nbytes(state),
+            "reduce_buckets": _nbytes([b.buffer for b in opt.ipg_buckets.values() if b.buffer is not None])}
+
+
+def _buffers_z12(opt) -> dict:
+    state = [v for s in opt.optimizer.state.values() for v in s.values() if hasattr(v, "numel") and v.numel() > 1]
+    return {"weights_flat": _nbytes(opt.bit16_groups_flat),
+            "fp32_master": _nbytes(opt.single_partition_of_fp32_groups),
+            "optimizer_moments": _nbytes(state),
+            "offload_staging_gpu": _nbytes([getattr(opt, "temp_grad_buffer_for_gpu_offload", None)])}
+
+
+def _watch_fp32_grads(opt) -> dict:
+    """Record the fp32 gradient bytes the inner optimizer sees at each call of its step (the one
+    sub-group ZeRO-3 prepares at a time; ZeRO-1/2's converted partition)."""
+    seen = {"fp32_grad": 0}
+    inner = opt.optimizer
+    original = inner.step
+
+    def step(*args, **kwargs):
+        grads = [p.grad for g in inner.param_groups for p in g["params"]]
+        seen["fp32_grad"] = max(seen["fp32_grad"], _nbytes(grads))
+        return original(*args, **kwargs)
+
+    inner.step = step
+    return seen
+
+
+def _backward_buffers_z12(opt) -> dict:
+    """ZeRO-1/2 buffers that exist only during backward: setup_buckets allocates the ipg buckets and
+    copy_grads_in_partition the 16-bit partition; _release_ipg_buffers drops both at the epilogue."""
+    buckets = [t for b in opt.ipg_buckets.values() for t in (b.buffer or [])]
+    grads = getattr(opt, "grads_in_partition", None)
+    return {"reduce_buckets": _nbytes(buckets), "grad_partition": _nbytes([grads]) if grads is not None else 0}
+
+
+def _step_tracker(model, sample=None):
+    """A dispatch mode sampling the gathered 16-bit parameters and the live bytes the step allocates."""
+    import weakref
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    params = list(model.parameters())
+
+    class StepTracker(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.gathered_max = 0
+            self.phase = "forward/backward"
+            self.gathered_by_phase: dict[str, int] = {}
+            self.live = 0
+            self.live_max = 0
+            self.keys: set[int] = set()
+            self.sampled: dict[str, int] = {}
+
+        def _free(self, key, n):
+            self.keys.discard(key)
+            self.live -= n
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                    st = t.untyped_storage()
+                    if st._cdata not in self.keys:
+                        self.keys.add(st._cdata)
+                        self.live += st.nbytes()
+                        weakref.finalize(st, self._free, st._cdata, st.nbytes())
+            gathered = sum(p.numel() * p.element_size() for p in params if p.data.numel() > 1)
+            self.gathered_max = max(self.gathered_max, gathered)
+            if gathered > self.gathered_by_phase.get(self.phase, -1):
+                self.gathered_by_phase[self.phase] = gathered
+            self.live_max = max(self.live_max, self.live)
+            if sample is not None:
+                for k, v in sample().items():
+                    self.sampled[k] = max(self.sampled.get(k, 0), v)
+            return out
+
+    return StepTracker()
+
+
+def _rank_main(rank: int, world: int, port: int, model: dict, cfg: dict, out_q) -> None:
+    import resource
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    import torch
+    import torch._dynamo  # noqa: F401  (zero.Init patches modules; HF models need dynamo first)
+    import torch.distributed as tdist
+    import deepspeed
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig
+
+    torch.manual_seed(0)
+    # Through deepspeed.comm, so that zero.Init's config check sees the world size (a bare
+    # torch.distributed group leaves deepspeed.comm reporting 1 rank).
+    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    spec = dict(model)
+    config = AutoConfig.for_model(spec.pop("model_type"), **spec)
+    keep = HfDeepSpeedConfig(cfg)  # noqa: F841  (transformers keeps a weak reference)
+    net = AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16)
+    engine, opt, *_ = deepspeed.initialize(model=net, model_parameters=[p for p in net.parameters()], config=cfg)
+    stage = cfg["zero_optimization"]["stage"]
+    fp32 = _watch_fp32_grads(opt)
+    tracker = None
+    losses = []
+    for step in range(STEPS):
+        ids = torch.randint(0, model["vocab_size"], (MICRO, SEQ))
+        if step == STEPS - 1:
+            tracker = _step_tracker(net, None if stage == 3 else (lambda: _backward_buffers_z12(opt)))
+            tracker.__enter__()
+        loss = engine(input_ids=ids, labels=ids).loss
+        engine.backward(loss)
+        if step == STEPS - 1:
+            buffers = _buffers_z3(opt, net) if stage == 3 else _buffers_z12(opt)
+            tracker.phase = "optimizer step"
+        engine.step()
+        losses.append(float(loss.detach().float()))
+    tracker.__exit__(None, None, None)
+    result = {"rank": rank, "losses": losses, "buffers": dict(buffers, **fp32, **tracker.sampled), "gathered_max": tracker.gathered_max,
+              "gathered_by_phase": tracker.gathered_by_phase,
+              "step_live_max": tracker.live_max,
+              "max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    out_q.put(result)
+    tdist.barrier()
+    tdist.destroy_process_group()
+
+
+def run_case(name: str, model_name: str = "small") -> dict:
+    """Run one named case on 1 or 2 ranks; return rank 0's measurements and memfit's terms.
+
+    Returns:
+        {"name", "world", "measured": {term: bytes}, "memfit": {term: bytes}, "losses", "max_rss"}.
+    Raises:
+        RuntimeError: a rank failed (its exit code is named).
+    """
+    import torch.multiprocessing as mp
+
+    world, fields, overrides = RUNS[name]
+    model = MODELS[model_name]
+    cfg = ds_config_for(model, world, fields, overrides)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_rank_main, args=(r, world, port, model, cfg, q)) for r in range(world)]
+    for p in procs:
+        p.start()
+    results = [q.get(timeout=900) for _ in procs]
+    for p in procs:
+        p.join(timeout=120)
+        if p.exitcode not in (0, None):
+            raise RuntimeError(f"{name}: a rank exited with {p.exitcode}")
+    r0 = next(r for r in results if r["rank"] == 0)
+    measured = dict(r0["buffers"], gathered_params=r0["gathered_max"] if fields["zero_stage"] == 3 else 0)
+    return {"name": name, "model": model_name, "world": world, "measured": measured,
+            "memfit": memfit_terms(model, world, fields, cfg["zero_optimization"]),
+            "gathered_by_phase": r0["gathered_by_phase"], "losses": r0["losses"], "max_rss": r0["max_rss"], "step_live_max": r0["step_live_max"]}
+
+
+def memfit_terms(model: dict, world: int, fields: dict, zero: dict) -> dict:
+    """memfit's terms for the same run, named as the measured ones (bytes, rank 0)."""
+    from memfit.engine.deepspeed.check import knobs_from_config
+    from memfit.engine.memory.states import state_bytes
+    from memfit.engine.memory.zero import zero_terms
+    from memfit.engine.model.spec import resolve_model
+    from memfit.engine.plan.schema import plan_from_dict
+    from memfit.engine.plan.strategy import Strategy
+
+    plan = plan_from_dict(plan_for(model, world), "zero_cpu")
+    facts = resolve_model(plan.model)
+    s = Strategy(method="full", micro_batch_size=MICRO, zero_knobs=knobs_from_config(zero), **fields)
+    sb = state_bytes("bf16", "adamw", facts.hidden_size)
+    n = facts.total_params
+    zt = zero_terms(facts, s, world, n, n * sb.weights, sb.weights)
+    z = fields["zero_stage"]
+    off = fields.get("offload_optimizer", "none") != "none"
+    out = {"grad_partition": zt.grad_partition if not off else zt.host_grad16,
+           "fp32_master": n / world * 4, "fp32_grad": (zt.fp32_grad if not off else n / world * 4),
+           "optimizer_moments": n / world * 8, "reduce_buckets": zt.reduce_buckets,
+           "gathered_params": zt.gathered_params}
+    if z == 3:
+        out["weights_partition"] = n / world * 2
+    else:
+        out["weights_flat"] = n * 2
+        out["offload_staging_gpu"] = zt.offload_staging_gpu
+        out["grad_partition"] = zt.grad_partition
+    return out
+
+
+def render(rows: list[dict]) -> str:
+    """A Markdown table: one line per run and term, DeepSpeed's bytes vs memfit's, and the ratio."""
+    lines = ["| run | term | DeepSpeed MiB | memfit MiB | memfit/DS |", "|---|---|---|---|---|"]
+    for r in rows:
+        for term, got in r["measured"].items():
+            want = r["memfit"].get(term)
+            if want is None:
+                continue
+            ratio = f"{want / got:.3f}" if got else ("=" if not want else "inf")
+            lines.append(f"| {r['name']} ({r['model']}) | {term} | {got / 2**20:.2f} | {want / 2**20:.2f} | {ratio} |")
+        lines.append(f"| {r['name']} ({r['model']}) | peak RSS rank 0 | {r['max_rss'] / 2**20:.0f} | - | - |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=sorted(MODELS), default="small")
+    ap.add_argument("--runs", nargs="*", default=list(RUNS))
+    ap.add_argument("--json", help="also write the rows here")
+    args = ap.parse_args(argv)
+    rows = []
+    for name in args.runs:
+        rows.append(run_case(name, args.model))
+        print(f"done {name}: losses {rows[-1]['losses']}", file=sys.stderr, flush=True)
+    print(render(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

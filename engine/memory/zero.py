@@ -1,0 +1,126 @@
+"""DeepSpeed ZeRO's own GPU and host buffers, term by term, as DeepSpeed 0.19 allocates them.
+
+Each term names the DeepSpeed function that allocates it (deepspeed/runtime/zero/*.py); the
+explanation is in docs/explanation/memory-model.md ("ZeRO runtime"). All sizes are bytes per rank and
+come from the knobs of the config (core.ds_defaults.zero_knobs: the ones memfit writes, or those
+`advise check` read from a config), never from a fitted factor.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..core.ds_defaults import zero_knobs
+
+# DeepSpeed communicates gradients in the 16-bit model dtype unless `communication_data_type` or
+# `data_types.grad_accum_dtype` says otherwise (engine.py: get_data_types; memfit writes neither).
+
+
+@dataclass(frozen=True)
+class ZeroTerms:
+    """DeepSpeed's buffers on one rank, in bytes (0 where a stage or offload does not allocate it)."""
+
+    gathered_params: float      # ZeRO-3: 16-bit parameters gathered at once (reuse window + prefetch)
+    gathered_grad: float        # ZeRO-3: full gradient of the largest trainable module before reduction
+    reduce_buckets: float       # ipg buckets (contiguous_gradients), double-buffered under overlap_comm (1/2)
+    offload_staging_gpu: float  # ZeRO-1/2 + optimizer offload: the GPU staging buffer of one parameter
+    grad_partition: float       # persistent 16-bit gradient partition (ZeRO-2 grads_in_partition, ZeRO-3 flat)
+    fp32_grad: float            # fp32 gradient built at the step (ZeRO-3: one sub-group at a time)
+    fp32_grad_persistent: bool  # True: held through forward/backward (no DeepSpeed 0.19 path does)
+    host_grad16: float          # ZeRO-3 + optimizer offload: the 16-bit gradient partition in host RAM
+    host_staging: float         # ZeRO-1/2 + optimizer offload: the pinned host staging buffer
+
+    @property
+    def gpu_buffers(self) -> float:
+        """What the memory model reports as ZeRO buffers: gathered params and grads, buckets, staging."""
+        return self.gathered_params + self.gathered_grad + self.reduce_buckets + self.offload_staging_gpu
+
+
+def knobs_for(strategy, hidden_size: int | None) -> dict:
+    """The strategy's knobs, each unset one filled with the value memfit writes."""
+    base = zero_knobs(hidden_size)
+    given = strategy.zero_knobs.model_dump() if getattr(strategy, "zero_knobs", None) else {}
+    return {k: (given[k] if given.get(k) is not None else v) for k, v in base.items()}
+
+
+def zero_terms(facts, strategy, world: int, n_train: int, weights_bytes: float, w16: float,
+               mixed: bool = True) -> ZeroTerms:
+    """DeepSpeed's ZeRO buffers for one strategy.
+
+    Args:
+        facts: ModelSpec (total_params, largest_layer_params, hidden_size).
+        strategy: the Strategy (stage, offloads, method, optional knobs).
+        world: data-parallel ranks (ZeRO partitions over all of them).
+        n_train: trainable parameters.
+        weights_bytes: bytes of the whole model's weights as they train (frozen base + trainable).
+        w16: bytes per element of the 16-bit (or fp32) model dtype the gradients and buckets use.
+        mixed: mixed precision (an fp32 gradient copy exists at the step; in fp32 ZeRO-1/2 reuse it).
+    Returns:
+        ZeroTerms in bytes; all zero for stage 0.
+    """
+    z = strategy.zero_stage
+    if z == 0:
+        return ZeroTerms(0, 0, 0, 0, 0, 0, False, 0, 0)
+    k = knobs_for(strategy, facts.hidden_size)
+    opt_off = strategy.offload_optimizer != "none"
+    part = n_train / world
+    if z == 3:
+        return _stage3(facts, strategy, k, part, weights_bytes, w16, opt_off, mixed)
+    return _stage12(facts, strategy, k, part, w16, opt_off, mixed)
+
+
+def _stage12(facts, strategy, k, part, w16, opt_off, mixed) -> ZeroTerms:
+    # stage_1_and_2.py setup_buckets: one reduce_bucket_size buffer, a second one under overlap_comm
+    # ("double buffers to avoid data access conflict"); only with contiguous_gradients. The allgather
+    # after the step runs in place on the flat 16-bit buffer (runtime/utils.py all_gather_dp_groups ->
+    # all_gather_into_tensor_dp_groups), so allgather_bucket_size allocates nothing.
+    n_buf = (2 if k["overlap_comm"] else 1) if k["contiguous_gradients"] else 0
+    buckets = n_buf * k["reduce_bucket_size"] * w16
+    # ZeRO-2 keeps the 16-bit gradients of its partition in one flat buffer from the first backward
+    # on (stage_1_and_2.py copy_grads_in_partition: grads_in_partition); ZeRO-1 keeps full gradients
+    # until the reduction at the end of backward (counted by the caller as model gradients). Both are
+    # released at the epilogue (_release_ipg_buffers) but the partition lives on in
+    # averaged_gradients until the step: present from backward through the step.
+    # ZeRO-1 with contiguous_gradients copies its partition the same way (reduce_ipg_grads: "zero
+    # stage 1 - partition only optimizer state" -> copy_grads_in_partition), besides the full gradients.
+    grad_partition = part * w16 if (not opt_off and (strategy.zero_stage == 2 or k["contiguous_gradients"])) else 0.0
+    largest = facts.largest_layer_params if strategy.method == "full" else 0
+    # Optimizer offload (stage_1_and_2.py __init__, cpu_offload): temp_grad_buffer_for_gpu_offload on
+    # the GPU and temp_grad_buffer_for_cpu_offload (pinned) on the host, each of the largest parameter.
+    staging = largest * w16 if opt_off else 0.0
+    # The fp32 gradient of the partition is built at the step (stage_1_and_2.py step:
+    # flat_grad_partition.to(fp32)) and freed after it; on the host under offload (counted there).
+    fp32 = 0.0 if (opt_off or not mixed) else part * 4.0
+    return ZeroTerms(0.0, 0.0, buckets, staging, grad_partition, fp32, False, 0.0, staging)
+
+
+def _stage3(facts, strategy, k, part, weights_bytes, w16, opt_off, mixed) -> ZeroTerms:
+    # partitioned_param_coordinator.py: a gathered parameter is released after its module runs unless
+    # it is used again within `max_reuse_distance` parameters of the recorded trace
+    # (__params_to_release), so those kept for reuse total at most max_reuse_distance; add the module
+    # in use (at most L) and the prefetch in flight (fetch_sub_module, prefetch_bucket_size). The
+    # prefetcher also marks every queued use it passes over (__most_recent_step_id_param_fetched_for),
+    # and when nothing is left to fetch it drains the queue and keeps everything gathered until its
+    # backward use: the whole model when it is small (seen on CPU, bench/zero_cpu.py). Never more
+    # than the whole model. In the weights' dtype (4-bit + fp32 non-quantised under QLoRA).
+    per_param = weights_bytes / facts.total_params
+    window = k["max_reuse_distance"] + facts.largest_layer_params + k["prefetch_bucket_size"]
+    gathered = min(facts.total_params, window) * per_param
+    # The largest trainable module's full 16-bit gradient exists until it is reduced (stage3.py
+    # reduce_ready_partitions_and_remove_grads -> __add_grad_to_ipg_bucket; one larger than the bucket
+    # is reduced from param.grad itself): DeepSpeed's own 4*L term counts it (estimate_zero3_model_states_mem_needs).
+    gathered_grad = facts.largest_layer_params * w16 if strategy.method == "full" else 0.0
+    # stage3.py _setup_for_real_optimizer: one ipg bucket of reduce_bucket_size per communication dtype
+    # (contiguous_gradients), on the GPU even with offload.
+    buckets = k["reduce_bucket_size"] * w16 if k["contiguous_gradients"] else 0.0
+    # stage3.py _setup_for_real_optimizer: grad_partitions_flat_buffer, the 16-bit gradients of the
+    # whole partition, zeros at init, on the optimizer's device (pinned host RAM under offload).
+    grad16 = part * w16
+    # stage3.py step -> _prepare_fp32_grad_for_sub_group: each sub-group's gradients are flattened and
+    # converted to fp32 (at most sub_group_size elements), stepped, and released by _release_sub_group
+    # before the next one: a step transient on the GPU. The fp32 buffer initialize_optimizer_states
+    # allocates is dropped at its end (`group.grad = None` without offload); under optimizer offload
+    # each sub-group keeps its own pinned host buffer instead (the host model's 4 B of fp32 gradients).
+    # Without fp32 master weights (pure 16-bit training) the partition itself serves.
+    fp32 = 0.0 if (opt_off or not mixed) else min(part, k["sub_group_size"]) * 4.0
+    return ZeroTerms(gathered, gathered_grad, buckets, 0.0, 0.0 if opt_off else grad16, fp32, False,
+                     grad16 if opt_off else 0.0, 0.0)

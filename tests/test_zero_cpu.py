@@ -1,0 +1,44 @@
+"""memfit's ZeRO terms against the buffers real DeepSpeed allocates (bench/zero_cpu.py), on the
+smallest model (2-layer Llama, 9.7M parameters), CPU/gloo, one and two ranks.
+
+Tolerance 1 %: DeepSpeed pads each rank's partition to an alignment of a few elements
+(zero/stage_1_and_2.py nccl_start_alignment_factor, partition_parameters.py _partition_param's
+aligned numel) and the model's tensors are not all divisible by the world size; on 9.7M parameters
+that is far below 1 %. A term memfit got wrong by mechanism (the first version's fp32 buffer held
+through forward/backward, a missing second bucket, a gathered window of 4*L) is off by 2x or more.
+The reuse-window case is an upper bound, checked as one.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "zero_cpu.py"
+
+
+def _bench():
+    # Imported by name from bench/ so that the spawned ranks can import it too (multiprocessing's
+    # spawn start method hands the children the parent's sys.path).
+    if str(BENCH.parent) not in sys.path:
+        sys.path.insert(0, str(BENCH.parent))
+    return importlib.import_module("zero_cpu")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", ["z2-w1", "z3-w2", "z3-window-w2"])
+def test_memfit_terms_match_deepspeeds_buffers(run):
+    row = _bench().run_case(run, "small")
+    assert row["losses"][-1] == row["losses"][-1]  # a real step ran (not NaN)
+    for term, got in row["measured"].items():
+        want = row["memfit"].get(term)
+        if want is None:
+            continue
+        if term == "gathered_params" and run == "z3-window-w2":
+            # An upper bound by mechanism: kept for reuse <= max_reuse_distance (1e6 here), plus the
+            # module in use; never below what DeepSpeed gathered, at most the window above it.
+            assert got <= want <= got + 1_000_000 * 2, f"{run}: {term}"
+            continue
+        assert want == pytest.approx(got, rel=0.01, abs=64 * 1024), f"{run}: {term}"

@@ -1,0 +1,114 @@
+"""DeepSpeed ZeRO's own buffers (engine/memory/zero.py), each against the DeepSpeed 0.19 function that
+allocates it, and the knobs `advise check` reads from a config. The traced real-run comparison is
+bench/zero_cpu.py (tests/test_zero_cpu.py, slow)."""
+from __future__ import annotations
+
+import pytest
+
+from memfit.engine.core.units import GIB
+from memfit.engine.deepspeed.check import knobs_from_config, strategy_from_config
+from memfit.engine.deepspeed.config import deepspeed_config
+from memfit.engine.memory.estimate import estimate_memory
+from memfit.engine.model.spec import resolve_model
+from memfit.engine.plan.schema import plan_from_dict
+from memfit.engine.plan.strategy import Strategy, ZeroKnobs
+
+LLAMA7 = resolve_model("meta-llama/Llama-2-7b-hf")
+N = LLAMA7.total_params          # 6,738,415,616 (meta-device count, DOMAIN.md §4)
+L = 32_000 * 4_096               # embed_tokens / lm_head: the largest module of Llama-2-7B
+H2 = 4_096 * 4_096               # memfit's reduce bucket for h = 4096 (HF "auto" rule h*h)
+
+
+def plan(gpus=8, **training):
+    return plan_from_dict({"model": "meta-llama/Llama-2-7b-hf",
+                           "hardware": {"gpu_memory": 80, "gpus_per_node": gpus, "host_memory": 1024},
+                           "training": {"seq_len": 2048, "method": "full", **training}}, "t.yaml")
+
+
+def full(stage, **kw):
+    return Strategy(method="full", zero_stage=stage, gradient_checkpointing=True, **kw)
+
+
+def test_zero3_holds_its_gradient_partition_and_steps_one_fp32_sub_group():
+    # stage3.py _setup_for_real_optimizer: grad_partitions_flat_buffer (bf16, P/N) from init on, so
+    # forward/backward holds it with the 12 B of master weights and Adam moments; at the step
+    # _prepare_fp32_grad_for_sub_group adds the fp32 gradient of one sub-group (P/N < 1e9 here).
+    long = plan(micro_batch_size=8)
+    e = estimate_memory(long, LLAMA7, full(3, micro_batch_size=8))
+    assert e.gpu_peak_phase == "forward/backward"
+    assert e.gpu.gradients_gib == pytest.approx(2 * N / 8 / GIB)
+    assert e.gpu.optimizer_states_gib == pytest.approx(12 * N / 8 / GIB)
+    step = estimate_memory(plan(), LLAMA7, full(3))
+    assert step.gpu_peak_phase == "optimizer step"
+    assert step.gpu.optimizer_states_gib == pytest.approx((12 + 4) * N / 8 / GIB)
+
+
+def test_zero3_gathers_up_to_the_reuse_distance():
+    # partitioned_param_coordinator.py __params_to_release: parameters used again within
+    # max_reuse_distance stay gathered; plus the module in use (<= L) and the prefetch bucket; plus
+    # the largest module's bf16 gradient before reduction; plus one bf16 ipg bucket (stage3.py).
+    knobs = ZeroKnobs(max_reuse_distance=100_000_000, prefetch_bucket_size=50_000_000, reduce_bucket_size=H2)
+    e = estimate_memory(plan(), LLAMA7, full(3, zero_knobs=knobs))
+    gathered = (100_000_000 + L + 50_000_000) * 2
+    assert e.gpu.zero_buffers_gib == pytest.approx((gathered + L * 2 + H2 * 2) / GIB)
+    # The default 1e9 window holds more than one 4*L: the issue's "ZeRO-3 buffers too small".
+    default = estimate_memory(plan(), LLAMA7, full(3))
+    assert default.gpu.zero_buffers_gib > e.gpu.zero_buffers_gib
+
+
+def test_a_model_smaller_than_the_window_stays_gathered():
+    # Qwen2.5-0.5B (494,032,768 params, tied) under ZeRO-3 with the 1e9 default window: every
+    # parameter is reused within the window, so all of it is gathered at once in bf16.
+    qwen = resolve_model("Qwen/Qwen2.5-0.5B")
+    p = plan_from_dict({"model": "Qwen/Qwen2.5-0.5B", "hardware": {"gpu_memory": 80, "gpus_per_node": 8, "host_memory": 1024},
+                        "training": {"seq_len": 512, "method": "lora"}}, "t.yaml")
+    e = estimate_memory(p, qwen, Strategy(method="lora", zero_stage=3))
+    bucket = max(896 * 896, 1 << 20) * 2  # h*h, raised to memfit's 2^20 floor (core/ds_defaults.py)
+    assert e.gpu.zero_buffers_gib == pytest.approx((e.gpu.weights_gib * 8 * GIB + bucket) / GIB, rel=1e-6)
+
+
+def test_zero12_reduce_buckets_are_double_under_overlap_comm():
+    # stage_1_and_2.py setup_buckets: buf_0, and buf_1 "to avoid data access conflict when
+    # overlap_comm is enabled"; the allgather after the step runs in place (no bucket).
+    on = estimate_memory(plan(), LLAMA7, full(2))
+    off = estimate_memory(plan(), LLAMA7, full(2, zero_knobs=ZeroKnobs(overlap_comm=False)))
+    assert on.gpu.zero_buffers_gib == pytest.approx(2 * H2 * 2 / GIB)
+    assert off.gpu.zero_buffers_gib == pytest.approx(H2 * 2 / GIB)
+
+
+def test_zero2_keeps_its_gradient_partition_even_on_one_gpu():
+    # stage_1_and_2.py copy_grads_in_partition: grads_in_partition (bf16) lives from the first
+    # backward on; on one GPU the partition is the whole model.
+    e = estimate_memory(plan(gpus=1), LLAMA7, full(2))
+    zero0 = estimate_memory(plan(gpus=1), LLAMA7, full(0))
+    assert e.gpu.gradients_gib == pytest.approx(2 * N / GIB)
+    assert e.gpu_peak_gib >= zero0.gpu_peak_gib
+
+
+def test_the_config_memfit_writes_reads_back_to_the_same_estimate():
+    # Writer (deepspeed/config.py) and reader (deepspeed/check.py) agree on every buffer-sizing knob.
+    p = plan(gradient_checkpointing=True)
+    for stage in (1, 2, 3):
+        s = full(stage)
+        zero = deepspeed_config(s, p, LLAMA7)["zero_optimization"]
+        read = strategy_from_config({"zero_optimization": zero, "train_micro_batch_size_per_gpu": 1}, p)
+        assert estimate_memory(p, LLAMA7, read).gpu_peak_gib == pytest.approx(estimate_memory(p, LLAMA7, s).gpu_peak_gib)
+
+
+def test_knobs_left_out_of_a_config_are_deepspeeds_defaults():
+    # deepspeed/runtime/zero/config.py: reduce_bucket_size 5e8, stage3_prefetch_bucket_size 5e7,
+    # overlap_comm on for stage 3 only; "auto" is the HF Trainer's hidden-size rule (None here).
+    k = knobs_from_config({"stage": 2})
+    assert (k.reduce_bucket_size, k.overlap_comm, k.contiguous_gradients) == (500_000_000, False, True)
+    k3 = knobs_from_config({"stage": 3, "reduce_bucket_size": "auto", "stage3_max_reuse_distance": 0})
+    assert (k3.reduce_bucket_size, k3.prefetch_bucket_size, k3.max_reuse_distance, k3.overlap_comm) == \
+        (None, 50_000_000, 0, True)
+
+
+def test_zero1_also_copies_its_gradient_partition():
+    # stage_1_and_2.py reduce_ipg_grads: under ZeRO-1 with contiguous_gradients the gradients of the
+    # rank's partition are copied into grads_in_partition too (seen on CPU: bench/zero_cpu.py z1-w2),
+    # so the step holds the full 16-bit gradients plus that 2 B x P/N copy.
+    e = estimate_memory(plan(), LLAMA7, full(1))
+    assert e.gpu_peak_phase == "optimizer step"
+    assert e.gpu.gradients_gib == pytest.approx((2 * N + 2 * N / 8) / GIB)
