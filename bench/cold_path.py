@@ -20,7 +20,7 @@ VENV_BIN = Path(sys.executable).parent
 
 DEEPSPEED_CALL = (
     "from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs as f; "
-    # Qwen2.5-32B base model count and largest module (DOMAIN.md §1), one GPU, full offload.
+    # Qwen2.5-32B base model count and largest module (sources.md §1), one GPU, full offload.
     "print(f(31985308672, 778567680, 1, 1, True, True, True))"
 )
 

@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 import click
 
 # Set before anything can import transformers: the hub is often unreachable, and an unknown id would
-# otherwise spend ~25 s on retries (DOMAIN.md §4).
+# otherwise spend ~25 s on retries (sources.md §4).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

@@ -75,7 +75,7 @@ def test_formula_matches_probe(name, cfg, s, b, kw):
 
 @pytest.mark.slow
 def test_lora_stores_more_than_full_at_7b():
-    """DOMAIN.md §3 measured 17.0 vs 11.7 GiB (7B, no checkpointing): LoRA stores ~1.45x more."""
+    """sources.md §3 measured 17.0 vs 11.7 GiB (7B, no checkpointing): LoRA stores ~1.45x more."""
     facts = resolve_model("meta-llama/Llama-2-7b-hf")
     full = layer_bytes(facts, 2048, 1, "sdpa")
     lora = layer_bytes(facts, 2048, 1, "sdpa", method="lora")
@@ -83,7 +83,7 @@ def test_lora_stores_more_than_full_at_7b():
 
 
 def test_llama2_7b_layer_matches_published_probe():
-    """DOMAIN.md §3: Llama-2-7B, s=2048, b=1, SDPA: 364.5 MiB per layer measured on fake tensors."""
+    """sources.md §3: Llama-2-7B, s=2048, b=1, SDPA: 364.5 MiB per layer measured on fake tensors."""
     from types import SimpleNamespace
     facts = SimpleNamespace(hidden_size=4096, num_attention_heads=32, num_kv_heads=32,
                             intermediate_size=11008, num_experts=0, head_dim=128)

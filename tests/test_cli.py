@@ -34,7 +34,7 @@ def test_json_is_valid_against_schema(capsys):
     data = json.loads(out)
     schema = json.loads((ROOT / "schemas" / "advice.schema.json").read_text())
     jsonschema.validate(data, schema)
-    assert data["model"]["total_params"] == 32_763_876_352  # DOMAIN.md §4 meta-device count
+    assert data["model"]["total_params"] == 32_763_876_352  # sources.md §4 meta-device count
 
 
 BAD = [

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 from memfit.engine.policy.vocabulary import facts_reference_markdown
 from memfit.engine.advice.schema_export import schema_texts
@@ -42,3 +44,26 @@ def test_relative_links_in_docs_resolve():
     for page in pages:
         for target in re.findall(r"\]\(([^)#:]+\.md)\)", page.read_text()):
             assert (page.parent / target).exists(), f"{page.relative_to(ROOT)} links to missing {target}"
+
+
+def test_nothing_points_outside_the_repository():
+    # A clone has no ../shared: every fact a doc, rule or comment cites is in docs/explanation/sources.md.
+    outside = []
+    for top in ("docs", "engine", "rules", "cli", "bench", "tests", "examples"):
+        for path in (ROOT / top).rglob("*"):
+            if path.suffix not in (".md", ".py", ".yaml", ".json") or "fixtures" in path.parts or path == Path(__file__):
+                continue
+            text = path.read_text(encoding="utf-8", errors="replace")
+            outside += [f"{path.relative_to(ROOT)}: {ref}" for ref in ("../shared", "DOMAIN.md") if ref in text]
+    outside += [f"README.md: {ref}" for ref in ("../shared", "DOMAIN.md") if ref in (ROOT / "README.md").read_text()]
+    assert outside == []
+
+
+def test_sources_page_has_every_cited_section():
+    cited = set()
+    for top in ("docs", "engine", "rules", "cli", "tests"):
+        for path in (ROOT / top).rglob("*"):
+            if path.suffix in (".md", ".py", ".yaml", ".json"):
+                cited |= set(re.findall(r"sources\.md §(\d)", path.read_text(encoding="utf-8", errors="replace")))
+    page = (ROOT / "docs" / "explanation" / "sources.md").read_text()
+    assert cited and all(f"## §{n} " in page for n in cited), sorted(cited)

@@ -7,13 +7,13 @@ import pytest
 from memfit.engine.deepspeed.parity import zero2_estimate, zero3_estimate
 from memfit.engine.core.units import GIB
 
-# Qwen2.5-32B base model as AutoModel loads it (no lm_head), and its largest module (DOMAIN.md §1).
+# Qwen2.5-32B base model as AutoModel loads it (no lm_head), and its largest module (sources.md §1).
 P_BASE = 31_985_308_672
 L = 778_567_680
 
 
 def test_published_report_numbers():
-    # The estimator output quoted in DOMAIN.md §1 / issue 2, printed with two decimals. Our exact
+    # The estimator output quoted in sources.md §1 / issue 2, printed with two decimals. Our exact
     # values are 804.29 / 714.93 / 539.10 (= DeepSpeed's function, test below); the quoted figures are
     # 0.03 GiB lower throughout, so the tolerance is 0.05 GiB.
     assert zero3_estimate(P_BASE, L).host_gib == pytest.approx(804.26, abs=0.05)

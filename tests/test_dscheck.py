@@ -42,7 +42,7 @@ def with_changes(**changes):
 
 
 # (name, config, expected key, message regex); each is a mistake DeepSpeed 0.19 lets through or
-# reports only as a bare assertion (DOMAIN.md §5).
+# reports only as a bare assertion (sources.md §5).
 BAD = [
     ("top-level typo", {**GOOD, "zero_optimisation": {}}, "zero_optimisation", "did you mean 'zero_optimization'"),
     ("nested typo", with_changes(zero_optimization__overlap_com=True), "zero_optimization.overlap_com",

@@ -17,7 +17,7 @@ from memfit.engine.plan.strategy import Strategy
 LLAMA7B = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 11008,
            "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000}
 FACTS = SimpleNamespace(hidden_size=4096, largest_layer_params=32000 * 4096, total_params=6_738_415_616)
-# Qwen2.5-32B's lm_head (DOMAIN.md §1): bigger than DeepSpeed's 1e8 default NVMe buffer.
+# Qwen2.5-32B's lm_head (sources.md §1): bigger than DeepSpeed's 1e8 default NVMe buffer.
 FACTS_32B = SimpleNamespace(hidden_size=5120, largest_layer_params=778_567_680, total_params=32_763_876_352)
 
 

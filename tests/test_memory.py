@@ -13,7 +13,7 @@ from memfit.engine.core.units import GIB
 
 QWEN32 = resolve_model("Qwen/Qwen2.5-32B-Instruct")
 LLAMA7 = resolve_model("meta-llama/Llama-2-7b-hf")
-P32 = 32_763_876_352  # Qwen2ForCausalLM with lm_head (DOMAIN.md §4, meta-device count)
+P32 = 32_763_876_352  # Qwen2ForCausalLM with lm_head (sources.md §4, meta-device count)
 
 
 def plan(**training):
@@ -79,7 +79,7 @@ def test_motivating_case_host_terms():
 
 
 def test_lora_freezes_the_base():
-    # LoRA r16 all-linear on Qwen2.5-32B trains 134,217,728 parameters (peft count, DOMAIN.md §4): the
+    # LoRA r16 all-linear on Qwen2.5-32B trains 134,217,728 parameters (peft count, sources.md §4): the
     # base is 2 B/param bf16 with no gradients or optimizer states.
     p = plan_from_dict({"model": "Qwen/Qwen2.5-32B-Instruct", "hardware": {"gpu_memory": 96, "host_memory": 700},
                         "training": {"seq_len": 2048, "lora": {"rank": 16}}}, "t.yaml")

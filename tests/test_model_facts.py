@@ -1,6 +1,6 @@
 """Model facts: closed-form parameter counts, catalogue, spec resolution, errors.
 
-Independent sources for expected numbers: DOMAIN.md section 4 (meta-device counts measured there),
+Independent sources for expected numbers: sources.md §4 (meta-device counts measured there),
 first-principles sums written out in each test, and (slow tests) a transformers meta-device build
 plus peft's own LoRA wrapping, which are the oracle for every catalogue entry.
 """
@@ -40,7 +40,7 @@ TINY_LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128
 TINY_LLAMA_TOTAL = 2 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128 + 2 * 64) + 2 * 100 * 64 + 64
 
 
-# --- published / measured counts (DOMAIN.md section 4) -------------------------------------------
+# --- published / measured counts (sources.md §4) -------------------------------------------
 
 @pytest.mark.parametrize("model_id, total", [
     ("Qwen/Qwen2.5-32B-Instruct", 32_763_876_352),
@@ -56,7 +56,7 @@ def test_qwen25_32b_largest_module_and_lora_match_domain_notes():
     f = mf.resolve_model("Qwen/Qwen2.5-32B-Instruct")
     assert f.largest_layer_params == 778_567_680  # lm_head / embedding, 152064 x 5120
     assert f.lora_trainable_params(16, "all-linear") == 134_217_728
-    # The base model without lm_head is what DeepSpeed's estimator was fed (DOMAIN.md section 1).
+    # The base model without lm_head is what DeepSpeed's estimator was fed (sources.md §1).
     assert f.total_params - f.lm_head_params == 31_985_308_672
 
 

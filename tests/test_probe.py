@@ -73,7 +73,7 @@ def test_lora_trains_only_adapters():
 
 @pytest.mark.slow
 def test_llama2_7b_under_30_seconds_and_published_numbers():
-    """Brief: a 7B plan probes in < 30 s. DOMAIN.md §3/§4: 6,738,415,616 params; 364.5 MiB/layer."""
+    """Brief: a 7B plan probes in < 30 s. sources.md §3/§4: 6,738,415,616 params; 364.5 MiB/layer."""
     from memfit.engine.probe.probe import probe
 
     seen = []

@@ -2,7 +2,7 @@
 
 Expected truth values come from the operator definitions written out in each row (first principles),
 never from either evaluator's output; the two evaluators are then held to each other (differential
-testing, DOMAIN.md §6).
+testing, sources.md §6).
 """
 from __future__ import annotations
 
@@ -179,7 +179,7 @@ def test_every_builtin_example_fires_as_stated(rule):
 
 
 def test_sessions_are_deleted():
-    # durable-rules keeps at most 1,024 live sessions per ruleset (DOMAIN.md §6): 3,000 evaluations on
+    # durable-rules keeps at most 1,024 live sessions per ruleset (sources.md §6): 3,000 evaluations on
     # one evaluator only work if every session is deleted.
     ev = DurableEvaluator([_rule("big", {"fact": "zero_stage", "ge": 2})])
     for i in range(3000):

@@ -14,7 +14,7 @@ from memfit.engine.plan.schema import plan_from_dict
 from memfit.engine.plan.strategy import Strategy, ZeroKnobs
 
 LLAMA7 = resolve_model("meta-llama/Llama-2-7b-hf")
-N = LLAMA7.total_params          # 6,738,415,616 (meta-device count, DOMAIN.md §4)
+N = LLAMA7.total_params          # 6,738,415,616 (meta-device count, sources.md §4)
 L = 32_000 * 4_096               # embed_tokens / lm_head: the largest module of Llama-2-7B
 H2 = 4_096 * 4_096               # memfit's reduce bucket for h = 4096 (HF "auto" rule h*h)
 

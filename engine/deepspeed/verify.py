@@ -1,7 +1,7 @@
 """Prove an emitted DeepSpeed config by running it: two real steps on a tiny model of the same family.
 
 Each config runs in its own subprocess (`python -m memfit.engine.deepspeed._worker`) on CPU with gloo and
-world size 1 (DOMAIN.md §5), under a timeout, so a DeepSpeed crash or hang cannot take the caller down.
+world size 1 (sources.md §5), under a timeout, so a DeepSpeed crash or hang cannot take the caller down.
 What cannot run on CPU is reported as skipped with the reason: fp16 (DeepSpeed refuses it on CPU),
 QLoRA and 8-bit optimizers (bitsandbytes needs a GPU), NVMe offload (needs libaio and a real drive).
 """

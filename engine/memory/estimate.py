@@ -23,7 +23,7 @@ from ..core.ds_defaults import (OPT_NVME_BUFFERS, PARAM_NVME_BUFFER_SIZE, PARAM_
                                accumulation_steps)
 
 # CUDA context + cuBLAS/cuDNN workspaces per GPU process, outside PyTorch's allocator: 0.3-2 GiB
-# measured across cards (DOMAIN.md §3; 1.3 GB on a V100 in the transformers docs). Point estimate.
+# measured across cards (sources.md §3; 1.3 GB on a V100 in the transformers docs). Point estimate.
 CUDA_CONTEXT_GIB = 0.75
 # NCCL communicator buffers with more than one GPU (several channels x 4 MiB NCCL_BUFFSIZE per peer).
 NCCL_GIB = 0.5
@@ -35,7 +35,7 @@ ALLOCATOR_SLACK = 0.10
 HOST_PROCESS_GIB = 3.0
 # Offloaded states cost more host RAM than their raw bytes (pinned buffers rounded up by the CUDA host
 # allocator, optimizer step temporaries per sub-group, allocator fragmentation). Published: a 33B
-# ZeRO-3 offload run needed 750-800 GB of host RAM, 1.26-1.35x its raw 18 B/param (DOMAIN.md §1).
+# ZeRO-3 offload run needed 750-800 GB of host RAM, 1.26-1.35x its raw 18 B/param (sources.md §1).
 # memfit now counts DeepSpeed's own 16-bit gradient partition explicitly (memory/zero.py), so the raw
 # offloaded bytes are 20 B/param and the same run leaves 1.305 x 18 / 20 - 1 = 17 % for the rest.
 OFFLOAD_SLACK_PINNED = round(1.305 * 18 / 20 - 1, 2)
@@ -227,7 +227,7 @@ def _host_peak(plan, facts, strategy) -> tuple[HostBreakdown, str, float]:
     save_gather = ckpt16 if (strategy.zero_stage == 3 and strategy.method == "full"
                              and strategy.gather_16bit_on_save) else 0.0
     if strategy.zero_stage == 3:
-        load = ckpt16  # rank 0 loads the whole state dict under zero.Init (DOMAIN.md §4)
+        load = ckpt16  # rank 0 loads the whole state dict under zero.Init (sources.md §4)
     elif t.precision == "fp32":
         load = ranks * facts.total_params * 4.0  # each rank converts its copy to fp32
     else:

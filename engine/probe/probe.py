@@ -2,7 +2,7 @@
 
 The actual transformers architecture (`AutoModelForCausalLM.from_config`) runs forward, loss,
 backward and one optimizer step on FakeTensorMode tensors of the cpu device (fake *cuda* tensors
-abort a CPU-only torch build; DOMAIN.md §3). A small TorchDispatchMode counts live tensor storage
+abort a CPU-only torch build; sources.md §3). A small TorchDispatchMode counts live tensor storage
 bytes (one count per untyped storage, released by a weakref finalizer) and records the peak of each
 phase with what was live at that moment, split into parameters, gradients, optimizer states and
 activations (everything else). No tensor holds data, so a 7B step costs seconds and < 1 GB of RAM.
@@ -72,7 +72,7 @@ def _build_model(config: Mapping, layers: int, attention: str, dtype, method: st
         model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, attn_implementation=attention)
     if method in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
-        # On meta: get_peft_model on fake parameters fails (DOMAIN.md §3).
+        # On meta: get_peft_model on fake parameters fails (sources.md §3).
         lora = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=lora_dropout,
                           target_modules=lora_targets, task_type="CAUSAL_LM")
         model = get_peft_model(model, lora)
