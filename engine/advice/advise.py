@@ -79,6 +79,19 @@ def _ds_config(strategy: Strategy, plan: Plan, model: ModelSpec) -> tuple[dict, 
     return cfg, config_notes(strategy, plan)
 
 
+def _common(rank: int, c: Candidate, v) -> dict:
+    """The fields every candidate result has, DeepSpeed or FSDP: strategy, verdict, memory, reasons."""
+    s = c.strategy
+    explanation = [Explanation(rule=f.rule, topic=f.topic, effect=f.effect, score=f.score, message=f.message,
+                               advice=f.advice, source=f.source) for f in v.firings]
+    return dict(rank=rank, key=s.key, feasible=not v.rejected, method=s.method, zero_stage=s.zero_stage,
+                offload_optimizer=s.offload_optimizer, offload_param=s.offload_param,
+                gradient_checkpointing=s.gradient_checkpointing, micro_batch_size=s.micro_batch_size,
+                gradient_accumulation_steps=c.estimate.gradient_accumulation_steps, pin_memory=s.pin_memory,
+                gather_16bit_on_save=s.gather_16bit_on_save, score=v.score, memory=_memory_report(c),
+                explanation=explanation, rejected_because=list(v.reject_reasons), settings=dict(v.settings))
+
+
 def _result(rank: int, c: Candidate, v, plan: Plan, model: ModelSpec) -> CandidateResult:
     from ..deepspeed.launch import launch_commands
 
@@ -86,16 +99,8 @@ def _result(rank: int, c: Candidate, v, plan: Plan, model: ModelSpec) -> Candida
     if s.sharding == "fsdp":
         return _fsdp_result(rank, c, v, plan)
     cfg, notes = _ds_config(s, plan, model)
-    explanation = [Explanation(rule=f.rule, topic=f.topic, effect=f.effect, score=f.score, message=f.message,
-                               advice=f.advice, source=f.source) for f in v.firings]
     return CandidateResult(
-        rank=rank, key=s.key, feasible=not v.rejected, method=s.method, zero_stage=s.zero_stage,
-        offload_optimizer=s.offload_optimizer, offload_param=s.offload_param,
-        gradient_checkpointing=s.gradient_checkpointing, micro_batch_size=s.micro_batch_size,
-        gradient_accumulation_steps=c.estimate.gradient_accumulation_steps, pin_memory=s.pin_memory,
-        gather_16bit_on_save=s.gather_16bit_on_save, score=v.score, memory=_memory_report(c),
-        rejected_because=list(v.reject_reasons), explanation=explanation, settings=dict(v.settings),
-        notes=notes + list(v.conflicts), deepspeed_config=cfg,
+        **_common(rank, c, v), notes=notes + list(v.conflicts), deepspeed_config=cfg,
         launch=launch_commands(plan, s, env=env_for(v.settings)) if cfg else {})
 
 
@@ -104,21 +109,13 @@ def _fsdp_result(rank: int, c: Candidate, v, plan: Plan) -> CandidateResult:
     from ..fsdp.config import accelerate_config, framework_keys, torchtune_overrides
 
     s = c.strategy
-    explanation = [Explanation(rule=f.rule, topic=f.topic, effect=f.effect, score=f.score, message=f.message,
-                               advice=f.advice, source=f.source) for f in v.firings]
     keys = {**framework_keys(s, plan), "torchtune": torchtune_overrides(s, plan)}
     env = "".join(f"{k}={shlex.quote(val)} " for k, val in env_for(v.settings).items())
     line = f"{env}accelerate launch --config_file fsdp_config.yaml train.py  # {s.key}"
     acc = accelerate_config(s, plan)
     acc.setdefault("fsdp_config", {}).update(accelerate_for(v.settings))  # the rules' `set` (policy/knobs.py)
     return CandidateResult(
-        rank=rank, key=s.key, feasible=not v.rejected, method=s.method, zero_stage=s.zero_stage,
-        offload_optimizer=s.offload_optimizer, offload_param=s.offload_param,
-        gradient_checkpointing=s.gradient_checkpointing, micro_batch_size=s.micro_batch_size,
-        gradient_accumulation_steps=c.estimate.gradient_accumulation_steps, pin_memory=s.pin_memory,
-        gather_16bit_on_save=s.gather_16bit_on_save, score=v.score, memory=_memory_report(c),
-        rejected_because=[f.message for f in v.firings if f.effect == "reject"], explanation=explanation,
-        settings=dict(v.settings), notes=list(v.conflicts), deepspeed_config={}, launch={"accelerate": line},
+        **_common(rank, c, v), notes=list(v.conflicts), deepspeed_config={}, launch={"accelerate": line},
         sharding="fsdp", fsdp={"fsdp_version": s.fsdp_version, "fsdp_sharding": s.effective_fsdp_sharding},
         accelerate_config=acc, framework_keys=keys)
 

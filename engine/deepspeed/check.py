@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..core.ds_defaults import (DS_PERSISTENCE, DS_PREFETCH_BUCKET, DS_REDUCE_BUCKET, MAX_LIVE_PARAMETERS,
                                 MAX_REUSE_DISTANCE, SUB_GROUP_SIZE)
+from ..core.findings import CheckResult, Finding
 from ..core.errors import ConfigCheckError
 from ..core.inputs import CONFIG_MAX_BYTES, load_json, read_text
 from ..memory.estimate import estimate_memory
@@ -27,16 +28,6 @@ from .accepted import NOT_READ, PYDANTIC_SECTIONS, accepted_keys, deepspeed_sche
 
 __all__ = ["Finding", "CheckResult", "check", "check_config", "deepspeed_schema", "load_config",
            "strategy_from_config", "assumptions"]
-
-
-class Finding(BaseModel):
-    """One remark about a config: severity, the dotted key it is about, and what to do."""
-
-    model_config = ConfigDict(frozen=True)
-
-    severity: Literal["error", "warning", "info"]
-    key: str
-    message: str
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -267,26 +258,6 @@ def _plan_mismatches(cfg: dict[str, Any], plan: Plan) -> Iterator[Finding]:
     if pinned != "auto" and pinned != stage:
         yield Finding(severity="warning", key="zero_optimization.stage",
                       message=f"the plan pins zero_stage {pinned} but the config uses stage {stage}")
-
-
-class CheckResult(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    config: str
-    findings: list[dict[str, Any]]
-    rules: Optional[str] = None
-    strategy: Optional[str] = None
-    assumptions: list[str] = []
-    gpu_peak_gib: Optional[float] = None
-    host_peak_gib: Optional[float] = None
-    gpu_budget_gib: Optional[float] = None
-    host_budget_gib: Optional[float] = None
-    gpu_fits: Optional[bool] = None
-    host_fits: Optional[bool] = None
-    rejected_by: list[str] = []  # reject rules of the plan's rule base that fire on the config as written
-
-    @property
-    def ok(self) -> bool:
-        return not any(f["severity"] == "error" for f in self.findings) and not self.rejected_by
 
 
 def check(config_path: str | Path, plan_path: str | Path | Plan | None = None, *, method: str | None = None,

@@ -14,6 +14,7 @@ from typing import Any, Iterator, Literal, Optional
 import yaml
 from pydantic import BaseModel
 
+from ..core.findings import CheckResult, Finding
 from ..core.errors import PlanError
 from ..plan.strategy import Strategy
 
@@ -36,33 +37,6 @@ _TOP_KEYS = {"compute_environment", "distributed_type", "mixed_precision", "use_
              "downcast_bf16", "tpu_name", "tpu_zone", "tpu_use_cluster", "tpu_use_sudo", "tpu_env", "commands",
              "command_file", "num_cpu_threads_per_process", "use_mps_device", "fsdp_config_file"}
 _V1_ONLY = ("fsdp_sharding_strategy", "fsdp_backward_prefetch", "fsdp_forward_prefetch", "fsdp_use_orig_params")
-
-
-class Finding(BaseModel):
-    severity: Literal["error", "warning", "info"]
-    key: str
-    message: str
-
-
-class FsdpCheckResult(BaseModel):
-    """Same shape as the DeepSpeed check's result, so one renderer serves both."""
-
-    config: str
-    findings: list[dict[str, Any]]
-    rules: Optional[str] = None
-    strategy: Optional[str] = None
-    assumptions: list[str] = []
-    gpu_peak_gib: Optional[float] = None
-    host_peak_gib: Optional[float] = None
-    gpu_budget_gib: Optional[float] = None
-    host_budget_gib: Optional[float] = None
-    gpu_fits: Optional[bool] = None
-    host_fits: Optional[bool] = None
-    rejected_by: list[str] = []  # reject rules of the plan's rule base that fire on the config as written
-
-    @property
-    def ok(self) -> bool:
-        return not any(f["severity"] == "error" for f in self.findings) and not self.rejected_by
 
 
 def is_accelerate_yaml(path: str | Path) -> bool:
@@ -144,7 +118,7 @@ def strategy_from_accelerate(cfg: dict[str, Any], plan) -> Strategy:
                     sharding="fsdp", fsdp_version=version, fsdp_sharding=sharding)
 
 
-def check_accelerate(config_path: str | Path, plan_path: str | Path | None = None) -> FsdpCheckResult:
+def check_accelerate(config_path: str | Path, plan_path: str | Path | None = None) -> CheckResult:
     """Check an accelerate FSDP config; with a plan, estimate the strategy it describes on that hardware.
 
     Raises:
@@ -175,4 +149,4 @@ def check_accelerate(config_path: str | Path, plan_path: str | Path | None = Non
                    gpu_fits=e.gpu_peak_gib <= gpu_budget, host_fits=e.host_peak_gib <= host_budget,
                    rejected_by=list(strategy_verdict(plan, model, s)))
     out["findings"] = [f.model_dump() for f in findings]
-    return FsdpCheckResult(**out)
+    return CheckResult(**out)

@@ -1,0 +1,38 @@
+"""What a config check reports: findings and the verdict, one shape for DeepSpeed JSON
+(engine/deepspeed/check.py) and accelerate FSDP YAML (engine/fsdp/check.py), so one renderer serves both.
+They live in the bottom layer because the two checkers are siblings that may not import each other."""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Finding(BaseModel):
+    """One remark about a config: severity, the dotted key it is about, and what to do."""
+
+    model_config = ConfigDict(frozen=True)
+
+    severity: Literal["error", "warning", "info"]
+    key: str
+    message: str
+
+
+class CheckResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    config: str
+    findings: list[dict[str, Any]]
+    rules: Optional[str] = None
+    strategy: Optional[str] = None
+    assumptions: list[str] = []
+    gpu_peak_gib: Optional[float] = None
+    host_peak_gib: Optional[float] = None
+    gpu_budget_gib: Optional[float] = None
+    host_budget_gib: Optional[float] = None
+    gpu_fits: Optional[bool] = None
+    host_fits: Optional[bool] = None
+    rejected_by: list[str] = []  # reject rules of the plan's rule base that fire on the config as written
+
+    @property
+    def ok(self) -> bool:
+        return not any(f["severity"] == "error" for f in self.findings) and not self.rejected_by
