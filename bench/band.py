@@ -3,6 +3,7 @@ engine/memory/band.json.
 
     .venv/bin/python bench/band.py            # rewrite engine/memory/band.json
     .venv/bin/python bench/band.py --check    # exit 1 when the shipped file is stale
+    .venv/bin/python bench/band.py --verdicts # in-sample GPU verdicts: point estimate vs band top
 
 Input: the in-sample calibration cases only (bench/cases/seed.yaml, bench/cases/published_extra.yaml);
 the held-out set is never read here, so it stays a fair test of the band. For every case with a
@@ -92,10 +93,46 @@ def band_document(case_files=CASE_FILES) -> dict:
             "ratio": "measured GPU peak / memfit estimate", **bands(residuals(case_files))}
 
 
+def band_verdicts(case_files=CASE_FILES) -> dict:
+    """GPU fit verdicts of the in-sample cases by the point estimate and by the band's upper end
+    (what gpu-upper-over-capacity adds to a plan that keeps no headroom).
+
+    Returns:
+        {"cases", "right_point", "right_upper", "unsafe_point", "unsafe_upper", "changed": [names]}.
+    """
+    from memfit.engine import plan_from_dict
+    from memfit.engine.memory.band import band_for
+    from memfit.engine.plan.strategy import Strategy
+
+    out = {"cases": 0, "right_point": 0, "right_upper": 0, "unsafe_point": 0, "unsafe_upper": 0, "changed": []}
+    for case in load_cases([ROOT / f for f in case_files]):
+        row = evaluate(case)
+        if row["expect_fits"] is None:
+            continue
+        t = plan_from_dict(case["plan"], case["name"]).training
+        s = Strategy(method=t.method, zero_stage=t.zero_stage, offload_optimizer=t.offload_optimizer,
+                     offload_param=t.offload_param, sharding="fsdp" if row["family"].split("/")[1] == "fsdp" else "deepspeed")
+        gpu, cap, ran = row["tools"]["memfit"][0], row["capacity"], row["expect_fits"]
+        point, upper = gpu <= cap, gpu * band_for(s).high <= cap
+        out["cases"] += 1
+        out["right_point"] += point == ran
+        out["right_upper"] += upper == ran
+        out["unsafe_point"] += point and not ran
+        out["unsafe_upper"] += upper and not ran
+        if point != upper:
+            out["changed"].append(f"{case['name']} ({gpu:.1f} GiB, band top {gpu * band_for(s).high:.1f} of {cap:.1f}, "
+                                  f"measured {'fits' if ran else 'OOM'})")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="compare with the shipped file, write nothing")
+    ap.add_argument("--verdicts", action="store_true", help="GPU verdicts by point estimate vs band top, write nothing")
     args = ap.parse_args(argv)
+    if args.verdicts:
+        print(json.dumps(band_verdicts(), indent=2))
+        return 0
     doc = band_document()
     if args.check:
         shipped = json.loads(BAND_FILE.read_text())
