@@ -162,6 +162,10 @@ def estimate_text(r) -> str:
              f"{'fits' if r.gpu_fits else 'DOES NOT FIT'}",
              f"host      {r.host_peak_gib:.1f} GiB peak per node ({r.host_peak_phase}) of {r.host_capacity_gib:.1f}: "
              f"{'fits' if r.host_fits else 'DOES NOT FIT'}"]
+    if r.gpu_band:
+        b = r.gpu_band
+        lines.insert(3, f"          error band {b.low:.2f} to {b.high:.2f} GiB (10th-90th percentile of "
+                        f"{b.n} calibration cases, pool {b.pool})")
     if r.nvme_gib:
         lines.append(f"NVMe      {r.nvme_gib:.0f} GiB per node: {'fits' if r.nvme_fits else 'DOES NOT FIT'}")
     for side in ("gpu", "host"):

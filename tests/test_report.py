@@ -89,10 +89,12 @@ def test_chart_markup_matches_the_breakdown():
 
 
 def test_error_band_is_drawn_from_low_and_high():
-    # A band arrives with the memory model's error estimate; the chart draws it from low/high alone.
+    # The advice carries memory.gpu_band (engine/memory/band.py); the chart draws it from low/high alone,
+    # so a hand-set band of 70-80 GiB must span exactly 10 GiB of the frame from 70 GiB on.
     advice = advise(EXAMPLE)
     best = advice.best
-    memory = SimpleNamespace(**best.memory.model_dump(), band={"gpu": {"low": 70.0, "high": 80.0}})
+    assert best.memory.gpu_band is not None
+    memory = SimpleNamespace(**{**best.memory.model_dump(), "gpu_band": {"low": 70.0, "high": 80.0}})
     svg = breakdown_svg(SimpleNamespace(key=best.key, memory=memory), advice.hardware)
     rects = _parse(svg).charts[0]
     band = next(r for r in rects if r["class"] == "band")

@@ -12,10 +12,11 @@ from typing import Iterable, Sequence
 from ..deepspeed.parity import deepspeed_estimate
 from ..core.errors import PlanError, about
 from ..policy.oracle import make_evaluator
+from ..memory.band import band_for
 from ..memory.estimate import estimate_memory
 from ..model.spec import ModelSpec, plan_model
 from ..plan.schema import Plan, load_plan
-from .results import (Advice, CandidateResult, EstimateResult, Explanation, HardwareSummary, MemoryReport,
+from .results import (Advice, CandidateResult, EstimateResult, Explanation, GpuBand, HardwareSummary, MemoryReport,
                       ModelSummary)
 from ..policy.knobs import accelerate_for, env_for
 from ..policy.rules import Rule, load_rules
@@ -59,13 +60,20 @@ def hardware_summary(plan: Plan) -> HardwareSummary:
                            readings=readings)
 
 
+def _gpu_band(gpu_peak_gib: float, s: Strategy) -> GpuBand:
+    """The estimate times its family's residual quantiles (engine/memory/band.py)."""
+    b = band_for(s)
+    return GpuBand(low=round(gpu_peak_gib * b.low, 3), high=round(gpu_peak_gib * b.high, 3), n=b.n, pool=b.pool)
+
+
 def _memory_report(c: Candidate) -> MemoryReport:
     e = c.estimate
     return MemoryReport(gpu_peak_gib=round(e.gpu_peak_gib, 3), gpu_peak_phase=e.gpu_peak_phase,
                         host_peak_gib=round(e.host_peak_gib, 3), host_peak_phase=e.host_peak_phase,
                         nvme_gib=round(e.nvme_gib, 3), gpu_fits=e.gpu_fits, host_fits=e.host_fits,
                         breakdown={"gpu": {k: round(v, 3) for k, v in e.gpu.as_dict().items()},
-                                   "host": {k: round(v, 3) for k, v in e.host.as_dict().items()}})
+                                   "host": {k: round(v, 3) for k, v in e.host.as_dict().items()}},
+                        gpu_band=_gpu_band(e.gpu_peak_gib, c.strategy))
 
 
 def _ds_config(strategy: Strategy, plan: Plan, model: ModelSpec) -> tuple[dict, list[str]]:
@@ -244,7 +252,7 @@ def estimate(plan: Plan | str | Path, *, rules_dirs: Iterable[str | Path] = (), 
         breakdown={"gpu": {k: round(v, 3) for k, v in e.gpu.as_dict().items()},
                    "host": {k: round(v, 3) for k, v in e.host.as_dict().items()}},
         max_micro_batch_size=max_mb, max_seq_len=max_seq,
-        deepspeed_estimate=ds.model_dump() if ds else None)
+        deepspeed_estimate=ds.model_dump() if ds else None, gpu_band=_gpu_band(e.gpu_peak_gib, s))
 
 
 def estimate_strategy(plan: Plan, model: ModelSpec, strategy: Strategy):

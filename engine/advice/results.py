@@ -45,6 +45,16 @@ class Explanation(_Out):
     source: str
 
 
+class GpuBand(_Out):
+    """The error band of a GPU peak: the estimate times the 10th / 90th percentile of measured/estimated
+    on the calibration cases of its family (engine/memory/band.json, computed by bench/band.py)."""
+
+    low: float = Field(description="GiB: estimate x the low (10th percentile) residual ratio")
+    high: float = Field(description="GiB: estimate x the high (90th percentile) residual ratio")
+    n: int = Field(description="calibration cases behind the quantiles")
+    pool: str = Field(description="the cases used: the family, its method (fewer than 3 cases), or 'all'")
+
+
 class MemoryReport(_Out):
     gpu_peak_gib: float
     gpu_peak_phase: str
@@ -54,6 +64,7 @@ class MemoryReport(_Out):
     gpu_fits: bool
     host_fits: bool
     breakdown: dict[str, dict[str, float]]
+    gpu_band: Optional[GpuBand] = Field(None, description="error band of gpu_peak_gib from the calibration residuals")
 
 
 class CandidateResult(_Out):
@@ -131,3 +142,4 @@ class EstimateResult(_Out):
     max_seq_len: Optional[int] = Field(description="longest sequence on which no reject rule fires, at the micro-batch")
     deepspeed_estimate: Optional[dict[str, float]] = Field(
         description="DeepSpeed's own estimator for the same strategy (model states only, x1.5 host buffer)")
+    gpu_band: Optional[GpuBand] = Field(None, description="error band of gpu_peak_gib from the calibration residuals")

@@ -14,6 +14,7 @@ from .candidates import micro_batch_limit, strategy_shapes
 from .feasibility import Feasibility, largest_passing
 from .fsdp_shapes import engine_facts
 from ..policy.vocabulary import CandidateFacts
+from ..memory.band import band_for
 from ..memory.estimate import MemoryEstimate, estimate_memory
 from ..evidence.match import Evidence
 from ..plan.strategy import Strategy
@@ -116,6 +117,9 @@ def _measures(plan, model, s: Strategy, e: MemoryEstimate, ev: Evidence) -> dict
     oom = _matching_oom(s, e, ev)
     scale, gpu_headroom = ev.calibration(s, pol.gpu_headroom)
     gpu_peak = e.gpu_peak_gib * scale
+    # The band's upper end after any measured calibration scale: the residuals of the calibration
+    # cases of this family (engine/memory/band.json; bench/band.py computes it).
+    gpu_upper = gpu_peak * band_for(s).high
     ranks_copies = hw.gpus_per_node * (1 + plan.data.dataloader_workers)
     return dict(
         method=s.method, zero_stage=s.zero_stage, offload_optimizer=s.offload_optimizer,
@@ -129,6 +133,7 @@ def _measures(plan, model, s: Strategy, e: MemoryEstimate, ev: Evidence) -> dict
         total_params_b=model.total_params / 1e9, trainable_params_b=e.trainable_params / 1e9,
         gpu_peak_gib=gpu_peak, gpu_capacity_gib=e.gpu_capacity_gib,
         gpu_usage=gpu_peak / e.gpu_capacity_gib, gpu_headroom=gpu_headroom,
+        gpu_peak_upper_gib=gpu_upper, gpu_usage_upper=gpu_upper / e.gpu_capacity_gib,
         gpu_budget=1 - gpu_headroom,
         gpu_margin=(1 - gpu_headroom) - gpu_peak / e.gpu_capacity_gib,
         gpu_budget_gib=e.gpu_capacity_gib * (1 - gpu_headroom),
