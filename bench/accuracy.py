@@ -122,6 +122,7 @@ def evaluate(case: dict) -> dict:
             "expect_host_fits": exp.get("host_fits", True if "host_peak_gib" in exp else None),
             "measured_host": exp.get("host_peak_gib"), "capacity": cap,
             "host_capacity": plan.hardware.host_memory_gib,
+            "band_high": ours.gpu_band.high if ours.gpu_band else None,
             "tools": {"memfit": (ours.gpu_peak_gib, ours.host_peak_gib),
                       "deepspeed": (ds.gpu_gib, ds.host_gib) if ds else (None, None),
                       "accelerate": (accelerate_gib(facts, plan), None),

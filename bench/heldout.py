@@ -75,15 +75,28 @@ def summary(rows: list[dict]) -> dict:
             "median_signed": statistics.median(errors) if errors else None,
             "within_10": sum(abs(e) <= 0.10 for e in errors),
             "verdicts": len(verdicts), "right": sum(f == e for f, e in verdicts),
-            "unsafe": [r["name"] for r in rows if r["expect_fits"] is False and r["tools"]["memfit"][0] <= r["capacity"]]}
+            "unsafe": [r["name"] for r in rows if r["expect_fits"] is False and r["tools"]["memfit"][0] <= r["capacity"]],
+            # the same verdict taken at the top of the error band (rule gpu-upper-over-capacity)
+            "unsafe_band": [r["name"] for r in rows if r["expect_fits"] is False and r.get("band_high") is not None
+                            and r["band_high"] <= r["capacity"]],
+            # the verdict advise gives: the point estimate against capacity less the default 20% headroom
+            "unsafe_policy": [r["name"] for r in rows if r["expect_fits"] is False
+                              and r["tools"]["memfit"][0] <= 0.8 * r["capacity"]],
+            "right_policy": sum((r["tools"]["memfit"][0] <= 0.8 * r["capacity"]) == r["expect_fits"] for r in rows
+                                if r["expect_fits"] is not None),
+            "right_band": sum((r["band_high"] <= r["capacity"]) == r["expect_fits"] for r in rows
+                              if r["expect_fits"] is not None and r.get("band_high") is not None)}
 
 
 def _line(label: str, s: dict) -> str:
     if not s["peaks"]:
-        return f"{label}: no measured peaks; verdicts right {s['right']}/{s['verdicts']}"
+        return (f"{label}: no measured peaks; verdicts right {s['right']}/{s['verdicts']}, "
+                f"at the band's top {s['right_band']}/{s['verdicts']}")
     return (f"{label}: median |error| {s['median_abs']:.1%}, median signed {s['median_signed']:+.1%} over "
             f"{s['peaks']} GPU peaks ({s['within_10']} within 10%); verdicts right {s['right']}/{s['verdicts']}, "
-            f"'fits' where the run ran out of memory: {len(s['unsafe'])} {s['unsafe'] or ''}")
+            f"'fits' where the run ran out of memory: {len(s['unsafe'])} {s['unsafe'] or ''}; at the band's top: "
+            f"right {s['right_band']}/{s['verdicts']}, unsafe {len(s['unsafe_band'])}; with the default 20% headroom: "
+            f"right {s['right_policy']}/{s['verdicts']}, unsafe {len(s['unsafe_policy'])}")
 
 
 def main(argv=None) -> int:
