@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from typing import Any
 
 from ..policy.knobs import KNOBS, describe, env_for
 from .output import write_files
@@ -63,7 +64,8 @@ def _fsdp_yaml(c) -> str:
 
 def closest_files(advice, count: int = CLOSEST) -> dict[str, str]:
     """The closest non-fitting plans' configs under closest/, with a README.md marking them."""
-    closest, shapes = [], set()
+    closest: list[Any] = []
+    shapes: set[tuple[object, ...]] = set()
     for c in advice.candidates:  # distinct strategies: not the same one pinned and unpinned
         shape = (c.method, c.zero_stage, c.offload_optimizer, c.offload_param, c.gradient_checkpointing)
         if not c.feasible and c.deepspeed_config and shape not in shapes and len(closest) < count:

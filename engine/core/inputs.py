@@ -16,7 +16,7 @@ import os
 import reprlib
 import stat
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -273,10 +273,9 @@ def load_json(text: str, where: str, error: type[MemfitError]) -> Any:
     Raises:
         error: "WHERE: not valid JSON at line L, column C: problem" or the limit broken.
     """
-    hooks: dict[str, Callable] = {"object_pairs_hook": _no_duplicates, "parse_constant": _no_constant,
-                                  "parse_float": _finite_float}
     try:
-        data = json.loads(text, **hooks)
+        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant,
+                          parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         raise error(f"{where}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     except ValueError as exc:  # from the hooks, or an integer beyond Python's digit limit

@@ -198,7 +198,7 @@ def accepted_keys() -> dict[str, Any]:
 # ds_z3_fp8_config.json): not typos, but without effect; the real keys are named in the warning.
 NOT_READ = {"comms_config": "the comms logger is configured by top-level comms_logger",
             "monitor_config": "monitors are configured by top-level tensorboard, wandb, csv_monitor, comet"}
-_COMMENT = {"^_": {}}  # "_comment" and the like: JSON has no comments, people write these
+_COMMENT: dict[str, dict[str, Any]] = {"^_": {}}  # "_comment" and the like: JSON has no comments, people write these
 
 
 def _node(schema: dict[str, Any], path: str) -> dict[str, Any]:

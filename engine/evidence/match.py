@@ -150,10 +150,13 @@ def evidence_for(plan, model, logs: Iterable[str | Path]) -> Evidence:
         notes.append(f"{oom_facts[0].kind} at {oom_facts[0].source} not used: the run's ZeRO stage, offloads and "
                      "micro-batch are unknown (pin them in the plan, or give a log with DeepSpeed's config print)")
     peak = _measured_gpu_peak(facts)
-    ratio = peak[0] / est.gpu_peak_gib if (peak and est and not oom_facts) else 0.0
-    if ratio:
+    ratio, ratio_source = 0.0, ""
+    if peak and run is not None and est is not None and not oom_facts:  # est exists exactly when run does
+        ratio = peak[0] / est.gpu_peak_gib
+    if ratio and peak and run is not None and est is not None:
+        ratio_source = peak[1]
         notes.append(f"measured GPU peak {peak[0]:.1f} GiB ({peak[1]}) vs {est.gpu_peak_gib:.1f} GiB estimated: "
                      f"ratio {ratio:.2f} applied to {run.method} ZeRO-{run.zero_stage} candidates")
     return Evidence(ooms=tuple(ooms), family=_family(run) if (run and ratio) else None, ratio=ratio,
                     fragmentation=any(fragmentation_hint(f) for f in facts), present=bool(facts),
-                    notes=tuple(notes), ratio_source=peak[1] if ratio else "")
+                    notes=tuple(notes), ratio_source=ratio_source)

@@ -101,9 +101,9 @@ def _key_findings(cfg: dict[str, Any], fsdp: dict[str, Any]) -> Iterator[Finding
             close = difflib.get_close_matches(key, sorted(_FSDP_KEYS), n=1)
             yield Finding(severity="error", key=f"fsdp_config.{key}",
                           message="unknown key" + (f"; did you mean '{close[0]}'?" if close else ""))
-        elif _FSDP_KEYS[key] is not None and value not in _FSDP_KEYS[key]:
+        elif (allowed := _FSDP_KEYS[key]) is not None and value not in allowed:
             yield Finding(severity="error", key=f"fsdp_config.{key}",
-                          message=f"must be one of {', '.join(map(str, _FSDP_KEYS[key]))} (got {value!r})")
+                          message=f"must be one of {', '.join(map(str, allowed))} (got {value!r})")
 
 
 def _combination_findings(cfg: dict[str, Any], fsdp: dict[str, Any]) -> Iterator[Finding]:

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import IO, Any, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
@@ -56,12 +56,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _read_back(fh: IO[str]) -> str:
+    """Everything written to a rank's temporary log file so far."""
+    fh.seek(0)
+    return fh.read()
+
+
 def _launch(spec: dict[str, Any], ranks: int, timeout_s: float) -> tuple[list, str | None]:
     """Start every rank before waiting on any (they meet in init_process_group); each writes to its own
     temporary files, so a chatty rank cannot block on a full pipe while the others wait for it."""
     port, text = str(_free_port()), json.dumps(spec)
     with tempfile.TemporaryDirectory(prefix="memfit-fsdp-") as tmp:
-        procs, logs = [], []
+        procs: list[subprocess.Popen[str]] = []
+        logs: list[tuple[IO[str], IO[str]]] = []
         for rank in range(ranks):
             env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank), WORLD_SIZE=str(ranks),
                        LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(ranks), HF_HUB_OFFLINE="1",
@@ -71,6 +78,7 @@ def _launch(spec: dict[str, Any], ranks: int, timeout_s: float) -> tuple[list, s
             procs.append(subprocess.Popen([sys.executable, "-m", "memfit.engine.fsdp._worker"], stdin=subprocess.PIPE,
                                           stdout=out, stderr=err, text=True, env=env))
         for p in procs:
+            assert p.stdin is not None  # stdin=PIPE above
             p.stdin.write(text)
             p.stdin.close()
         deadline = time.monotonic() + timeout_s
@@ -82,14 +90,14 @@ def _launch(spec: dict[str, Any], ranks: int, timeout_s: float) -> tuple[list, s
                 p.kill()
                 p.wait()
             return [], f"timed out after {timeout_s:.0f} s"
-        texts = [(o.seek(0) or o.read(), e.seek(0) or e.read()) for o, e in logs]
+        texts = [(_read_back(o), _read_back(e)) for o, e in logs]
         for o, e in logs:
             o.close()
             e.close()
     failed = [(p.returncode, err) for p, (_, err) in zip(procs, texts) if p.returncode != 0]
     if failed:
-        code, err = failed[0]
-        return [], f"exit code {code}\n" + "\n".join(err.strip().splitlines()[-12:])
+        code, stderr_text = failed[0]
+        return [], f"exit code {code}\n" + "\n".join(stderr_text.strip().splitlines()[-12:])
     lines = [ln for ln in texts[0][0].splitlines() if ln.startswith(_RESULT_PREFIX)]
     return (json.loads(lines[-1][len(_RESULT_PREFIX):])["losses"] if lines else []), None
 

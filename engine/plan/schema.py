@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from ..core.errors import PlanError
 from ..machine.gpus import find_gpu, GPUS
@@ -250,7 +251,7 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def _describe(err: dict, source: str, hint: bool = True) -> str:
+def _describe(err: ErrorDetails, source: str, hint: bool = True) -> str:
     loc = err["loc"]
     path = _key_path(loc)
     if err["type"] == "extra_forbidden":
@@ -261,7 +262,7 @@ def _describe(err: dict, source: str, hint: bool = True) -> str:
     return f"{source}: {path}: {msg}{got}"
 
 
-def _problems(errors: list[dict], source: str) -> list[str]:
+def _problems(errors: Sequence[ErrorDetails], source: str) -> list[str]:
     """One line per problem; did-you-mean only for the first MAX_UNKNOWN_KEY_HINTS unknown keys, and
     past that many unknown keys one line counts the rest (100k unknown keys took 124 s before)."""
     problems: dict[str, None] = {}

@@ -10,7 +10,7 @@ from typing import Any
 class Tracker:
     """Counts live storage bytes; built lazily because TorchDispatchMode needs torch."""
 
-    def __new__(cls):
+    def __new__(cls) -> Any:  # an instance of the TorchDispatchMode subclass below, not of this class
         from torch.utils._python_dispatch import TorchDispatchMode
         from torch.utils._pytree import tree_flatten
         import torch

@@ -18,7 +18,7 @@ from typing import Optional
 from ..core.errors import PlanError, StoreError
 from ..evidence.match import Evidence, OomEvidence, family_of
 from ..memory.estimate import estimate_memory
-from ..plan.schema import plan_from_dict
+from ..plan.schema import Plan, plan_from_dict
 from ..plan.strategy import Strategy
 from .record import model_fingerprint
 from .sql import StoredRecord
@@ -35,7 +35,7 @@ def cite(item: StoredRecord) -> str:
     return f"store record #{item.id} ({r.date[:10]}, {r.device_name or 'unknown GPU'}, {r.strategy_key})"
 
 
-def _measured(item: StoredRecord, model) -> Optional[tuple[float, float, Strategy, object]]:
+def _measured(item: StoredRecord, model) -> Optional[tuple[float, float, Strategy, Plan]]:
     """(measured GPU peak, ratio, strategy, the record's plan) of a usable record; None otherwise."""
     r = item.record
     try:
@@ -45,7 +45,8 @@ def _measured(item: StoredRecord, model) -> Optional[tuple[float, float, Strateg
         return None  # a record whose plan this memfit no longer reads calibrates nothing
     est = estimate_memory(plan, model, strategy).gpu_peak_gib
     peak = r.gpu_peak_gib
-    return (peak, peak / est if peak and est else 0.0, strategy, plan) if r.status == "ok" else (0.0, 0.0, strategy, plan)
+    # A missing peak gives ratio 0, and a ratio-0 record is never used: 0.0 stands in for it.
+    return (peak or 0.0, peak / est if peak and est else 0.0, strategy, plan) if r.status == "ok" else (0.0, 0.0, strategy, plan)
 
 
 def _pinned_family(plan) -> Optional[tuple]:
