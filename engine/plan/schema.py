@@ -223,7 +223,7 @@ class Plan(_Strict):
 
     @field_validator("model")
     @classmethod
-    def _inline_needs_type(cls, v: str | dict) -> str | dict:
+    def _inline_needs_type(cls, v: str | dict[str, Any]) -> str | dict[str, Any]:
         if isinstance(v, str) and not 0 < len(v) <= MAX_PATH_CHARS:
             raise ValueError(f"a model id or path has 1 to {MAX_PATH_CHARS} characters (got {len(v):,})")
         if isinstance(v, dict) and "model_type" not in v:
@@ -231,7 +231,7 @@ class Plan(_Strict):
         return v
 
 
-def _key_path(loc: tuple) -> str:
+def _key_path(loc: tuple[int | str, ...]) -> str:
     # pydantic puts union branch names into loc (e.g. 'int', "literal['auto']"): drop them.
     parts = [f"[{p}]" if isinstance(p, int) else escape_key(p) for p in loc
              if not (isinstance(p, str) and ("[" in p or p in _BRANCHES))]
@@ -241,7 +241,7 @@ def _key_path(loc: tuple) -> str:
 _BRANCHES = ("int", "float", "str", "bool", "function-after", "list", "dict", "function-plain")
 
 
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+def _fields_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
         ann = getattr(field, "annotation", None)
@@ -299,7 +299,7 @@ def plan_from_dict(data: Any, source: str = "<plan>", base_dir: str | Path = "."
     return plan
 
 
-def _detected_hardware(source: str) -> dict:
+def _detected_hardware(source: str) -> dict[str, Any]:
     """`hardware: detect`: this machine's GPUs, RAM and cores (NVML, torch.cuda, psutil)."""
     from ..machine.detect import detect_hardware
 

@@ -16,7 +16,7 @@ class Tracker:
         import torch
 
         class Tracker(TorchDispatchMode):
-            def __init__(self):
+            def __init__(self) -> None:
                 super().__init__()
                 self.ids: dict[int, int] = {}    # storage address -> serial, while live
                 self.live: dict[int, int] = {}   # serial -> bytes
