@@ -9,7 +9,6 @@ a = heads, kv = KV heads, I = intermediate, V = vocab, r = LoRA rank.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:

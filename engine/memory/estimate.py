@@ -13,6 +13,7 @@ Composition (docs/explanation/memory-model.md has every term with its source):
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 from .activations import activation_bytes
 from .fsdp import fsdp_terms
@@ -21,8 +22,6 @@ from .zero import zero_terms
 from ..core.units import GIB
 from ..core.ds_defaults import (OPT_NVME_BUFFERS, PARAM_NVME_BUFFER_SIZE, PARAM_NVME_BUFFERS, SUB_GROUP_SIZE,
                                accumulation_steps)
-
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..model.spec import ModelSpec

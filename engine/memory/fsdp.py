@@ -15,12 +15,11 @@ Three moments compete for the GPU peak:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .activations import activation_bytes
 from .states import QLORA_BYTES_PER_PARAM, state_bytes, trainable_params
 from ..core.ds_defaults import accumulation_steps
-
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..model.spec import ModelSpec

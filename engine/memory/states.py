@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING, Sequence
 
 from ..core.units import BYTES_PER_DTYPE
-
-from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
     from ..model.spec import ModelSpec

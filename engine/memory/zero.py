@@ -8,10 +8,9 @@ come from the knobs of the config (core.ds_defaults.zero_knobs: the ones memfit 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..core.ds_defaults import zero_knobs
-
-from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..model.spec import ModelSpec
