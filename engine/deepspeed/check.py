@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Iterable, Iterator, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict
 
@@ -74,7 +74,7 @@ def _dotted(path: Any) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
-def _unknown_effect(path) -> str:
+def _unknown_effect(path: Iterable[int | str]) -> str:
     dotted = ".".join(map(str, path))
     if any(dotted == p or dotted.startswith(p + ".") for p in PYDANTIC_SECTIONS):
         return (f" (deepspeed {accepted_keys()['deepspeed_version']}'s config model for '{dotted}' forbids "
@@ -150,7 +150,7 @@ def _batch_findings(cfg: dict[str, Any], world: int | None) -> Iterator[Finding]
                               f"= {micro * accum * world}; DeepSpeed refuses to start")
 
 
-def _auto_paths(node: Any, path: tuple = ()) -> Iterator[str]:
+def _auto_paths(node: Any, path: tuple[Any, ...] = ()) -> Iterator[str]:
     if node == "auto":
         yield _dotted(path)
     elif isinstance(node, dict):
