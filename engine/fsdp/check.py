@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Optional
 
 import yaml
 from pydantic import BaseModel
 
 from ..core.errors import PlanError
 from ..plan.strategy import Strategy
+
+if TYPE_CHECKING:
+    from ..plan.schema import Plan
 
 _FSDP_KEYS = {
     "fsdp_version": (1, 2), "fsdp_sharding_strategy": ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD",
@@ -123,7 +126,7 @@ def _combination_findings(cfg: dict[str, Any], fsdp: dict[str, Any]) -> Iterator
                       message="FULL_STATE_DICT gathers the whole model, then the optimizer state, on rank 0's host RAM at save")
 
 
-def strategy_from_accelerate(cfg: dict[str, Any], plan) -> Strategy:
+def strategy_from_accelerate(cfg: dict[str, Any], plan: Plan) -> Strategy:
     """The FSDP Strategy an accelerate config describes (method and micro-batch from the plan)."""
     fsdp = normalised_fsdp(cfg)
     version = int(fsdp.get("fsdp_version", 1))

@@ -17,9 +17,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Any, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from ..plan.schema import Plan
+    from ..plan.strategy import Strategy
 
 _RESULT_PREFIX = "MEMFIT_RESULT "
 _SEQ_LEN = 16
@@ -39,7 +43,7 @@ class FsdpVerifyResult(BaseModel):
     ranks: int = 1
 
 
-def skip_reason(strategy, plan) -> str | None:
+def skip_reason(strategy: Strategy, plan: Plan) -> str | None:
     """Why a strategy cannot run on this CPU machine, or None."""
     if plan.training.precision == "fp16":
         return "fp16 needs a GPU (no gloo CPU path for fp16 gradient scaling)"
@@ -53,7 +57,8 @@ def skip_reason(strategy, plan) -> str | None:
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _read_back(fh: IO[str]) -> str:
@@ -62,7 +67,7 @@ def _read_back(fh: IO[str]) -> str:
     return fh.read()
 
 
-def _launch(spec: dict[str, Any], ranks: int, timeout_s: float) -> tuple[list, str | None]:
+def _launch(spec: dict[str, Any], ranks: int, timeout_s: float) -> tuple[list[float], str | None]:
     """Start every rank before waiting on any (they meet in init_process_group); each writes to its own
     temporary files, so a chatty rank cannot block on a full pipe while the others wait for it."""
     port, text = str(_free_port()), json.dumps(spec)
@@ -102,7 +107,7 @@ def _launch(spec: dict[str, Any], ranks: int, timeout_s: float) -> tuple[list, s
     return (json.loads(lines[-1][len(_RESULT_PREFIX):])["losses"] if lines else []), None
 
 
-def verify_fsdp(plan, strategies: Sequence, tiny_model_config: Mapping[str, Any], ranks: Sequence[int] = (1, 2),
+def verify_fsdp(plan: Plan, strategies: Sequence[Strategy], tiny_model_config: Mapping[str, Any], ranks: Sequence[int] = (1, 2),
                 steps: int = 2, timeout_s: float = 300.0) -> list[FsdpVerifyResult]:
     """Run each FSDP strategy for `steps` optimizer steps on a tiny model, once per rank count.
 
