@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from ..deepspeed.parity import deepspeed_estimate
 from ..core.errors import PlanError, about
 from ..policy.oracle import make_evaluator
-from ..memory.estimate import estimate_memory
+from ..memory.estimate import MemoryEstimate, estimate_memory
 from ..model.spec import ModelSpec, plan_model
 from ..plan.schema import Plan, load_plan
 from .results import (Advice, CandidateResult, EstimateResult, Explanation, HardwareSummary, MemoryReport,
@@ -26,6 +26,9 @@ from ..search.judge import Judged, judge
 from ..search.sweep import Candidate, PlanProbe, sweep
 from .outlook import what_it_would_take
 from ..core.units import describe_size
+
+if TYPE_CHECKING:
+    from ..policy.verdicts import Verdict
 
 VERSION = "0.1.0"
 
@@ -68,7 +71,7 @@ def _memory_report(c: Candidate) -> MemoryReport:
                                    "host": {k: round(v, 3) for k, v in e.host.as_dict().items()}})
 
 
-def _ds_config(strategy: Strategy, plan: Plan, model: ModelSpec) -> tuple[dict, list[str]]:
+def _ds_config(strategy: Strategy, plan: Plan, model: ModelSpec) -> tuple[dict[str, Any], list[str]]:
     from ..deepspeed.config import config_notes, deepspeed_config
 
     try:
@@ -79,7 +82,7 @@ def _ds_config(strategy: Strategy, plan: Plan, model: ModelSpec) -> tuple[dict, 
     return cfg, config_notes(strategy, plan)
 
 
-def _result(rank: int, c: Candidate, v, plan: Plan, model: ModelSpec) -> CandidateResult:
+def _result(rank: int, c: Candidate, v: Verdict, plan: Plan, model: ModelSpec) -> CandidateResult:
     from ..deepspeed.launch import launch_commands
 
     s = c.strategy
@@ -99,7 +102,7 @@ def _result(rank: int, c: Candidate, v, plan: Plan, model: ModelSpec) -> Candida
         launch=launch_commands(plan, s, env=env_for(v.settings)) if cfg else {})
 
 
-def _fsdp_result(rank: int, c: Candidate, v, plan: Plan) -> CandidateResult:
+def _fsdp_result(rank: int, c: Candidate, v: Verdict, plan: Plan) -> CandidateResult:
     """An FSDP candidate: the accelerate config instead of DeepSpeed JSON (engine/fsdp/config.py)."""
     from ..fsdp.config import accelerate_config, framework_keys, torchtune_overrides
 
@@ -189,7 +192,7 @@ def advise(plan: Plan | str | Path, *, rules_dirs: Iterable[str | Path] = (), me
         candidates=results)
 
 
-def _origin(source: str, key: str, from_plan: Sequence, from_caller: Iterable) -> str:
+def _origin(source: str, key: str, from_plan: Sequence[Any], from_caller: Iterable[Any]) -> str:
     """What brought extra files in, for messages: the plan's key, else the caller's option."""
     return f"{source}: {key}" if from_plan else f"--{key}" if list(from_caller) else ""
 
@@ -250,7 +253,7 @@ def estimate(plan: Plan | str | Path, *, rules_dirs: Iterable[str | Path] = (), 
         deepspeed_estimate=ds.model_dump() if ds else None)
 
 
-def estimate_strategy(plan: Plan, model: ModelSpec, strategy: Strategy):
+def estimate_strategy(plan: Plan, model: ModelSpec, strategy: Strategy) -> MemoryEstimate:
     """The memory estimate of one strategy on a plan (for tools that bring their own strategy)."""
     return estimate_memory(plan, model, strategy)
 

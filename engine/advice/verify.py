@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from ..deepspeed.verify import verify
 from ..model.spec import plan_model
@@ -13,9 +13,12 @@ from .advise import advise
 if TYPE_CHECKING:
     from ..deepspeed.verify import VerifyResult
     from ..fsdp.verify import FsdpVerifyResult
+    from .results import Advice
 
 
-def verify_plan(plan_path: str | Path, top: int = 3, timeout_s: float = 300.0, progress=None):
+def verify_plan(plan_path: str | Path, top: int = 3, timeout_s: float = 300.0,
+                progress: Callable[[int, int, str], None] | None = None
+                ) -> tuple[Advice, list[VerifyResult | FsdpVerifyResult]]:
     """Run the top feasible strategies' DeepSpeed configs for two real steps on a tiny model of the
     plan's architecture (CPU, gloo). Returns (advice, [VerifyResult]).
 
