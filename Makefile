@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export DS_BUILD_OPS := 0
 
-.PHONY: demo test test-quick bench clean venv postgres-server chromium
+.PHONY: demo test test-quick typecheck bench clean venv postgres-server chromium
 
 venv: $(VENV)/.installed
 
@@ -34,8 +34,12 @@ postgres-server:
 	  else echo "note: no PostgreSQL server and not root: the PostgreSQL store tests will skip"; fi; \
 	fi
 
-test: venv postgres-server chromium
+test: venv postgres-server chromium typecheck
 	$(PY) -m pytest -q
+
+# mypy's configuration (strictness per package) is [tool.mypy] in pyproject.toml.
+typecheck: venv
+	$(PY) -m mypy engine cli
 
 # The HTML report's browser test needs headless Chromium (Debian's package). Installed here when run as
 # root with apt-get; elsewhere the test skips with its reason (under CI=true it fails instead).

@@ -47,7 +47,10 @@ def _print_completion(ctx: click.Context, _param, shell: str | None) -> None:
     from click.shell_completion import get_completion_class
 
     # The same script `_ADVISE_COMPLETE=<shell>_source advise` prints.
-    comp = get_completion_class(shell)(ctx.command, {}, "advise", "_ADVISE_COMPLETE")
+    completion_class = get_completion_class(shell)
+    if completion_class is None:  # unreachable through the Choice below; click returns None for unknown shells
+        raise click.BadParameter(f"no completion for shell {shell!r}", ctx=ctx, param=_param)
+    comp = completion_class(ctx.command, {}, "advise", "_ADVISE_COMPLETE")
     click.echo(comp.source())
     ctx.exit(0)
 

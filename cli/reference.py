@@ -49,7 +49,8 @@ by `verify`), `HF_HOME` / `HF_HUB_CACHE` (local model configs).
 def _option_row(p: click.Parameter, ctx: click.Context) -> str:
     names = ", ".join(f"`{o}`" for o in [*p.opts, *p.secondary_opts])
     if isinstance(p, click.Option) and not p.is_flag:
-        names += f" `{p.make_metavar(ctx) if _takes_ctx() else p.make_metavar()}`"
+        # click >= 8.2 takes ctx, older click does not; mypy sees only the installed signature.
+        names += f" `{p.make_metavar(ctx) if _takes_ctx() else p.make_metavar()}`"  # type: ignore[call-arg]
     extra = []
     if isinstance(p, click.Option):
         if p.multiple and "repeatable" not in (p.help or ""):
@@ -74,7 +75,7 @@ def _command_section(name: str, cmd: click.Command, group: click.Group) -> list[
     ctx = click.Context(cmd, info_name=name, parent=_root_context(group))
     usage = " ".join(cmd.collect_usage_pieces(ctx))
     lines = [f"## `advise {name}`", "", f"`advise {name} {usage}`", "", (cmd.help or "").split("\n\n")[0].strip(), ""]
-    options = [p for p in cmd.params if isinstance(p, click.Option)]
+    options: list[click.Parameter] = [p for p in cmd.params if isinstance(p, click.Option)]
     options.append(next(p for p in cmd.get_params(ctx) if "--help" in p.opts))
     lines += ["| option | what it does |", "|---|---|"] + [_option_row(p, ctx) for p in options] + [""]
     return lines

@@ -49,7 +49,7 @@ def _row(side: str, parts: dict[str, float], g: Gauge, y: float) -> list[str]:
            _rect(LEFT + g.budget_gib * scale, y, (g.capacity_gib - g.budget_gib) * scale, BAR_H, "headroom",
                  g.capacity_gib - g.budget_gib, ' fill="url(#hatch)"',
                  f"headroom kept free: {g.capacity_gib - g.budget_gib:.1f} GiB")]
-    x = LEFT
+    x: float = LEFT
     for part, gib in parts.items():
         if gib <= 0:
             continue

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from ..deepspeed.parity import deepspeed_estimate
 from ..core.errors import PlanError, about
 from ..policy.oracle import make_evaluator
 from ..memory.band import band_for
-from ..memory.estimate import estimate_memory
+from ..memory.estimate import MemoryEstimate, estimate_memory
 from ..model.spec import ModelSpec, plan_model
 from ..plan.schema import Plan, load_plan
 from .results import (Advice, CandidateResult, EstimateResult, Explanation, GpuBand, HardwareSummary, MemoryReport,
@@ -27,6 +27,9 @@ from ..search.judge import Judged, judge
 from ..search.sweep import Candidate, PlanProbe, sweep
 from .outlook import what_it_would_take
 from ..core.units import describe_size
+
+if TYPE_CHECKING:
+    from ..policy.verdicts import Verdict
 
 VERSION = "0.1.0"
 
@@ -76,7 +79,7 @@ def _memory_report(c: Candidate) -> MemoryReport:
                         gpu_band=_gpu_band(e.gpu_peak_gib, c.strategy))
 
 
-def _ds_config(strategy: Strategy, plan: Plan, model: ModelSpec) -> tuple[dict, list[str]]:
+def _ds_config(strategy: Strategy, plan: Plan, model: ModelSpec) -> tuple[dict[str, Any], list[str]]:
     from ..deepspeed.config import config_notes, deepspeed_config
 
     try:
@@ -87,7 +90,7 @@ def _ds_config(strategy: Strategy, plan: Plan, model: ModelSpec) -> tuple[dict, 
     return cfg, config_notes(strategy, plan)
 
 
-def _common(rank: int, c: Candidate, v) -> dict:
+def _common(rank: int, c: Candidate, v: Verdict) -> dict[str, Any]:
     """The fields every candidate result has, DeepSpeed or FSDP: strategy, verdict, memory, reasons."""
     s = c.strategy
     explanation = [Explanation(rule=f.rule, topic=f.topic, effect=f.effect, score=f.score, message=f.message,
@@ -100,7 +103,7 @@ def _common(rank: int, c: Candidate, v) -> dict:
                 explanation=explanation, rejected_because=list(v.reject_reasons), settings=dict(v.settings))
 
 
-def _result(rank: int, c: Candidate, v, plan: Plan, model: ModelSpec) -> CandidateResult:
+def _result(rank: int, c: Candidate, v: Verdict, plan: Plan, model: ModelSpec) -> CandidateResult:
     from ..deepspeed.launch import launch_commands
 
     s = c.strategy
@@ -112,7 +115,7 @@ def _result(rank: int, c: Candidate, v, plan: Plan, model: ModelSpec) -> Candida
         launch=launch_commands(plan, s, env=env_for(v.settings)) if cfg else {})
 
 
-def _fsdp_result(rank: int, c: Candidate, v, plan: Plan) -> CandidateResult:
+def _fsdp_result(rank: int, c: Candidate, v: Verdict, plan: Plan) -> CandidateResult:
     """An FSDP candidate: the accelerate config instead of DeepSpeed JSON (engine/fsdp/config.py)."""
     from ..fsdp.config import accelerate_config, framework_keys, torchtune_overrides
 
@@ -194,7 +197,7 @@ def advise(plan: Plan | str | Path, *, rules_dirs: Iterable[str | Path] = (), me
         candidates=results)
 
 
-def _origin(source: str, key: str, from_plan: Sequence, from_caller: Iterable) -> str:
+def _origin(source: str, key: str, from_plan: Sequence[Any], from_caller: Iterable[Any]) -> str:
     """What brought extra files in, for messages: the plan's key, else the caller's option."""
     return f"{source}: {key}" if from_plan else f"--{key}" if list(from_caller) else ""
 
@@ -255,7 +258,7 @@ def estimate(plan: Plan | str | Path, *, rules_dirs: Iterable[str | Path] = (), 
         deepspeed_estimate=ds.model_dump() if ds else None, gpu_band=_gpu_band(e.gpu_peak_gib, s))
 
 
-def estimate_strategy(plan: Plan, model: ModelSpec, strategy: Strategy):
+def estimate_strategy(plan: Plan, model: ModelSpec, strategy: Strategy) -> MemoryEstimate:
     """The memory estimate of one strategy on a plan (for tools that bring their own strategy)."""
     return estimate_memory(plan, model, strategy)
 

@@ -8,13 +8,18 @@ the config memfit itself recommends is judged as what it is), and every such cho
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..deepspeed.check import CheckResult, check, load_config, strategy_from_config
 from ..plan.schema import load_plan
 from .advise import advise
 
+if TYPE_CHECKING:
+    from ..plan.strategy import Strategy
+    from .results import CandidateResult
 
-def _same_shape(candidate, shape, micro_fixed: bool) -> bool:
+
+def _same_shape(candidate: CandidateResult, shape: Strategy, micro_fixed: bool) -> bool:
     return (candidate.zero_stage, candidate.offload_optimizer, candidate.offload_param) == \
         (shape.zero_stage, shape.offload_optimizer, shape.offload_param) and \
         (not micro_fixed or candidate.micro_batch_size == shape.micro_batch_size)

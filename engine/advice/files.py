@@ -5,21 +5,26 @@ from __future__ import annotations
 
 import json
 import shlex
+from typing import TYPE_CHECKING, Any
 
 from ..policy.knobs import KNOBS, describe, env_for
 from .output import write_files
 
+if TYPE_CHECKING:
+    from ..plan.schema import Plan
+    from .results import Advice, CandidateResult
+
 __all__ = ["advice_files", "hf_config", "write_files"]
 
 
-def _json(data) -> str:
+def _json(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
 
 CLOSEST = 3  # how many closest non-fitting plans --out writes when nothing fits
 
 
-def advice_files(advice, plan=None, max_plans: int | None = None) -> dict[str, str]:
+def advice_files(advice: Advice, plan: Plan | None = None, max_plans: int | None = None) -> dict[str, str]:
     """The files `advise --out DIR` writes: name -> text.
 
     The top feasible plan goes to ds_config.json (concrete, for plain `deepspeed`), ds_config.hf.json
@@ -53,17 +58,19 @@ def advice_files(advice, plan=None, max_plans: int | None = None) -> dict[str, s
     return files
 
 
-def _fsdp_yaml(c) -> str:
+def _fsdp_yaml(c: CandidateResult) -> str:
     import yaml
 
+    body: str = yaml.safe_dump(c.accelerate_config, sort_keys=False)
     return (f"# accelerate FSDP config written by memfit for {c.key}.\n"
             "# Run: accelerate launch --config_file fsdp_config.yaml train.py\n"
-            + yaml.safe_dump(c.accelerate_config, sort_keys=False))
+            + body)
 
 
-def closest_files(advice, count: int = CLOSEST) -> dict[str, str]:
+def closest_files(advice: Advice, count: int = CLOSEST) -> dict[str, str]:
     """The closest non-fitting plans' configs under closest/, with a README.md marking them."""
-    closest, shapes = [], set()
+    closest: list[CandidateResult] = []
+    shapes: set[tuple[object, ...]] = set()
     for c in advice.candidates:  # distinct strategies: not the same one pinned and unpinned
         shape = (c.method, c.zero_stage, c.offload_optimizer, c.offload_param, c.gradient_checkpointing)
         if not c.feasible and c.deepspeed_config and shape not in shapes and len(closest) < count:
@@ -84,11 +91,11 @@ def closest_files(advice, count: int = CLOSEST) -> dict[str, str]:
     return files
 
 
-def _folder(root: str, i: int, c) -> str:
+def _folder(root: str, i: int, c: CandidateResult) -> str:
     return f"{root}/{i:02d}-{c.key.replace('/', '-')}"
 
 
-def hf_config(candidate, plan) -> dict:
+def hf_config(candidate: CandidateResult, plan: Plan) -> dict[str, Any]:
     """The HF-flavor DeepSpeed config of a candidate ("auto" where the HF Trainer fills values)."""
     from ..deepspeed.config import deepspeed_config
     from ..model.spec import plan_model
@@ -98,7 +105,7 @@ def hf_config(candidate, plan) -> dict:
                             pin_memory=s.pin_memory, gather_16bit_on_save=s.gather_16bit_on_save)
 
 
-def _launch_script(c) -> str:
+def _launch_script(c: CandidateResult) -> str:
     lines = ["#!/usr/bin/env bash", "# Written by memfit (advise --out). Pick one launcher line.",
              c.launch.get("comment", ""), "set -euo pipefail", ""]
     exports = env_for(c.settings)

@@ -9,7 +9,7 @@ memory rule (policy.verdicts.is_memory_rule) rejected the closest candidate.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ..plan.schema import Plan
 from ..plan.strategy import Strategy
@@ -20,6 +20,9 @@ from ..search.candidates import strategy_shapes
 from ..search.feasibility import Feasibility
 from ..search.judge import Judged
 from ..search.sweep import PlanProbe, cross_facts
+
+if TYPE_CHECKING:
+    from ..model.spec import ModelSpec
 
 NODE_FACTORS = (2, 4, 8, 16)
 # A hypothetical NVMe large enough that space never rejects: what is asked is how much is needed.
@@ -42,7 +45,7 @@ class Outlook:
     text: str
 
 
-def outlooks(plan: Plan, model, judged: Sequence[Judged], rules: Sequence[Rule],
+def outlooks(plan: Plan, model: ModelSpec, judged: Sequence[Judged], rules: Sequence[Rule],
              feasibility: Feasibility) -> list[Outlook]:
     """One Outlook per method of the plan with no feasible candidate.
 
@@ -70,7 +73,7 @@ def outlooks(plan: Plan, model, judged: Sequence[Judged], rules: Sequence[Rule],
     return out
 
 
-def what_it_would_take(plan: Plan, model, judged: Sequence[Judged], rules: Sequence[Rule],
+def what_it_would_take(plan: Plan, model: ModelSpec, judged: Sequence[Judged], rules: Sequence[Rule],
                        feasibility: Feasibility) -> list[str]:
     """The lines of `outlooks` (Advice.what_it_would_take)."""
     return [o.text for o in outlooks(plan, model, judged, rules, feasibility)]
@@ -91,7 +94,7 @@ def _options(proposals: Sequence[Proposal]) -> str:
     return " It would take: " + "; or ".join(p.text for p in proposals) + "."
 
 
-def first_passing(p: Plan, model, feasibility: Feasibility, method: str, min_stage: int = 0) -> Strategy | None:
+def first_passing(p: Plan, model: ModelSpec, feasibility: Feasibility, method: str, min_stage: int = 0) -> Strategy | None:
     """The first candidate of `method` (search order) on p on which no reject rule fires, with every
     fact (relational ones included). p pins the method, so its only candidates are of that method and
     the cross-candidate facts of the one found are those of p's whole search."""
@@ -105,7 +108,7 @@ def first_passing(p: Plan, model, feasibility: Feasibility, method: str, min_sta
     return None
 
 
-def _bigger_hardware(plan: Plan, model, method: str, feasibility: Feasibility) -> list[Proposal]:
+def _bigger_hardware(plan: Plan, model: ModelSpec, method: str, feasibility: Feasibility) -> list[Proposal]:
     training = plan.training.model_copy(update={"method": method})
     options = []
     for factor in NODE_FACTORS:

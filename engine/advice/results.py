@@ -1,9 +1,12 @@
 """Typed results of `advise` and `estimate` (what the CLI renders and schemas/advice.schema.json pins)."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from ..plan.strategy import Strategy
 
 
 class _Out(BaseModel):
@@ -95,7 +98,7 @@ class CandidateResult(_Out):
     framework_keys: dict[str, Any] = Field(default_factory=dict, description="torchtune overrides, LLaMA-Factory and axolotl FSDP keys")
 
 
-    def to_strategy(self):
+    def to_strategy(self) -> Strategy:
         """The Strategy this candidate stands for."""
         from ..plan.strategy import Strategy
 

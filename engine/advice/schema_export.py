@@ -9,10 +9,12 @@ import json
 import sys
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from ..plan.schema import Plan
 from .results import Advice, EstimateResult
 
-_SCHEMAS = {"plan.schema.json": (Plan, "memfit plan file (v1)"),
+_SCHEMAS: dict[str, tuple[type[BaseModel], str]] = {"plan.schema.json": (Plan, "memfit plan file (v1)"),
             "advice.schema.json": (Advice, "memfit advice (advise plan.yaml --json)"),
             "estimate.schema.json": (EstimateResult, "memfit estimate (advise estimate plan.yaml --json)")}
 

@@ -16,7 +16,7 @@ import os
 import reprlib
 import stat
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO
 
 import yaml
 
@@ -59,7 +59,7 @@ def escape_key(key: Any) -> str:
     return text.encode("unicode_escape").decode("ascii")
 
 
-def open_regular(path: str | Path, what: str, error: type[MemfitError]):
+def open_regular(path: str | Path, what: str, error: type[MemfitError]) -> BinaryIO:
     """Open a regular file for binary reading, refusing FIFOs, devices and directories at once.
 
     Args:
@@ -123,19 +123,19 @@ _BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 class _Refused(Exception):
     """A value the strict loader refuses, with its key path and position."""
 
-    def __init__(self, path: str, problem: str, mark):
+    def __init__(self, path: str, problem: str, mark: yaml.Mark | None):
         super().__init__(problem)
         self.path, self.problem, self.mark = path, problem, mark
 
 
-def _non_finite(node) -> bool:
+def _non_finite(node: yaml.ScalarNode) -> bool:
     try:
         return not math.isfinite(float(node.value.replace("_", "")))
     except ValueError:  # ".nan", ".inf" and their spellings, which float() reads too, or a sexagesimal
         return node.value.lower().lstrip("+-") in (".nan", ".inf")
 
 
-def _check_tree(root) -> None:
+def _check_tree(root: yaml.Node) -> None:
     """Duplicate keys and non-finite floats, with the key path, before anything is constructed.
 
     Walks the composed node graph once per node (aliases are shared nodes; `_yaml_shape` already
@@ -149,7 +149,7 @@ def _check_tree(root) -> None:
             continue
         seen_nodes.add(id(node))
         if isinstance(node, yaml.MappingNode):
-            first: dict = {}
+            first: dict[tuple[str, Any], yaml.Mark] = {}
             for key_node, value_node in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     todo.append((value_node, path))
@@ -172,7 +172,7 @@ def _check_tree(root) -> None:
 class _StrictLoader(_BaseLoader):  # type: ignore[misc, valid-type]
     """Safe loading, plus: duplicate keys and non-finite floats are errors (see _check_tree)."""
 
-    def construct_document(self, node):
+    def construct_document(self, node: yaml.Node) -> Any:
         _check_tree(node)
         return super().construct_document(node)
 
@@ -180,7 +180,7 @@ class _StrictLoader(_BaseLoader):  # type: ignore[misc, valid-type]
 def _yaml_shape(text: str) -> str | None:
     """Nesting depth and alias-expanded size from the event stream (linear); a problem or None."""
     sizes: dict[str, int] = {}
-    stack: list[list] = [[None, 0, 0, False]]  # [anchor, expanded nodes so far, children, is a mapping]
+    stack: list[list[Any]] = [[None, 0, 0, False]]  # [anchor, expanded nodes so far, children, is a mapping]
     for event in yaml.parse(text, Loader=_BaseLoader):
         if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent, yaml.ScalarEvent, yaml.AliasEvent)):
             top = stack[-1]
@@ -234,8 +234,8 @@ def load_yaml(text: str, where: str, error: type[MemfitError]) -> Any:
 
 # ---- JSON ---------------------------------------------------------------------------------------
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
-    out: dict = {}
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for k, v in pairs:
         if k in out:
             raise ValueError(f"duplicate key {excerpt(k)} in one object; keep one (DeepSpeed refuses it too)")
@@ -273,10 +273,9 @@ def load_json(text: str, where: str, error: type[MemfitError]) -> Any:
     Raises:
         error: "WHERE: not valid JSON at line L, column C: problem" or the limit broken.
     """
-    hooks: dict[str, Callable] = {"object_pairs_hook": _no_duplicates, "parse_constant": _no_constant,
-                                  "parse_float": _finite_float}
     try:
-        data = json.loads(text, **hooks)
+        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant,
+                          parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         raise error(f"{where}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     except ValueError as exc:  # from the hooks, or an integer beyond Python's digit limit

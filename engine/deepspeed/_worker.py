@@ -18,7 +18,7 @@ RESULT_PREFIX = "MEMFIT_RESULT "
 _HF_DS_CONFIG = None
 
 
-def _build_model(spec: dict[str, Any]):
+def _build_model(spec: dict[str, Any]) -> Any:  # a transformers model (torch is untyped here)
     import torch._dynamo  # noqa: F401  (zero.Init patches modules; HF models need dynamo imported first)
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.integrations.deepspeed import HfDeepSpeedConfig
@@ -41,7 +41,7 @@ def _build_model(spec: dict[str, Any]):
     return model
 
 
-def _client_optimizer(name: str | None, params):
+def _client_optimizer(name: str | None, params: Any) -> Any:
     import torch
 
     if name is None:

@@ -19,7 +19,7 @@ import json
 from functools import lru_cache
 from importlib import metadata
 from importlib.resources import files
-from typing import Any
+from typing import Any, Collection, Iterator
 
 # Pydantic sections: dotted path in the JSON -> "module:Class" in deepspeed (0.19.8 layout).
 PYDANTIC_SECTIONS = {
@@ -53,33 +53,33 @@ def installed_version() -> str | None:
         return None
 
 
-class _Recorder(dict):
+class _Recorder(dict[str, Any]):
     """A dict that notes every key looked up in it (get, [], in, keys())."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.seen: set[str] = set()
 
-    def get(self, key, default=None):
+    def get(self, key: str, default: Any = None) -> Any:
         self.seen.add(key)
         return super().get(key, default)
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: str) -> Any:
         self.seen.add(key)
         return super().__getitem__(key)
 
-    def __contains__(self, key) -> bool:
+    def __contains__(self, key: Any) -> bool:
         self.seen.add(key)
         return super().__contains__(key)
 
-    def keys(self):  # DeepSpeed writes `KEY in param_dict.keys()`
+    def keys(self) -> Any:  # DeepSpeed writes `KEY in param_dict.keys()`
         recorder = self
 
         class _Keys:
-            def __contains__(self, key) -> bool:
+            def __contains__(self, key: Any) -> bool:
                 return recorder.__contains__(key)
 
-            def __iter__(self):
+            def __iter__(self) -> Iterator[str]:
                 return iter(dict.keys(recorder))
 
         return _Keys()
@@ -163,13 +163,15 @@ def generate() -> dict[str, Any]:
 
 def _stored(version: str) -> dict[str, Any] | None:
     path = files("memfit.schemas").joinpath(f"deepspeed-keys-{version}.json")
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    stored: dict[str, Any] | None = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return stored
 
 
 def _newest_stored() -> dict[str, Any]:
     names = sorted((p.name for p in files("memfit.schemas").iterdir() if p.name.startswith("deepspeed-keys-")),
                    key=lambda n: [int(x) if x.isdigit() else 0 for x in n[15:-5].split(".")])
-    return json.loads(files("memfit.schemas").joinpath(names[-1]).read_text(encoding="utf-8"))
+    stored: dict[str, Any] = json.loads(files("memfit.schemas").joinpath(names[-1]).read_text(encoding="utf-8"))
+    return stored
 
 
 @lru_cache(maxsize=1)
@@ -198,7 +200,7 @@ def accepted_keys() -> dict[str, Any]:
 # ds_z3_fp8_config.json): not typos, but without effect; the real keys are named in the warning.
 NOT_READ = {"comms_config": "the comms logger is configured by top-level comms_logger",
             "monitor_config": "monitors are configured by top-level tensorboard, wandb, csv_monitor, comet"}
-_COMMENT = {"^_": {}}  # "_comment" and the like: JSON has no comments, people write these
+_COMMENT: dict[str, dict[str, Any]] = {"^_": {}}  # "_comment" and the like: JSON has no comments, people write these
 
 
 def _node(schema: dict[str, Any], path: str) -> dict[str, Any]:
@@ -226,7 +228,7 @@ def _merge_section(node: dict[str, Any], keys: dict[str, str], types: dict[str, 
 @lru_cache(maxsize=1)
 def deepspeed_schema() -> dict[str, Any]:
     """The strict DeepSpeed schema: memfit's types and combinations, the installed DeepSpeed's key sets."""
-    schema = json.loads(files("memfit.schemas").joinpath("deepspeed.schema.json").read_text(encoding="utf-8"))
+    schema: dict[str, Any] = json.loads(files("memfit.schemas").joinpath("deepspeed.schema.json").read_text(encoding="utf-8"))
     accepted = accepted_keys()
     top = schema.setdefault("properties", {})
     for key in list(top):
@@ -240,7 +242,7 @@ def deepspeed_schema() -> dict[str, Any]:
     return schema
 
 
-def without(cfg: dict[str, Any], dotted_keys) -> dict[str, Any]:
+def without(cfg: dict[str, Any], dotted_keys: Collection[str]) -> dict[str, Any]:
     out = {k: v for k, v in cfg.items() if k not in dotted_keys}
     for dotted in dotted_keys:
         parent, _, key = dotted.rpartition(".")

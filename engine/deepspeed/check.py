@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Iterable, Iterator, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict
 
@@ -65,7 +65,7 @@ def _dotted(path: Any) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
-def _unknown_effect(path) -> str:
+def _unknown_effect(path: Iterable[int | str]) -> str:
     dotted = ".".join(map(str, path))
     if any(dotted == p or dotted.startswith(p + ".") for p in PYDANTIC_SECTIONS):
         return (f" (deepspeed {accepted_keys()['deepspeed_version']}'s config model for '{dotted}' forbids "
@@ -97,7 +97,8 @@ def _device(block: Any) -> str:
 
 
 def _combination_findings(cfg: dict[str, Any]) -> Iterator[Finding]:
-    zero = cfg.get("zero_optimization") if isinstance(cfg.get("zero_optimization"), dict) else {}
+    raw_zero = cfg.get("zero_optimization")
+    zero: dict[str, Any] = raw_zero if isinstance(raw_zero, dict) else {}
     stage = zero.get("stage", 0)
     if isinstance(stage, int) and stage < 3 and _device(zero.get("offload_param")) != "none":
         yield Finding(severity="error", key="zero_optimization.offload_param",
@@ -108,7 +109,7 @@ def _combination_findings(cfg: dict[str, Any]) -> Iterator[Finding]:
                       message="optimizer offload needs ZeRO stage 1, 2 or 3 (stage is 0)")
     for name in ("offload_optimizer", "offload_param"):
         block = zero.get(name)
-        if _device(block) == "nvme" and not block.get("nvme_path"):
+        if isinstance(block, dict) and _device(block) == "nvme" and not block.get("nvme_path"):
             yield Finding(severity="error", key=f"zero_optimization.{name}.nvme_path",
                           message="device nvme needs nvme_path (a directory on a local NVMe drive)")
     enabled = [k for k in ("fp16", "bf16") if isinstance(cfg.get(k), dict) and cfg[k].get("enabled") is True]
@@ -117,10 +118,15 @@ def _combination_findings(cfg: dict[str, Any]) -> Iterator[Finding]:
                       message="fp16 and bf16 are both enabled: keep one (bf16 on Ampere or newer)")
 
 
+def _positive_int(value: Any) -> int | None:
+    """`value` when it is a positive int (not a bool), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def _batch_findings(cfg: dict[str, Any], world: int | None) -> Iterator[Finding]:
-    tbs, micro, accum = (cfg.get(k) for k in
+    tbs, micro, accum = (_positive_int(cfg.get(k)) for k in
                          ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"))
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (tbs, micro, accum)):
+    if tbs is None or micro is None or accum is None:
         return
     if world is None:
         if tbs % (micro * accum):
@@ -135,7 +141,7 @@ def _batch_findings(cfg: dict[str, Any], world: int | None) -> Iterator[Finding]
                               f"= {micro * accum * world}; DeepSpeed refuses to start")
 
 
-def _auto_paths(node: Any, path: tuple = ()) -> Iterator[str]:
+def _auto_paths(node: Any, path: tuple[Any, ...] = ()) -> Iterator[str]:
     if node == "auto":
         yield _dotted(path)
     elif isinstance(node, dict):
@@ -155,7 +161,8 @@ def strategy_from_config(cfg: dict[str, Any], plan: Plan, method: str | None = N
         ConfigCheckError: the stage or offload devices are not valid values.
     """
     t = plan.training
-    zero = cfg.get("zero_optimization") if isinstance(cfg.get("zero_optimization"), dict) else {}
+    raw_zero = cfg.get("zero_optimization")
+    zero: dict[str, Any] = raw_zero if isinstance(raw_zero, dict) else {}
     micro = cfg.get("train_micro_batch_size_per_gpu")
     if not isinstance(micro, int) or isinstance(micro, bool) or micro < 1:
         micro = t.micro_batch_size if isinstance(t.micro_batch_size, int) else 1

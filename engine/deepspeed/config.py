@@ -39,7 +39,8 @@ def _hidden_size(plan: Plan, facts: Any) -> int | None:
     if facts is not None and getattr(facts, "hidden_size", None):
         return int(facts.hidden_size)
     if isinstance(plan.model, dict) and isinstance(plan.model.get("hidden_size"), int):
-        return plan.model["hidden_size"]
+        hidden: int = plan.model["hidden_size"]
+        return hidden
     return None
 
 

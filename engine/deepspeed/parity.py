@@ -7,9 +7,16 @@ tests/test_ds_parity.py checks these against DeepSpeed's functions themselves.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, ConfigDict
 
 from ..core.units import GIB
+
+if TYPE_CHECKING:
+    from ..model.spec import ModelSpec
+    from ..plan.schema import Plan
+    from ..plan.strategy import Strategy
 
 BUFFER_FACTOR = 1.5  # DeepSpeed's `additional_buffer_factor` default
 
@@ -53,7 +60,7 @@ def zero2_estimate(total_params: int, gpus_per_node: int = 1, nodes: int = 1,
     return DsEstimate(gpu_gib=gpu / GIB, host_gib=int(host) / GIB)
 
 
-def deepspeed_estimate(facts, strategy, plan) -> DsEstimate | None:
+def deepspeed_estimate(facts: ModelSpec, strategy: Strategy, plan: Plan) -> DsEstimate | None:
     """DeepSpeed's estimate for a strategy it covers (full fine-tuning, ZeRO-2/3), else None.
 
     Uses the base-model count DeepSpeed users feed it? No: memfit passes the count of the model that

@@ -108,7 +108,8 @@ def _run_config(strategy: Strategy, plan: Plan, facts: Any) -> dict[str, Any]:
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _env() -> dict[str, str]:

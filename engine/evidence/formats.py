@@ -35,7 +35,7 @@ Formats, and where their wording comes from:
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Any, Optional
 
 from ..core.units import GIB
 
@@ -82,15 +82,15 @@ class FileParser:
 
     def __init__(self, name: str):
         self.name = name
-        self.items: list[dict] = []
+        self.items: list[dict[str, Any]] = []
         self.prev = b""  # the raw line before the one being fed: see_memory_usage prints its label there
-        self.ds_last: Optional[tuple[int, dict]] = None
+        self.ds_last: Optional[tuple[int, dict[str, Any]]] = None
         self.host_by_pid: dict[int, int] = {}
-        self.csv: Optional[dict] = None
-        self.trace: dict[str, dict] = {}
-        self.summary: Optional[dict] = None
+        self.csv: Optional[dict[str, Any]] = None
+        self.trace: dict[str, dict[str, Any]] = {}
+        self.summary: Optional[dict[str, Any]] = None
 
-    def _add(self, kind: str, n: int, text: str, **fields) -> dict:
+    def _add(self, kind: str, n: int, text: str, **fields: Any) -> dict[str, Any]:
         item = {"kind": kind, "source": f"{self.name}:{n}", "line": text.strip()[:LINE_CHARS], **fields}
         self.items.append(item)
         return item

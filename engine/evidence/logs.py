@@ -11,7 +11,7 @@ the regexes and the per-file parser (`FileParser`) that read them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 from pydantic import BaseModel, ConfigDict
 
@@ -128,7 +128,7 @@ _SUMMARY_KEYS = {
 }
 
 
-def summarize(facts: Iterable[LogRecord]) -> dict:
+def summarize(facts: Iterable[LogRecord]) -> dict[str, Any]:
     """The worst evidence per kind.
 
     Args:
@@ -141,13 +141,13 @@ def summarize(facts: Iterable[LogRecord]) -> dict:
          ...}}}; only kinds present appear under "kinds".
     """
     facts = list(facts)
-    kinds: dict[str, dict] = {}
+    kinds: dict[str, dict[str, Any]] = {}
     for kind, (worst_key, fields) in _SUMMARY_KEYS.items():
         group = [f for f in facts if f.kind == kind]
         if not group:
             continue
         worst = _worst(group, worst_key)
-        entry: dict = {"count": len(group), "worst": worst.model_dump(exclude_none=True) if worst else None}
+        entry: dict[str, Any] = {"count": len(group), "worst": worst.model_dump(exclude_none=True) if worst else None}
         for field in fields:
             entry["max_" + field.removeprefix("max_")] = _max(group, field)
         kinds[kind] = entry

@@ -15,11 +15,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from ..memory.estimate import estimate_memory
 from ..plan.strategy import Strategy
 from .reader import MATCH_CHARS, read_blocks
+
+if TYPE_CHECKING:
+    from ..model.spec import ModelSpec
+    from ..plan.schema import Plan
+    from .record import LogRecord
+
+# A calibration family: (method, ZeRO stage, offload_optimizer, offload_param).
+Family = tuple[str, int, str, str]
 
 _STAGE = re.compile(r"zero_config \.+ stage=(\d)")
 _DEVICE = {"offload_param": re.compile(r"offload_param=\w*\(device='(\w+)'"),
@@ -44,7 +52,7 @@ class Evidence:
     """What the sweep needs from the measured facts."""
 
     ooms: tuple[OomEvidence, ...] = ()
-    family: Optional[tuple] = None   # (method, zero_stage, offload_optimizer, offload_param) calibrated
+    family: Optional[Family] = None   # (method, zero_stage, offload_optimizer, offload_param) calibrated
     ratio: float = 0.0               # measured / estimated GPU peak for that family (0: none)
     fragmentation: bool = False
     present: bool = False
@@ -63,18 +71,18 @@ class Evidence:
         return 1.0, policy_headroom
 
 
-def _family(s: Strategy) -> tuple:
+def _family(s: Strategy) -> Family:
     return (s.method, s.zero_stage, s.offload_optimizer, s.offload_param)
 
 
-def family_of(s: Strategy) -> tuple:
+def family_of(s: Strategy) -> Family:
     """The calibration family of a strategy (what Evidence.family holds): method, ZeRO stage, offloads."""
     return _family(s)
 
 
-def infer_run(path: str | Path) -> dict:
+def infer_run(path: str | Path) -> dict[str, Any]:
     """Strategy fields a log states about its own run (DeepSpeed's config print, the trainer's batch)."""
-    found: dict = {}
+    found: dict[str, Any] = {}
     for block in read_blocks(path):  # the same reader as the facts: gzip by magic bytes, bounded lines
         if b"zero_config" not in block and b"batch" not in block:
             continue
@@ -84,7 +92,7 @@ def infer_run(path: str | Path) -> dict:
     return found
 
 
-def _infer_line(line: str, found: dict) -> None:
+def _infer_line(line: str, found: dict[str, Any]) -> None:
     if "zero_config" in line and (m := _STAGE.search(line)):
         found["zero_stage"] = int(m.group(1))
         for key, rx in _DEVICE.items():
@@ -96,7 +104,7 @@ def _infer_line(line: str, found: dict) -> None:
         found.setdefault("micro_batch_size", int(m.group(1)))
 
 
-def run_strategy(plan, inferred: dict) -> Optional[Strategy]:
+def run_strategy(plan: Plan, inferred: dict[str, Any]) -> Optional[Strategy]:
     """The run's strategy: log lines first, then the plan's pins; None if a choice stays unknown."""
     t = plan.training
     pins = {"method": t.method, "zero_stage": t.zero_stage, "offload_optimizer": t.offload_optimizer,
@@ -113,7 +121,7 @@ def run_strategy(plan, inferred: dict) -> Optional[Strategy]:
     return Strategy(**merged)
 
 
-def _measured_gpu_peak(facts: Iterable) -> Optional[tuple[float, str]]:
+def _measured_gpu_peak(facts: Iterable[LogRecord]) -> Optional[tuple[float, str]]:
     best = None
     for f in facts:
         value = f.max_reserved_gib or f.gpu_peak_gib
@@ -123,7 +131,7 @@ def _measured_gpu_peak(facts: Iterable) -> Optional[tuple[float, str]]:
     return best
 
 
-def evidence_for(plan, model, logs: Iterable[str | Path]) -> Evidence:
+def evidence_for(plan: Plan, model: ModelSpec, logs: Iterable[str | Path]) -> Evidence:
     """Parse logs and turn their evidence into what the sweep and rules use.
 
     Raises:
@@ -135,7 +143,7 @@ def evidence_for(plan, model, logs: Iterable[str | Path]) -> Evidence:
     from .logs import fragmentation_hint, parse_logs  # only when there are logs to read
 
     facts = parse_logs(logs)
-    inferred: dict = {}
+    inferred: dict[str, Any] = {}
     for p in logs:
         inferred.update(infer_run(p))
     run = run_strategy(plan, inferred)
@@ -150,10 +158,13 @@ def evidence_for(plan, model, logs: Iterable[str | Path]) -> Evidence:
         notes.append(f"{oom_facts[0].kind} at {oom_facts[0].source} not used: the run's ZeRO stage, offloads and "
                      "micro-batch are unknown (pin them in the plan, or give a log with DeepSpeed's config print)")
     peak = _measured_gpu_peak(facts)
-    ratio = peak[0] / est.gpu_peak_gib if (peak and est and not oom_facts) else 0.0
-    if ratio:
+    ratio, ratio_source = 0.0, ""
+    if peak and run is not None and est is not None and not oom_facts:  # est exists exactly when run does
+        ratio = peak[0] / est.gpu_peak_gib
+    if ratio and peak and run is not None and est is not None:
+        ratio_source = peak[1]
         notes.append(f"measured GPU peak {peak[0]:.1f} GiB ({peak[1]}) vs {est.gpu_peak_gib:.1f} GiB estimated: "
                      f"ratio {ratio:.2f} applied to {run.method} ZeRO-{run.zero_stage} candidates")
     return Evidence(ooms=tuple(ooms), family=_family(run) if (run and ratio) else None, ratio=ratio,
                     fragmentation=any(fragmentation_hint(f) for f in facts), present=bool(facts),
-                    notes=tuple(notes), ratio_source=peak[1] if ratio else "")
+                    notes=tuple(notes), ratio_source=ratio_source)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 RESULT_PREFIX = "MEMFIT_RESULT "
 
 
-def _model(spec):
+def _model(spec: dict[str, Any]) -> Any:  # torch/transformers objects are Any here (untyped)
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -34,14 +35,14 @@ def _model(spec):
     return model
 
 
-def _layer_classes(model) -> set:
+def _layer_classes(model: Any) -> set[type]:
     names = set(getattr(model, "_no_split_modules", None) or [])
     base = getattr(model, "get_base_model", lambda: model)()
     names |= set(getattr(base, "_no_split_modules", None) or [])
     return {type(m) for m in model.modules() if type(m).__name__ in names}
 
 
-def _shard_fsdp1(model, spec):
+def _shard_fsdp1(model: Any, spec: dict[str, Any]) -> Any:
     import functools
 
     import torch
@@ -55,7 +56,7 @@ def _shard_fsdp1(model, spec):
                                     use_orig_params=True, device_id=torch.device("cpu"))
 
 
-def _shard_fsdp2(model, spec):
+def _shard_fsdp2(model: Any, spec: dict[str, Any]) -> Any:
     import torch
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
@@ -71,7 +72,7 @@ def _shard_fsdp2(model, spec):
     return model
 
 
-def run(spec) -> list[float]:
+def run(spec: dict[str, Any]) -> list[float]:
     """`steps` AdamW steps of the sharded tiny model; the mean loss of each (rank 0's view)."""
     import torch
     import torch.distributed as dist

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Optional
 
 import yaml
 from pydantic import BaseModel
@@ -17,6 +17,9 @@ from pydantic import BaseModel
 from ..core.findings import CheckResult, Finding
 from ..core.errors import PlanError
 from ..plan.strategy import Strategy
+
+if TYPE_CHECKING:
+    from ..plan.schema import Plan
 
 _FSDP_KEYS = {
     "fsdp_version": (1, 2), "fsdp_sharding_strategy": ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD",
@@ -75,9 +78,9 @@ def _key_findings(cfg: dict[str, Any], fsdp: dict[str, Any]) -> Iterator[Finding
             close = difflib.get_close_matches(key, sorted(_FSDP_KEYS), n=1)
             yield Finding(severity="error", key=f"fsdp_config.{key}",
                           message="unknown key" + (f"; did you mean '{close[0]}'?" if close else ""))
-        elif _FSDP_KEYS[key] is not None and value not in _FSDP_KEYS[key]:
+        elif (allowed := _FSDP_KEYS[key]) is not None and value not in allowed:
             yield Finding(severity="error", key=f"fsdp_config.{key}",
-                          message=f"must be one of {', '.join(map(str, _FSDP_KEYS[key]))} (got {value!r})")
+                          message=f"must be one of {', '.join(map(str, allowed))} (got {value!r})")
 
 
 def _combination_findings(cfg: dict[str, Any], fsdp: dict[str, Any]) -> Iterator[Finding]:
@@ -97,7 +100,7 @@ def _combination_findings(cfg: dict[str, Any], fsdp: dict[str, Any]) -> Iterator
                       message="FULL_STATE_DICT gathers the whole model, then the optimizer state, on rank 0's host RAM at save")
 
 
-def strategy_from_accelerate(cfg: dict[str, Any], plan) -> Strategy:
+def strategy_from_accelerate(cfg: dict[str, Any], plan: Plan) -> Strategy:
     """The FSDP Strategy an accelerate config describes (method and micro-batch from the plan)."""
     fsdp = normalised_fsdp(cfg)
     version = int(fsdp.get("fsdp_version", 1))

@@ -8,16 +8,20 @@ fsdp_reshard_after_forward) and axolotl's `fsdp` / `fsdp_config` keys.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from ..plan.schema import Plan
+    from ..plan.strategy import Strategy
 
 # memfit precision -> accelerate's mixed_precision. pure_bf16 loads the model in bf16 with no
 # MixedPrecision policy (states in bf16); bf16/fp16 keep fp32 shards and compute in 16 bits.
 _MIXED = {"bf16": "bf16", "fp16": "fp16", "pure_bf16": "no", "fp32": "no"}
 
 
-def _fsdp_block(strategy) -> dict[str, Any]:
+def _fsdp_block(strategy: Strategy) -> dict[str, Any]:
     sharding = strategy.effective_fsdp_sharding
     block: dict[str, Any] = {"fsdp_version": strategy.fsdp_version,
                              # Wraps each decoder layer: accelerate reads the class from the model's
@@ -37,7 +41,7 @@ def _fsdp_block(strategy) -> dict[str, Any]:
     return block
 
 
-def accelerate_config(strategy, plan) -> dict[str, Any]:
+def accelerate_config(strategy: Strategy, plan: Plan) -> dict[str, Any]:
     """The accelerate config file (`accelerate launch --config_file`) of an FSDP strategy.
 
     Args:
@@ -61,15 +65,16 @@ def accelerate_config(strategy, plan) -> dict[str, Any]:
     return cfg
 
 
-def accelerate_yaml(strategy, plan) -> str:
+def accelerate_yaml(strategy: Strategy, plan: Plan) -> str:
     """accelerate_config as the YAML text memfit writes (fsdp_config.yaml), with a header comment."""
     head = (f"# accelerate FSDP config written by memfit for {strategy.key}.\n"
             "# Run: accelerate launch --config_file fsdp_config.yaml train.py"
             + (" (set machine_rank and main_process_ip on each node)" if plan.hardware.nodes > 1 else "") + "\n")
-    return head + yaml.safe_dump(accelerate_config(strategy, plan), sort_keys=False)
+    body: str = yaml.safe_dump(accelerate_config(strategy, plan), sort_keys=False)
+    return head + body
 
 
-def torchtune_overrides(strategy, plan) -> list[str]:
+def torchtune_overrides(strategy: Strategy, plan: Plan) -> list[str]:
     """`tune run` key=value overrides for a torchtune distributed recipe (FSDP2 only).
 
     Returns:
@@ -84,7 +89,7 @@ def torchtune_overrides(strategy, plan) -> list[str]:
             f"batch_size={strategy.micro_batch_size}", f"dtype={dtype}"]
 
 
-def framework_keys(strategy, plan) -> dict[str, dict[str, Any]]:
+def framework_keys(strategy: Strategy, plan: Plan) -> dict[str, dict[str, Any]]:
     """FSDP keys for LLaMA-Factory (its YAML runs under `accelerate launch --config_file`) and axolotl.
 
     Args:

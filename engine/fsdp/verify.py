@@ -17,9 +17,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from ..plan.schema import Plan
+    from ..plan.strategy import Strategy
 
 _RESULT_PREFIX = "MEMFIT_RESULT "
 _SEQ_LEN = 16
@@ -39,7 +43,7 @@ class FsdpVerifyResult(BaseModel):
     ranks: int = 1
 
 
-def skip_reason(strategy, plan) -> str | None:
+def skip_reason(strategy: Strategy, plan: Plan) -> str | None:
     """Why a strategy cannot run on this CPU machine, or None."""
     if plan.training.precision == "fp16":
         return "fp16 needs a GPU (no gloo CPU path for fp16 gradient scaling)"
@@ -53,15 +57,23 @@ def skip_reason(strategy, plan) -> str | None:
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
-def _launch(spec: dict[str, Any], ranks: int, timeout_s: float) -> tuple[list, str | None]:
+def _read_back(fh: IO[str]) -> str:
+    """Everything written to a rank's temporary log file so far."""
+    fh.seek(0)
+    return fh.read()
+
+
+def _launch(spec: dict[str, Any], ranks: int, timeout_s: float) -> tuple[list[float], str | None]:
     """Start every rank before waiting on any (they meet in init_process_group); each writes to its own
     temporary files, so a chatty rank cannot block on a full pipe while the others wait for it."""
     port, text = str(_free_port()), json.dumps(spec)
     with tempfile.TemporaryDirectory(prefix="memfit-fsdp-") as tmp:
-        procs, logs = [], []
+        procs: list[subprocess.Popen[str]] = []
+        logs: list[tuple[IO[str], IO[str]]] = []
         for rank in range(ranks):
             env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank), WORLD_SIZE=str(ranks),
                        LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(ranks), HF_HUB_OFFLINE="1",
@@ -71,6 +83,7 @@ def _launch(spec: dict[str, Any], ranks: int, timeout_s: float) -> tuple[list, s
             procs.append(subprocess.Popen([sys.executable, "-m", "memfit.engine.fsdp._worker"], stdin=subprocess.PIPE,
                                           stdout=out, stderr=err, text=True, env=env))
         for p in procs:
+            assert p.stdin is not None  # stdin=PIPE above
             p.stdin.write(text)
             p.stdin.close()
         deadline = time.monotonic() + timeout_s
@@ -82,19 +95,19 @@ def _launch(spec: dict[str, Any], ranks: int, timeout_s: float) -> tuple[list, s
                 p.kill()
                 p.wait()
             return [], f"timed out after {timeout_s:.0f} s"
-        texts = [(o.seek(0) or o.read(), e.seek(0) or e.read()) for o, e in logs]
+        texts = [(_read_back(o), _read_back(e)) for o, e in logs]
         for o, e in logs:
             o.close()
             e.close()
     failed = [(p.returncode, err) for p, (_, err) in zip(procs, texts) if p.returncode != 0]
     if failed:
-        code, err = failed[0]
-        return [], f"exit code {code}\n" + "\n".join(err.strip().splitlines()[-12:])
+        code, stderr_text = failed[0]
+        return [], f"exit code {code}\n" + "\n".join(stderr_text.strip().splitlines()[-12:])
     lines = [ln for ln in texts[0][0].splitlines() if ln.startswith(_RESULT_PREFIX)]
     return (json.loads(lines[-1][len(_RESULT_PREFIX):])["losses"] if lines else []), None
 
 
-def verify_fsdp(plan, strategies: Sequence, tiny_model_config: Mapping[str, Any], ranks: Sequence[int] = (1, 2),
+def verify_fsdp(plan: Plan, strategies: Sequence[Strategy], tiny_model_config: Mapping[str, Any], ranks: Sequence[int] = (1, 2),
                 steps: int = 2, timeout_s: float = 300.0) -> list[FsdpVerifyResult]:
     """Run each FSDP strategy for `steps` optimizer steps on a tiny model, once per rank count.
 

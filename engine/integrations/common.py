@@ -183,7 +183,8 @@ def supports_bf16(hardware: dict[str, Any]) -> bool:
 
 def zero_of(cfg: dict[str, Any]) -> dict[str, Any]:
     """ZeRO stage and offload devices of a DeepSpeed config mapping."""
-    zero = cfg.get("zero_optimization") if isinstance(cfg.get("zero_optimization"), dict) else {}
+    raw_zero = cfg.get("zero_optimization")
+    zero: dict[str, Any] = raw_zero if isinstance(raw_zero, dict) else {}
     stage = zero.get("stage", 0)
 
     def device(name: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import Optional
+from typing import Any, Optional
 
 # Seconds between samples: RSS and NVML reads cost ~0.1 ms each; peaks shorter than this can be missed
 # (torch.cuda's own peaks are exact, they are kept by the allocator).
@@ -74,9 +74,10 @@ class PeakSampler:
             return None
         return total
 
-    def _nvml_reading(self) -> Optional[int]:
+    @staticmethod
+    def _nvml_reading(nvml: tuple[Any, Any]) -> int:
         """This process's GPU memory where NVML lists it, else the device's used memory."""
-        pynvml, handle = self._nvml
+        pynvml, handle = nvml
         try:
             for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
                 if proc.pid == os.getpid() and proc.usedGpuMemory:
@@ -92,7 +93,7 @@ class PeakSampler:
             self.host_rss = max(self.host_rss or 0, rss)
         if self._nvml is not None:
             try:
-                used = self._nvml_reading()
+                used = self._nvml_reading(self._nvml)
             except Exception as exc:
                 self.notes.append(f"NVML reading failed: {exc}")
                 self._nvml = None

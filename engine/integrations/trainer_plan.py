@@ -76,7 +76,7 @@ def _deepspeed(args, notes: list[str]) -> dict:
         return _fsdp(args, notes)
     zero = cfg.get("zero_optimization") or {}
     stage = zero.get("stage", 0)
-    out = {"zero_stage": int(stage) if str(stage).isdigit() else 0}
+    out: dict[str, Any] = {"zero_stage": int(stage) if str(stage).isdigit() else 0}
     for key in ("offload_optimizer", "offload_param"):
         device = (zero.get(key) or {}).get("device", "none")
         out[key] = device if device in ("cpu", "nvme") else "none"

@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 import warnings
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from transformers import TrainerCallback
 
@@ -74,7 +74,9 @@ class MemfitCallback(TrainerCallback):
         self.result: Optional[Preflight] = None   # the preflight verdict, once the run started
         self.record_id: Optional[int] = None      # the record's id in the store, once written
         self._sampler: Optional[PeakSampler] = None
-        self._case, self._steps, self._step_start, self._prev_hook = "", [], 0.0, None
+        self._case, self._step_start = "", 0.0
+        self._steps: list[float] = []
+        self._prev_hook: Optional[Callable[..., Any]] = None
         self._main = True
 
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs: Any):
@@ -137,6 +139,8 @@ class MemfitCallback(TrainerCallback):
         """Write (or replace) this run's record; None when the store refused it (logged, never raised)."""
         steps = list(self._steps)  # the sampling thread checkpoints while the trainer appends
         step = statistics.median(steps[1:] or steps) if steps else None  # the first step warms up
+        if self.result is None:  # callers write only after the preflight ran
+            return None
         try:
             self.record_id, rec = record_run(self.result, sampler.peaks(), status=status, error=error,
                                              case=self._case, device=sampler.device(), step_seconds=step,

@@ -42,7 +42,7 @@ class Chosen:
 
 def choose(advice, refusal: Callable[[Strategy], str | None]) -> Chosen:
     """The best feasible candidate that `refusal` lets through."""
-    skipped = []
+    skipped: list[str] = []
     for c in advice.candidates:
         if not c.feasible:
             continue

@@ -161,7 +161,7 @@ def read_cpu_cores(psutil_module: Any = None) -> Optional[int]:
             psutil_module = None
     physical = psutil_module.cpu_count(logical=False) if psutil_module is not None else None
     if physical:
-        return physical
+        return int(physical)
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count()

@@ -9,6 +9,10 @@ a = heads, kv = KV heads, I = intermediate, V = vocab, r = LoRA rank.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from ..model.spec import ModelSpec
 
 # Input width of each linear layer of a Llama-style decoder layer, as a function of (h, a*head_dim, I).
 _LINEAR_IN = {"q_proj": "h", "k_proj": "h", "v_proj": "h", "o_proj": "attn", "gate_proj": "h",
@@ -29,7 +33,7 @@ class ActivationBytes:
         return self.stored_bytes + max(self.working_bytes, self.logits_loss_bytes)
 
 
-def _lora_widths(facts, lora_targets) -> list[int]:
+def _lora_widths(facts: ModelSpec, lora_targets: str | Sequence[str]) -> list[int]:
     """Input widths of the adapted linear layers of one decoder layer."""
     h, inter = facts.hidden_size, _mlp_width(facts)
     attn = facts.num_attention_heads * (getattr(facts, "head_dim", None) or h // facts.num_attention_heads)
@@ -38,15 +42,15 @@ def _lora_widths(facts, lora_targets) -> list[int]:
     return [width[_LINEAR_IN[n]] for n in names if n in _LINEAR_IN]
 
 
-def _mlp_width(facts) -> int:
+def _mlp_width(facts: ModelSpec) -> int:
     # MoE: each token's activations go through experts_per_token experts' MLPs (not probe-checked).
     if getattr(facts, "num_experts", 0):
         return facts.intermediate_size * max(1, getattr(facts, "experts_per_token", 1) or 1)
     return facts.intermediate_size
 
 
-def layer_bytes(facts, seq_len: int, micro_batch: int, attention: str, dtype_bytes: float = 2.0, *,
-                method: str = "full", lora_rank: int = 16, lora_targets="all-linear",
+def layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str, dtype_bytes: float = 2.0, *,
+                method: str = "full", lora_rank: int = 16, lora_targets: str | Sequence[str] = "all-linear",
                 lora_dropout: float = 0.0) -> float:
     """Bytes one decoder layer stores for backward without checkpointing.
 
@@ -88,7 +92,7 @@ def layer_bytes(facts, seq_len: int, micro_batch: int, attention: str, dtype_byt
     return total
 
 
-def _backward_transient(facts, s: int, b: int, attention: str, method: str) -> float:
+def _backward_transient(facts: ModelSpec, s: int, b: int, attention: str, method: str) -> float:
     """Fitted to the probe: tensors a layer's backward allocates on top of what it stored.
 
     The largest of: gradients through the MLP (3h + 4I per token), the fp32 gradients through the
@@ -103,9 +107,9 @@ def _backward_transient(facts, s: int, b: int, attention: str, method: str) -> f
     return s * b * max(terms)
 
 
-def stored_layer_bytes(facts, seq_len: int, micro_batch: int, attention: str, method: str,
+def stored_layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str, method: str,
                        gradient_checkpointing: bool, precision: str, *, lora_rank: int = 16,
-                       lora_targets="all-linear", lora_dropout: float = 0.0) -> float:
+                       lora_targets: str | Sequence[str] = "all-linear", lora_dropout: float = 0.0) -> float:
     """Bytes one decoder layer keeps for backward at the end of forward (a probe's per-layer term).
 
     Args: as activation_bytes.
@@ -121,9 +125,9 @@ def stored_layer_bytes(facts, seq_len: int, micro_batch: int, attention: str, me
                        lora_targets=lora_targets, lora_dropout=lora_dropout)
 
 
-def activation_bytes(facts, seq_len: int, micro_batch: int, attention: str, method: str,
+def activation_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str, method: str,
                      gradient_checkpointing: bool, precision: str, *, lora_rank: int = 16,
-                     lora_targets="all-linear", lora_dropout: float = 0.0) -> ActivationBytes:
+                     lora_targets: str | Sequence[str] = "all-linear", lora_dropout: float = 0.0) -> ActivationBytes:
     """Activation memory per GPU for one micro-batch (activations are never sharded by ZeRO).
 
     Args:
@@ -139,8 +143,8 @@ def activation_bytes(facts, seq_len: int, micro_batch: int, attention: str, meth
     """
     s, b, h = seq_len, micro_batch, facts.hidden_size
     dtype_bytes = 4.0 if precision == "fp32" else 2.0
-    lora = dict(method=method, lora_rank=lora_rank, lora_targets=lora_targets, lora_dropout=lora_dropout)
-    one_layer = layer_bytes(facts, s, b, attention, dtype_bytes, **lora)
+    one_layer = layer_bytes(facts, s, b, attention, dtype_bytes, method=method, lora_rank=lora_rank,
+                            lora_targets=lora_targets, lora_dropout=lora_dropout)
     transient = _backward_transient(facts, s, b, attention, method)
     # Final RMSNorm: fp32 copy (4h), plus the bf16 normalised tensor and output (4h) when it trains.
     final_norm = s * b * (4 if method in ("lora", "qlora") else 8) * h * dtype_bytes / 2.0
@@ -157,7 +161,7 @@ def activation_bytes(facts, seq_len: int, micro_batch: int, attention: str, meth
     return ActivationBytes(stored, working, logits_loss_bytes(facts, s, b, precision))
 
 
-def logits_loss_bytes(facts, seq_len: int, micro_batch: int, precision: str) -> float:
+def logits_loss_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, precision: str) -> float:
     """Logits and loss at the start of backward: 12*s*b*V bytes, whatever the precision.
 
     transformers upcasts the logits to fp32 for cross-entropy; log-softmax keeps its fp32 output

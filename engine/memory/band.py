@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from importlib import resources
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..plan.strategy import Strategy
 
@@ -24,10 +24,11 @@ class Band(NamedTuple):
 
 
 @lru_cache(maxsize=1)
-def band_table() -> dict:
+def band_table() -> dict[str, Any]:
     """band.json, read once from the installed package."""
     text = resources.files("memfit.engine.memory").joinpath("band.json").read_text(encoding="utf-8")
-    return json.loads(text)
+    table: dict[str, Any] = json.loads(text)
+    return table
 
 
 def strategy_family(s: Strategy) -> str:

@@ -13,6 +13,7 @@ Composition (docs/explanation/memory-model.md has every term with its source):
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 from .activations import activation_bytes
 from .fsdp import fsdp_terms
@@ -21,6 +22,11 @@ from .zero import zero_terms
 from ..core.units import GIB
 from ..core.ds_defaults import (OPT_NVME_BUFFERS, PARAM_NVME_BUFFER_SIZE, PARAM_NVME_BUFFERS, SUB_GROUP_SIZE,
                                accumulation_steps)
+
+if TYPE_CHECKING:
+    from ..model.spec import ModelSpec
+    from ..plan.schema import Plan
+    from ..plan.strategy import Strategy
 
 # CUDA context + cuBLAS/cuDNN workspaces per GPU process, outside PyTorch's allocator: 0.3-2 GiB
 # measured across cards (sources.md §3; 1.3 GB on a V100 in the transformers docs). Point estimate.
@@ -99,7 +105,7 @@ class MemoryEstimate:
     host: HostBreakdown
 
 
-def estimate_memory(plan, facts, strategy) -> MemoryEstimate:
+def estimate_memory(plan: Plan, facts: ModelSpec, strategy: Strategy) -> MemoryEstimate:
     """Estimate peak GPU memory per device and host RAM per node for one strategy.
 
     Args:
@@ -132,13 +138,13 @@ def estimate_memory(plan, facts, strategy) -> MemoryEstimate:
     )
 
 
-def _shards(strategy, world: int) -> tuple[int, int, int]:
+def _shards(strategy: Strategy, world: int) -> tuple[int, int, int]:
     """Divisors for weights, gradients and optimizer states under the ZeRO stage."""
     z = strategy.zero_stage
     return (world if z >= 3 else 1), (world if z >= 2 else 1), (world if z >= 1 else 1)
 
 
-def _gpu_peak(plan, facts, strategy) -> tuple[GpuBreakdown, str, int]:
+def _gpu_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[GpuBreakdown, str, int]:
     t, world = plan.training, plan.hardware.world_size
     sb = state_bytes(t.precision, t.optimizer, facts.hidden_size)
     n_train = trainable_params(facts, strategy.method, t.lora.rank, t.lora.target_modules)
@@ -192,7 +198,7 @@ def _gpu_peak(plan, facts, strategy) -> tuple[GpuBreakdown, str, int]:
     return GpuBreakdown(**values, cuda_context_gib=context / GIB, nccl_gib=nccl / GIB), phase, accum
 
 
-def _host_peak(plan, facts, strategy) -> tuple[HostBreakdown, str, float]:
+def _host_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[HostBreakdown, str, float]:
     t, hw = plan.training, plan.hardware
     ranks = hw.gpus_per_node
     node_share = ranks / hw.world_size  # this node's share of ZeRO-partitioned states
@@ -246,7 +252,7 @@ def _host_peak(plan, facts, strategy) -> tuple[HostBreakdown, str, float]:
     return host, phase, (opt_nvme + params_nvme) / GIB
 
 
-def _fsdp_peaks(plan, facts, strategy) -> tuple[GpuBreakdown, str, int, HostBreakdown, str, float]:
+def _fsdp_peaks(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[GpuBreakdown, str, int, HostBreakdown, str, float]:
     """FSDP's terms (bytes) as breakdowns in GiB, plus the per-process terms shared with DeepSpeed."""
     terms = fsdp_terms(plan, facts, strategy, ALLOCATOR_SLACK)
     gpu = GpuBreakdown(**{k: v / GIB for k, v in terms.gpu.items()}, cuda_context_gib=CUDA_CONTEXT_GIB,

@@ -15,10 +15,16 @@ Three moments compete for the GPU peak:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .activations import activation_bytes
 from .states import QLORA_BYTES_PER_PARAM, state_bytes, trainable_params
 from ..core.ds_defaults import accumulation_steps
+
+if TYPE_CHECKING:
+    from ..model.spec import ModelSpec
+    from ..plan.schema import Plan
+    from ..plan.strategy import Strategy
 
 
 @dataclass(frozen=True)
@@ -32,7 +38,7 @@ class FsdpTerms:
     accumulation_steps: int
 
 
-def shard_group(strategy, gpus_per_node: int, world: int) -> int:
+def shard_group(strategy: Strategy, gpus_per_node: int, world: int) -> int:
     """GPUs one copy of the states is sharded over: all of them, one node's (HYBRID_SHARD), or none."""
     return {"FULL_SHARD": world, "SHARD_GRAD_OP": world, "HYBRID_SHARD": gpus_per_node, "NO_SHARD": 1}[
         strategy.effective_fsdp_sharding]
@@ -56,7 +62,7 @@ def _dtypes(precision: str, optimizer: str, hidden: int, fused: bool) -> dict[st
     }
 
 
-def _frozen_bytes(facts, method: str, precision: str) -> float:
+def _frozen_bytes(facts: ModelSpec, method: str, precision: str) -> float:
     """Frozen base weights that FSDP shards. QLoRA under FSDP stores the packed 4-bit weights in a
     bf16 carrier (bnb_4bit_quant_storage) and every other weight in bf16 too: a FlatParameter must
     have one dtype (_flat_param.py _validate_tensors_to_flatten), so peft's fp32 upcast of the norms
@@ -70,13 +76,13 @@ def _frozen_bytes(facts, method: str, precision: str) -> float:
     return quantized * 0.5 + (facts.total_params - quantized) * 2.0
 
 
-def quant_state_bytes(facts, method: str) -> float:
+def quant_state_bytes(facts: ModelSpec, method: str) -> float:
     """bitsandbytes' quantisation constants (absmax, nested absmax) of every 4-bit weight: attributes
     of Params4bit.quant_state, not parameters, so FSDP neither shards nor offloads them."""
     return facts.quantizable_params() * (QLORA_BYTES_PER_PARAM - 0.5) if method == "qlora" else 0.0
 
 
-def unit_params(facts) -> tuple[float, float]:
+def unit_params(facts: ModelSpec) -> tuple[float, float]:
     """(parameters of one decoder layer, parameters of the root unit: embeddings, lm_head, final norm)."""
     head = 0 if facts.tie_word_embeddings else facts.lm_head_params
     root = facts.embedding_params + head + facts.hidden_size  # + the final norm's weight
@@ -84,7 +90,7 @@ def unit_params(facts) -> tuple[float, float]:
     return layer, facts.total_params - layer * facts.num_layers
 
 
-def _in_flight(strategy, unit_bytes: float, root_bytes: float, model_bytes: float) -> float:
+def _in_flight(strategy: Strategy, unit_bytes: float, root_bytes: float, model_bytes: float) -> float:
     """Unsharded parameters on the GPU at the start of backward."""
     if strategy.effective_fsdp_sharding == "NO_SHARD":
         return 0.0  # the parameters are the full copy already counted in the shard
@@ -98,7 +104,7 @@ def _in_flight(strategy, unit_bytes: float, root_bytes: float, model_bytes: floa
     return root_bytes + layers
 
 
-def fsdp_terms(plan, facts, strategy, slack: float, fused_optimizer: bool = False) -> FsdpTerms:
+def fsdp_terms(plan: Plan, facts: ModelSpec, strategy: Strategy, slack: float, fused_optimizer: bool = False) -> FsdpTerms:
     """Named memory terms of one FSDP strategy (bytes; the caller adds CUDA context, NCCL, process RSS).
 
     Args:
@@ -161,7 +167,8 @@ def pinned_bytes(nbytes: float) -> float:
     return float(1 << (max(int(nbytes), 1) - 1).bit_length())
 
 
-def _host(plan, facts, strategy, shards, n, layer_p, d, model_compute, n_train) -> tuple[dict, str]:
+def _host(plan: Plan, facts: ModelSpec, strategy: Strategy, shards: dict[str, float], n: int, layer_p: float,
+          d: dict[str, float], model_compute: float, n_train: int) -> tuple[dict[str, float], str]:
     t, hw = plan.training, plan.hardware
     ranks = hw.gpus_per_node
     per_node = ranks  # each rank of this node holds its own shard (HYBRID: a whole copy per node)
@@ -203,5 +210,5 @@ def _host(plan, facts, strategy, shards, n, layer_p, d, model_compute, n_train) 
     return host, phase
 
 
-def _load_frozen(plan, facts, strategy) -> float:
+def _load_frozen(plan: Plan, facts: ModelSpec, strategy: Strategy) -> float:
     return _frozen_bytes(facts, strategy.method, plan.training.precision)

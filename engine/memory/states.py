@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING, Sequence
 
 from ..core.units import BYTES_PER_DTYPE
+
+if TYPE_CHECKING:
+    from ..model.spec import ModelSpec
 
 # bitsandbytes NF4 with double quantisation: 4 bits per weight, an 8-bit absmax per 64-weight block
 # and an fp32 constant per 256 blocks: 4 + 8/64 + 32/(64*256) = 4.127 bits (QLoRA paper, sec. 2).
@@ -73,7 +77,7 @@ def state_bytes(precision: str, optimizer: str, hidden_size: int) -> StateBytes:
     )
 
 
-def frozen_weight_bytes(facts, method: str, precision: str) -> float:
+def frozen_weight_bytes(facts: ModelSpec, method: str, precision: str) -> float:
     """Bytes of the frozen base model under LoRA/QLoRA (0 for full fine-tuning)."""
     if method == "full":
         return 0.0
@@ -86,7 +90,7 @@ def frozen_weight_bytes(facts, method: str, precision: str) -> float:
     return quantized * QLORA_BYTES_PER_PARAM + (facts.total_params - quantized) * BYTES_PER_DTYPE["fp32"]
 
 
-def trainable_params(facts, method: str, lora_rank: int, lora_targets) -> int:
+def trainable_params(facts: ModelSpec, method: str, lora_rank: int, lora_targets: str | Sequence[str]) -> int:
     """Parameters that receive gradients: the whole model, or the LoRA adapters."""
     if method == "full":
         return facts.total_params
@@ -95,5 +99,5 @@ def trainable_params(facts, method: str, lora_rank: int, lora_targets) -> int:
 
 
 @lru_cache(maxsize=256)  # ModelSpec is frozen and hashable; a sweep asks the same question hundreds of times
-def _lora_params(facts, rank: int, targets) -> int:
+def _lora_params(facts: ModelSpec, rank: int, targets: str | tuple[str, ...]) -> int:
     return facts.lora_trainable_params(rank, targets if isinstance(targets, str) else list(targets))

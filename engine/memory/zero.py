@@ -8,8 +8,13 @@ come from the knobs of the config (core.ds_defaults.zero_knobs: the ones memfit 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..core.ds_defaults import zero_knobs
+
+if TYPE_CHECKING:
+    from ..model.spec import ModelSpec
+    from ..plan.strategy import Strategy
 
 # DeepSpeed communicates gradients in the 16-bit model dtype unless `communication_data_type` or
 # `data_types.grad_accum_dtype` says otherwise (engine.py: get_data_types; memfit writes neither).
@@ -35,14 +40,15 @@ class ZeroTerms:
         return self.gathered_params + self.gathered_grad + self.reduce_buckets + self.offload_staging_gpu
 
 
-def knobs_for(strategy, hidden_size: int | None) -> dict:
+def knobs_for(strategy: Strategy, hidden_size: int | None) -> dict[str, Any]:
     """The strategy's knobs, each unset one filled with the value memfit writes."""
     base = zero_knobs(hidden_size)
-    given = strategy.zero_knobs.model_dump() if getattr(strategy, "zero_knobs", None) else {}
+    knobs = getattr(strategy, "zero_knobs", None)
+    given = knobs.model_dump() if knobs else {}
     return {k: (given[k] if given.get(k) is not None else v) for k, v in base.items()}
 
 
-def zero_terms(facts, strategy, world: int, n_train: int, weights_bytes: float, w16: float,
+def zero_terms(facts: ModelSpec, strategy: Strategy, world: int, n_train: int, weights_bytes: float, w16: float,
                mixed: bool = True) -> ZeroTerms:
     """DeepSpeed's ZeRO buffers for one strategy.
 
@@ -68,7 +74,8 @@ def zero_terms(facts, strategy, world: int, n_train: int, weights_bytes: float, 
     return _stage12(facts, strategy, k, part, w16, opt_off, mixed)
 
 
-def _stage12(facts, strategy, k, part, w16, opt_off, mixed) -> ZeroTerms:
+def _stage12(facts: ModelSpec, strategy: Strategy, k: dict[str, Any], part: float, w16: float, opt_off: bool,
+             mixed: bool) -> ZeroTerms:
     # stage_1_and_2.py setup_buckets: one reduce_bucket_size buffer, a second one under overlap_comm
     # ("double buffers to avoid data access conflict"); only with contiguous_gradients. The allgather
     # after the step runs in place on the flat 16-bit buffer (runtime/utils.py all_gather_dp_groups ->
@@ -93,7 +100,8 @@ def _stage12(facts, strategy, k, part, w16, opt_off, mixed) -> ZeroTerms:
     return ZeroTerms(0.0, 0.0, buckets, staging, grad_partition, fp32, False, 0.0, staging)
 
 
-def _stage3(facts, strategy, k, part, weights_bytes, w16, opt_off, mixed) -> ZeroTerms:
+def _stage3(facts: ModelSpec, strategy: Strategy, k: dict[str, Any], part: float, weights_bytes: float, w16: float,
+            opt_off: bool, mixed: bool) -> ZeroTerms:
     # partitioned_param_coordinator.py: a gathered parameter is released after its module runs unless
     # it is used again within `max_reuse_distance` parameters of the recorded trace
     # (__params_to_release), so those kept for reuse total at most max_reuse_distance; add the module

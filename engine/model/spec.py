@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from . import arch
 from ..core.errors import ModelSpecError, ModelNotFoundError, about
 from ..core.inputs import CONFIG_MAX_BYTES, load_json, read_text
+
+if TYPE_CHECKING:
+    from ..plan.schema import Plan
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,8 @@ class ModelSpec:
 @lru_cache(maxsize=1)
 def _catalogue() -> dict[str, Any]:
     text = resources.files("memfit.engine.model.catalogue").joinpath("models.json").read_text(encoding="utf-8")
-    return json.loads(text)
+    catalogue: dict[str, Any] = json.loads(text)
+    return catalogue
 
 
 def catalogue_ids() -> list[str]:
@@ -287,7 +291,7 @@ def meta_device_count(config: Mapping[str, Any], lora_rank: int | None = None,
     return out
 
 
-def plan_model(plan) -> ModelSpec:
+def plan_model(plan: Plan) -> ModelSpec:
     """`resolve_model` for a plan's `model:` key; each problem starts "PLAN_FILE: model: ".
 
     Raises:

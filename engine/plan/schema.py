@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from ..core.errors import PlanError
 from ..machine.gpus import find_gpu, GPUS
@@ -222,7 +223,7 @@ class Plan(_Strict):
 
     @field_validator("model")
     @classmethod
-    def _inline_needs_type(cls, v: str | dict) -> str | dict:
+    def _inline_needs_type(cls, v: str | dict[str, Any]) -> str | dict[str, Any]:
         if isinstance(v, str) and not 0 < len(v) <= MAX_PATH_CHARS:
             raise ValueError(f"a model id or path has 1 to {MAX_PATH_CHARS} characters (got {len(v):,})")
         if isinstance(v, dict) and "model_type" not in v:
@@ -230,7 +231,7 @@ class Plan(_Strict):
         return v
 
 
-def _key_path(loc: tuple) -> str:
+def _key_path(loc: tuple[int | str, ...]) -> str:
     # pydantic puts union branch names into loc (e.g. 'int', "literal['auto']"): drop them.
     parts = [f"[{p}]" if isinstance(p, int) else escape_key(p) for p in loc
              if not (isinstance(p, str) and ("[" in p or p in _BRANCHES))]
@@ -240,7 +241,7 @@ def _key_path(loc: tuple) -> str:
 _BRANCHES = ("int", "float", "str", "bool", "function-after", "list", "dict", "function-plain")
 
 
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+def _fields_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
         ann = getattr(field, "annotation", None)
@@ -250,7 +251,7 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def _describe(err: dict, source: str, hint: bool = True) -> str:
+def _describe(err: ErrorDetails, source: str, hint: bool = True) -> str:
     loc = err["loc"]
     path = _key_path(loc)
     if err["type"] == "extra_forbidden":
@@ -261,7 +262,7 @@ def _describe(err: dict, source: str, hint: bool = True) -> str:
     return f"{source}: {path}: {msg}{got}"
 
 
-def _problems(errors: list[dict], source: str) -> list[str]:
+def _problems(errors: Sequence[ErrorDetails], source: str) -> list[str]:
     """One line per problem; did-you-mean only for the first MAX_UNKNOWN_KEY_HINTS unknown keys, and
     past that many unknown keys one line counts the rest (100k unknown keys took 124 s before)."""
     problems: dict[str, None] = {}
@@ -298,7 +299,7 @@ def plan_from_dict(data: Any, source: str = "<plan>", base_dir: str | Path = "."
     return plan
 
 
-def _detected_hardware(source: str) -> dict:
+def _detected_hardware(source: str) -> dict[str, Any]:
     """`hardware: detect`: this machine's GPUs, RAM and cores (NVML, torch.cuda, psutil)."""
     from ..machine.detect import detect_hardware
 

@@ -59,7 +59,7 @@ def _shape_ok(rules: Any) -> bool:
     return True
 
 
-def read_entry(key: str) -> list[dict] | None:
+def read_entry(key: str) -> list[dict[str, Any]] | None:
     """The rules (as plain dicts) of a verified entry for this key, or None."""
     path = cache_dir() / f"rules-{key[:32]}.json"
     try:
@@ -76,7 +76,7 @@ def read_entry(key: str) -> list[dict] | None:
     return rules
 
 
-def write_entry(key: str, rules: list[dict]) -> None:
+def write_entry(key: str, rules: list[dict[str, Any]]) -> None:
     """Best effort: a read-only or full cache directory only costs the re-check next time."""
     d = cache_dir()
     tmp = None

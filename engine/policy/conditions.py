@@ -20,6 +20,7 @@ import operator
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
+import typing  # not `from typing import Any`: Any below is the any-of condition
 from typing import Iterator
 
 ORDERING_OPS = ("lt", "le", "gt", "ge")
@@ -32,17 +33,17 @@ _DURABLE = {"ne": "$neq", "lt": "$lt", "le": "$lte", "gt": "$gt", "ge": "$gte"}
 _COMPLEMENT = {"eq": "ne", "ne": "eq", "lt": "ge", "ge": "lt", "le": "gt", "gt": "le"}
 
 
-class Condition(Mapping):
+class Condition(Mapping[str, typing.Any]):
     """A parsed condition. Subclasses implement holds, durable, negated_durable, children, as_dict."""
 
     def holds(self, facts: Mapping[str, object]) -> bool:
         raise NotImplementedError
 
-    def durable(self) -> dict:
+    def durable(self) -> dict[str, typing.Any]:
         """This condition in durable-rules' expression grammar."""
         raise NotImplementedError
 
-    def negated_durable(self) -> dict:
+    def negated_durable(self) -> dict[str, typing.Any]:
         """The negation of this condition in durable-rules' grammar (which has no expression-level
         `not`: its `$not` is the absence of a matching fact), pushed down to the leaves."""
         raise NotImplementedError
@@ -50,7 +51,7 @@ class Condition(Mapping):
     def children(self) -> tuple["Condition", ...]:
         return ()
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, typing.Any]:
         """The YAML form, as a rule file writes it."""
         raise NotImplementedError
 
@@ -64,7 +65,7 @@ class Condition(Mapping):
     def __len__(self) -> int:
         return len(self._view())
 
-    def _view(self) -> dict:
+    def _view(self) -> dict[str, typing.Any]:
         return self.as_dict()
 
     def __repr__(self) -> str:
@@ -86,15 +87,15 @@ class FactRef:
 ABSENT_MARK = "memfit_absent_"
 
 
-def _exists(name: str) -> dict:
+def _exists(name: str) -> dict[str, typing.Any]:
     return {"$ex": {name: 1}}
 
 
-def _absent(name: str) -> dict:
+def _absent(name: str) -> dict[str, typing.Any]:
     return {ABSENT_MARK + name: True}
 
 
-def _compare(name: str, op: str, operand: object) -> dict:
+def _compare(name: str, op: str, operand: object) -> dict[str, typing.Any]:
     return {name: operand} if op == "eq" else {_DURABLE[op]: {name: operand}}
 
 
@@ -116,24 +117,24 @@ class Comparison(Condition):
             right = facts[right.name]
         return bool(_PY[self.op](facts[self.fact], right))
 
-    def _durable(self, op: str) -> dict:
+    def _durable(self, op: str) -> dict[str, typing.Any]:
         if isinstance(self.operand, FactRef):
             return _compare(self.fact, op, {"$m": self.operand.name})
         return _compare(self.fact, op, self.operand)
 
-    def durable(self) -> dict:
+    def durable(self) -> dict[str, typing.Any]:
         if isinstance(self.operand, FactRef):
             # durable-rules matches a fact-vs-fact comparison whose right-hand fact is absent
             return {"$and": [_exists(self.operand.name), self._durable(self.op)]}
         return self._durable(self.op)
 
-    def negated_durable(self) -> dict:
+    def negated_durable(self) -> dict[str, typing.Any]:
         missing = [_absent(self.fact)]
         if isinstance(self.operand, FactRef):
             missing.append(_absent(self.operand.name))
         return {"$or": [*missing, self._durable(_COMPLEMENT[self.op])]}
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, typing.Any]:
         value = {"fact": self.operand.name} if isinstance(self.operand, FactRef) else self.operand
         return {"fact": self.fact, self.op: value}
 
@@ -143,26 +144,26 @@ class In(Condition):
     """`{fact: NAME, in: [literals]}`: the fact equals one of the literals."""
 
     fact: str
-    choices: tuple
+    choices: tuple[typing.Any, ...]
 
     op = "in"
 
     def holds(self, facts: Mapping[str, object]) -> bool:
         return self.fact in facts and any(facts[self.fact] == v for v in self.choices)
 
-    def _any_equal(self) -> dict:
+    def _any_equal(self) -> dict[str, typing.Any]:
         return {"$or": [{self.fact: v} for v in self.choices]}
 
-    def _none_equal(self) -> dict:
+    def _none_equal(self) -> dict[str, typing.Any]:
         return {"$and": [{"$neq": {self.fact: v}} for v in self.choices]}
 
-    def durable(self) -> dict:
+    def durable(self) -> dict[str, typing.Any]:
         return self._any_equal()
 
-    def negated_durable(self) -> dict:
+    def negated_durable(self) -> dict[str, typing.Any]:
         return {"$or": [_absent(self.fact), self._none_equal()]}
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, typing.Any]:
         return {"fact": self.fact, self.op: list(self.choices)}
 
 
@@ -175,10 +176,10 @@ class NotIn(In):
     def holds(self, facts: Mapping[str, object]) -> bool:
         return self.fact in facts and not any(facts[self.fact] == v for v in self.choices)
 
-    def durable(self) -> dict:
+    def durable(self) -> dict[str, typing.Any]:
         return self._none_equal()
 
-    def negated_durable(self) -> dict:
+    def negated_durable(self) -> dict[str, typing.Any]:
         return {"$or": [_absent(self.fact), *self._any_equal()["$or"]]}
 
 
@@ -189,19 +190,19 @@ class All(Condition):
     def holds(self, facts: Mapping[str, object]) -> bool:
         return all(p.holds(facts) for p in self.parts)
 
-    def durable(self) -> dict:
+    def durable(self) -> dict[str, typing.Any]:
         return {"$and": [p.durable() for p in self.parts]}
 
-    def negated_durable(self) -> dict:  # De Morgan
+    def negated_durable(self) -> dict[str, typing.Any]:  # De Morgan
         return {"$or": [p.negated_durable() for p in self.parts]}
 
     def children(self) -> tuple[Condition, ...]:
         return self.parts
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, typing.Any]:
         return {"all": [p.as_dict() for p in self.parts]}
 
-    def _view(self) -> dict:
+    def _view(self) -> dict[str, typing.Any]:
         return {"all": list(self.parts)}
 
 
@@ -212,19 +213,19 @@ class Any(Condition):
     def holds(self, facts: Mapping[str, object]) -> bool:
         return any(p.holds(facts) for p in self.parts)
 
-    def durable(self) -> dict:
+    def durable(self) -> dict[str, typing.Any]:
         return {"$or": [p.durable() for p in self.parts]}
 
-    def negated_durable(self) -> dict:  # De Morgan
+    def negated_durable(self) -> dict[str, typing.Any]:  # De Morgan
         return {"$and": [p.negated_durable() for p in self.parts]}
 
     def children(self) -> tuple[Condition, ...]:
         return self.parts
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, typing.Any]:
         return {"any": [p.as_dict() for p in self.parts]}
 
-    def _view(self) -> dict:
+    def _view(self) -> dict[str, typing.Any]:
         return {"any": list(self.parts)}
 
 
@@ -235,19 +236,19 @@ class Not(Condition):
     def holds(self, facts: Mapping[str, object]) -> bool:
         return not self.inner.holds(facts)
 
-    def durable(self) -> dict:
+    def durable(self) -> dict[str, typing.Any]:
         return self.inner.negated_durable()
 
-    def negated_durable(self) -> dict:
+    def negated_durable(self) -> dict[str, typing.Any]:
         return self.inner.durable()
 
     def children(self) -> tuple[Condition, ...]:
         return (self.inner,)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, typing.Any]:
         return {"not": self.inner.as_dict()}
 
-    def _view(self) -> dict:
+    def _view(self) -> dict[str, typing.Any]:
         return {"not": self.inner}
 
 

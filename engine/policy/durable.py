@@ -49,7 +49,7 @@ def durable_available() -> bool:
     return True
 
 
-def to_durable(cond: Condition | Mapping[str, Any]) -> dict:
+def to_durable(cond: Condition | Mapping[str, Any]) -> dict[str, Any]:
     """A memfit condition in durable-rules' JSON grammar."""
     from .parse import from_dict
 
@@ -99,13 +99,17 @@ def _durable_number(v: Any) -> Any:
     return v
 
 
+# Makes a rule's durable-rules action: (rule id, the firing sink) -> the callable durable-rules runs.
+Action = Callable[[str, list[str]], Callable[[Any], None]]
+
+
 class _Compiled:
     """One registered ruleset: its host, the rule order, and the firing sink its actions write to."""
 
-    def __init__(self, key: str, rules: Sequence[Rule], action: Callable[[str, list], Callable]):
+    def __init__(self, key: str, rules: Sequence[Rule], action: Action) -> None:
         from durable import engine
 
-        class _SyncHost(engine.Host):
+        class _SyncHost(engine.Host):  # type: ignore[misc]  # durable-rules ships no type information
             def _run(self) -> None:  # no timer threads: everything stays on the caller's thread
                 pass
 
@@ -140,7 +144,7 @@ def _key(rules: Sequence[Rule]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=repr).encode()).hexdigest()
 
 
-def _acquire(rules: Sequence[Rule], action, shared: bool) -> _Compiled:
+def _acquire(rules: Sequence[Rule], action: Action, shared: bool) -> _Compiled:
     with _LOCK:
         key = _key(rules) if shared else f"private-{next(_ruleset_ids)}"
         compiled = _SHARED.get(key)
@@ -184,8 +188,8 @@ class DurableEvaluator:
         self._release = weakref.finalize(self, _release, self._compiled)
         self._release.atexit = False
 
-    def _action(self, rule_id: str, sink: list) -> Callable:
-        def run(closure) -> None:
+    def _action(self, rule_id: str, sink: list[str]) -> Callable[[Any], None]:
+        def run(closure: Any) -> None:  # durable-rules' closure object, unused
             sink.append(rule_id)
         return run
 

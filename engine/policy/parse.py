@@ -5,6 +5,7 @@ so that rules built in code and the verified cache can reuse the same builder.
 """
 from __future__ import annotations
 
+import typing  # not `from typing import Any`: conditions.Any is the any-of condition
 from collections.abc import Mapping
 from typing import Callable
 
@@ -29,7 +30,11 @@ def depth(raw: object) -> int:
     return deepest
 
 
-def build(raw: Mapping, check: Callable[[dict, str], list[str]] | None = None,
+# A checker of one comparison: (the comparison's raw mapping, its place) -> problems.
+Check = Callable[[dict[str, typing.Any], str], list[str]]
+
+
+def build(raw: Mapping[str, typing.Any], check: Check | None = None,
           where: str = "when") -> tuple[Condition | None, list[str]]:
     """A Condition from a schema-valid raw condition whose depth was bounded (see depth()).
 
@@ -45,7 +50,7 @@ def build(raw: Mapping, check: Callable[[dict, str], list[str]] | None = None,
     return (None if problems else cond), problems
 
 
-def _build(raw: dict, check, where: str, problems: list[str]) -> Condition:
+def _build(raw: dict[str, typing.Any], check: Check | None, where: str, problems: list[str]) -> Condition:
     if "all" in raw or "any" in raw:
         key = "all" if "all" in raw else "any"
         parts = tuple(_build(sub, check, f"{where}.{key}[{i}]", problems) for i, sub in enumerate(raw[key]))

@@ -38,10 +38,10 @@ class Rule:
     id: str
     description: str
     when: Condition
-    then: dict
+    then: dict[str, Any]
     because: str
     source: str
-    tests: tuple
+    tests: tuple[dict[str, Any], ...]
     priority: int
     file: str
     topic: str
@@ -54,15 +54,16 @@ class Rule:
     def facts_used(self) -> frozenset[str]:
         return facts_read(self.when)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """Plain data (the cache's form): `when` as a rule file writes it."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         return {**out, "when": self.when.as_dict(), "tests": list(self.tests)}
 
 
-def _schema() -> dict:
+def _schema() -> dict[str, Any]:
     text = resources.files("memfit.schemas").joinpath("rule.schema.json").read_text(encoding="utf-8")
-    return json.loads(text)
+    schema: dict[str, Any] = json.loads(text)
+    return schema
 
 
 def _suggest(name: str) -> str:
@@ -78,7 +79,7 @@ def _value_ok(fact_type: type, value: Any) -> bool:
     return isinstance(value, str)
 
 
-def _check_comparison(cond: dict, where: str) -> list[str]:
+def _check_comparison(cond: dict[str, Any], where: str) -> list[str]:
     """Problems of one comparison (fact names and value types); all/any/not are walked by build()."""
     name = cond["fact"]
     if name not in FACT_TYPES:
@@ -112,7 +113,7 @@ def _excerpt(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _check_rule(raw: dict, where: str) -> tuple[Condition | None, list[str]]:
+def _check_rule(raw: dict[str, Any], where: str) -> tuple[Condition | None, list[str]]:
     when, problems = build(raw["when"], _check_comparison, f"{where}.when")
     problems += check_template(raw["because"], f"{where}.because", FACT_TYPES)
     used = facts_read(when) if when is not None else frozenset()
@@ -130,7 +131,8 @@ def _check_rule(raw: dict, where: str) -> tuple[Condition | None, list[str]]:
     return when, problems
 
 
-def _read_file(path: Path, text: str, validator) -> tuple[list[Rule], list[str]]:
+def _read_file(path: Path, text: str, validator: Any) -> tuple[list[Rule], list[str]]:
+    # validator: a jsonschema Draft202012Validator (jsonschema ships no type information)
     try:
         data = yaml.load(text, Loader=_YAML_LOADER)
     except yaml.YAMLError as exc:
@@ -173,7 +175,7 @@ def _too_deep(path: Path, data: Any) -> list[str]:
     return out
 
 
-def _json_path(parts) -> str:
+def _json_path(parts: Iterable[int | str]) -> str:
     out = ""
     for p in parts:
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))

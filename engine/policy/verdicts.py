@@ -46,7 +46,7 @@ class Verdict:
         return tuple(dict.fromkeys(f.message for f in rejects))
 
 
-class _Facts(dict):
+class _Facts(dict[str, Any]):
     def __missing__(self, key: str) -> str:  # templates are checked at load; never raise at render
         return "{" + key + "}"
 
@@ -105,7 +105,7 @@ def is_memory_rule(rule: Rule) -> bool:
     return rule.topic == MEMORY_TOPIC or bool(rule.facts_used & MEMORY_FACTS)
 
 
-def rank_key(rejected: bool, score: float, facts: Mapping[str, Any], key: str) -> tuple:
+def rank_key(rejected: bool, score: float, facts: Mapping[str, Any], key: str) -> tuple[int, float, float, str]:
     """Sort key: feasible first, best score first, then least GPU memory; rejected candidates by how
     far they are over budget (closest first)."""
     if not rejected:

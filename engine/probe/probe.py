@@ -242,7 +242,7 @@ def probe(config: Mapping, *, seq_len: int, micro_batch: int, method: str = "ful
             runs[layers] = _trace_step(args, seq_len=seq_len, micro_batch=micro_batch,
                                        gradient_checkpointing=gradient_checkpointing,
                                        optimizer=optimizer, fake=_fake, notes=notes,
-                                       tick=lambda ph, L=layers: tick(f"{L} layers: {ph}"))
+                                       tick=lambda ph: tick(f"{layers} layers: {ph}"))  # called during this step only
         except (RuntimeError, NotImplementedError, TypeError, AssertionError, ValueError) as exc:
             raise ProbeError(f"probe: tracing {dict(config).get('model_type')} with {layers} "
                              f"layers failed: {type(exc).__name__}: {exc}") from None

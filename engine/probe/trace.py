@@ -10,13 +10,13 @@ from typing import Any
 class Tracker:
     """Counts live storage bytes; built lazily because TorchDispatchMode needs torch."""
 
-    def __new__(cls):
+    def __new__(cls) -> Any:  # an instance of the TorchDispatchMode subclass below, not of this class
         from torch.utils._python_dispatch import TorchDispatchMode
         from torch.utils._pytree import tree_flatten
         import torch
 
         class Tracker(TorchDispatchMode):
-            def __init__(self):
+            def __init__(self) -> None:
                 super().__init__()
                 self.ids: dict[int, int] = {}    # storage address -> serial, while live
                 self.live: dict[int, int] = {}   # serial -> bytes

@@ -9,6 +9,9 @@ offload; a host-use cap) on top of the rule base under review. hypothesis is imp
 """
 from __future__ import annotations
 
+from typing import Any
+
+from ..policy.parse import from_dict
 from ..policy.rules import Rule
 
 ADDED_RULE_FILE = "<drawn by advise review>"
@@ -17,13 +20,14 @@ ADDED_RULE_FILE = "<drawn by advise review>"
 def added_rule(kind: str, threshold: float = 0.0) -> Rule:
     """One user-style reject rule: 'gpu-cap' (gpu_usage > threshold for models over 30B), 'host-cap'
     (host_usage > threshold), 'no-nvme' or 'no-param-offload'."""
-    when = {
+    conditions: dict[str, dict[str, Any]] = {
         "gpu-cap": {"all": [{"fact": "total_params_b", "gt": 30.0}, {"fact": "gpu_usage", "gt": threshold}]},
         "host-cap": {"fact": "host_usage", "gt": threshold},
         "no-nvme": {"any": [{"fact": "offload_optimizer", "eq": "nvme"}, {"fact": "offload_param", "eq": "nvme"}]},
         "no-param-offload": {"fact": "offload_param", "ne": "none"},
-    }[kind]
-    return Rule(id=f"review-added-{kind}", description=f"drawn user policy: {kind} {threshold:g}", when=when,
+    }
+    when = conditions[kind]
+    return Rule(id=f"review-added-{kind}", description=f"drawn user policy: {kind} {threshold:g}", when=from_dict(when),
                 then={"reject": True}, because=f"drawn user policy {kind} {threshold:g}", source="advise review",
                 tests=(), priority=0, file=ADDED_RULE_FILE, topic="review-added")
 

@@ -245,7 +245,7 @@ def _find(ctx: ReviewContext, wanted: Callable[[Judged], bool], closeness: Calla
     return True
 
 
-def _share_holding(when: dict, facts: Mapping[str, Any]) -> float:
+def _share_holding(when: Mapping[str, Any], facts: Mapping[str, Any]) -> float:
     """Fraction of a condition's top-level parts that hold (1.0: it fires)."""
     parts = when.get("all", [when])
     return sum(holds(c, facts) for c in parts) / len(parts)
@@ -261,8 +261,9 @@ def _closeness_to_mattering(j: Judged, rule_id: str) -> float:
 def every_rule_fires(ctx: ReviewContext) -> PropertyResult:
     t0 = time.monotonic()
     fired = {r for s in ctx.fired_sets for r in s}
+    # _find runs at once, so its lambdas see this r (no late-binding default arguments needed).
     never = [r for r in ctx.rules if r.id not in fired and not _find(
-        ctx, lambda j, rid=r.id: rid in j.fired, lambda j, when=r.when: _share_holding(when, j.facts))]
+        ctx, lambda j: r.id in j.fired, lambda j: _share_holding(r.when, j.facts))]
     return property_result("every-rule-fires", ctx.fact_sets_seen, t0, [Violation(
         property="every-rule-fires", rules=[r.id],
         message=f"{r.file}: {r.id} never fired on {ctx.fact_sets_seen} generated candidates (nor in a targeted "
@@ -290,7 +291,7 @@ def no_dead_rules(ctx: ReviewContext) -> PropertyResult:
             notes.append(f"{r.file}: {r.id} is redundant under your rule(s) {', '.join(shadowing)}: wherever it "
                          f"fires they decide the same (information, not a failure)")
             continue
-        if _find(ctx, lambda j, rid=r.id: matters(j.fired, rid), lambda j, rid=r.id: _closeness_to_mattering(j, rid)):
+        if _find(ctx, lambda j: matters(j.fired, r.id), lambda j: _closeness_to_mattering(j, r.id)):  # run at once
             continue
         violations.append(Violation(
             property="no-dead-rules", rules=[r.id],

@@ -54,7 +54,7 @@ def added_reject_keeps_a_fit(ctx: ReviewContext, ex: dict) -> list:
 def proposals_pass_the_rules(ctx: ReviewContext, ex: dict) -> list:
     plan, model, _ = ctx.sweep(ex["plan"])
     rules = _rules(ctx, ex)
-    problems = []
+    problems: list[tuple[str, list[str]]] = []
     with Feasibility(rules, "python") as feasibility:
         looks = outlooks(plan, model, _judged(plan, model, rules, feasibility), rules, feasibility)
     for look in looks:

@@ -7,19 +7,22 @@ offered from ZeRO-2 up (pinned plans may ask for ZeRO-1 + offload, which DeepSpe
 from __future__ import annotations
 
 from itertools import product
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from .fsdp_shapes import fsdp_shapes, uses_deepspeed
 from ..plan.strategy import Strategy
 
+if TYPE_CHECKING:
+    from ..plan.schema import Plan
+
 _OFFLOADS = ("none", "cpu", "nvme")
 
 
-def _pick(value, allowed) -> tuple:
+def _pick(value: Any, allowed: Iterable[Any]) -> tuple[Any, ...]:
     return tuple(allowed) if value == "auto" else (value,)
 
 
-def strategy_shapes(plan) -> Iterator[Strategy]:
+def strategy_shapes(plan: Plan) -> Iterator[Strategy]:
     """Every strategy shape the plan allows, with micro_batch_size 1 (sized later).
 
     Args:
@@ -29,7 +32,7 @@ def strategy_shapes(plan) -> Iterator[Strategy]:
     yield from fsdp_shapes(plan)  # only when training.sharding asks for FSDP (search/fsdp_shapes.py)
 
 
-def _deepspeed_shapes(plan) -> Iterator[Strategy]:
+def _deepspeed_shapes(plan: Plan) -> Iterator[Strategy]:
     t = plan.training
     stages = (0,) if t.sharding == "none" else (0, 1, 2, 3)
     methods = _pick(t.method, ("full", "lora", "qlora"))
@@ -52,7 +55,7 @@ def _deepspeed_shapes(plan) -> Iterator[Strategy]:
                                gradient_checkpointing=ckpt, pin_memory=pin, gather_16bit_on_save=gather)
 
 
-def micro_batch_limit(plan) -> int:
+def micro_batch_limit(plan: Plan) -> int:
     """Upper end of the micro-batch search: the policy cap, and no more than the global batch allows."""
     cap = plan.policy.max_micro_batch_size
     if plan.training.global_batch_size:

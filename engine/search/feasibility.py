@@ -44,7 +44,7 @@ class Feasibility:
         self.rules = [r for r in rules if is_reject_rule(r)]
         self._reads = tuple(sorted({f for r in self.rules for f in r.facts_used}))
         self._evaluator = make_evaluator(self.rules, backend) if self.rules else None
-        self._memo: dict[tuple, tuple[str, ...]] = {}
+        self._memo: dict[tuple[Any, ...], tuple[str, ...]] = {}
         self.evaluations = 0  # calls that reached the evaluator (the rest came from the memo)
 
     def rejected_by(self, facts: Mapping[str, Any]) -> tuple[str, ...]:

@@ -10,23 +10,26 @@ whole model is on the GPU anyway.
 from __future__ import annotations
 
 from itertools import product
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ..plan.strategy import FSDP_EQUIVALENT_STAGE, Strategy
+
+if TYPE_CHECKING:
+    from ..plan.schema import Plan
 
 _VERSIONS = {"fsdp": (1, 2), "fsdp1": (1,), "fsdp2": (2,), "any": (1, 2)}
 
 
-def uses_deepspeed(plan) -> bool:
+def uses_deepspeed(plan: Plan) -> bool:
     """Whether the plan's search includes DeepSpeed shapes (auto, deepspeed, any, none)."""
     return plan.training.sharding in ("auto", "deepspeed", "any", "none")
 
 
-def _pick(value, allowed) -> tuple:
+def _pick(value: Any, allowed: Iterable[Any]) -> tuple[Any, ...]:
     return tuple(allowed) if value == "auto" else (value,)
 
 
-def _shardings(plan, version: int) -> tuple[str, ...]:
+def _shardings(plan: Plan, version: int) -> tuple[str, ...]:
     # FSDP2 through accelerate says only reshard_after_forward true/false (FULL_SHARD / SHARD_GRAD_OP);
     # its hybrid form needs a 2-D ParallelismConfig and NO_SHARD is not fully_shard at all.
     stage = plan.training.zero_stage
@@ -35,7 +38,7 @@ def _shardings(plan, version: int) -> tuple[str, ...]:
     return tuple(n for n in names if stage == "auto" or FSDP_EQUIVALENT_STAGE[n] == stage)
 
 
-def _offloads(plan, sharding: str) -> tuple[str, ...]:
+def _offloads(plan: Plan, sharding: str) -> tuple[str, ...]:
     t = plan.training
     pins = {t.offload_optimizer, t.offload_param} - {"auto"}
     if "nvme" in pins or len(pins) > 1:
@@ -44,7 +47,7 @@ def _offloads(plan, sharding: str) -> tuple[str, ...]:
     return tuple(o for o in allowed if not pins or o in pins)
 
 
-def fsdp_shapes(plan) -> Iterator[Strategy]:
+def fsdp_shapes(plan: Plan) -> Iterator[Strategy]:
     """Every FSDP strategy shape the plan allows, micro-batch 1 (sized later); none unless the plan's
     training.sharding asks for FSDP."""
     t = plan.training
@@ -57,7 +60,7 @@ def fsdp_shapes(plan) -> Iterator[Strategy]:
             yield from _with_offload_and_save(plan, method, sharding, version, ckpt)
 
 
-def _with_offload_and_save(plan, method: str, sharding: str, version: int, ckpt: bool) -> Iterator[Strategy]:
+def _with_offload_and_save(plan: Plan, method: str, sharding: str, version: int, ckpt: bool) -> Iterator[Strategy]:
     for off in _offloads(plan, sharding):
         for full_save in ((True, False) if method == "full" and sharding != "NO_SHARD" else (True,)):
             yield Strategy(method=method, zero_stage=FSDP_EQUIVALENT_STAGE[sharding], offload_optimizer=off,
@@ -65,7 +68,7 @@ def _with_offload_and_save(plan, method: str, sharding: str, version: int, ckpt:
                            sharding="fsdp", fsdp_version=version, fsdp_sharding=sharding)
 
 
-def pinned_sharding(plan) -> dict:
+def pinned_sharding(plan: Plan) -> dict[str, Any]:
     """The Strategy fields a fully pinned plan's sharding sets (for `advise estimate`).
 
     Returns:
@@ -85,7 +88,7 @@ def pinned_sharding(plan) -> dict:
     return {"sharding": "fsdp", "fsdp_version": int(t.sharding[-1]), "fsdp_sharding": names[0]}
 
 
-def engine_facts(plan, strategy: Strategy) -> dict:
+def engine_facts(plan: Plan, strategy: Strategy) -> dict[str, Any]:
     """The sharding-engine facts of a candidate (policy/vocabulary.py). Whether some candidate of
     each engine is feasible (deepspeed_feasible, fsdp_feasible) is a relational fact: the search
     derives it from the reject rules' first pass (search/sweep.py cross_facts)."""

@@ -6,12 +6,19 @@ the review tests exactly what advise does.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ..policy.rules import Rule
 from ..policy.verdicts import Verdict, rank_key, verdict
 from ..policy.vocabulary import to_message
 from .sweep import Candidate
+
+if TYPE_CHECKING:
+    from ..evidence.match import Evidence
+    from ..model.spec import ModelSpec
+    from ..policy.oracle import Evaluator
+    from ..plan.schema import Plan
+    from ..plan.strategy import Strategy
 
 
 @dataclass(frozen=True)
@@ -28,7 +35,7 @@ class Judged:
         return self.candidate.strategy.key
 
 
-def judge(candidates: Sequence[Candidate], rules: Sequence[Rule], evaluator,
+def judge(candidates: Sequence[Candidate], rules: Sequence[Rule], evaluator: Evaluator,
           overrides: Mapping[str, Any] | None = None) -> list[Judged]:
     """Fire the rules on each candidate and rank them, best first.
 
@@ -50,8 +57,8 @@ def judge(candidates: Sequence[Candidate], rules: Sequence[Rule], evaluator,
     return out
 
 
-def strategy_verdict(plan, model, strategy, rules: Sequence[Rule] | None = None,
-                     backend: str = "auto", evidence=None) -> tuple[str, ...]:
+def strategy_verdict(plan: Plan, model: ModelSpec, strategy: Strategy, rules: Sequence[Rule] | None = None,
+                     backend: str = "auto", evidence: Evidence | None = None) -> tuple[str, ...]:
     """The reject rules that fire on one given strategy (a config as written), by the same rule base.
 
     `advise check --plan` and the verdict on a foreign config ask this instead of comparing numbers

@@ -8,7 +8,7 @@ feasible when no reject rule fires on it (search/feasibility.py, one evaluator f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from .candidates import micro_batch_limit, strategy_shapes
 from .feasibility import Feasibility, largest_passing
@@ -18,6 +18,10 @@ from ..memory.band import band_for
 from ..memory.estimate import MemoryEstimate, estimate_memory
 from ..evidence.match import Evidence
 from ..plan.strategy import Strategy
+
+if TYPE_CHECKING:
+    from ..model.spec import ModelSpec
+    from ..plan.schema import Plan
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,7 @@ class PlanProbe:
         evidence: measured facts (calibration, OOMs) that enter the facts.
     """
 
-    def __init__(self, plan, model, feasibility: Feasibility, evidence: Evidence = Evidence()):
+    def __init__(self, plan: Plan, model: ModelSpec, feasibility: Feasibility, evidence: Evidence = Evidence()):
         self.plan, self.model, self.feasibility, self.evidence = plan, model, feasibility, evidence
         self._estimates: dict[Strategy, MemoryEstimate] = {}
         self._measures: dict[Strategy, dict[str, Any]] = {}
@@ -75,7 +79,7 @@ class PlanProbe:
         return Candidate(s, self.estimate(s), facts)
 
 
-def sweep(plan, model, feasibility: Feasibility, evidence: Evidence = Evidence()) -> list[Candidate]:
+def sweep(plan: Plan, model: ModelSpec, feasibility: Feasibility, evidence: Evidence = Evidence()) -> list[Candidate]:
     """All candidates of the plan, each with its estimate and facts (unranked, in search order).
 
     Args:
@@ -98,7 +102,7 @@ def cross_facts(probe: PlanProbe, sized: Iterable[Strategy]) -> dict[str, bool]:
 
 
 def _neighbours(probe: PlanProbe, s: Strategy) -> dict[str, bool]:
-    def ok(**change) -> bool:
+    def ok(**change: Any) -> bool:
         return probe.passes(s.model_copy(update=change))
 
     return {
@@ -110,7 +114,7 @@ def _neighbours(probe: PlanProbe, s: Strategy) -> dict[str, bool]:
     }
 
 
-def _measures(plan, model, s: Strategy, e: MemoryEstimate, ev: Evidence) -> dict[str, Any]:
+def _measures(plan: Plan, model: ModelSpec, s: Strategy, e: MemoryEstimate, ev: Evidence) -> dict[str, Any]:
     hw, pol, t = plan.hardware, plan.policy, plan.training
     g = e.gpu
     dynamic = g.activations_gib + g.logits_loss_gib

@@ -13,15 +13,18 @@ calibrates every later plan of the same model through the same path as `--measur
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..core.errors import PlanError, StoreError
 from ..evidence.match import Evidence, OomEvidence, family_of
 from ..memory.estimate import estimate_memory
-from ..plan.schema import plan_from_dict
+from ..plan.schema import Plan, plan_from_dict
 from ..plan.strategy import Strategy
 from .record import model_fingerprint
 from .sql import StoredRecord
+
+if TYPE_CHECKING:
+    from ..model.spec import ModelSpec
 
 # Records read per lookup (newest first): enough for any team's history of one model.
 LOOKUP_LIMIT = 500
@@ -35,7 +38,7 @@ def cite(item: StoredRecord) -> str:
     return f"store record #{item.id} ({r.date[:10]}, {r.device_name or 'unknown GPU'}, {r.strategy_key})"
 
 
-def _measured(item: StoredRecord, model) -> Optional[tuple[float, float, Strategy, object]]:
+def _measured(item: StoredRecord, model: ModelSpec) -> Optional[tuple[float, float, Strategy, Plan]]:
     """(measured GPU peak, ratio, strategy, the record's plan) of a usable record; None otherwise."""
     r = item.record
     try:
@@ -45,16 +48,17 @@ def _measured(item: StoredRecord, model) -> Optional[tuple[float, float, Strateg
         return None  # a record whose plan this memfit no longer reads calibrates nothing
     est = estimate_memory(plan, model, strategy).gpu_peak_gib
     peak = r.gpu_peak_gib
-    return (peak, peak / est if peak and est else 0.0, strategy, plan) if r.status == "ok" else (0.0, 0.0, strategy, plan)
+    # A missing peak gives ratio 0, and a ratio-0 record is never used: 0.0 stands in for it.
+    return (peak or 0.0, peak / est if peak and est else 0.0, strategy, plan) if r.status == "ok" else (0.0, 0.0, strategy, plan)
 
 
-def _pinned_family(plan) -> Optional[tuple]:
+def _pinned_family(plan: Plan) -> Optional[tuple[object, ...]]:
     t = plan.training
     pins = (t.method, t.zero_stage, t.offload_optimizer, t.offload_param)
     return None if "auto" in pins else pins
 
 
-def history_evidence(plan, model, stored: list[StoredRecord], where: str) -> Evidence:
+def history_evidence(plan: Plan, model: ModelSpec, stored: list[StoredRecord], where: str) -> Evidence:
     """The Evidence a plan gets from stored records of its model (newest first)."""
     usable, ooms, notes = [], [], [f"store: {len(stored)} recorded run(s) of this model in {where}"]
     for item in stored:
@@ -95,7 +99,7 @@ def merge(logged: Evidence, history: Evidence) -> Evidence:
                    ratio_source=history.ratio_source)
 
 
-def with_history(evidence: Evidence, plan, model, url: Optional[str] = None) -> Evidence:
+def with_history(evidence: Evidence, plan: Plan, model: ModelSpec, url: Optional[str] = None) -> Evidence:
     """Evidence from logs, completed by the store's records of the same model.
 
     Cheap when nothing was recorded: no store file means no database is opened or created.

@@ -7,6 +7,7 @@ from typing import Iterable, Optional
 from ..core.errors import StoreError
 from ..core.units import GIB
 from ..evidence.logs import parse_log
+from ..evidence.record import LogRecord
 from ..evidence.match import infer_run, run_strategy
 from ..model.spec import resolve_model
 from ..plan.schema import Plan
@@ -14,7 +15,7 @@ from .make import estimate_dict, plan_dict, versions
 from .record import MeasurementRecord, model_fingerprint
 
 
-def _peak(facts: Iterable, *fields: str) -> Optional[int]:
+def _peak(facts: Iterable[LogRecord], *fields: str) -> Optional[int]:
     values = [getattr(f, k) for f in facts for k in fields if getattr(f, k) is not None]
     return int(round(max(values) * GIB)) if values else None
 

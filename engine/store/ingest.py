@@ -48,7 +48,7 @@ def _finish(data: dict[str, Any], where: str) -> MeasurementRecord:
     return rec.model_copy(update={"model_key": model_fingerprint(model)})
 
 
-def _bench_rows(data: dict, path: Path) -> list[MeasurementRecord]:
+def _bench_rows(data: dict[str, Any], path: Path) -> list[MeasurementRecord]:
     env = {k: str(data[k]) for k in ("torch", "transformers", "python") if data.get(k)}
     out = []
     for n, row in enumerate(data.get("rows", []), 1):

@@ -3,14 +3,17 @@ estimate in the shape bench/gpu_calibration.py records it, and the versions of t
 from __future__ import annotations
 
 import platform
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..memory.estimate import estimate_memory
 from ..plan.schema import Plan
 from ..plan.strategy import Strategy
 
+if TYPE_CHECKING:
+    from ..model.spec import ModelSpec
 
-def plan_dict(plan: Plan, model) -> dict[str, Any]:
+
+def plan_dict(plan: Plan, model: ModelSpec) -> dict[str, Any]:
     """The plan as a self-contained mapping: a model read from a path is inlined (the path may not exist
     where the record is read), and rule/log paths relative to the plan file are dropped."""
     data = plan.model_dump(mode="json")
@@ -20,7 +23,7 @@ def plan_dict(plan: Plan, model) -> dict[str, Any]:
     return data
 
 
-def estimate_dict(plan: Plan, model, strategy: Strategy) -> dict[str, Any]:
+def estimate_dict(plan: Plan, model: ModelSpec, strategy: Strategy) -> dict[str, Any]:
     """memfit's estimate in the shape bench/gpu_calibration.py records it."""
     e = estimate_memory(plan, model, strategy)
     return {"gpu_peak_gib": round(e.gpu_peak_gib, 4), "host_peak_gib": round(e.host_peak_gib, 4),

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Literal, Optional, overload
 
 from ..core.errors import StoreError
+
+if TYPE_CHECKING:
+    from .sql import SqlStore
 
 ENV = "MEMFIT_STORE"
 _PG_SCHEMES = ("postgresql://", "postgres://")
@@ -36,7 +39,13 @@ def sqlite_path(url: str) -> Path:
     return path / "store.sqlite" if path.is_dir() or url.endswith("/") else path
 
 
-def open_store(url: Optional[str] = None, create: bool = True):
+@overload
+def open_store(url: Optional[str] = None, create: Literal[True] = True) -> SqlStore: ...
+@overload
+def open_store(url: Optional[str] = None, create: bool = True) -> Optional[SqlStore]: ...
+
+
+def open_store(url: Optional[str] = None, create: bool = True) -> Optional[SqlStore]:
     """Open the store (creating an embedded one unless create is False).
 
     Args:

@@ -5,6 +5,8 @@ writes are single INSERTs, which PostgreSQL already serialises per unique key, s
 """
 from __future__ import annotations
 
+from typing import Any
+
 from ..core.errors import StoreError
 from .sql import SqlStore
 
@@ -43,7 +45,7 @@ class PostgresStore(SqlStore):
         finally:
             self._migrating = False
 
-    def _begin_locked(self, cur) -> None:
+    def _begin_locked(self, cur: Any) -> None:
         # psycopg opens the transaction with the first statement; only migrations need to exclude others.
         if self._migrating:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))

@@ -10,12 +10,15 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..core.errors import StoreError
 from ..core.units import GIB
+
+if TYPE_CHECKING:
+    from ..model.spec import ModelSpec
 
 # bench/gpu_calibration.py's statuses, plus "incomplete": a run that stopped without reporting its end
 # (killed: the kernel's OOM killer sends SIGKILL, which nothing can catch); its peaks are those of its
@@ -79,7 +82,7 @@ class MeasurementRecord(BaseModel):
         return f"{s.get('method')}/z{s.get('zero_stage')}/opt={s.get('offload_optimizer')}/param={s.get('offload_param')}"
 
 
-def model_fingerprint(model) -> str:
+def model_fingerprint(model: ModelSpec) -> str:
     """A short hash of the counted architecture (ModelSpec), so a plan naming "Qwen/Qwen2.5-7B" and a run
     that saw the same config inline match, while two models of different shapes never do."""
     parts = (model.model_type, model.total_params, model.num_layers, model.hidden_size, model.intermediate_size,

@@ -10,10 +10,13 @@ from __future__ import annotations
 import datetime
 import json
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
 
 from ..core.errors import StoreError
 from .record import MeasurementRecord
+
+T = TypeVar("T")
+_Store = TypeVar("_Store", bound="SqlStore")
 
 # Migration N brings the schema from version N-1 to N. "{id}" is the dialect's auto-increment key.
 MIGRATIONS: Sequence[Sequence[str]] = (
@@ -44,19 +47,19 @@ class SqlStore:
     autoincrement = "INTEGER PRIMARY KEY"
     placeholder = "?"
 
-    def __init__(self, conn):
+    def __init__(self, conn: Any) -> None:  # a DB-API 2 connection (sqlite3 or psycopg)
         self.conn = conn
         self.migrate()
 
     # -- dialect hooks -------------------------------------------------------------------------------
-    def _begin_locked(self, cur) -> None:
+    def _begin_locked(self, cur: Any) -> None:
         """Start a transaction that excludes other writers (and migrators)."""
         raise NotImplementedError
 
     def _sql(self, text: str) -> str:
         return text.replace("?", self.placeholder).replace("{id}", self.autoincrement)
 
-    def _run(self, work):
+    def _run(self, work: Callable[[Any], T]) -> T:
         """Run work(cursor) in one locked transaction; commit, or roll back and re-raise."""
         cur = self.conn.cursor()
         try:
@@ -73,7 +76,7 @@ class SqlStore:
     # -- schema --------------------------------------------------------------------------------------
     def migrate(self) -> int:
         """Apply the migrations this store lacks. Returns the schema version."""
-        def work(cur) -> int:
+        def work(cur: Any) -> int:
             cur.execute("CREATE TABLE IF NOT EXISTS memfit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             cur.execute(self._sql("SELECT value FROM memfit_meta WHERE key = ?"), ("schema_version",))
             row = cur.fetchone()
@@ -116,7 +119,7 @@ class SqlStore:
         conflict = ("DO UPDATE SET body = excluded.body, status = excluded.status, strategy_key = excluded.strategy_key"
                     if record.run_id else "DO NOTHING")
 
-        def work(cur) -> tuple[int, bool]:
+        def work(cur: Any) -> tuple[int, bool]:
             select = self._sql("SELECT id FROM memfit_records WHERE uid = ?")
             if record.run_id:  # one process writes a run's checkpoints in turn: a look first is exact
                 cur.execute(select, (record.uid,))
@@ -151,8 +154,8 @@ class SqlStore:
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self):
+    def __enter__(self: _Store) -> _Store:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

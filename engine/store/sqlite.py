@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from ..core.errors import StoreError
 from .sql import SqlStore
@@ -37,5 +38,5 @@ class SqliteStore(SqlStore):
             conn.close()
             raise StoreError(f"{self.path}: not a usable memfit store ({exc})") from None
 
-    def _begin_locked(self, cur) -> None:
+    def _begin_locked(self, cur: Any) -> None:
         cur.execute("BEGIN IMMEDIATE")
