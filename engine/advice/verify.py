@@ -11,7 +11,7 @@ from ..plan.strategy import Strategy
 from .advise import advise
 
 if TYPE_CHECKING:
-    from ..deepspeed.verify import VerifyResult
+    from ..core.findings import VerifyResult
     from ..fsdp.verify import FsdpVerifyResult
     from .results import Advice
 

@@ -1,6 +1,6 @@
-"""What a config check reports: findings and the verdict, one shape for DeepSpeed JSON
-(engine/deepspeed/check.py) and accelerate FSDP YAML (engine/fsdp/check.py), so one renderer serves both.
-They live in the bottom layer because the two checkers are siblings that may not import each other."""
+"""What a config check and a verify run report, one shape for DeepSpeed (engine/deepspeed/check.py,
+verify.py) and FSDP (engine/fsdp/check.py, verify.py), so one renderer serves both. They live in the
+bottom layer because the DeepSpeed and FSDP packages are siblings that may not import each other."""
 from __future__ import annotations
 
 from typing import Any, Literal, Optional
@@ -36,3 +36,16 @@ class CheckResult(BaseModel):
     @property
     def ok(self) -> bool:
         return not any(f["severity"] == "error" for f in self.findings) and not self.rejected_by
+
+
+class VerifyResult(BaseModel):
+    """The outcome of running one strategy's config for real."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    passed: bool
+    skipped: str | None = None
+    losses: list[float] = []
+    seconds: float = 0.0
+    error: str | None = None

@@ -16,8 +16,8 @@ import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict
 
+from ..core.findings import VerifyResult
 from .config import deepspeed_config
 from ..plan.schema import Plan
 from ..plan.strategy import Strategy
@@ -37,19 +37,6 @@ _TINY_EXPERTS = 4
 _SEQ_LEN = 16
 _MAX_ACCUM = 4  # two verify steps with accumulation 64 would take minutes and prove nothing more
 _RESULT_PREFIX = "MEMFIT_RESULT "
-
-
-class VerifyResult(BaseModel):
-    """The outcome of running one strategy's config for real."""
-
-    model_config = ConfigDict(frozen=True)
-
-    key: str
-    passed: bool
-    skipped: str | None = None
-    losses: list[float] = []
-    seconds: float = 0.0
-    error: str | None = None
 
 
 def tiny_config(facts_config: Mapping[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict
+from ..core.findings import VerifyResult
 
 if TYPE_CHECKING:
     from ..plan.schema import Plan
@@ -29,17 +29,9 @@ _RESULT_PREFIX = "MEMFIT_RESULT "
 _SEQ_LEN = 16
 
 
-class FsdpVerifyResult(BaseModel):
-    """The outcome of running one FSDP strategy for real (same fields as the DeepSpeed verify result)."""
+class FsdpVerifyResult(VerifyResult):
+    """The outcome of running one FSDP strategy for real, and on how many ranks."""
 
-    model_config = ConfigDict(frozen=True)
-
-    key: str
-    passed: bool
-    skipped: str | None = None
-    losses: list[float] = []
-    seconds: float = 0.0
-    error: str | None = None
     ranks: int = 1
 
 
