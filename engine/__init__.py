@@ -5,7 +5,8 @@
     print(advice.best.key, advice.best.deepspeed_config)
 """
 from .advice.advise import advise, estimate
-from .core.errors import LogError, MemfitError, ModelNotFoundError, PlanError, RuleError
+from .core.errors import (ConfigCheckError, LogError, MemfitError, ModelNotFoundError, ModelSpecError, OutputError,
+                          OutputExistsError, PlanError, PreflightError, RuleError, StoreError)
 from .plan.schema import Plan, load_plan, plan_from_dict
 from .advice.results import Advice, CandidateResult, EstimateResult
 from .plan.strategy import Strategy
@@ -13,5 +14,6 @@ from .plan.strategy import Strategy
 __all__ = [
     "advise", "estimate", "load_plan", "plan_from_dict", "Plan", "Strategy",
     "Advice", "CandidateResult", "EstimateResult",
-    "MemfitError", "PlanError", "ModelNotFoundError", "RuleError", "LogError",
+    "MemfitError", "PlanError", "ModelNotFoundError", "ModelSpecError", "RuleError", "LogError",
+    "ConfigCheckError", "OutputError", "OutputExistsError", "StoreError", "PreflightError",
 ]

@@ -167,7 +167,8 @@ def advise(plan: Plan | str | Path, *, rules_dirs: Iterable[str | Path] = (), me
     Returns:
         Advice: candidates ranked, feasible first, best first.
     Raises:
-        PlanError, ModelNotFoundError, RuleError, LogError, StoreError: each with every problem found.
+        PlanError, ModelNotFoundError, ModelSpecError, RuleError, LogError, StoreError: each with every
+            problem found.
     """
     plan = _as_plan(plan)
     base = Path(plan.base_dir)
@@ -223,6 +224,7 @@ def estimate(plan: Plan | str | Path, *, rules_dirs: Iterable[str | Path] = (), 
         rules: an already loaded rule base (overrides rules_dirs and the built-ins).
     Raises:
         PlanError: a training choice is still 'auto' (each one named).
+        ModelNotFoundError, ModelSpecError: the model cannot be found or counted.
         RuleError: the rule base does not load.
     """
     plan = _as_plan(plan)
