@@ -17,10 +17,9 @@ from ..core.errors import PlanError
 from ..machine.gpus import find_gpu, GPUS
 from ..core.inputs import PLAN_MAX_BYTES, escape_key, excerpt, load_yaml, read_text
 from ..core.units import parse_size_gib
+from .strategy import Method, Offload  # one definition of the strategy's choices
 
 Auto = Literal["auto"]
-Method = Literal["full", "lora", "qlora"]
-Offload = Literal["none", "cpu", "nvme"]
 Size = Union[float, str]
 
 
