@@ -151,14 +151,9 @@ def read_hardware(spec: str | Path | dict | None, source: str) -> dict[str, Any]
                         "(a file with a hardware: mapping: gpu_memory, gpus_per_node, host_memory) or "
                         "--hardware detect")
     if str(spec) == "detect":
-        from ..machine.detect import detect_hardware
+        from ..plan.schema import detected_hardware
 
-        found = detect_hardware()
-        hw = found.to_hardware_dict()
-        if "gpu_memory" not in hw:
-            raise PlanError(f"--hardware detect found no GPU on this machine ({'; '.join(found.notes)}); "
-                            "give --hardware HW.yaml instead")
-        return hw
+        return detected_hardware("--hardware")
     doc = load_yaml(read_text(spec, "the hardware", PlanError), f"--hardware {spec}", PlanError) or {}
     hardware = doc.get("hardware", doc) if isinstance(doc, dict) else None
     if not isinstance(hardware, dict):

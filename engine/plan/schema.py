@@ -286,7 +286,7 @@ def plan_from_dict(data: Any, source: str = "<plan>", base_dir: str | Path = "."
     if not isinstance(data, dict):
         raise PlanError(f"{source}: the plan must be a mapping with model, hardware, training (got {type(data).__name__})")
     if data.get("hardware") == "detect":
-        data = {**data, "hardware": _detected_hardware(source)}
+        data = {**data, "hardware": detected_hardware(f"{source}: hardware")}
     try:
         plan = Plan.model_validate(data)
     except ValidationError as exc:
@@ -298,14 +298,21 @@ def plan_from_dict(data: Any, source: str = "<plan>", base_dir: str | Path = "."
     return plan
 
 
-def _detected_hardware(source: str) -> dict[str, Any]:
-    """`hardware: detect`: this machine's GPUs, RAM and cores (NVML, torch.cuda, psutil)."""
+def detected_hardware(where: str) -> dict[str, Any]:
+    """`hardware: detect` (or `--hardware detect`): this machine's GPUs, RAM and cores (NVML,
+    torch.cuda, psutil) as a hardware mapping.
+
+    Args:
+        where: what asked for detection, for the message (e.g. "plan.yaml: hardware", "--hardware").
+    Raises:
+        PlanError: no GPU found (a plan needs the GPU's memory).
+    """
     from ..machine.detect import detect_hardware
 
     found = detect_hardware()
     hw = found.to_hardware_dict()
     if "gpu_memory" not in hw:
-        raise PlanError(f"{source}: hardware: detect found no GPU on this machine ({'; '.join(found.notes)}); "
+        raise PlanError(f"{where}: detect found no GPU on this machine ({'; '.join(found.notes)}); "
                         "give the hardware mapping (gpu_memory, gpus_per_node, host_memory) instead")
     return hw
 
