@@ -50,6 +50,12 @@ RUNS = {
     "z2-offload-w2": (2, {"zero_stage": 2, "offload_optimizer": "cpu"}, {}),
     "z3-offload-w2": (2, {"zero_stage": 3, "offload_optimizer": "cpu"}, {}),
     "z3-offload-all-w2": (2, {"zero_stage": 3, "offload_optimizer": "cpu", "offload_param": "cpu"}, {}),
+    "z1-offload-w2": (2, {"zero_stage": 1, "offload_optimizer": "cpu"}, {}),
+    # DeepSpeed's own defaults for the buckets and the persistence threshold (what a hand-written
+    # config without "auto" gets): a 1e5 threshold keeps the small model's biases-free norms resident
+    # and a 5e8 bucket takes the whole model (its flat copy in reduce_scatter_coalesced too).
+    "z3-dsdefaults-w2": (2, {"zero_stage": 3}, {"reduce_bucket_size": 500_000_000,
+                                                "stage3_param_persistence_threshold": 100_000}),
 }
 SEQ, MICRO, STEPS = 64, 2, 3
 
@@ -95,7 +101,30 @@ def _buffers_z3(opt, model) -> dict:
             "grad_partition": _nbytes([opt.grad_partitions_flat_buffer]),
             "fp32_master": _nbytes(opt.fp32_partitioned_groups_flat),
             "optimizer_moments": _nbytes(state),
-            "reduce_buckets": _nbytes([b.buffer for b in opt.ipg_buckets.values() if b.buffer is not None])}
+            "reduce_buckets": _nbytes([b.buffer for b in opt.ipg_buckets.values() if b.buffer is not None]),
+            # parameter_offload.py mark_persistent_parameters: gathered for good (ds_persist).
+            "persistent_params": sum(p.ds_numel * p.element_size() for p in model.parameters() if p.ds_persist)}
+
+
+def _watch_reduce_scatter() -> dict:
+    """Record the largest flat copy stage3's reduce_scatter_coalesced makes: the bytes of the
+    gradients it is handed when it must interleave them (more than one, or a size the world does not
+    divide: comm/coalesced_collectives.py), as DeepSpeed calls it during backward."""
+    import torch.distributed as tdist
+    from deepspeed.runtime.zero import stage3
+
+    seen = {"reduce_scatter_copy": 0}
+    original = stage3.reduce_scatter_coalesced
+
+    def wrapped(tensors, group=None):
+        world = tdist.get_world_size(group)
+        if len(tensors) > 1 or tensors[0].numel() % world:
+            copy = sum(-(-t.numel() // world) * world * t.element_size() for t in tensors)
+            seen["reduce_scatter_copy"] = max(seen["reduce_scatter_copy"], copy)
+        return original(tensors, group)
+
+    stage3.reduce_scatter_coalesced = wrapped
+    return seen
 
 
 def _buffers_z12(opt) -> dict:
@@ -202,6 +231,7 @@ def _rank_main(rank: int, world: int, port: int, model: dict, cfg: dict, out_q) 
     engine, opt, *_ = deepspeed.initialize(model=net, model_parameters=[p for p in net.parameters()], config=cfg)
     stage = cfg["zero_optimization"]["stage"]
     fp32 = _watch_fp32_grads(opt)
+    scatter = _watch_reduce_scatter() if stage == 3 else {}
     tracker = None
     losses = []
     for step in range(STEPS):
@@ -217,7 +247,7 @@ def _rank_main(rank: int, world: int, port: int, model: dict, cfg: dict, out_q) 
         engine.step()
         losses.append(float(loss.detach().float()))
     tracker.__exit__(None, None, None)
-    result = {"rank": rank, "losses": losses, "buffers": dict(buffers, **fp32, **tracker.sampled), "gathered_max": tracker.gathered_max,
+    result = {"rank": rank, "losses": losses, "buffers": dict(buffers, **fp32, **scatter, **tracker.sampled), "gathered_max": tracker.gathered_max,
               "gathered_by_phase": tracker.gathered_by_phase,
               "step_live_max": tracker.live_max,
               "max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
@@ -282,6 +312,8 @@ def memfit_terms(model: dict, world: int, fields: dict, zero: dict) -> dict:
            "gathered_params": zt.gathered_params}
     if z == 3:
         out["weights_partition"] = n / world * 2
+        out["persistent_params"] = zt.persistent_params
+        out["reduce_scatter_copy"] = zt.reduce_scatter_copy
     else:
         out["weights_flat"] = n * 2
         out["offload_staging_gpu"] = zt.offload_staging_gpu

@@ -159,7 +159,8 @@ def _gpu_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[GpuBrea
     # plain trainer path), torch AdamW's foreach temporaries; ZeRO's fused optimizers step in place.
     temp = sb.foreach_temp if strategy.zero_stage == 0 else 0.0
     grad32 = n_train * max(sb.grad_fp32, temp) / o_div
-    zt = zero_terms(facts, strategy, world, n_train, whole_weights, sb.weights, mixed=sb.grad_fp32 > 0)
+    zt = zero_terms(facts, strategy, world, n_train, whole_weights, sb.weights, mixed=sb.grad_fp32 > 0,
+                    lora_rank=t.lora.rank)
     if strategy.zero_stage >= 1:
         grad32 = zt.fp32_grad  # DeepSpeed's own fp32 gradient partition (memory/zero.py)
     if strategy.zero_stage >= 2:
@@ -208,7 +209,8 @@ def _host_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[HostBr
     opt_host = opt_nvme = params_host = params_nvme = swap = 0.0
     # DeepSpeed's own host buffers under optimizer offload: ZeRO-3's 16-bit gradient partition,
     # ZeRO-1/2's pinned staging buffer of one parameter (memory/zero.py).
-    zt = zero_terms(facts, strategy, hw.world_size, n_train, weight_bytes, sb.weights, mixed=sb.grad_fp32 > 0)
+    zt = zero_terms(facts, strategy, hw.world_size, n_train, weight_bytes, sb.weights, mixed=sb.grad_fp32 > 0,
+                    lora_rank=t.lora.rank)
     ds_host = (zt.host_grad16 * hw.world_size * node_share + zt.host_staging * ranks)
     if strategy.offload_optimizer == "cpu":
         opt_host = n_train * sb.optimizer * node_share + ds_host
