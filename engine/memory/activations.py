@@ -60,7 +60,7 @@ def _lora_widths(facts: ModelSpec, lora_targets: str | Sequence[str]) -> list[in
     return [width[_LINEAR_IN[n]] for n in names if n in _LINEAR_IN]
 
 
-def _family_bytes(facts: ModelSpec, attention: str, trains_weights: bool) -> float:
+def _family_bytes(facts: ModelSpec, attention: str, trains_weights: bool, seq_len: int) -> float:
     # trains_weights: full fine-tuning (norm and projection weights train), False under LoRA.
     """Per-token bytes a family stores beyond the Llama layer (read off saved-tensor traces of one
     transformers 5 decoder layer, checked against the probe in tests/test_activations.py).
@@ -81,6 +81,18 @@ def _family_bytes(facts: ModelSpec, attention: str, trains_weights: bool) -> flo
     if mtype == "qwen3":
         per_elem = 6 if trains_weights else 4
         return per_elem * (qw + kvw) + 4 * (a + kv)
+    if mtype == "gemma2":
+        # Gemma2RMSNorm (modeling_gemma2.py) computes in fp32: x.float() (4h) and the fp32
+        # normalised tensor times (1 + weight) (4h more when the weight trains), then casts; four
+        # norms per layer (input, post_attention, pre_feedforward, post_feedforward) where Llama
+        # has two, the two feeding a Linear also leave its bf16 input (2h each, as Llama's do).
+        # Full: 4 x (8h + 4) + 4h against Llama's 2 x (8h + 4); LoRA: 4 x (4h + 4) against 2 x (4h + 4).
+        h = facts.hidden_size
+        extra = 20 * h + 8 if trains_weights else 8 * h + 8
+        # Eager attention with attn_logit_softcapping (Gemma2Config default 50.0): tanh saves its
+        # bf16 output, one s x s score per head (2*a*s per token); flash applies it in the kernel.
+        softcap = dict(getattr(facts, "config", None) or {}).get("attn_logit_softcapping", 50.0)
+        return extra + (2 * a * seq_len if attention == "eager" and softcap else 0)
     if mtype == "phi3":
         fused = 2.0 * (qw + kvw)
         if attention == "eager":  # repeat_kv copies v unless every head has its own (kv == a)
@@ -111,7 +123,9 @@ def layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str
     (6*a*s per token).
     LoRA/QLoRA (peft, frozen base): norms keep only the fp32 copy (4h each), the MLP 6I, attention
     (4 + 4*kv/a)*h, and each adapted linear of input width d adds its fp32 input copy (4d) and the
-    fp32 rank-r output of lora_A (4r); dropout > 0 adds a 1-byte mask per adapter input element.
+    fp32 rank-r output of lora_A (4r); dropout > 0 adds a 1-byte mask per adapter input element;
+    under eager the attention output is not saved (2q less: only a trained o_proj would save it).
+    gemma2 and bloom have their own norm and layer terms (_family_bytes, _bloom_per_token).
     Scaled by dtype_bytes/2 for fp32 activations (not probe-checked).
 
     Args:
@@ -131,17 +145,40 @@ def layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str
     lse = 0.0 if eager else 4 * a                # SDPA/flash keep an fp32 logsumexp per head
     attn = 4 * qw + 4 * kv_width + lse           # q, attention output; k, v (2 bytes each)
     lora = method in ("lora", "qlora")
-    attn += _family_bytes(facts, attention, trains_weights=not lora)
+    attn += _family_bytes(facts, attention, trains_weights=not lora, seq_len=s)
+    if eager and lora:
+        # Eager's attention output is a plain matmul result that only o_proj would save; a frozen
+        # o_proj saves none (its adapter keeps an fp32 copy, counted below). SDPA saves its output.
+        attn -= 2 * qw
+    adapters = 0.0
     if lora:
         widths = _lora_widths(facts, lora_targets)
         adapters = sum(4 * d + 4 * lora_rank + (d if lora_dropout > 0 else 0) for d in widths)
         per_token = 8 * h + attn + 6 * inter + 8 + adapters
     else:
         per_token = 16 * h + attn + 8 * inter + 8
+    if getattr(facts, "model_type", "llama") == "bloom":
+        per_token, eager = _bloom_per_token(facts, lora, adapters), True
     total = s * b * per_token * dtype_bytes / 2.0
     if eager:
         total += 6 * a * s * s * b * dtype_bytes / 2.0
     return total
+
+
+def _bloom_per_token(facts: ModelSpec, lora: bool, adapters: float) -> float:
+    """Bytes per token a BloomBlock (modeling_bloom.py) stores, besides the eager softmax.
+
+    Bloom has no SDPA path (transformers 5 refuses it): always eager, with ALiBi added to the scores
+    (no RoPE). Each LayerNorm saves its bf16 input and per-row mean and rstd (2 + 2 bytes on the probe's
+    cpu trace; fp32 on CUDA, 8 more per token, not counted); the fused query_key_value output stays
+    whole (6h: q, k and v are views of it that the score and context matmuls save); the GeLU saves
+    its input (2I). Full fine-tuning adds the bf16 inputs of the four Linears (2h + 2h + 2h + 2I).
+    LoRA (frozen base): the Linears save nothing, their adapters their fp32 inputs (`adapters`).
+    """
+    h, inter = facts.hidden_size, _mlp_width(facts)
+    norms = 2 * (2 * h + 4)
+    base = norms + 6 * h + 2 * inter
+    return base + adapters if lora else base + 6 * h + 2 * inter
 
 
 def _backward_transient(facts: ModelSpec, s: int, b: int, attention: str, method: str) -> float:
