@@ -124,3 +124,35 @@ def test_zero1_also_copies_its_gradient_partition():
     e = estimate_memory(plan(), LLAMA7, full(1))
     assert e.gpu_peak_phase == "optimizer step"
     assert e.gpu.gradients_gib == pytest.approx((2 * N + 2 * N / 8) / GIB)
+
+
+def test_zero1_with_fp32_gradient_accumulation_runs_bf16_optimizer():
+    # engine.py _do_optimizer_sanity_check: bf16 + data_types.grad_accum_dtype "fp32" + ZeRO-1 ->
+    # BF16_Optimizer (bf16_optimizer.py), whose fp32_groups_gradients_flat holds fp32 gradients of the
+    # whole model from init (4 B x N, not a partition) and whose bf16 .grad tensors are zeroed, not
+    # freed (2 B x N); no ipg buckets. Forward/backward therefore holds 2N + 4N besides the states.
+    p = plan(micro_batch_size=1, gradient_checkpointing=True)
+    cfg = {"zero_optimization": {"stage": 1}, "train_micro_batch_size_per_gpu": 1,
+           "bf16": {"enabled": True}, "data_types": {"grad_accum_dtype": "fp32"}}
+    s = strategy_from_config(cfg, p)
+    assert s.zero_knobs.grad_accum_fp32 is True
+    e = estimate_memory(p, LLAMA7, s)
+    assert e.gpu_peak_phase == "forward/backward"
+    assert e.gpu.gradients_gib == pytest.approx(2 * N / GIB)
+    assert e.gpu.optimizer_states_gib == pytest.approx((12 * N / 8 + 4 * N) / GIB)
+    assert e.gpu.zero_buffers_gib == 0
+    # Without it (DeepSpeed's default: the model dtype) ZeRO-1 stays DeepSpeedZeroOptimizer.
+    plain = strategy_from_config({k: v for k, v in cfg.items() if k != "data_types"}, p)
+    assert plain.zero_knobs.grad_accum_fp32 is False
+    assert estimate_memory(p, LLAMA7, plain).gpu_peak_gib < e.gpu_peak_gib - 4 * N / GIB * 0.5
+
+
+def test_zero3_gradient_partition_takes_the_accumulation_dtype():
+    # stage3.py _setup_for_real_optimizer: grad_partitions_flat_buffer is torch.zeros(P/N,
+    # dtype=self.gradient_accumulation_dtype): fp32 (4 B) under data_types.grad_accum_dtype fp32.
+    p = plan(micro_batch_size=8)
+    base = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 8, "bf16": {"enabled": True}}
+    e16 = estimate_memory(p, LLAMA7, strategy_from_config(base, p))
+    e32 = estimate_memory(p, LLAMA7, strategy_from_config({**base, "data_types": {"grad_accum_dtype": "float32"}}, p))
+    assert e16.gpu.gradients_gib == pytest.approx(2 * N / 8 / GIB)
+    assert e32.gpu.gradients_gib == pytest.approx(4 * N / 8 / GIB)

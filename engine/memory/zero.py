@@ -32,7 +32,7 @@ class ZeroTerms:
     offload_staging_gpu: float  # ZeRO-1/2 + optimizer offload: the GPU staging buffer of one parameter
     grad_partition: float       # persistent 16-bit gradient partition (ZeRO-2 grads_in_partition, ZeRO-3 flat)
     fp32_grad: float            # fp32 gradient built at the step (ZeRO-3: one sub-group at a time)
-    fp32_grad_persistent: bool  # True: held through forward/backward (no DeepSpeed 0.19 path does)
+    fp32_grad_persistent: bool  # True: held through forward/backward (ZeRO-1's BF16_Optimizer path)
     host_grad16: float          # ZeRO-3 + optimizer offload: the 16-bit gradient partition in host RAM
     host_staging: float         # ZeRO-1/2 + optimizer offload: the pinned host staging buffer
 
@@ -52,7 +52,7 @@ def knobs_for(strategy: Strategy, hidden_size: int | None) -> dict[str, Any]:
 
 
 def zero_terms(facts: ModelSpec, strategy: Strategy, world: int, n_train: int, weights_bytes: float, w16: float,
-               mixed: bool = True, lora_rank: int = 16) -> ZeroTerms:
+               mixed: bool = True, lora_rank: int = 16, bf16: bool = False) -> ZeroTerms:
     """DeepSpeed's ZeRO buffers for one strategy.
 
     Args:
@@ -64,6 +64,7 @@ def zero_terms(facts: ModelSpec, strategy: Strategy, world: int, n_train: int, w
         w16: bytes per element of the 16-bit (or fp32) model dtype the gradients and buckets use.
         mixed: mixed precision (an fp32 gradient copy exists at the step; in fp32 ZeRO-1/2 reuse it).
         lora_rank: the LoRA rank (sizes the adapter matrices ZeRO-3 keeps persistent).
+        bf16: bf16 mixed precision (with fp32 gradient accumulation ZeRO-1 runs BF16_Optimizer).
     Returns:
         ZeroTerms in bytes; all zero for stage 0.
     """
@@ -75,7 +76,21 @@ def zero_terms(facts: ModelSpec, strategy: Strategy, world: int, n_train: int, w
     part = n_train / world
     if z == 3:
         return _stage3(facts, strategy, k, (part, n_train, lora_rank), weights_bytes, w16, opt_off, mixed)
+    if z == 1 and bf16 and mixed and k.get("grad_accum_fp32") and not opt_off:
+        return _bf16_optimizer(n_train)
     return _stage12(facts, strategy, k, part, w16, opt_off, mixed)
+
+
+def _bf16_optimizer(n_train: int) -> ZeroTerms:
+    # engine.py _do_optimizer_sanity_check: bf16 + data_types.grad_accum_dtype fp32 + ZeRO-1 without
+    # offload returns BFLOAT16, so _configure_bf16_optimizer builds bf16_optimizer.py BF16_Optimizer,
+    # not DeepSpeedZeroOptimizer. Its _setup_for_real_optimizer allocates fp32_groups_gradients_flat,
+    # zeros_like the whole bf16 flat buffer in fp32 (4 B x every trainable parameter, not a
+    # partition), at init, kept for good; no ipg buckets, no 16-bit gradient partition. Without
+    # immediate_grad_update (precision_config.py default False) the bf16 .grad tensors are added to it
+    # at the boundary (update_hp_grads) and zeroed, not freed, so they are held from the first
+    # backward on (the caller holds the 16-bit gradients when fp32_grad_persistent is set).
+    return ZeroTerms(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, n_train * 4.0, True, 0.0, 0.0)
 
 
 def _stage12(facts: ModelSpec, strategy: Strategy, k: dict[str, Any], part: float, w16: float, opt_off: bool,
@@ -170,7 +185,9 @@ def _stage3(facts: ModelSpec, strategy: Strategy, k: dict[str, Any], sizes: tupl
     persistent = persistent_params(facts, strategy, k["param_persistence_threshold"], n_train, lora_rank) * w16
     # stage3.py _setup_for_real_optimizer: grad_partitions_flat_buffer, the 16-bit gradients of the
     # whole partition, zeros at init, on the optimizer's device (pinned host RAM under offload).
-    grad16 = part * w16
+    # Its dtype is gradient_accumulation_dtype (engine.py get_data_types): fp32 when the config sets
+    # data_types.grad_accum_dtype to fp32, else the model dtype.
+    grad16 = part * (4.0 if k.get("grad_accum_fp32") else w16)
     # stage3.py step -> _prepare_fp32_grad_for_sub_group: each sub-group's gradients are flattened and
     # converted to fp32 (at most sub_group_size elements), stepped, and released by _release_sub_group
     # before the next one: a step transient on the GPU. The fp32 buffer initialize_optimizer_states
