@@ -8,7 +8,9 @@ that is far below 1 %. A term memfit got wrong by mechanism (the first version's
 through forward/backward, a missing second bucket, a gathered window of 4*L) is off by 2x or more.
 The reuse-window case and reduce_scatter_coalesced's bucket copy are upper bounds, checked as such;
 z3-dsdefaults-w2 runs DeepSpeed's own 5e8 bucket and 1e5 persistence threshold, under which the
-small model's attention weights (256 x 256) stay persistent.
+small model's attention weights (256 x 256) stay persistent; z1-fp32accum-w2 sets
+data_types.grad_accum_dtype fp32, under which DeepSpeed runs BF16_Optimizer (its whole-model fp32
+gradient flat is compared).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ def _bench():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("run", ["z2-w1", "z3-w2", "z3-window-w2", "z3-dsdefaults-w2"])
+@pytest.mark.parametrize("run", ["z2-w1", "z3-w2", "z3-window-w2", "z3-dsdefaults-w2", "z1-fp32accum-w2"])
 def test_memfit_terms_match_deepspeeds_buffers(run):
     row = _bench().run_case(run, "small")
     assert row["losses"][-1] == row["losses"][-1]  # a real step ran (not NaN)
