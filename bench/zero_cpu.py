@@ -14,6 +14,15 @@ buckets and gradient partition, which live only during backward, at their larges
 the 16-bit parameters gathered at once on every dispatched op of the last step (a TorchDispatchMode
 that also counts the live bytes of tensors the step allocates), and the process's peak RSS. The
 first step records ZeRO-3's trace; the last runs with the complete trace, as steady-state training.
+ZeRO-3 runs also wrap stage3's reduce_scatter_coalesced (the flat copy of a bucket) and read each
+parameter's ds_persist flag; the z1-fp32accum run reads BF16_Optimizer's fp32 gradient flat.
+
+What carries to a GPU: the size of every buffer DeepSpeed allocates comes from the knobs, the
+partition sizes and the dtypes, not from the accelerator (the same code paths allocate on
+`get_accelerator().current_device_name()`), so the per-term comparison holds on CUDA. What does not:
+on the CPU accelerator "device" and "host" are one memory, so peak RSS counts device-side and
+offloaded states together (offload moves bytes within one RSS and cannot be read off it), and there
+is no caching allocator, no CUDA context, no NCCL buffer and no pinned-memory rounding here.
 """
 from __future__ import annotations
 
