@@ -14,6 +14,15 @@ buckets and gradient partition, which live only during backward, at their larges
 the 16-bit parameters gathered at once on every dispatched op of the last step (a TorchDispatchMode
 that also counts the live bytes of tensors the step allocates), and the process's peak RSS. The
 first step records ZeRO-3's trace; the last runs with the complete trace, as steady-state training.
+ZeRO-3 runs also wrap stage3's reduce_scatter_coalesced (the flat copy of a bucket) and read each
+parameter's ds_persist flag; the z1-fp32accum run reads BF16_Optimizer's fp32 gradient flat.
+
+What carries to a GPU: the size of every buffer DeepSpeed allocates comes from the knobs, the
+partition sizes and the dtypes, not from the accelerator (the same code paths allocate on
+`get_accelerator().current_device_name()`), so the per-term comparison holds on CUDA. What does not:
+on the CPU accelerator "device" and "host" are one memory, so peak RSS counts device-side and
+offloaded states together (offload moves bytes within one RSS and cannot be read off it), and there
+is no caching allocator, no CUDA context, no NCCL buffer and no pinned-memory rounding here.
 """
 from __future__ import annotations
 
@@ -50,6 +59,14 @@ RUNS = {
     "z2-offload-w2": (2, {"zero_stage": 2, "offload_optimizer": "cpu"}, {}),
     "z3-offload-w2": (2, {"zero_stage": 3, "offload_optimizer": "cpu"}, {}),
     "z3-offload-all-w2": (2, {"zero_stage": 3, "offload_optimizer": "cpu", "offload_param": "cpu"}, {}),
+    "z1-offload-w2": (2, {"zero_stage": 1, "offload_optimizer": "cpu"}, {}),
+    # DeepSpeed's own defaults for the buckets and the persistence threshold (what a hand-written
+    # config without "auto" gets): a 1e5 threshold keeps the small model's biases-free norms resident
+    # and a 5e8 bucket takes the whole model (its flat copy in reduce_scatter_coalesced too).
+    # bf16 + fp32 gradient accumulation under ZeRO-1: DeepSpeed runs BF16_Optimizer instead.
+    "z1-fp32accum-w2": (2, {"zero_stage": 1}, {"data_types": {"grad_accum_dtype": "fp32"}}),
+    "z3-dsdefaults-w2": (2, {"zero_stage": 3}, {"reduce_bucket_size": 500_000_000,
+                                                "stage3_param_persistence_threshold": 100_000}),
 }
 SEQ, MICRO, STEPS = 64, 2, 3
 
@@ -73,7 +90,9 @@ def ds_config_for(model: dict, world: int, fields: dict, overrides: dict) -> dic
     cfg = deepspeed_config(strategy, plan, resolve_model(plan.model))
     if fields.get("offload_optimizer", "none") == "none":
         cfg["optimizer"]["params"]["torch_adam"] = True  # fused_adam needs a JIT build; same states
-    cfg["zero_optimization"].update(overrides)
+    cfg["zero_optimization"].update({k: v for k, v in overrides.items() if k != "data_types"})
+    if "data_types" in overrides:
+        cfg["data_types"] = overrides["data_types"]
     return cfg
 
 
@@ -95,13 +114,40 @@ def _buffers_z3(opt, model) -> dict:
             "grad_partition": _nbytes([opt.grad_partitions_flat_buffer]),
             "fp32_master": _nbytes(opt.fp32_partitioned_groups_flat),
             "optimizer_moments": _nbytes(state),
-            "reduce_buckets": _nbytes([b.buffer for b in opt.ipg_buckets.values() if b.buffer is not None])}
+            "reduce_buckets": _nbytes([b.buffer for b in opt.ipg_buckets.values() if b.buffer is not None]),
+            # parameter_offload.py mark_persistent_parameters: gathered for good (ds_persist).
+            "persistent_params": sum(p.ds_numel * p.element_size() for p in model.parameters() if p.ds_persist)}
+
+
+def _watch_reduce_scatter() -> dict:
+    """Record the largest flat copy stage3's reduce_scatter_coalesced makes: the bytes of the
+    gradients it is handed when it must interleave them (more than one, or a size the world does not
+    divide: comm/coalesced_collectives.py), as DeepSpeed calls it during backward."""
+    import torch.distributed as tdist
+    from deepspeed.runtime.zero import stage3
+
+    seen = {"reduce_scatter_copy": 0}
+    original = stage3.reduce_scatter_coalesced
+
+    def wrapped(tensors, group=None):
+        world = tdist.get_world_size(group)
+        if len(tensors) > 1 or tensors[0].numel() % world:
+            copy = sum(-(-t.numel() // world) * world * t.element_size() for t in tensors)
+            seen["reduce_scatter_copy"] = max(seen["reduce_scatter_copy"], copy)
+        return original(tensors, group)
+
+    stage3.reduce_scatter_coalesced = wrapped
+    return seen
 
 
 def _buffers_z12(opt) -> dict:
     state = [v for s in opt.optimizer.state.values() for v in s.values() if hasattr(v, "numel") and v.numel() > 1]
-    return {"weights_flat": _nbytes(opt.bit16_groups_flat),
-            "fp32_master": _nbytes(opt.single_partition_of_fp32_groups),
+    # DeepSpeedZeroOptimizer's names, else BF16_Optimizer's (bf16_optimizer.py).
+    flat16 = getattr(opt, "bit16_groups_flat", None) or opt.bf16_groups_flat
+    master = getattr(opt, "single_partition_of_fp32_groups", None) or opt.fp32_groups_flat_partition
+    return {"weights_flat": _nbytes(flat16),
+            "fp32_master": _nbytes(master),
+            "fp32_grad_flat": _nbytes(getattr(opt, "fp32_groups_gradients_flat", [])),
             "optimizer_moments": _nbytes(state),
             "offload_staging_gpu": _nbytes([getattr(opt, "temp_grad_buffer_for_gpu_offload", None)])}
 
@@ -125,7 +171,7 @@ def _watch_fp32_grads(opt) -> dict:
 def _backward_buffers_z12(opt) -> dict:
     """ZeRO-1/2 buffers that exist only during backward: setup_buckets allocates the ipg buckets and
     copy_grads_in_partition the 16-bit partition; _release_ipg_buffers drops both at the epilogue."""
-    buckets = [t for b in opt.ipg_buckets.values() for t in (b.buffer or [])]
+    buckets = [t for b in getattr(opt, "ipg_buckets", {}).values() for t in (b.buffer or [])]
     grads = getattr(opt, "grads_in_partition", None)
     return {"reduce_buckets": _nbytes(buckets), "grad_partition": _nbytes([grads]) if grads is not None else 0}
 
@@ -202,6 +248,7 @@ def _rank_main(rank: int, world: int, port: int, model: dict, cfg: dict, out_q) 
     engine, opt, *_ = deepspeed.initialize(model=net, model_parameters=[p for p in net.parameters()], config=cfg)
     stage = cfg["zero_optimization"]["stage"]
     fp32 = _watch_fp32_grads(opt)
+    scatter = _watch_reduce_scatter() if stage == 3 else {}
     tracker = None
     losses = []
     for step in range(STEPS):
@@ -217,7 +264,7 @@ def _rank_main(rank: int, world: int, port: int, model: dict, cfg: dict, out_q) 
         engine.step()
         losses.append(float(loss.detach().float()))
     tracker.__exit__(None, None, None)
-    result = {"rank": rank, "losses": losses, "buffers": dict(buffers, **fp32, **tracker.sampled), "gathered_max": tracker.gathered_max,
+    result = {"rank": rank, "losses": losses, "buffers": dict(buffers, **fp32, **scatter, **tracker.sampled), "gathered_max": tracker.gathered_max,
               "gathered_by_phase": tracker.gathered_by_phase,
               "step_live_max": tracker.live_max,
               "max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
@@ -255,11 +302,11 @@ def run_case(name: str, model_name: str = "small") -> dict:
     r0 = next(r for r in results if r["rank"] == 0)
     measured = dict(r0["buffers"], gathered_params=r0["gathered_max"] if fields["zero_stage"] == 3 else 0)
     return {"name": name, "model": model_name, "world": world, "measured": measured,
-            "memfit": memfit_terms(model, world, fields, cfg["zero_optimization"]),
+            "memfit": memfit_terms(model, world, fields, cfg["zero_optimization"], cfg.get("data_types")),
             "gathered_by_phase": r0["gathered_by_phase"], "losses": r0["losses"], "max_rss": r0["max_rss"], "step_live_max": r0["step_live_max"]}
 
 
-def memfit_terms(model: dict, world: int, fields: dict, zero: dict) -> dict:
+def memfit_terms(model: dict, world: int, fields: dict, zero: dict, data_types: dict | None = None) -> dict:
     """memfit's terms for the same run, named as the measured ones (bytes, rank 0)."""
     from memfit.engine.deepspeed.check import knobs_from_config
     from memfit.engine.memory.states import state_bytes
@@ -270,10 +317,10 @@ def memfit_terms(model: dict, world: int, fields: dict, zero: dict) -> dict:
 
     plan = plan_from_dict(plan_for(model, world), "zero_cpu")
     facts = resolve_model(plan.model)
-    s = Strategy(method="full", micro_batch_size=MICRO, zero_knobs=knobs_from_config(zero), **fields)
+    s = Strategy(method="full", micro_batch_size=MICRO, zero_knobs=knobs_from_config(zero, data_types), **fields)
     sb = state_bytes("bf16", "adamw", facts.hidden_size)
     n = facts.total_params
-    zt = zero_terms(facts, s, world, n, n * sb.weights, sb.weights)
+    zt = zero_terms(facts, s, world, n, n * sb.weights, sb.weights, bf16=True)
     z = fields["zero_stage"]
     off = fields.get("offload_optimizer", "none") != "none"
     out = {"grad_partition": zt.grad_partition if not off else zt.host_grad16,
@@ -282,10 +329,15 @@ def memfit_terms(model: dict, world: int, fields: dict, zero: dict) -> dict:
            "gathered_params": zt.gathered_params}
     if z == 3:
         out["weights_partition"] = n / world * 2
+        out["persistent_params"] = zt.persistent_params
+        out["reduce_scatter_copy"] = zt.reduce_scatter_copy
     else:
         out["weights_flat"] = n * 2
         out["offload_staging_gpu"] = zt.offload_staging_gpu
         out["grad_partition"] = zt.grad_partition
+        out["fp32_grad_flat"] = zt.fp32_grad if zt.fp32_grad_persistent else 0.0
+        if zt.fp32_grad_persistent:  # BF16_Optimizer steps a view of its flat (the rank's partition)
+            out["fp32_grad"] = n / world * 4
     return out
 
 

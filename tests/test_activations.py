@@ -18,10 +18,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def _cfg(model_type="llama", h=512, inter=1408, layers=6, heads=8, kv=2, vocab=4000):
+def _cfg(model_type="llama", h=512, inter=1408, layers=6, heads=8, kv=2, vocab=4000, **extra):
     return {"model_type": model_type, "hidden_size": h, "intermediate_size": inter,
             "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv,
-            "vocab_size": vocab, "max_position_embeddings": 8192}
+            "vocab_size": vocab, "max_position_embeddings": 8192, **extra}
 
 
 # (config, seq_len, micro_batch, probe/formula settings). Llama and Qwen2 (q/k/v bias) at three
@@ -40,9 +40,31 @@ CASES = [
     ("llama-lora-ckpt", _cfg(vocab=256), 1024, 1, {"method": "lora", "gradient_checkpointing": True}),
     ("llama-lora-qv", _cfg(), 512, 1, {"method": "lora", "lora_targets": ["q_proj", "v_proj"]}),
     ("llama-lora-dropout", _cfg(), 512, 1, {"method": "lora", "lora_dropout": 0.1}),
+    ("llama-lora-eager", _cfg(), 256, 1, {"method": "lora", "attention": "eager"}),
     ("llama-lora-eager-ckpt", _cfg(vocab=256), 512, 1,
      {"method": "lora", "attention": "eager", "gradient_checkpointing": True}),
+    # qwen3: q_norm/k_norm, head_dim 128 apart from h/a = 64; phi3: fused qkv_proj and gate_up_proj
+    # (pad_token_id inside the small vocabulary: phi3's default 32000 is not).
+    ("qwen3", _cfg("qwen3", head_dim=128), 512, 2, {}),
+    ("qwen3-lora", _cfg("qwen3", head_dim=128), 512, 2, {"method": "lora"}),
+    ("qwen3-eager", _cfg("qwen3", head_dim=128), 256, 1, {"attention": "eager"}),
+    ("phi3-mha", _cfg("phi3", kv=8, pad_token_id=0), 512, 2, {}),
+    ("phi3-gqa", _cfg("phi3", pad_token_id=0), 512, 2, {}),
+    ("phi3-lora", _cfg("phi3", kv=8, pad_token_id=0), 512, 2, {"method": "lora"}),
+    ("phi3-lora-qkv", _cfg("phi3", kv=8, pad_token_id=0), 512, 2, {"method": "lora", "lora_targets": ["qkv_proj"]}),
+    ("phi3-eager", _cfg("phi3", kv=8, pad_token_id=0), 256, 1, {"attention": "eager"}),
+    # gemma2 and bloom have no SDPA path in transformers 5.24: eager. gemma2's head_dim 128 = 2h/a.
+    ("gemma2-eager", _cfg("gemma2", head_dim=128), 256, 2, {"attention": "eager"}),
+    ("gemma2-lora-eager", _cfg("gemma2", head_dim=128), 256, 1, {"attention": "eager", "method": "lora"}),
+    ("bloom-eager", {"model_type": "bloom", "hidden_size": 512, "n_layer": 6, "n_head": 8, "vocab_size": 4000},
+     256, 2, {"attention": "eager"}),
+    ("bloom-lora-eager", {"model_type": "bloom", "hidden_size": 512, "n_layer": 6, "n_head": 8, "vocab_size": 4000},
+     256, 1, {"attention": "eager", "method": "lora"}),
 ]
+# Families added for issue 17 (probe agreement): the whole activation peak within 3 % of the probe.
+# gemma2's peak is the lowest (-2.4 % full): its final_logit_softcapping keeps a bf16 tanh output of
+# the logits (2*s*b*V), a loss term (logits_loss_bytes), not a decoder-layer one.
+WITHIN_3_PERCENT = {c[0] for c in CASES if c[0].split("-")[0] in ("qwen3", "phi3", "gemma2", "bloom")} | {"llama-lora-eager"}
 
 
 def _formula(facts, s, b, kw):
@@ -68,8 +90,10 @@ def test_formula_matches_probe(name, cfg, s, b, kw):
     else:
         assert per_layer == pytest.approx(measured.activation_bytes_per_layer, rel=0.01)
     # The backward working set is one fitted max(...) term; eager+LoRA+checkpointing overstates the
-    # peak by 5.7 % (the safe side), every other case is within 5 %.
-    tolerance = 0.06 if name == "llama-lora-eager-ckpt" else 0.05
+    # peak by 4.3 % (the safe side), every other case is within 5 %.
+    tolerance = 0.05
+    if name in WITHIN_3_PERCENT:
+        tolerance = 0.03
     assert act.peak_bytes == pytest.approx(measured.activation_peak_bytes, rel=tolerance)
 
 

@@ -6,7 +6,11 @@ Tolerance 1 %: DeepSpeed pads each rank's partition to an alignment of a few ele
 aligned numel) and the model's tensors are not all divisible by the world size; on 9.7M parameters
 that is far below 1 %. A term memfit got wrong by mechanism (the first version's fp32 buffer held
 through forward/backward, a missing second bucket, a gathered window of 4*L) is off by 2x or more.
-The reuse-window case is an upper bound, checked as one.
+The reuse-window case and reduce_scatter_coalesced's bucket copy are upper bounds, checked as such;
+z3-dsdefaults-w2 runs DeepSpeed's own 5e8 bucket and 1e5 persistence threshold, under which the
+small model's attention weights (256 x 256) stay persistent; z1-fp32accum-w2 sets
+data_types.grad_accum_dtype fp32, under which DeepSpeed runs BF16_Optimizer (its whole-model fp32
+gradient flat is compared).
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ def _bench():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("run", ["z2-w1", "z3-w2", "z3-window-w2"])
+@pytest.mark.parametrize("run", ["z2-w1", "z3-w2", "z3-window-w2", "z3-dsdefaults-w2", "z1-fp32accum-w2"])
 def test_memfit_terms_match_deepspeeds_buffers(run):
     row = _bench().run_case(run, "small")
     assert row["losses"][-1] == row["losses"][-1]  # a real step ran (not NaN)
@@ -40,5 +44,11 @@ def test_memfit_terms_match_deepspeeds_buffers(run):
             # An upper bound by mechanism: kept for reuse <= max_reuse_distance (1e6 here), plus the
             # module in use; never below what DeepSpeed gathered, at most the window above it.
             assert got <= want <= got + 1_000_000 * 2, f"{run}: {term}"
+            continue
+        if term == "reduce_scatter_copy":
+            # An upper bound by mechanism: memfit counts a full bucket; stage3.py reduces a bucket
+            # when the next gradient would overflow it, so DeepSpeed's copy is short of the bucket by
+            # less than the largest gradient that goes through it (the MLP's 256 x 688 here).
+            assert got <= want <= got + 256 * 688 * 2, f"{run}: {term}"
             continue
         assert want == pytest.approx(got, rel=0.01, abs=64 * 1024), f"{run}: {term}"

@@ -50,7 +50,11 @@ def test_zero3_gathers_up_to_the_reuse_distance():
     knobs = ZeroKnobs(max_reuse_distance=100_000_000, prefetch_bucket_size=50_000_000, reduce_bucket_size=H2)
     e = estimate_memory(plan(), LLAMA7, full(3, zero_knobs=knobs))
     gathered = (100_000_000 + L + 50_000_000) * 2
-    assert e.gpu.zero_buffers_gib == pytest.approx((gathered + L * 2 + H2 * 2) / GIB)
+    # Plus the bucket's flat copy in reduce_scatter_coalesced (comm/coalesced_collectives.py) and the
+    # persistent norm weights (2 per layer + the final norm, h = 4096 < 10*h each: parameter_offload.py
+    # mark_persistent_parameters).
+    persistent = (2 * 32 + 1) * 4096 * 2
+    assert e.gpu.zero_buffers_gib == pytest.approx((gathered + L * 2 + 2 * H2 * 2 + persistent) / GIB)
     # The default 1e9 window holds more than one 4*L: the "ZeRO-3 buffers too small".
     default = estimate_memory(plan(), LLAMA7, full(3))
     assert default.gpu.zero_buffers_gib > e.gpu.zero_buffers_gib
@@ -64,7 +68,15 @@ def test_a_model_smaller_than_the_window_stays_gathered():
                         "training": {"seq_len": 512, "method": "lora"}}, "t.yaml")
     e = estimate_memory(p, qwen, Strategy(method="lora", zero_stage=3))
     bucket = max(896 * 896, 1 << 20) * 2  # h*h, raised to memfit's 2^20 floor (core/ds_defaults.py)
-    assert e.gpu.zero_buffers_gib == pytest.approx((e.gpu.weights_gib * 8 * GIB + bucket) / GIB, rel=1e-6)
+    # reduce_scatter_coalesced copies the filled bucket: min(bucket, trainable adapters) elements.
+    adapters = qwen.lora_trainable_params(16)
+    scatter = min(1 << 20, adapters) * 2
+    # Persistent (under 10*h = 8,960 elements): 24 layers x 2 norms + the final one (896 each), the
+    # q/k/v biases (896 + 128 + 128 per layer), and lora_B of k_proj and v_proj (128 x 16 = 2,048
+    # each; every other adapter matrix has 16 x 896 or more elements).
+    persistent = (24 * 2 + 1) * 896 + 24 * (896 + 128 + 128) + 24 * 2 * 2048
+    assert e.gpu.zero_buffers_gib == pytest.approx((e.gpu.weights_gib * 8 * GIB + bucket + scatter
+                                                     + persistent * 2) / GIB, rel=1e-6)
 
 
 def test_zero12_reduce_buckets_are_double_under_overlap_comm():
@@ -112,3 +124,35 @@ def test_zero1_also_copies_its_gradient_partition():
     e = estimate_memory(plan(), LLAMA7, full(1))
     assert e.gpu_peak_phase == "optimizer step"
     assert e.gpu.gradients_gib == pytest.approx((2 * N + 2 * N / 8) / GIB)
+
+
+def test_zero1_with_fp32_gradient_accumulation_runs_bf16_optimizer():
+    # engine.py _do_optimizer_sanity_check: bf16 + data_types.grad_accum_dtype "fp32" + ZeRO-1 ->
+    # BF16_Optimizer (bf16_optimizer.py), whose fp32_groups_gradients_flat holds fp32 gradients of the
+    # whole model from init (4 B x N, not a partition) and whose bf16 .grad tensors are zeroed, not
+    # freed (2 B x N); no ipg buckets. Forward/backward therefore holds 2N + 4N besides the states.
+    p = plan(micro_batch_size=1, gradient_checkpointing=True)
+    cfg = {"zero_optimization": {"stage": 1}, "train_micro_batch_size_per_gpu": 1,
+           "bf16": {"enabled": True}, "data_types": {"grad_accum_dtype": "fp32"}}
+    s = strategy_from_config(cfg, p)
+    assert s.zero_knobs.grad_accum_fp32 is True
+    e = estimate_memory(p, LLAMA7, s)
+    assert e.gpu_peak_phase == "forward/backward"
+    assert e.gpu.gradients_gib == pytest.approx(2 * N / GIB)
+    assert e.gpu.optimizer_states_gib == pytest.approx((12 * N / 8 + 4 * N) / GIB)
+    assert e.gpu.zero_buffers_gib == 0
+    # Without it (DeepSpeed's default: the model dtype) ZeRO-1 stays DeepSpeedZeroOptimizer.
+    plain = strategy_from_config({k: v for k, v in cfg.items() if k != "data_types"}, p)
+    assert plain.zero_knobs.grad_accum_fp32 is False
+    assert estimate_memory(p, LLAMA7, plain).gpu_peak_gib < e.gpu_peak_gib - 4 * N / GIB * 0.5
+
+
+def test_zero3_gradient_partition_takes_the_accumulation_dtype():
+    # stage3.py _setup_for_real_optimizer: grad_partitions_flat_buffer is torch.zeros(P/N,
+    # dtype=self.gradient_accumulation_dtype): fp32 (4 B) under data_types.grad_accum_dtype fp32.
+    p = plan(micro_batch_size=8)
+    base = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 8, "bf16": {"enabled": True}}
+    e16 = estimate_memory(p, LLAMA7, strategy_from_config(base, p))
+    e32 = estimate_memory(p, LLAMA7, strategy_from_config({**base, "data_types": {"grad_accum_dtype": "float32"}}, p))
+    assert e16.gpu.gradients_gib == pytest.approx(2 * N / 8 / GIB)
+    assert e32.gpu.gradients_gib == pytest.approx(4 * N / 8 / GIB)

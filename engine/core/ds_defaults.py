@@ -76,10 +76,11 @@ def zero_knobs(hidden_size: int | None) -> dict[str, int | bool]:
 
     Returns:
         reduce_bucket_size, prefetch_bucket_size, param_persistence_threshold, max_live_parameters,
-        max_reuse_distance, sub_group_size (elements), overlap_comm, contiguous_gradients.
+        max_reuse_distance, sub_group_size (elements), overlap_comm, contiguous_gradients, and
+        grad_accum_fp32 (memfit never sets data_types.grad_accum_dtype: False).
     """
     b = bucket_sizes(hidden_size)
     return {"reduce_bucket_size": b["reduce"], "prefetch_bucket_size": b["prefetch"],
             "param_persistence_threshold": b["persistence"], "max_live_parameters": MAX_LIVE_PARAMETERS,
             "max_reuse_distance": MAX_REUSE_DISTANCE, "sub_group_size": SUB_GROUP_SIZE,
-            "overlap_comm": True, "contiguous_gradients": True}
+            "overlap_comm": True, "contiguous_gradients": True, "grad_accum_fp32": False}

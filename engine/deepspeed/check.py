@@ -173,7 +173,7 @@ def strategy_from_config(cfg: dict[str, Any], plan: Plan, method: str | None = N
         return Strategy(method=method, zero_stage=stage, offload_optimizer=_device(zero.get("offload_optimizer")),
                         offload_param=_device(zero.get("offload_param")) if stage == 3 else "none",
                         gradient_checkpointing=gc, micro_batch_size=micro,
-                        zero_knobs=knobs_from_config(zero))
+                        zero_knobs=knobs_from_config(zero, cfg.get("data_types")))
     except ValueError as exc:
         raise ConfigCheckError(f"zero_optimization: cannot read a strategy from this config ({exc})") from None
 
@@ -207,11 +207,13 @@ _DS_DEFAULTS = {"reduce_bucket_size": DS_REDUCE_BUCKET, "prefetch_bucket_size": 
                 "contiguous_gradients": True}
 
 
-def knobs_from_config(zero: dict[str, Any]) -> ZeroKnobs:
+def knobs_from_config(zero: dict[str, Any], data_types: Any = None) -> ZeroKnobs:
     """The buffer-sizing knobs of a zero_optimization block: its values, DeepSpeed's defaults for the
     keys it leaves out, None for "auto" (the HF Trainer fills those from the hidden size).
 
     overlap_comm left out follows DeepSpeed (zero/config.py overlap_comm_valid: on for stage 3 only).
+    `data_types` (the config's top-level block) gives grad_accum_dtype: "fp32"/"float32" sets
+    grad_accum_fp32 (engine.py get_data_types; runtime/config.py DtypeEnum's fp32 spellings).
     """
     out: dict[str, Any] = {}
     for key, name in _KNOB_KEYS.items():
@@ -220,6 +222,8 @@ def knobs_from_config(zero: dict[str, Any]) -> ZeroKnobs:
             out[name] = bool(value) if name in ("overlap_comm", "contiguous_gradients") else int(value)
     if "overlap_comm" not in zero:
         out["overlap_comm"] = zero.get("stage", 0) == 3
+    accum = data_types.get("grad_accum_dtype") if isinstance(data_types, dict) else None
+    out["grad_accum_fp32"] = str(accum).lower() in ("fp32", "float32", "float", "torch.float32")
     return ZeroKnobs(**out)
 
 

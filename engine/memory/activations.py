@@ -33,13 +33,72 @@ class ActivationBytes:
         return self.stored_bytes + max(self.working_bytes, self.logits_loss_bytes)
 
 
+def _head_widths(facts: ModelSpec) -> tuple[int, int]:
+    """(query width a*head_dim, key/value width kv*head_dim): qwen3 and gemma2 set head_dim apart
+    from h/a, so a*head_dim need not equal h."""
+    a = facts.num_attention_heads
+    hd = getattr(facts, "head_dim", None) or facts.hidden_size // a
+    return a * hd, facts.num_kv_heads * hd
+
+
 def _lora_widths(facts: ModelSpec, lora_targets: str | Sequence[str]) -> list[int]:
-    """Input widths of the adapted linear layers of one decoder layer."""
+    """Input widths of the adapted linear layers of one decoder layer.
+
+    From the model's own Linear layers (ModelSpec.linear_layers: phi3's fused qkv_proj and
+    gate_up_proj are one adapter each, not three and two), else Llama's seven projections.
+    """
+    linears = [x for x in getattr(facts, "linear_layers", ()) if x.kind == "linear"]
+    if linears:
+        if lora_targets in (None, "all-linear"):
+            return [x.in_features for x in linears]
+        targets = [lora_targets] if isinstance(lora_targets, str) else list(lora_targets)
+        return [x.in_features for x in linears
+                if any(x.name == t or x.name.endswith("." + t) for t in targets)]
     h, inter = facts.hidden_size, _mlp_width(facts)
-    attn = facts.num_attention_heads * (getattr(facts, "head_dim", None) or h // facts.num_attention_heads)
-    width = {"h": h, "attn": attn, "I": inter}
+    width = {"h": h, "attn": _head_widths(facts)[0], "I": inter}
     names = list(_LINEAR_IN) if lora_targets in (None, "all-linear") else list(lora_targets)
     return [width[_LINEAR_IN[n]] for n in names if n in _LINEAR_IN]
+
+
+def _family_bytes(facts: ModelSpec, attention: str, trains_weights: bool, seq_len: int) -> float:
+    # trains_weights: full fine-tuning (norm and projection weights train), False under LoRA.
+    """Per-token bytes a family stores beyond the Llama layer (read off saved-tensor traces of one
+    transformers 5 decoder layer, checked against the probe in tests/test_activations.py).
+
+    qwen3 (modeling_qwen3.py Qwen3Attention: q_norm/k_norm, RMSNorm over head_dim per head): each
+    norm keeps its fp32 input (4 per element) and an fp32 rsqrt per head row (4), plus the bf16
+    normalised tensor (2) when the norm weight trains; the norm output feeds RoPE, which saves only
+    cos/sin. phi3 (modeling_phi3.py Phi3Attention: one qkv_proj sliced into q, k, v): v stays a view
+    of the fused output, so SDPA's saved v keeps the whole q+k+v storage alive (2*(q + kv) more than
+    v alone), and the attention output, no longer laid out as o_proj reads it, is copied (2*q) and
+    saved by a trained o_proj (not under LoRA). Eager repeats v into a new tensor (repeat_kv) when
+    kv < a, which frees the fused storage. phi3's fused
+    gate_up_proj stores as much as gate and up apart (two views of one 4I storage).
+    """
+    qw, kvw = _head_widths(facts)
+    a, kv = facts.num_attention_heads, facts.num_kv_heads
+    mtype = getattr(facts, "model_type", "llama")
+    if mtype == "qwen3":
+        per_elem = 6 if trains_weights else 4
+        return per_elem * (qw + kvw) + 4 * (a + kv)
+    if mtype == "gemma2":
+        # Gemma2RMSNorm (modeling_gemma2.py) computes in fp32: x.float() (4h) and the fp32
+        # normalised tensor times (1 + weight) (4h more when the weight trains), then casts; four
+        # norms per layer (input, post_attention, pre_feedforward, post_feedforward) where Llama
+        # has two, the two feeding a Linear also leave its bf16 input (2h each, as Llama's do).
+        # Full: 4 x (8h + 4) + 4h against Llama's 2 x (8h + 4); LoRA: 4 x (4h + 4) against 2 x (4h + 4).
+        h = facts.hidden_size
+        extra = 20 * h + 8 if trains_weights else 8 * h + 8
+        # Eager attention with attn_logit_softcapping (Gemma2Config default 50.0): tanh saves its
+        # bf16 output, one s x s score per head (2*a*s per token); flash applies it in the kernel.
+        softcap = dict(getattr(facts, "config", None) or {}).get("attn_logit_softcapping", 50.0)
+        return extra + (2 * a * seq_len if attention == "eager" and softcap else 0)
+    if mtype == "phi3":
+        fused = 2.0 * (qw + kvw)
+        if attention == "eager":  # repeat_kv copies v unless every head has its own (kv == a)
+            return fused if kv == a else 0.0
+        return fused + (2 * qw if trains_weights else 0.0)  # a frozen o_proj saves no input
+    return 0.0
 
 
 def _mlp_width(facts: ModelSpec) -> int:
@@ -54,15 +113,19 @@ def layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str
                 lora_dropout: float = 0.0) -> float:
     """Bytes one decoder layer stores for backward without checkpointing.
 
-    Full fine-tuning, SDPA: s*b*[(20 + 4*kv/a)*h + 8*I + 4*a + 8]: two RMSNorms keep an fp32 input
+    Full fine-tuning, SDPA: s*b*[16*h + 4*q + 4*kv + 8*I + 4*a + 8] with q = a*head_dim and kv =
+    kv_heads*head_dim (Llama: q = h, so (20 + 4*kv/a)*h + ...): two RMSNorms keep an fp32 input
     copy (4h), the bf16 normalised tensor (2h) and their output (2h) each; q and attention output
-    (2h each), k and v (2h*kv/a each); SDPA's fp32 logsumexp (4a); two fp32 rsqrt (8); the MLP keeps
+    (2q each), k and v (2kv each); family terms on top (_family_bytes: qwen3's q/k norms, phi3's
+    fused qkv); SDPA's fp32 logsumexp (4a); two fp32 rsqrt (8); the MLP keeps
     gate, silu(gate), up and their product (2I each). Eager attention repeats k/v to all heads (+2h
     each instead of 2h*kv/a), drops the logsumexp, and keeps the fp32 softmax and its bf16 copy
     (6*a*s per token).
     LoRA/QLoRA (peft, frozen base): norms keep only the fp32 copy (4h each), the MLP 6I, attention
     (4 + 4*kv/a)*h, and each adapted linear of input width d adds its fp32 input copy (4d) and the
-    fp32 rank-r output of lora_A (4r); dropout > 0 adds a 1-byte mask per adapter input element.
+    fp32 rank-r output of lora_A (4r); dropout > 0 adds a 1-byte mask per adapter input element;
+    under eager the attention output is not saved (2q less: only a trained o_proj would save it).
+    gemma2 and bloom have their own norm and layer terms (_family_bytes, _bloom_per_token).
     Scaled by dtype_bytes/2 for fp32 activations (not probe-checked).
 
     Args:
@@ -75,21 +138,47 @@ def layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str
         Bytes per decoder layer.
     """
     s, b = seq_len, micro_batch
-    h, a, kv, inter = facts.hidden_size, facts.num_attention_heads, facts.num_kv_heads, _mlp_width(facts)
+    h, a, inter = facts.hidden_size, facts.num_attention_heads, _mlp_width(facts)
+    qw, kvw = _head_widths(facts)
     eager = attention == "eager"
-    kv_ratio = 1.0 if eager else kv / a          # eager's repeat_kv keeps full-head copies
+    kv_width = qw if eager else kvw              # eager's repeat_kv keeps full-head copies
     lse = 0.0 if eager else 4 * a                # SDPA/flash keep an fp32 logsumexp per head
-    attn = (4 + 4 * kv_ratio) * h + lse
-    if method in ("lora", "qlora"):
+    attn = 4 * qw + 4 * kv_width + lse           # q, attention output; k, v (2 bytes each)
+    lora = method in ("lora", "qlora")
+    attn += _family_bytes(facts, attention, trains_weights=not lora, seq_len=s)
+    if eager and lora:
+        # Eager's attention output is a plain matmul result that only o_proj would save; a frozen
+        # o_proj saves none (its adapter keeps an fp32 copy, counted below). SDPA saves its output.
+        attn -= 2 * qw
+    adapters = 0.0
+    if lora:
         widths = _lora_widths(facts, lora_targets)
         adapters = sum(4 * d + 4 * lora_rank + (d if lora_dropout > 0 else 0) for d in widths)
         per_token = 8 * h + attn + 6 * inter + 8 + adapters
     else:
         per_token = 16 * h + attn + 8 * inter + 8
+    if getattr(facts, "model_type", "llama") == "bloom":
+        per_token, eager = _bloom_per_token(facts, lora, adapters), True
     total = s * b * per_token * dtype_bytes / 2.0
     if eager:
         total += 6 * a * s * s * b * dtype_bytes / 2.0
     return total
+
+
+def _bloom_per_token(facts: ModelSpec, lora: bool, adapters: float) -> float:
+    """Bytes per token a BloomBlock (modeling_bloom.py) stores, besides the eager softmax.
+
+    Bloom has no SDPA path (transformers 5 refuses it): always eager, with ALiBi added to the scores
+    (no RoPE). Each LayerNorm saves its bf16 input and per-row mean and rstd (2 + 2 bytes on the probe's
+    cpu trace; fp32 on CUDA, 8 more per token, not counted); the fused query_key_value output stays
+    whole (6h: q, k and v are views of it that the score and context matmuls save); the GeLU saves
+    its input (2I). Full fine-tuning adds the bf16 inputs of the four Linears (2h + 2h + 2h + 2I).
+    LoRA (frozen base): the Linears save nothing, their adapters their fp32 inputs (`adapters`).
+    """
+    h, inter = facts.hidden_size, _mlp_width(facts)
+    norms = 2 * (2 * h + 4)
+    base = norms + 6 * h + 2 * inter
+    return base + adapters if lora else base + 6 * h + 2 * inter
 
 
 def _backward_transient(facts: ModelSpec, s: int, b: int, attention: str, method: str) -> float:

@@ -159,7 +159,8 @@ def _gpu_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[GpuBrea
     # plain trainer path), torch AdamW's foreach temporaries; ZeRO's fused optimizers step in place.
     temp = sb.foreach_temp if strategy.zero_stage == 0 else 0.0
     grad32 = n_train * max(sb.grad_fp32, temp) / o_div
-    zt = zero_terms(facts, strategy, world, n_train, whole_weights, sb.weights, mixed=sb.grad_fp32 > 0)
+    zt = zero_terms(facts, strategy, world, n_train, whole_weights, sb.weights, mixed=sb.grad_fp32 > 0,
+                    lora_rank=t.lora.rank, bf16=t.precision == "bf16")
     if strategy.zero_stage >= 1:
         grad32 = zt.fp32_grad  # DeepSpeed's own fp32 gradient partition (memory/zero.py)
     if strategy.zero_stage >= 2:
@@ -180,9 +181,10 @@ def _gpu_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[GpuBrea
     working = act.working_bytes if act.working_bytes >= act.logits_loss_bytes else 0.0
     logits = act.logits_loss_bytes if act.logits_loss_bytes > act.working_bytes else 0.0
     dynamic = act.stored_bytes + working + logits
-    held_grads = (grads if (accum > 1 or strategy.zero_stage >= 2) else 0.0) + held_partition
+    # BF16_Optimizer (fp32_grad_persistent) zeroes its bf16 .grad tensors instead of freeing them.
+    held_grads = (grads if (accum > 1 or strategy.zero_stage >= 2 or zt.fp32_grad_persistent) else 0.0) + held_partition
     grads += held_partition
-    held_fp32 = grad32 if zt.fp32_grad_persistent else 0.0  # ZeRO-3 allocates it at init
+    held_fp32 = grad32 if zt.fp32_grad_persistent else 0.0  # BF16_Optimizer allocates it at init
     fb = weights + opt + held_grads + held_fp32 + buffers + dynamic * (1 + ALLOCATOR_SLACK)
     step = weights + opt + grads + grad32 + buffers
     if fb >= step:
@@ -208,7 +210,8 @@ def _host_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[HostBr
     opt_host = opt_nvme = params_host = params_nvme = swap = 0.0
     # DeepSpeed's own host buffers under optimizer offload: ZeRO-3's 16-bit gradient partition,
     # ZeRO-1/2's pinned staging buffer of one parameter (memory/zero.py).
-    zt = zero_terms(facts, strategy, hw.world_size, n_train, weight_bytes, sb.weights, mixed=sb.grad_fp32 > 0)
+    zt = zero_terms(facts, strategy, hw.world_size, n_train, weight_bytes, sb.weights, mixed=sb.grad_fp32 > 0,
+                    lora_rank=t.lora.rank)
     ds_host = (zt.host_grad16 * hw.world_size * node_share + zt.host_staging * ranks)
     if strategy.offload_optimizer == "cpu":
         opt_host = n_train * sb.optimizer * node_share + ds_host

@@ -25,19 +25,22 @@ class ZeroTerms:
     """DeepSpeed's buffers on one rank, in bytes (0 where a stage or offload does not allocate it)."""
 
     gathered_params: float      # ZeRO-3: 16-bit parameters gathered at once (reuse window + prefetch)
+    persistent_params: float    # ZeRO-3: parameters under param_persistence_threshold, gathered for good
+    reduce_scatter_copy: float  # ZeRO-3: reduce_scatter_coalesced's flat copy of one full bucket
     gathered_grad: float        # ZeRO-3: full gradient of the largest trainable module before reduction
     reduce_buckets: float       # ipg buckets (contiguous_gradients), double-buffered under overlap_comm (1/2)
     offload_staging_gpu: float  # ZeRO-1/2 + optimizer offload: the GPU staging buffer of one parameter
     grad_partition: float       # persistent 16-bit gradient partition (ZeRO-2 grads_in_partition, ZeRO-3 flat)
     fp32_grad: float            # fp32 gradient built at the step (ZeRO-3: one sub-group at a time)
-    fp32_grad_persistent: bool  # True: held through forward/backward (no DeepSpeed 0.19 path does)
+    fp32_grad_persistent: bool  # True: held through forward/backward (ZeRO-1's BF16_Optimizer path)
     host_grad16: float          # ZeRO-3 + optimizer offload: the 16-bit gradient partition in host RAM
     host_staging: float         # ZeRO-1/2 + optimizer offload: the pinned host staging buffer
 
     @property
     def gpu_buffers(self) -> float:
         """What the memory model reports as ZeRO buffers: gathered params and grads, buckets, staging."""
-        return self.gathered_params + self.gathered_grad + self.reduce_buckets + self.offload_staging_gpu
+        return (self.gathered_params + self.persistent_params + self.reduce_scatter_copy + self.gathered_grad
+                + self.reduce_buckets + self.offload_staging_gpu)
 
 
 def knobs_for(strategy: Strategy, hidden_size: int | None) -> dict[str, Any]:
@@ -49,7 +52,7 @@ def knobs_for(strategy: Strategy, hidden_size: int | None) -> dict[str, Any]:
 
 
 def zero_terms(facts: ModelSpec, strategy: Strategy, world: int, n_train: int, weights_bytes: float, w16: float,
-               mixed: bool = True) -> ZeroTerms:
+               mixed: bool = True, lora_rank: int = 16, bf16: bool = False) -> ZeroTerms:
     """DeepSpeed's ZeRO buffers for one strategy.
 
     Args:
@@ -60,18 +63,34 @@ def zero_terms(facts: ModelSpec, strategy: Strategy, world: int, n_train: int, w
         weights_bytes: bytes of the whole model's weights as they train (frozen base + trainable).
         w16: bytes per element of the 16-bit (or fp32) model dtype the gradients and buckets use.
         mixed: mixed precision (an fp32 gradient copy exists at the step; in fp32 ZeRO-1/2 reuse it).
+        lora_rank: the LoRA rank (sizes the adapter matrices ZeRO-3 keeps persistent).
+        bf16: bf16 mixed precision (with fp32 gradient accumulation ZeRO-1 runs BF16_Optimizer).
     Returns:
         ZeroTerms in bytes; all zero for stage 0.
     """
     z = strategy.zero_stage
     if z == 0:
-        return ZeroTerms(0, 0, 0, 0, 0, 0, False, 0, 0)
+        return ZeroTerms(0, 0, 0, 0, 0, 0, 0, 0, False, 0, 0)
     k = knobs_for(strategy, facts.hidden_size)
     opt_off = strategy.offload_optimizer != "none"
     part = n_train / world
     if z == 3:
-        return _stage3(facts, strategy, k, part, weights_bytes, w16, opt_off, mixed)
+        return _stage3(facts, strategy, k, (part, n_train, lora_rank), weights_bytes, w16, opt_off, mixed)
+    if z == 1 and bf16 and mixed and k.get("grad_accum_fp32") and not opt_off:
+        return _bf16_optimizer(n_train)
     return _stage12(facts, strategy, k, part, w16, opt_off, mixed)
+
+
+def _bf16_optimizer(n_train: int) -> ZeroTerms:
+    # engine.py _do_optimizer_sanity_check: bf16 + data_types.grad_accum_dtype fp32 + ZeRO-1 without
+    # offload returns BFLOAT16, so _configure_bf16_optimizer builds bf16_optimizer.py BF16_Optimizer,
+    # not DeepSpeedZeroOptimizer. Its _setup_for_real_optimizer allocates fp32_groups_gradients_flat,
+    # zeros_like the whole bf16 flat buffer in fp32 (4 B x every trainable parameter, not a
+    # partition), at init, kept for good; no ipg buckets, no 16-bit gradient partition. Without
+    # immediate_grad_update (precision_config.py default False) the bf16 .grad tensors are added to it
+    # at the boundary (update_hp_grads) and zeroed, not freed, so they are held from the first
+    # backward on (the caller holds the 16-bit gradients when fp32_grad_persistent is set).
+    return ZeroTerms(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, n_train * 4.0, True, 0.0, 0.0)
 
 
 def _stage12(facts: ModelSpec, strategy: Strategy, k: dict[str, Any], part: float, w16: float, opt_off: bool,
@@ -97,11 +116,48 @@ def _stage12(facts: ModelSpec, strategy: Strategy, k: dict[str, Any], part: floa
     # The fp32 gradient of the partition is built at the step (stage_1_and_2.py step:
     # flat_grad_partition.to(fp32)) and freed after it; on the host under offload (counted there).
     fp32 = 0.0 if (opt_off or not mixed) else part * 4.0
-    return ZeroTerms(0.0, 0.0, buckets, staging, grad_partition, fp32, False, 0.0, staging)
+    return ZeroTerms(0.0, 0.0, 0.0, 0.0, buckets, staging, grad_partition, fp32, False, 0.0, staging)
 
 
-def _stage3(facts: ModelSpec, strategy: Strategy, k: dict[str, Any], part: float, weights_bytes: float, w16: float,
-            opt_off: bool, mixed: bool) -> ZeroTerms:
+def persistent_params(facts: ModelSpec, strategy: Strategy, threshold: int, n_train: int = 0, lora_rank: int = 16) -> int:
+    """Parameters ZeRO-3 keeps gathered on every rank: each tensor of fewer than `threshold` elements.
+
+    parameter_offload.py DeepSpeedZeRoOffload.mark_persistent_parameters sets `ds_persist` on every
+    parameter with ds_numel < param_persistence_threshold (model_persistence_threshold, default
+    unbounded, caps the total); partitioned_param_coordinator.py never releases them (__params_to_release
+    skips ds_persist), with parameter offload too. Counted here: the per-layer vectors (norm weights:
+    what the decoder layers hold outside their Linear layers, each at most h wide), Linear biases,
+    Linear weights themselves when that small, and LoRA's A (r x in) and B (out x r) matrices.
+
+    Args:
+        facts: ModelSpec (total, embedding, lm_head and Linear counts).
+        strategy: the Strategy (method).
+        threshold: param_persistence_threshold (elements).
+        n_train: trainable parameters (the adapters, for lora/qlora).
+        lora_rank: LoRA rank for lora/qlora.
+    Returns:
+        Persistent parameter elements (whole tensors, not partitions).
+    """
+    linears = [x for x in facts.linear_layers if x.kind == "linear"]
+    in_linears = sum(x.params for x in facts.linear_layers)
+    lm_head = 0 if facts.tie_word_embeddings else facts.lm_head_params
+    vectors = max(0, facts.total_params - facts.embedding_params - lm_head - in_linears)
+    small = vectors if facts.hidden_size < threshold else 0
+    small += sum(x.out_features * x.count for x in linears if x.bias and x.out_features < threshold)
+    # A whole Linear weight under the threshold (small models, or DeepSpeed's 1e5 default with h <= 316).
+    small += sum(x.weight_params for x in facts.linear_layers if x.in_features * x.out_features < threshold)
+    if strategy.method in ("lora", "qlora") and n_train:
+        # The share of adapter elements in matrices under the threshold, over every Linear, applied to
+        # the adapters that train (target_modules picks which; this keeps the count target-agnostic).
+        mats = [(n, x.count) for x in linears for n in (lora_rank * x.in_features, x.out_features * lora_rank)]
+        total = sum(n * c for n, c in mats)
+        small += round(n_train * sum(n * c for n, c in mats if n < threshold) / total) if total else 0
+    return small
+
+
+def _stage3(facts: ModelSpec, strategy: Strategy, k: dict[str, Any], sizes: tuple[float, int, int], weights_bytes: float,
+            w16: float, opt_off: bool, mixed: bool) -> ZeroTerms:
+    part, n_train, lora_rank = sizes
     # partitioned_param_coordinator.py: a gathered parameter is released after its module runs unless
     # it is used again within `max_reuse_distance` parameters of the recorded trace
     # (__params_to_release), so those kept for reuse total at most max_reuse_distance; add the module
@@ -120,9 +176,18 @@ def _stage3(facts: ModelSpec, strategy: Strategy, k: dict[str, Any], part: float
     # stage3.py _setup_for_real_optimizer: one ipg bucket of reduce_bucket_size per communication dtype
     # (contiguous_gradients), on the GPU even with offload.
     buckets = k["reduce_bucket_size"] * w16 if k["contiguous_gradients"] else 0.0
+    # stage3.py __reduce_and_partition_ipg_grads -> __avg_scatter_grads (reduce_scatter, DeepSpeed's
+    # default) -> comm/coalesced_collectives.py reduce_scatter_coalesced: a bucket of more than one
+    # gradient is interleaved by rank into a new flat tensor (torch.cat) before the reduce-scatter, a
+    # second copy of the bucket's elements while the ipg buffer is still held. The bucket fills up to
+    # reduce_bucket_size, and never holds more than the trainable parameters.
+    scatter_copy = min(k["reduce_bucket_size"], n_train) * w16
+    persistent = persistent_params(facts, strategy, k["param_persistence_threshold"], n_train, lora_rank) * w16
     # stage3.py _setup_for_real_optimizer: grad_partitions_flat_buffer, the 16-bit gradients of the
     # whole partition, zeros at init, on the optimizer's device (pinned host RAM under offload).
-    grad16 = part * w16
+    # Its dtype is gradient_accumulation_dtype (engine.py get_data_types): fp32 when the config sets
+    # data_types.grad_accum_dtype to fp32, else the model dtype.
+    grad16 = part * (4.0 if k.get("grad_accum_fp32") else w16)
     # stage3.py step -> _prepare_fp32_grad_for_sub_group: each sub-group's gradients are flattened and
     # converted to fp32 (at most sub_group_size elements), stepped, and released by _release_sub_group
     # before the next one: a step transient on the GPU. The fp32 buffer initialize_optimizer_states
@@ -130,5 +195,5 @@ def _stage3(facts: ModelSpec, strategy: Strategy, k: dict[str, Any], part: float
     # each sub-group keeps its own pinned host buffer instead (the host model's 4 B of fp32 gradients).
     # Without fp32 master weights (pure 16-bit training) the partition itself serves.
     fp32 = 0.0 if (opt_off or not mixed) else min(part, k["sub_group_size"]) * 4.0
-    return ZeroTerms(gathered, gathered_grad, buckets, 0.0, 0.0 if opt_off else grad16, fp32, False,
-                     grad16 if opt_off else 0.0, 0.0)
+    return ZeroTerms(gathered, persistent, scatter_copy, gathered_grad, buckets, 0.0, 0.0 if opt_off else grad16,
+                     fp32, False, grad16 if opt_off else 0.0, 0.0)

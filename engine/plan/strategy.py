@@ -35,6 +35,9 @@ class ZeroKnobs(BaseModel):
     sub_group_size: Optional[int] = None
     overlap_comm: Optional[bool] = None
     contiguous_gradients: Optional[bool] = None
+    # data_types.grad_accum_dtype "fp32" (engine.py get_data_types): with bf16 and ZeRO-1 DeepSpeed
+    # then uses its BF16_Optimizer, which keeps fp32 gradients of the whole model (memory/zero.py).
+    grad_accum_fp32: Optional[bool] = None
 
 
 class Strategy(BaseModel):

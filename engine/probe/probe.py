@@ -60,7 +60,9 @@ def _build_model(config: Mapping, layers: int, attention: str, dtype, method: st
     cfg = {k: v for k, v in dict(config).items() if k not in ("torch_dtype", "dtype", "architectures")}
     if "model_type" not in cfg:
         raise ProbeError("probe: the model config has no model_type (e.g. llama, qwen2)")
-    cfg["num_hidden_layers"] = layers
+    # bloom (and other GPT-style configs) name the layer count n_layer; transformers maps
+    # num_hidden_layers onto it, so set the key the config itself uses.
+    cfg["n_layer" if "n_layer" in cfg else "num_hidden_layers"] = layers
     if isinstance(cfg.get("layer_types"), list):
         cfg["layer_types"] = cfg["layer_types"][:layers]
     try:
@@ -224,7 +226,7 @@ def probe(config: Mapping, *, seq_len: int, micro_batch: int, method: str = "ful
         notes.append("flash_attention_2 needs CUDA: traced sdpa (same O(s) memory)")
     if method == "qlora":
         notes.append("qlora traced as LoRA on bf16 weights (bitsandbytes is not installed)")
-    n = int(dict(config).get("num_hidden_layers", 0))
+    n = int(dict(config).get("num_hidden_layers") or dict(config).get("n_layer") or 0)
     counts = _layer_counts(n, layers_traced)
     done, total = 0, 3 * len(counts)
 
