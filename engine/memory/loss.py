@@ -31,10 +31,11 @@ def chunked_loss_bytes(tokens: float, vocab: int, e: float, chunks: int) -> floa
 
     The output projection and `compute_cross_entropy` (`logits.float()`, cross_entropy) run per token
     chunk, so each chunk's fp32 copy is freed at once, but every chunk's log_softmax output stays saved
-    for backward (e*N*V in all); backward then works one chunk at a time: the two e-byte gradients and
-    the chunk's 16-bit logits gradient, (2*e + 2)*N*V/chunks.
+    for backward (e*N*V in all); backward then works one chunk at a time, whose two e-byte gradients
+    (of nll_loss and of log_softmax) are the transient: e*N*V + 2*e*N*V/chunks. The recipe deletes the
+    16-bit logit chunks before backward (recipes/lora_finetune_single_device.py: `del logits`).
     """
-    return e * tokens * vocab + (2.0 * e + _LOGITS_16) * tokens * vocab / chunks
+    return e * tokens * vocab + 2.0 * e * tokens * vocab / chunks
 
 
 def fused_linear_loss_bytes(tokens: int, vocab: int, hidden: int, head_trains: bool) -> float:
