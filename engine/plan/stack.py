@@ -47,7 +47,7 @@ def framework_table() -> dict[str, dict[str, Any]]:
     import yaml
 
     text = files("memfit.engine.plan").joinpath("frameworks.yaml").read_text(encoding="utf-8")
-    table = yaml.safe_load(text)["frameworks"]
+    table: dict[str, dict[str, Any]] = yaml.safe_load(text)["frameworks"]
     missing = set(FRAMEWORKS) ^ set(table)
     if missing:  # a packaging or editing mistake, not a user error
         raise RuntimeError(f"frameworks.yaml and FRAMEWORKS disagree on {sorted(missing)}")
