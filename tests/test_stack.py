@@ -196,3 +196,19 @@ def _trace(kind: str, chunks: int = 8, cap: float | None = None, upcast: bool = 
 def test_loss_trace_matches_formula(kind, kwargs, expected):
     # The trace also holds the 16-bit gradient of the hidden states (2*N*H, 1/256 of N*V here).
     assert _trace(kind, **kwargs) == pytest.approx(expected, abs=0.1)
+
+
+def test_plan_format_table_lists_every_framework_with_its_defaults():
+    # frameworks.yaml is documented in docs/reference/plan-format.md: one row per framework, same values.
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs/reference/plan-format.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[1].strip().split()[0].strip("`"): line for line in text.splitlines()
+            if line.startswith("| `")}
+    for name, row in framework_table().items():
+        cells = [c.strip() for c in rows[name].split("|")[1:-1]]
+        assert cells[1] == ("yes" if row["kbit_upcast"] else "no"), name
+        assert cells[2].startswith(row["loss"]["implementation"]), name
+        assert cells[3] == ("yes" if row["activation_offloading"] else "no"), name
+        assert (cells[4], cells[5]) == (row["lora_dtype"], row["optimizer_impl"]), name
+        assert cells[6] == ("yes" if row["packing"] else "no"), name
