@@ -212,3 +212,11 @@ def test_plan_format_table_lists_every_framework_with_its_defaults():
         assert cells[3] == ("yes" if row["activation_offloading"] else "no"), name
         assert (cells[4], cells[5]) == (row["lora_dtype"], row["optimizer_impl"]), name
         assert cells[6] == ("yes" if row["packing"] else "no"), name
+
+
+def test_gemma2_without_the_key_is_softcapped_by_its_config_default():
+    # transformers models/gemma2/configuration_gemma2.py: final_logit_softcapping = 30.0; the catalogue
+    # entry leaves the key out. Llama has no softcapping.
+    gemma = _plan(model="google/gemma-2-27b")
+    assert resolve_stack(gemma, _facts(gemma)).softcapping
+    assert not resolve_stack(_plan(), _facts(_plan())).softcapping

@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .schema import Plan
 
+# Model types whose transformers 5.24 config class defaults final_logit_softcapping to a number
+# (models/*/configuration_*.py), for configs that leave the key out (the catalogue's do).
+_SOFTCAP_BY_DEFAULT = frozenset({"gemma2", "vaultgemma", "gemma3n", "gemma3n_text", "t5gemma"})
 FRAMEWORKS = ("hf-trainer", "trl", "axolotl", "llamafactory", "torchtune", "unsloth")
 
 
@@ -47,7 +50,8 @@ def framework_table() -> dict[str, dict[str, Any]]:
     import yaml
 
     text = files("memfit.engine.plan").joinpath("frameworks.yaml").read_text(encoding="utf-8")
-    table: dict[str, dict[str, Any]] = yaml.safe_load(text)["frameworks"]
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: the cold path is timed
+    table: dict[str, dict[str, Any]] = yaml.load(text, Loader=loader)["frameworks"]
     missing = set(FRAMEWORKS) ^ set(table)
     if missing:  # a packaging or editing mistake, not a user error
         raise RuntimeError(f"frameworks.yaml and FRAMEWORKS disagree on {sorted(missing)}")
@@ -56,6 +60,14 @@ def framework_table() -> dict[str, dict[str, Any]]:
 
 def _given(value: Any, default: Any) -> Any:
     return default if value is None else value
+
+
+def _softcapped(facts: Any) -> bool:
+    """Whether the model applies final-logit softcapping: its config's key, else its class default."""
+    config = getattr(facts, "config", None) or {}
+    if "final_logit_softcapping" in config:
+        return bool(config["final_logit_softcapping"])
+    return getattr(facts, "model_type", None) in _SOFTCAP_BY_DEFAULT
 
 
 def resolve_stack(plan: Plan, facts: Any = None) -> Stack:
@@ -72,8 +84,7 @@ def resolve_stack(plan: Plan, facts: Any = None) -> Stack:
     loss = base["loss"]
     opts = t.loss
     cap = opts.softcapping
-    config = getattr(facts, "config", None) or {}
-    softcap = bool(config.get("final_logit_softcapping")) if cap == "auto" else bool(cap)
+    softcap = _softcapped(facts) if cap == "auto" else bool(cap)
     return Stack(
         framework=t.framework,
         loss_implementation=_given(opts.implementation, loss["implementation"]),
