@@ -81,6 +81,9 @@ def _why(c) -> list[Line]:
     b = c.memory.breakdown
     lines.append([("  GPU breakdown (GiB): " + ", ".join(f"{k.removesuffix('_gib')} {v:.1f}" for k, v in b["gpu"].items() if v), "")])
     lines.append([("  host breakdown (GiB): " + ", ".join(f"{k.removesuffix('_gib')} {v:.1f}" for k, v in b["host"].items() if v), "")])
+    if "allocator" in b:  # reserved (what ends a run) vs allocated (what torch.cuda.max_memory_allocated shows)
+        a = b["allocator"]
+        lines.append([(f"  GPU allocator (GiB): allocated {a['allocated_gib']:.1f}, reserved {a['reserved_gib']:.1f}", "")])
     return lines + [[(f"  note: {n}", "dim")] for n in c.notes]
 
 
@@ -170,6 +173,9 @@ def estimate_text(r) -> str:
         lines.append(f"NVMe      {r.nvme_gib:.0f} GiB per node: {'fits' if r.nvme_fits else 'DOES NOT FIT'}")
     for side in ("gpu", "host"):
         lines.append(f"  {side}: " + ", ".join(f"{k.removesuffix('_gib')} {v:.2f}" for k, v in r.breakdown[side].items() if v))
+    if "allocator" in r.breakdown:
+        a = r.breakdown["allocator"]
+        lines.append(f"  allocator: allocated {a['allocated_gib']:.2f}, reserved {a['reserved_gib']:.2f} (the fit uses reserved)")
     lines.append(f"largest micro-batch no reject rule forbids: {r.max_micro_batch_size or 'none'}; "
                  f"longest sequence: {r.max_seq_len or 'none'}")
     if r.deepspeed_estimate:

@@ -205,3 +205,19 @@ def test_the_plan_reads_deepspeed_and_fsdp_from_real_training_arguments():
         t = plan_from_trainer(args, model, None, hardware=hw, seq_len=128)[0]["training"]
         assert (t["zero_stage"], t["offload_optimizer"], t["offload_param"], t["precision"],
                 t["micro_batch_size"]) == (stage, opt, param, precision, batch), kwargs
+
+
+def test_the_plan_reads_the_adamw_implementation_from_training_arguments():
+    # optim adamw_torch_fused is torch's fused AdamW (no foreach copy of the second moments at the step);
+    # adamw_torch runs the foreach path on CUDA (torch/optim/adam.py).
+    from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
+
+    from memfit.engine.integrations.trainer_plan import plan_from_trainer
+
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=512))
+    for optim, impl in (("adamw_torch_fused", "fused"), ("adamw_torch", "foreach")):
+        args = TrainingArguments(output_dir="/tmp/memfit-unused", report_to="none", use_cpu=True, optim=optim)
+        t = plan_from_trainer(args, model, None, hardware={"gpu_memory": 80, "host_memory": 64}, seq_len=128)[0]["training"]
+        assert t["optimizer_impl"] == impl
+        assert "kbit_upcast" not in t  # full fine-tuning: nothing quantised

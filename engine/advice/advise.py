@@ -69,14 +69,19 @@ def _gpu_band(gpu_peak_gib: float, s: Strategy) -> GpuBand:
     return GpuBand(low=round(gpu_peak_gib * b.low, 3), high=round(gpu_peak_gib * b.high, 3), n=b.n, pool=b.pool)
 
 
+def _breakdown(e: MemoryEstimate) -> dict[str, dict[str, float]]:
+    """GPU and host terms, plus the allocator's view: allocated (tensors) and reserved (segments, what ends a run)."""
+    return {"gpu": {k: round(v, 3) for k, v in e.gpu.as_dict().items()},
+            "host": {k: round(v, 3) for k, v in e.host.as_dict().items()},
+            "allocator": {"allocated_gib": round(e.gpu_allocated_gib, 3), "reserved_gib": round(e.gpu_reserved_gib, 3)}}
+
+
 def _memory_report(c: Candidate) -> MemoryReport:
     e = c.estimate
     return MemoryReport(gpu_peak_gib=round(e.gpu_peak_gib, 3), gpu_peak_phase=e.gpu_peak_phase,
                         host_peak_gib=round(e.host_peak_gib, 3), host_peak_phase=e.host_peak_phase,
                         nvme_gib=round(e.nvme_gib, 3), gpu_fits=e.gpu_fits, host_fits=e.host_fits,
-                        breakdown={"gpu": {k: round(v, 3) for k, v in e.gpu.as_dict().items()},
-                                   "host": {k: round(v, 3) for k, v in e.host.as_dict().items()}},
-                        gpu_band=_gpu_band(e.gpu_peak_gib, c.strategy))
+                        breakdown=_breakdown(e), gpu_band=_gpu_band(e.gpu_peak_gib, c.strategy))
 
 
 def _ds_config(strategy: Strategy, plan: Plan, model: ModelSpec) -> tuple[dict[str, Any], list[str]]:
@@ -254,9 +259,7 @@ def estimate(plan: Plan | str | Path, *, rules_dirs: Iterable[str | Path] = (), 
         gpu_peak_gib=round(e.gpu_peak_gib, 3), host_peak_gib=round(e.host_peak_gib, 3), nvme_gib=round(e.nvme_gib, 3),
         gpu_fits=e.gpu_fits, host_fits=e.host_fits, nvme_fits=e.nvme_fits, gpu_capacity_gib=e.gpu_capacity_gib,
         host_capacity_gib=e.host_capacity_gib, gpu_peak_phase=e.gpu_peak_phase, host_peak_phase=e.host_peak_phase,
-        breakdown={"gpu": {k: round(v, 3) for k, v in e.gpu.as_dict().items()},
-                   "host": {k: round(v, 3) for k, v in e.host.as_dict().items()}},
-        max_micro_batch_size=max_mb, max_seq_len=max_seq,
+        breakdown=_breakdown(e), max_micro_batch_size=max_mb, max_seq_len=max_seq,
         deepspeed_estimate=ds.model_dump() if ds else None, gpu_band=_gpu_band(e.gpu_peak_gib, s))
 
 

@@ -26,7 +26,7 @@ TOOL = "axolotl YAML"
 _EIGHT_BIT = {"adamw_bnb_8bit", "paged_adamw_8bit", "adamw_torch_8bit", "ao_adamw_8bit", "adamw_8bit"}
 _ATTENTION = {"flash_attention_2": "flash_attention_2", "flash_attention_3": "flash_attention_2",
               "sdpa": "sdpa", "eager": "eager"}
-NOT_MODELED = ("activation_offloading", "layer_offloading", "tiled_mlp", "context_parallel_size",
+NOT_MODELED = ("layer_offloading", "tiled_mlp", "context_parallel_size",
                "tensor_parallel_size", "lora_modules_to_save", "unfrozen_parameters", "peft_use_dora",
                "torch_compile", "fp8", "lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "reinit_weights",
                "flash_attn_fuse_mlp", "model_quantization_config", "max_memory", "gpu_memory_limit")
@@ -115,12 +115,51 @@ def _stage(ax: dict[str, Any], method: str, out: ForeignRead) -> None:
         out.notes.append("reward_model: a classification head instead of the LM head (smaller logits)")
 
 
-def _extras(ax: dict[str, Any], out: ForeignRead) -> None:
+def _plugins(ax: dict[str, Any]) -> str:
+    return " ".join(str(p) for p in (ax.get("plugins") or []))
+
+
+def _loss(ax: dict[str, Any], out: ForeignRead) -> dict[str, Any]:
+    """training.loss from axolotl's loss plugins and keys (integrations/*/args.py, utils/schemas/config.py)."""
+    plugins = _plugins(ax)
+    # CutCrossEntropyPlugin's args default cut_cross_entropy to True once the plugin is listed.
+    if "CutCrossEntropyPlugin" in plugins and ax.get("cut_cross_entropy", True):
+        out.notes.append("cut_cross_entropy: fused linear cross-entropy (no whole logits): training.loss fused_linear")
+        return {"implementation": "fused_linear"}
+    if "LigerPlugin" in plugins and ax.get("liger_fused_linear_cross_entropy"):
+        out.notes.append("liger_fused_linear_cross_entropy: Liger's fused linear cross-entropy: training.loss fused_linear")
+        return {"implementation": "fused_linear"}
+    if ax.get("chunked_cross_entropy"):
+        # monkeypatch/loss/chunked.py patch_chunked_ce_loss_fn(num_output_chunks=8) replaces ForCausalLMLoss.
+        chunks = int(ax.get("chunked_cross_entropy_num_chunks") or 8)
+        out.notes.append(f"chunked_cross_entropy: {chunks} chunks upcast one at a time: training.loss chunked")
+        return {"implementation": "chunked", "chunks": chunks}
+    return {}
+
+
+def _stack(ax: dict[str, Any], out: ForeignRead) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(training keys, data keys) of the stack: framework, loss, activation offloading, data shape."""
+    training: dict[str, Any] = {"framework": "axolotl"}
+    loss = _loss(ax, out)
+    if loss:
+        training["loss"] = loss
+    gc, ao = ax.get("gradient_checkpointing"), ax.get("activation_offloading")
+    if ao or gc in ("offload", "offload_disk"):
+        # activation_offloading: TRL's offloader (torchtune's OffloadActivations); gradient_checkpointing:
+        # offload: monkeypatch/gradient_checkpointing/offload_cpu.py moves each checkpoint to the CPU.
+        training["activation_offloading"] = True
+        out.notes.append(f"{'activation_offloading' if ao else 'gradient_checkpointing'}: "
+                         f"{ao if ao else gc}: saved layer inputs in host memory (training.activation_offloading)")
+    if ao == "offload_disk" or gc == "offload_disk":
+        out.warnings.append("offload_disk: the checkpoints go to disk, memfit counts them in host memory (an over-estimate)")
     if ax.get("sample_packing"):
-        out.notes.append("sample_packing: sequences packed to sequence_len; memfit assumes full-length sequences")
-    if ax.get("liger_fused_linear_cross_entropy") or ax.get("cut_cross_entropy") or ax.get("chunked_cross_entropy"):
-        out.warnings.append("liger / cut / chunked cross-entropy never materialises the full logits; memfit's "
-                            "estimate includes them (an over-estimate)")
+        out.notes.append("sample_packing: sequences packed to sequence_len (data.packing: fixed shapes)")
+        return training, {"packing": True}
+    # DataCollatorForSeq2Seq pads to the batch's longest sequence unless pad_to_sequence_len.
+    return training, {"packing": False, "padding": "max_length" if ax.get("pad_to_sequence_len") else "longest"}
+
+
+def _extras(ax: dict[str, Any], out: ForeignRead) -> None:
     mem = sorted(k for k in NOT_MODELED if ax.get(k) not in (None, False, 0, ""))
     if mem:
         out.warnings.append(f"memory-relevant keys memfit does not model (effect unknown): {', '.join(mem)}")
@@ -145,9 +184,6 @@ def _strategy(ax: dict[str, Any], src: str, ds: Path | None, cwd: Path, out: For
     else:
         pins = _fsdp(ax, out) or pins
     gc = ax.get("gradient_checkpointing", False)
-    if gc in ("offload", "offload_disk"):
-        out.warnings.append(f"gradient_checkpointing: {gc} also offloads the checkpoints; estimated as plain "
-                            "checkpointing (an over-estimate)")
     out.notes.append(f"gradient checkpointing: {'on' if gc else 'off'}"
                      f"{' (axolotl default)' if 'gradient_checkpointing' not in ax else ''}")
     return {**pins, "micro_batch_size": int(ax.get("micro_batch_size") or 1), "gradient_checkpointing": bool(gc)}
@@ -175,7 +211,8 @@ def read_axolotl(path: str | Path, hardware: dict[str, Any], deepspeed: str | Pa
                 "attention": _ATTENTION.get(str(ax.get("attn_implementation")), "sdpa"), "lora": _lora(ax)}
     _stage(ax, method, out)
     _extras(ax, out)
-    out.plan = {"model": ax["base_model"], "hardware": dict(hardware), "training": training}
+    stack, data = _stack(ax, out)
+    out.plan = {"model": ax["base_model"], "hardware": dict(hardware), "training": {**training, **stack}, "data": data}
     out.pinned = {"method": method, **pins}
     return out
 

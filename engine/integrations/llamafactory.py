@@ -38,7 +38,7 @@ _CUSTOM_OPTIMIZERS = {
 }
 # Memory-relevant arguments (the [MEM] list of hparams/*.py) this reader does not turn into plan fields.
 NOT_MODELED = (
-    "use_unsloth", "use_unsloth_gc", "shift_attn", "mixture_of_depths", "rope_scaling", "upcast_layernorm",
+    "shift_attn", "mixture_of_depths", "rope_scaling", "upcast_layernorm",
     "upcast_lmhead_output", "train_from_scratch", "use_v1_kernels", "quantization_type", "double_quantization",
     "image_max_pixels", "video_max_pixels", "video_maxlen", "use_kt", "streaming", "use_dora", "pissa_init",
     "use_llama_pro", "freeze_vision_tower", "freeze_multi_modal_projector", "freeze_language_model", "fp8",
@@ -142,11 +142,6 @@ def _stage(lf: dict[str, Any], method: str, out: ForeignRead) -> None:
 
 
 def _extras(lf: dict[str, Any], out: ForeignRead) -> None:
-    if lf.get("packing") or lf.get("neat_packing") or (lf.get("packing") is None and lf.get("stage") == "pt"):
-        out.notes.append("packing: sequences are packed to cutoff_len; memfit already assumes full-length sequences")
-    if lf.get("enable_liger_kernel"):
-        out.warnings.append("enable_liger_kernel: the fused linear cross-entropy never materialises the logits; "
-                            "memfit's estimate includes them (an over-estimate)")
     if lf.get("additional_target") or lf.get("freeze_extra_modules") or lf.get("resize_vocab"):
         out.warnings.append("additional_target/freeze_extra_modules/resize_vocab: trainable embeddings or other "
                             "extra modules (weights, gradients and optimizer states) are not modelled")
@@ -162,6 +157,31 @@ def _extras(lf: dict[str, Any], out: ForeignRead) -> None:
         out.warnings.append(f"not among {keys.rules} ({keys.note}; LLaMA-Factory {keys.version} pins "
                             f"{LLAMAFACTORY_TRANSFORMERS_PIN}, whose TrainingArguments may still have them); "
                             f"effect unknown: {', '.join(unknown)}")
+
+
+def _stack(lf: dict[str, Any], out: ForeignRead) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(training keys, data keys): framework, Liger's loss, unsloth's offloaded checkpointing, packing."""
+    training: dict[str, Any] = {"framework": "unsloth" if lf.get("use_unsloth") else "llamafactory"}
+    if lf.get("use_unsloth"):
+        # model/model_utils/unsloth.py loads through FastLanguageModel with use_gradient_checkpointing="unsloth".
+        out.notes.append("use_unsloth: unsloth's loader and defaults (training.framework unsloth)")
+    if lf.get("enable_liger_kernel") and lf.get("stage", "sft") in ("pt", "sft"):
+        # model/model_utils/liger_kernel.py apply_liger_kernel: fused linear cross-entropy, except for stages
+        # that need the logits (require_logits: not pt/sft), which get Liger's plain cross-entropy.
+        training["loss"] = {"implementation": "fused_linear"}
+        out.notes.append("enable_liger_kernel: Liger's fused linear cross-entropy (training.loss fused_linear)")
+    elif lf.get("enable_liger_kernel"):
+        out.notes.append(f"enable_liger_kernel: stage {lf.get('stage')} needs the logits: Liger's cross-entropy on "
+                         "whole logits, estimated as the standard loss (an upper bound)")
+    if lf.get("use_unsloth_gc"):
+        # model_utils/checkpointing.py UnslothGradientCheckpointing: hidden_states.to("cpu") per layer.
+        training["activation_offloading"] = True
+        out.notes.append("use_unsloth_gc: checkpointed layer inputs in host memory (training.activation_offloading)")
+    if lf.get("packing") or lf.get("neat_packing") or (lf.get("packing") is None and lf.get("stage") == "pt"):
+        out.notes.append("packing: sequences are packed to cutoff_len (data.packing)")
+        return training, {"packing": True}
+    # data/collator.py pads each batch to its longest sequence (DataCollatorForSeq2Seq, padding=True).
+    return training, {"packing": False, "padding": "longest"}
 
 
 def resolve_deepspeed(value: str, src: str, cwd: Path) -> Path:
@@ -231,6 +251,8 @@ def read_llamafactory(path: str | Path, hardware: dict[str, Any], deepspeed: str
                 "attention": _ATTENTION.get(str(lf.get("flash_attn", "auto")), "sdpa"), "lora": _lora(lf)}
     _stage(lf, method, out)
     _extras(lf, out)
-    out.plan = {"model": lf["model_name_or_path"], "hardware": dict(hardware), "training": training}
+    stack, data = _stack(lf, out)
+    out.plan = {"model": lf["model_name_or_path"], "hardware": dict(hardware), "training": {**training, **stack},
+                "data": data}
     out.pinned = {"method": method, **pins}
     return out

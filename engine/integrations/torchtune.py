@@ -113,22 +113,39 @@ def _optimizer(cfg: dict[str, Any], out: ForeignRead) -> str:
 
 
 def _extras(cfg: dict[str, Any], model: dict[str, Any], out: ForeignRead) -> None:
-    loss = str((cfg.get("loss") or {}).get("_component_", ""))
-    if "Chunked" in loss or "LinearCrossEntropy" in loss:
-        out.warnings.append(f"loss: {loss.rsplit('.', 1)[-1]} computes the logits in chunks; memfit's estimate "
-                            "includes the full logits (an over-estimate)")
-    if (cfg.get("dataset") or {}).get("packed"):
-        out.notes.append("dataset.packed: sequences packed to tokenizer.max_seq_len")
     if model.get("use_dora"):
         out.warnings.append("model.use_dora: DoRA's magnitude vectors and extra activations are not modelled")
-    if cfg.get("enable_activation_offloading"):
-        out.warnings.append("enable_activation_offloading: checkpoints go to CPU; estimated without (an over-estimate)")
-    for key in ("compile", "tensor_parallel_dim", "context_parallel_dim", "custom_sharded_layers"):
+    for key in ("tensor_parallel_dim", "context_parallel_dim", "custom_sharded_layers"):
         if cfg.get(key) not in (None, False, 1):
             out.warnings.append(f"{key}: {cfg[key]} is not modelled (effect unknown)")
     unknown = unknown_names("torchtune", cfg)
     if unknown:
         out.warnings.append(f"keys the {key_list('torchtune').rules} recipes do not read: {', '.join(unknown)}")
+
+
+def _stack(cfg: dict[str, Any], out: ForeignRead) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(training keys, data keys): framework, the loss component, activation offloading, packing."""
+    training: dict[str, Any] = {"framework": "torchtune"}
+    loss = cfg.get("loss") or {}
+    comp = str(loss.get("_component_", ""))
+    if "Chunked" in comp or "LinearCrossEntropy" in comp:
+        # CEWithChunkedOutputLoss(num_output_chunks=8): the recipe sets the model's output chunks from it.
+        training["loss"] = {"implementation": "chunked", "chunks": int(loss.get("num_output_chunks") or 8)}
+        out.notes.append(f"loss: {comp.rsplit('.', 1)[-1]}: {training['loss']['chunks']} chunks (training.loss chunked)")
+    elif comp:
+        training["loss"] = {"implementation": "standard"}
+        out.notes.append(f"loss: {comp.rsplit('.', 1)[-1]}: whole fp32 logits (training.loss standard)")
+    if cfg.get("compile"):
+        out.notes.append("compile: the loss is compiled (recipes: training.compile_loss); memfit's chunked term is "
+                         "the eager one, an upper bound")
+    training["activation_offloading"] = bool(cfg.get("enable_activation_offloading", False))
+    if training["activation_offloading"]:
+        out.notes.append("enable_activation_offloading: checkpointed layer inputs in pinned host memory")
+    if (cfg.get("dataset") or {}).get("packed"):
+        out.notes.append("dataset.packed: sequences packed to tokenizer.max_seq_len (data.packing)")
+        return training, {"packing": True}
+    # data/_collate.py padded_collate_sft pads each batch to its longest sequence.
+    return training, {"packing": False, "padding": "longest"}
 
 
 def _sharding(cfg: dict[str, Any], recipe: str, hardware: dict[str, Any], out: ForeignRead):
@@ -181,7 +198,8 @@ def read_torchtune(path: str | Path, hardware: dict[str, Any], deepspeed: str | 
     if "dpo" in recipe and method == "full":
         out.warnings.append(f"{recipe}: the reference model (a frozen copy of the policy) is not added to the estimate")
     _extras(cfg, model, out)
-    out.plan = {"model": model_id, "hardware": hardware, "training": training}
+    stack, data = _stack(cfg, out)
+    out.plan = {"model": model_id, "hardware": hardware, "training": {**training, **stack}, "data": data}
     out.pinned = {"method": method, **pins, "micro_batch_size": micro, "gradient_checkpointing": gc}
     return out
 

@@ -66,6 +66,23 @@ def _optimizer(args) -> str:
     return next((o for o in ("adafactor", "sgd") if o in name), "adamw")
 
 
+def _stack(args, base, method: str, notes: list[str]) -> dict:
+    """Stack keys the run itself shows: the AdamW implementation, Liger's loss, QLoRA's upcast."""
+    name = str(getattr(getattr(args, "optim", ""), "value", getattr(args, "optim", ""))).lower()
+    out: dict[str, Any] = {"optimizer_impl": "fused" if "fused" in name else "foreach"}
+    if getattr(args, "use_liger_kernel", False):  # Trainer applies Liger's kernels, fused linear cross-entropy
+        out["loss"] = {"implementation": "fused_linear"}
+        notes.append("use_liger_kernel: Liger's fused linear cross-entropy (training.loss fused_linear)")
+    if method == "qlora":
+        # peft's prepare_model_for_kbit_training leaves the embeddings in fp32; without it they stay 16-bit.
+        emb = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
+        weight = getattr(emb, "weight", None)
+        if weight is not None:
+            out["kbit_upcast"] = str(weight.dtype) == "torch.float32"
+            notes.append(f"QLoRA: embeddings in {weight.dtype}: training.kbit_upcast {out['kbit_upcast']}")
+    return out
+
+
 def _deepspeed(args, notes: list[str]) -> dict:
     filled = getattr(getattr(args, "hf_deepspeed_config", None), "config", None)
     cfg = filled or getattr(args, "deepspeed", None)
@@ -171,7 +188,7 @@ def plan_from_trainer(args, model, dataset=None, *, hardware: Optional[dict] = N
                 "optimizer": _optimizer(args),
                 "gradient_checkpointing": bool(getattr(args, "gradient_checkpointing", False) or _checkpointing(base)),
                 "attention": attention if attention in ("sdpa", "flash_attention_2", "eager") else "sdpa",
-                **_deepspeed(args, notes)}
+                **_deepspeed(args, notes), **_stack(args, base, method, notes)}
     if lora:
         training["lora"] = lora
     hw, gpu_known = _hardware(args, hardware, notes)

@@ -11,8 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
+from .loss import loss_bytes, standard_loss_bytes
+
 if TYPE_CHECKING:
     from ..model.spec import ModelSpec
+    from ..plan.stack import Stack
 
 # Input width of each linear layer of a Llama-style decoder layer, as a function of (h, a*head_dim, I).
 _LINEAR_IN = {"q_proj": "h", "k_proj": "h", "v_proj": "h", "o_proj": "attn", "gate_proj": "h",
@@ -26,6 +29,7 @@ class ActivationBytes:
     stored_bytes: float        # kept for backward: all layers + the final norm (end of forward)
     working_bytes: float       # one layer's backward working set (its recompute under checkpointing)
     logits_loss_bytes: float   # logits/loss tensors live at the start of backward
+    offloaded_bytes: float = 0.0  # activation offloading: layer inputs held in pinned host memory
 
     @property
     def peak_bytes(self) -> float:
@@ -198,17 +202,18 @@ def _backward_transient(facts: ModelSpec, s: int, b: int, attention: str, method
 
 def stored_layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str, method: str,
                        gradient_checkpointing: bool, precision: str, *, lora_rank: int = 16,
-                       lora_targets: str | Sequence[str] = "all-linear", lora_dropout: float = 0.0) -> float:
+                       lora_targets: str | Sequence[str] = "all-linear", lora_dropout: float = 0.0,
+                       kbit_upcast: bool = True) -> float:
     """Bytes one decoder layer keeps for backward at the end of forward (a probe's per-layer term).
 
-    Args: as activation_bytes.
+    Args: as activation_bytes; kbit_upcast: QLoRA's non-quantised parameters are fp32 (Stack.kbit_upcast).
     Returns:
-        With checkpointing, the layer's saved input (s*b*h, fp32 for QLoRA: see activation_bytes);
-        without, everything layer_bytes counts.
+        With checkpointing, the layer's saved input (s*b*h, fp32 for QLoRA with the k-bit upcast: see
+        activation_bytes); without, everything layer_bytes counts.
     """
     dtype_bytes = 4.0 if precision == "fp32" else 2.0
     if gradient_checkpointing:
-        input_bytes = 4.0 if method == "qlora" else dtype_bytes
+        input_bytes = 4.0 if (method == "qlora" and kbit_upcast) else dtype_bytes
         return seq_len * micro_batch * facts.hidden_size * input_bytes
     return layer_bytes(facts, seq_len, micro_batch, attention, dtype_bytes, method=method, lora_rank=lora_rank,
                        lora_targets=lora_targets, lora_dropout=lora_dropout)
@@ -216,7 +221,8 @@ def stored_layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attenti
 
 def activation_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str, method: str,
                      gradient_checkpointing: bool, precision: str, *, lora_rank: int = 16,
-                     lora_targets: str | Sequence[str] = "all-linear", lora_dropout: float = 0.0) -> ActivationBytes:
+                     lora_targets: str | Sequence[str] = "all-linear", lora_dropout: float = 0.0,
+                     stack: Stack | None = None) -> ActivationBytes:
     """Activation memory per GPU for one micro-batch (activations are never sharded by ZeRO).
 
     Args:
@@ -227,6 +233,8 @@ def activation_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention
         gradient_checkpointing: full (non-reentrant) checkpointing of every decoder layer.
         precision: bf16 | fp16 | pure_bf16 | fp32 (fp32 doubles every activation).
         lora_rank, lora_targets, lora_dropout: adapter settings for lora/qlora.
+        stack: the resolved training stack (loss implementation, activation offloading, k-bit upcast);
+            None: HF Trainer + peft (standard fp32 loss, no offloading, QLoRA upcast).
     Returns:
         ActivationBytes; its peak_bytes is the number to add to weights, grads and optimizer states.
     """
@@ -243,11 +251,29 @@ def activation_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention
         # norm's tensors are gone by then, so it counts once, in stored). QLoRA: peft's
         # prepare_model_for_kbit_training casts the norms to fp32, and an fp32 norm weight times a
         # bf16 tensor is fp32, so the residual stream (each layer's saved input) is fp32.
-        stored = n * stored_layer_bytes(facts, s, b, attention, method, True, precision) + final_norm
+        per_layer = stored_layer_bytes(facts, s, b, attention, method, True, precision,
+                                       kbit_upcast=stack.kbit_upcast if stack else True)
         working = one_layer + transient - final_norm
     else:
-        stored, working = n * one_layer + final_norm, transient
-    return ActivationBytes(stored, working, logits_loss_bytes(facts, s, b, precision))
+        per_layer, working = one_layer, transient
+    kept, offloaded = _offload(n, per_layer, bool(stack and stack.activation_offloading))
+    logits = loss_bytes(facts, s, b, stack, head_trains=method == "full")
+    return ActivationBytes(kept + final_norm, working, logits, offloaded)
+
+
+def _offload(layers: int, per_layer: float, offloading: bool) -> tuple[float, float]:
+    """(bytes kept on the GPU, bytes in host memory) of the layers' saved tensors.
+
+    Activation offloading (torchtune training/_activation_offloading.py OffloadActivations, which TRL's
+    and axolotl's `activation_offloading` reuse; unsloth's offloaded checkpointing) copies every saved
+    tensor of the decoder layers to host memory during forward and brings it back in backward. With
+    its streams a layer's tensors stay on the GPU until their copy is done, and backward prefetches
+    the next layer's while it runs the current one: two layers on the GPU; the host holds all of them
+    (pinned: use_pin_memory=True). The output head is never offloaded.
+    """
+    if not offloading:
+        return layers * per_layer, 0.0
+    return min(layers, 2) * per_layer, layers * per_layer
 
 
 def logits_loss_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, precision: str) -> float:
@@ -258,4 +284,4 @@ def logits_loss_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, precisio
     nll_loss and of log_softmax (8sbV). The bf16 logits (2sbV) are freed before backward; the
     forward's own loss peak (2 + 4 + 4 = 10sbV) is lower.
     """
-    return 12.0 * seq_len * micro_batch * facts.vocab_size
+    return standard_loss_bytes(seq_len * micro_batch, facts.vocab_size, 4.0)

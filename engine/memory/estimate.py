@@ -16,10 +16,12 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 from .activations import activation_bytes
+from .allocator import fragmentation
 from .fsdp import fsdp_terms
 from .states import frozen_weight_bytes, state_bytes, trainable_params
 from .zero import zero_terms
 from ..core.units import GIB
+from ..plan.stack import resolve_stack
 from ..core.ds_defaults import (OPT_NVME_BUFFERS, PARAM_NVME_BUFFER_SIZE, PARAM_NVME_BUFFERS, SUB_GROUP_SIZE,
                                accumulation_steps)
 
@@ -33,9 +35,9 @@ if TYPE_CHECKING:
 CUDA_CONTEXT_GIB = 0.75
 # NCCL communicator buffers with more than one GPU (several channels x 4 MiB NCCL_BUFFSIZE per peer).
 NCCL_GIB = 0.5
-# Caching-allocator slack on short-lived allocations (activations, logits): blocks reserved but not
-# allocated. Explicit so that calibration can move it; PyTorch reports it as reserved - allocated.
-ALLOCATOR_SLACK = 0.10
+# Caching-allocator slack on short-lived allocations with fixed shapes (memory/allocator.py has the
+# rate per data shape); kept under this name for FSDP's terms and the tests that read it.
+ALLOCATOR_SLACK = fragmentation(fixed_shapes=True, expandable_segments=False)
 # Host RSS of one training process before any model state: Python, torch, CUDA runtime and
 # libraries, a tokenizer. Point estimate of a few GiB per rank.
 HOST_PROCESS_GIB = 3.0
@@ -82,13 +84,14 @@ class HostBreakdown(_Breakdown):
     checkpoint_load_gib: float
     save_gather_gib: float
     dataset_gib: float
+    offloaded_activations_gib: float = 0.0  # activation offloading: the layers' saved tensors, pinned
 
 
 @dataclass(frozen=True)
 class MemoryEstimate:
     """Best point estimates of peak use; `*_fits` compare them with capacity (no headroom)."""
 
-    gpu_peak_gib: float
+    gpu_peak_gib: float            # reserved by the caching allocator + CUDA context (+ NCCL): what ends a run
     gpu_peak_phase: str
     host_peak_gib: float
     host_peak_phase: str
@@ -103,6 +106,17 @@ class MemoryEstimate:
     gradient_accumulation_steps: int
     gpu: GpuBreakdown
     host: HostBreakdown
+
+    @property
+    def gpu_allocated_gib(self) -> float:
+        """What torch.cuda.max_memory_allocated would report: the peak without slack, context and NCCL."""
+        g = self.gpu
+        return g.total_gib - g.allocator_slack_gib - g.cuda_context_gib - g.nccl_gib
+
+    @property
+    def gpu_reserved_gib(self) -> float:
+        """What torch.cuda.max_memory_reserved would report: allocated plus the allocator's slack."""
+        return self.gpu_allocated_gib + self.gpu.allocator_slack_gib
 
 
 def estimate_memory(plan: Plan, facts: ModelSpec, strategy: Strategy) -> MemoryEstimate:
@@ -146,10 +160,12 @@ def _shards(strategy: Strategy, world: int) -> tuple[int, int, int]:
 
 def _gpu_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[GpuBreakdown, str, int]:
     t, world = plan.training, plan.hardware.world_size
+    stack = resolve_stack(plan, facts)
     sb = state_bytes(t.precision, t.optimizer, facts.hidden_size)
     n_train = trainable_params(facts, strategy.method, t.lora.rank, t.lora.target_modules)
     w_div, g_div, o_div = _shards(strategy, world)
-    whole_weights = frozen_weight_bytes(facts, strategy.method, t.precision) + n_train * sb.weights
+    whole_weights = (frozen_weight_bytes(facts, strategy.method, t.precision, kbit_upcast=stack.kbit_upcast)
+                     + n_train * sb.weights)
     weights = whole_weights / w_div
     if strategy.offload_param != "none":
         weights = 0.0
@@ -157,7 +173,7 @@ def _gpu_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[GpuBrea
     opt = n_train * (sb.master + sb.moments) / o_div
     # Step transients: DeepSpeed's fp32 gradient partition (mixed precision), or, without ZeRO (the
     # plain trainer path), torch AdamW's foreach temporaries; ZeRO's fused optimizers step in place.
-    temp = sb.foreach_temp if strategy.zero_stage == 0 else 0.0
+    temp = sb.foreach_temp if (strategy.zero_stage == 0 and stack.optimizer_impl == "foreach") else 0.0
     grad32 = n_train * max(sb.grad_fp32, temp) / o_div
     zt = zero_terms(facts, strategy, world, n_train, whole_weights, sb.weights, mixed=sb.grad_fp32 > 0,
                     lora_rank=t.lora.rank, bf16=t.precision == "bf16")
@@ -172,8 +188,9 @@ def _gpu_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[GpuBrea
     lora = t.lora
     act = activation_bytes(facts, t.seq_len, strategy.micro_batch_size, t.attention, strategy.method,
                            strategy.gradient_checkpointing, t.precision, lora_rank=lora.rank,
-                           lora_targets=lora.target_modules, lora_dropout=lora.dropout)
+                           lora_targets=lora.target_modules, lora_dropout=lora.dropout, stack=stack)
     accum = accumulation_steps(t.global_batch_size, strategy.micro_batch_size, world)
+    slack_rate = fragmentation(stack.fixed_shapes, stack.expandable_segments)
     context = CUDA_CONTEXT_GIB * GIB
     nccl = NCCL_GIB * GIB if world > 1 else 0.0
     # The loss peak (start of backward) and a layer's backward working set come at different moments:
@@ -185,11 +202,11 @@ def _gpu_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[GpuBrea
     held_grads = (grads if (accum > 1 or strategy.zero_stage >= 2 or zt.fp32_grad_persistent) else 0.0) + held_partition
     grads += held_partition
     held_fp32 = grad32 if zt.fp32_grad_persistent else 0.0  # BF16_Optimizer allocates it at init
-    fb = weights + opt + held_grads + held_fp32 + buffers + dynamic * (1 + ALLOCATOR_SLACK)
+    fb = weights + opt + held_grads + held_fp32 + buffers + dynamic * (1 + slack_rate)
     step = weights + opt + grads + grad32 + buffers
     if fb >= step:
         parts = (weights, held_grads, opt + held_fp32, act.stored_bytes + working, logits, buffers,
-                 dynamic * ALLOCATOR_SLACK)
+                 dynamic * slack_rate)
         phase = "forward/backward"
     else:
         parts = (weights, grads, opt + grad32, 0.0, 0.0, buffers, 0.0)
@@ -202,11 +219,13 @@ def _gpu_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[GpuBrea
 
 def _host_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[HostBreakdown, str, float]:
     t, hw = plan.training, plan.hardware
+    stack = resolve_stack(plan, facts)
     ranks = hw.gpus_per_node
     node_share = ranks / hw.world_size  # this node's share of ZeRO-partitioned states
     sb = state_bytes(t.precision, t.optimizer, facts.hidden_size)
     n_train = trainable_params(facts, strategy.method, t.lora.rank, t.lora.target_modules)
-    weight_bytes = frozen_weight_bytes(facts, strategy.method, t.precision) + n_train * sb.weights
+    weight_bytes = (frozen_weight_bytes(facts, strategy.method, t.precision, kbit_upcast=stack.kbit_upcast)
+                    + n_train * sb.weights)
     opt_host = opt_nvme = params_host = params_nvme = swap = 0.0
     # DeepSpeed's own host buffers under optimizer offload: ZeRO-3's 16-bit gradient partition,
     # ZeRO-1/2's pinned staging buffer of one parameter (memory/zero.py).
@@ -241,7 +260,12 @@ def _host_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[HostBr
         load = ranks * facts.total_params * 4.0  # each rank converts its copy to fp32
     else:
         load = 0.0  # memory-mapped safetensors, no private copy without a dtype change
-    train = (opt_host + params_host + slack + swap + dataset + save_gather)
+    lora = t.lora
+    offloaded_acts = ranks * activation_bytes(
+        facts, t.seq_len, strategy.micro_batch_size, t.attention, strategy.method, strategy.gradient_checkpointing,
+        t.precision, lora_rank=lora.rank, lora_targets=lora.target_modules, lora_dropout=lora.dropout,
+        stack=stack).offloaded_bytes if stack.activation_offloading else 0.0
+    train = (opt_host + params_host + slack + swap + dataset + save_gather + offloaded_acts)
     loading = params_host * (1 + slack_rate) + swap + dataset + load
     if train >= loading:
         values = (opt_host, params_host, slack, swap, 0.0, save_gather, dataset)
@@ -251,13 +275,15 @@ def _host_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[HostBr
         phase = "model loading"
     names = ("offloaded_optimizer_gib", "offloaded_params_gib", "offload_slack_gib",
              "nvme_swap_buffers_gib", "checkpoint_load_gib", "save_gather_gib", "dataset_gib")
-    host = HostBreakdown(process_baseline_gib=baseline / GIB, **{k: v / GIB for k, v in zip(names, values)})
+    host = HostBreakdown(process_baseline_gib=baseline / GIB, **{k: v / GIB for k, v in zip(names, values)},
+                         offloaded_activations_gib=(offloaded_acts if train >= loading else 0.0) / GIB)
     return host, phase, (opt_nvme + params_nvme) / GIB
 
 
 def _fsdp_peaks(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[GpuBreakdown, str, int, HostBreakdown, str, float]:
     """FSDP's terms (bytes) as breakdowns in GiB, plus the per-process terms shared with DeepSpeed."""
-    terms = fsdp_terms(plan, facts, strategy, ALLOCATOR_SLACK)
+    stack = resolve_stack(plan, facts)
+    terms = fsdp_terms(plan, facts, strategy, fragmentation(stack.fixed_shapes, stack.expandable_segments))
     gpu = GpuBreakdown(**{k: v / GIB for k, v in terms.gpu.items()}, cuda_context_gib=CUDA_CONTEXT_GIB,
                        nccl_gib=NCCL_GIB if plan.hardware.world_size > 1 else 0.0)
     host = HostBreakdown(process_baseline_gib=HOST_PROCESS_GIB * plan.hardware.gpus_per_node,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from .activations import activation_bytes
 from .states import QLORA_BYTES_PER_PARAM, state_bytes, trainable_params
 from ..core.ds_defaults import accumulation_steps
+from ..plan.stack import resolve_stack
 
 if TYPE_CHECKING:
     from ..model.spec import ModelSpec
@@ -131,7 +132,8 @@ def fsdp_terms(plan: Plan, facts: ModelSpec, strategy: Strategy, slack: float, f
     on_gpu = {k: (0.0 if offload else v) for k, v in shards.items()}
     act = activation_bytes(facts, t.seq_len, strategy.micro_batch_size, t.attention, strategy.method,
                            strategy.gradient_checkpointing, t.precision, lora_rank=t.lora.rank,
-                           lora_targets=t.lora.target_modules, lora_dropout=t.lora.dropout)
+                           lora_targets=t.lora.target_modules, lora_dropout=t.lora.dropout,
+                           stack=resolve_stack(plan, facts))  # loss implementation, offloading (plan/stack.py)
     accum = accumulation_steps(t.global_batch_size, strategy.micro_batch_size, hw.world_size)
     held = on_gpu["grads"] if accum > 1 else 0.0
     # Unsharded gradients: the root's lives from lm_head's backward to the embedding's (one unit);

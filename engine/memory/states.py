@@ -77,8 +77,12 @@ def state_bytes(precision: str, optimizer: str, hidden_size: int) -> StateBytes:
     )
 
 
-def frozen_weight_bytes(facts: ModelSpec, method: str, precision: str) -> float:
-    """Bytes of the frozen base model under LoRA/QLoRA (0 for full fine-tuning)."""
+def frozen_weight_bytes(facts: ModelSpec, method: str, precision: str, kbit_upcast: bool = True) -> float:
+    """Bytes of the frozen base model under LoRA/QLoRA (0 for full fine-tuning).
+
+    kbit_upcast: QLoRA's non-quantised parameters in fp32 (peft's prepare_model_for_kbit_training), else
+    16-bit (axolotl, LLaMA-Factory, torchtune, unsloth: engine/plan/frameworks.yaml).
+    """
     if method == "full":
         return 0.0
     w = BYTES_PER_DTYPE["fp32"] if precision == "fp32" else BYTES_PER_DTYPE["bf16"]
@@ -87,7 +91,8 @@ def frozen_weight_bytes(facts: ModelSpec, method: str, precision: str) -> float:
     quantized = facts.quantizable_params()
     # peft's prepare_model_for_kbit_training casts every parameter that is not 4-bit (embeddings,
     # norms, lm_head) to fp32 "for stability" (peft docs).
-    return quantized * QLORA_BYTES_PER_PARAM + (facts.total_params - quantized) * BYTES_PER_DTYPE["fp32"]
+    rest = BYTES_PER_DTYPE["fp32"] if kbit_upcast else w
+    return quantized * QLORA_BYTES_PER_PARAM + (facts.total_params - quantized) * rest
 
 
 def trainable_params(facts: ModelSpec, method: str, lora_rank: int, lora_targets: str | Sequence[str]) -> int:

@@ -141,6 +141,17 @@ class Lora(_Strict):
         return v if v == "all-linear" or isinstance(v, list) else [v]
 
 
+class Loss(_Strict):
+    """Cross-entropy options; a key left out takes training.framework's default (engine/plan/frameworks.yaml)."""
+
+    implementation: Literal["standard", "chunked", "fused_linear"] | None = Field(
+        None, description="standard: full fp32 logits (transformers ForCausalLMLoss); chunked: token chunks "
+                          "(torchtune CEWithChunkedOutputLoss); fused_linear: lm_head + loss fused (Liger, cut-cross-entropy)")
+    chunks: int | None = Field(None, ge=1, le=1024, description="token chunks of the chunked loss (torchtune: 8)")
+    logits_dtype: Literal["fp32", "bf16"] | None = Field(None, description="fp32: the loss upcasts the logits; bf16: it does not")
+    softcapping: Union[bool, Auto] = Field("auto", description="final-logit softcapping; auto: from the model config")
+
+
 class Training(_Strict):
     method: Union[Method, Auto] = "auto"
     seq_len: int = Field(2048, ge=1, le=2**24)
@@ -155,6 +166,16 @@ class Training(_Strict):
     zero_stage: Union[Literal[0, 1, 2, 3], Auto] = "auto"
     offload_optimizer: Union[Offload, Auto] = "auto"
     offload_param: Union[Offload, Auto] = "auto"
+    framework: Literal["hf-trainer", "trl", "axolotl", "llamafactory", "torchtune", "unsloth"] = Field(
+        "hf-trainer", description="training stack whose defaults apply (engine/plan/frameworks.yaml)")
+    loss: Loss = Loss()
+    activation_offloading: bool | None = Field(None, description="checkpointed layer inputs in pinned host memory; "
+                                                                 "default: the framework's")
+    kbit_upcast: bool | None = Field(None, description="QLoRA: non-quantised parameters upcast to fp32 (peft "
+                                                       "prepare_model_for_kbit_training); default: the framework's")
+    optimizer_impl: Literal["foreach", "fused"] | None = Field(None, description="torch AdamW implementation; "
+                                                                                 "default: the framework's")
+    expandable_segments: bool = Field(False, description="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True")
     sharding: Literal["auto", "deepspeed", "fsdp", "fsdp1", "fsdp2", "any", "none"] = Field(
         "auto", description="sharding engine: auto = deepspeed; fsdp = PyTorch FSDP (either version), fsdp1 | fsdp2 "
                             "pin the version; any = both engines, ranked by the rules; none = no sharding (ZeRO-0)")
@@ -179,6 +200,11 @@ class Data(_Strict):
     dataloader_workers: int = Field(2, ge=0, le=4096)
     preprocessing_workers: int = Field(1, ge=1, le=4096)
     streaming: Union[bool, Auto] = "auto"
+    packing: bool | None = Field(None, description="sequences packed to seq_len; default: the framework's")
+    padding: Literal["auto", "longest", "max_length"] = Field(
+        "auto", description="longest: each batch padded to its longest sequence (DataCollatorWithPadding's "
+                            "default: variable shapes); max_length: every batch padded to seq_len; auto: not "
+                            "known, the allocator rate memfit is calibrated with (as max_length)")
 
     @field_validator("dataset_size")
     @classmethod
