@@ -42,8 +42,12 @@ def _lora_widths(facts: ModelSpec, lora_targets: str | Sequence[str]) -> list[in
     return [width[_LINEAR_IN[n]] for n in names if n in _LINEAR_IN]
 
 
-def _mlp_width(facts: ModelSpec) -> int:
-    # MoE: each token's activations go through experts_per_token experts' MLPs (not probe-checked).
+def _mlp_width(facts: ModelSpec) -> float:
+    # MoE: each token's activations go through experts_per_token experts' MLPs, plus shared experts, and
+    # dense layers keep intermediate_size (ModelSpec.mlp_width_per_token; not probe-checked).
+    width = getattr(facts, "mlp_width_per_token", None)
+    if width is not None:
+        return float(width)
     if getattr(facts, "num_experts", 0):
         return facts.intermediate_size * max(1, getattr(facts, "experts_per_token", 1) or 1)
     return facts.intermediate_size
@@ -80,6 +84,9 @@ def layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str
     kv_ratio = 1.0 if eager else kv / a          # eager's repeat_kv keeps full-head copies
     lse = 0.0 if eager else 4 * a                # SDPA/flash keep an fp32 logsumexp per head
     attn = (4 + 4 * kv_ratio) * h + lse
+    mla = getattr(facts, "mla_activation_width", 0)  # deepseek MLA: q/k/v/out and latent widths differ from h
+    if mla:
+        attn = 2 * mla + lse
     if method in ("lora", "qlora"):
         widths = _lora_widths(facts, lora_targets)
         adapters = sum(4 * d + 4 * lora_rank + (d if lora_dropout > 0 else 0) for d in widths)
