@@ -33,7 +33,7 @@ class ActivationBytes:
         return self.stored_bytes + max(self.working_bytes, self.logits_loss_bytes)
 
 
-def _lora_widths(facts: ModelSpec, lora_targets: str | Sequence[str]) -> list[int]:
+def _lora_widths(facts: ModelSpec, lora_targets: str | Sequence[str]) -> list[float]:
     """Input widths of the adapted linear layers of one decoder layer."""
     h, inter = facts.hidden_size, _mlp_width(facts)
     attn = facts.num_attention_heads * (getattr(facts, "head_dim", None) or h // facts.num_attention_heads)

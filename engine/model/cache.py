@@ -69,7 +69,7 @@ def read_cached(config: Mapping[str, Any]) -> dict[str, Any] | None:
     A user cache file that cannot be read, does not parse, or lacks a key counts as a miss.
     """
     bundled = _bundled().get(config_hash(config))
-    if _valid(bundled):
+    if isinstance(bundled, dict) and _valid(bundled):
         return dict(bundled)
     try:
         data = json.loads(cache_path(config).read_text(encoding="utf-8"))

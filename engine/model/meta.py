@@ -148,7 +148,7 @@ def _calibrate_all_linear(model: Any, layers_name: str, rows: list[dict[str, Any
 
 
 def _largest_module(model: Any) -> int:
-    return max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
+    return int(max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()))
 
 
 def _active(rows: list[dict[str, Any]], experts: int, per_token: int) -> int:
