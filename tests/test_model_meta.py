@@ -182,8 +182,8 @@ def test_corrupt_cache_file_is_recounted_and_rewritten(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_unknown_model_type_names_file_and_key(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**TINY_OLMO2, "model_type": "no_such_arch"}))
-    with pytest.raises(ModelSpecError, match=rf"^{tmp_path}/config.json: model_type: model_type 'no_such_arch': "
-                                             r"transformers [\d.]+ does not know it"):
+    with pytest.raises(ModelSpecError, match=rf"^{tmp_path}/config.json: model_type: 'no_such_arch' is not a model "
+                                             r"type transformers [\d.]+ knows; check the spelling"):
         mf.resolve_model(str(tmp_path / "config.json"))
 
 
@@ -197,7 +197,7 @@ def test_unknown_model_type_cli_exit_2(tmp_path):
                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
-    assert f"{plan}: model: {tmp_path}/config.json: model_type: model_type 'no_such_arch'" in out.stderr
+    assert f"{plan}: model: {tmp_path}/config.json: model_type: 'no_such_arch' is not a model type" in out.stderr
 
 
 @pytest.mark.slow
@@ -321,3 +321,20 @@ def test_dense_first_layers_counted(tmp_path, monkeypatch):
     for family in ("qwen3_moe", "deepseek_v2"):
         f = mf.resolve_model(dict(TINY[family]))
         assert (f.num_layers, f.num_moe_layers) == (2, 1), family
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_vision_tower_adds_frozen_16bit_weights_to_the_estimate(method):
+    """Qwen2.5-VL-7B vs Qwen2-7B (the same text model): GPU weights differ by exactly 2 B per tower param."""
+    from memfit.engine.core.units import GIB
+    from memfit.engine.memory.estimate import estimate_memory
+    from memfit.engine.plan.schema import plan_from_dict
+    from memfit.engine.plan.strategy import Strategy
+
+    vl, text = mf.resolve_model("Qwen/Qwen2.5-VL-7B-Instruct"), mf.resolve_model("Qwen/Qwen2-7B")
+    p = plan_from_dict({"model": "Qwen/Qwen2-7B", "hardware": {"gpu_memory": 80, "host_memory": 1024},
+                        "training": {"seq_len": 1024}}, "t.yaml")
+    s = Strategy(method=method, zero_stage=0, gradient_checkpointing=True)
+    gap = estimate_memory(p, vl, s).gpu.weights_gib - estimate_memory(p, text, s).gpu.weights_gib
+    assert gap == pytest.approx(2 * vl.frozen_extra_params / GIB)
+    assert estimate_memory(p, vl, s).trainable_params == estimate_memory(p, text, s).trainable_params

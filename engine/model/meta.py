@@ -44,12 +44,12 @@ def _build(config: Mapping[str, Any]) -> tuple[Any, Any]:
     fields = {k: v for k, v in config.items() if not k.startswith("_")}
     mtype = fields.pop("model_type", None)
     if not mtype:
-        raise ModelSpecError("config has no model_type")
+        raise ModelSpecError("missing")
     try:
         cfg = transformers.AutoConfig.for_model(mtype, **fields)
     except (ValueError, KeyError) as exc:
-        raise ModelSpecError(f"model_type {mtype!r}: transformers {transformers.__version__} does not know it "
-                             f"({str(exc).splitlines()[0][:200]})") from None
+        raise ModelSpecError(f"{mtype!r} is not a model type transformers {transformers.__version__} knows; "
+                             f"check the spelling, or upgrade transformers") from exc
     # A wrapper with a vision tower is built whole (its ForConditionalGeneration class), so the tower is
     # counted; a text-only config is built as *ForCausalLM.
     wrapper = getattr(cfg, "vision_config", None) is not None
@@ -59,7 +59,7 @@ def _build(config: Mapping[str, Any]) -> tuple[Any, Any]:
         with torch.device("meta"):
             model = auto.from_config(cfg)
     except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
-        raise ModelSpecError(f"model_type {mtype!r}: transformers cannot build it from this config "
+        raise ModelSpecError(f"transformers cannot build {mtype!r} from this config "
                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
     return model, cfg
 
