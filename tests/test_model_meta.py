@@ -338,3 +338,14 @@ def test_vision_tower_adds_frozen_16bit_weights_to_the_estimate(method):
     gap = estimate_memory(p, vl, s).gpu.weights_gib - estimate_memory(p, text, s).gpu.weights_gib
     assert gap == pytest.approx(2 * vl.frozen_extra_params / GIB)
     assert estimate_memory(p, vl, s).trainable_params == estimate_memory(p, text, s).trainable_params
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cfg, message", [
+    ({**WRAPPERS["mllama"], "text_config": {**T, "pad_token_id": 10_000}}, r"transformers cannot build 'mllama'"),
+    ({**TINY_OLMO2, "vocab_size": None}, r"transformers rejects this 'olmo2' config \(.*vocab_size"),
+], ids=["padding index outside the vocabulary", "null vocab_size"])
+def test_config_transformers_cannot_build_is_a_clear_error(cfg, message, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMFIT_CACHE_DIR", str(tmp_path))
+    with pytest.raises(ModelSpecError, match=rf"^inline config: (model_type: )?({message})"):
+        mf.resolve_model(dict(cfg))

@@ -63,6 +63,10 @@ def _meta(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
             f"'memfit[full]')") from None
     except ModelSpecError as exc:
         raise ModelSpecError(f"{name}: model_type: {exc}") from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, ZeroDivisionError) as exc:
+        # A config transformers accepts but whose fields do not read as sizes (e.g. a null hidden_size).
+        raise ModelSpecError(f"{name}: cannot read the sizes of this {cfg.get('model_type')!r} config "
+                             f"({type(exc).__name__}: {str(exc)[:200]})") from None
     cache.write_cached(cfg, counts)
     return counts
 

@@ -45,11 +45,16 @@ def _build(config: Mapping[str, Any]) -> tuple[Any, Any]:
     mtype = fields.pop("model_type", None)
     if not mtype:
         raise ModelSpecError("missing")
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if mtype not in CONFIG_MAPPING:
+        raise ModelSpecError(f"{mtype!r} is not a model type transformers {transformers.__version__} knows; "
+                             f"check the spelling, or upgrade transformers")
     try:
         cfg = transformers.AutoConfig.for_model(mtype, **fields)
-    except (ValueError, KeyError) as exc:
-        raise ModelSpecError(f"{mtype!r} is not a model type transformers {transformers.__version__} knows; "
-                             f"check the spelling, or upgrade transformers") from exc
+    except Exception as exc:  # noqa: BLE001 - transformers' own validation (strict dataclass fields, ...)
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ModelSpecError(f"transformers rejects this {mtype!r} config ({first})") from None
     # A wrapper with a vision tower is built whole (its ForConditionalGeneration class), so the tower is
     # counted; a text-only config is built as *ForCausalLM.
     wrapper = getattr(cfg, "vision_config", None) is not None
@@ -58,7 +63,7 @@ def _build(config: Mapping[str, Any]) -> tuple[Any, Any]:
     try:
         with torch.device("meta"):
             model = auto.from_config(cfg)
-    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure of a foreign build is bad input, never a traceback
         raise ModelSpecError(f"transformers cannot build {mtype!r} from this config "
                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
     return model, cfg
