@@ -30,7 +30,8 @@ def _gauge_cells(g: Gauge, width: int) -> Line:
 
 def _header(advice) -> list[Line]:
     m, hw = advice.model, advice.hardware
-    lines = [f"model     {m.name}: {m.total_params / 1e9:.2f}B params ({m.model_type}, {m.num_layers} layers, "
+    extra = f" + {m.frozen_extra_params / 1e9:.2f}B frozen (vision tower)" if m.frozen_extra_params else ""
+    lines = [f"model     {m.name}: {m.total_params / 1e9:.2f}B params{extra} ({m.model_type}, {m.num_layers} layers, "
              f"largest module {m.largest_layer_params / 1e6:.0f}M)",
              f"hardware  {hw.nodes} node(s) x {hw.gpus_per_node} GPU(s) of {hw.gpu_memory_gib:.1f} GiB, "
              f"host {hw.host_memory_gib:.1f} GiB per node" + (f", NVMe {hw.nvme_gib:.0f} GiB" if hw.nvme_gib else ""),

@@ -47,7 +47,8 @@ def model_summary(model: ModelSpec, plan: Plan, method: str) -> ModelSummary:
         name=model.name, model_type=model.model_type, source=model.source, total_params=model.total_params,
         trainable_params=by_method[method], trainable_params_by_method=by_method,
         largest_layer_params=model.largest_layer_params, active_params=model.active_params,
-        num_layers=model.num_layers, hidden_size=model.hidden_size, vocab_size=model.vocab_size)
+        num_layers=model.num_layers, hidden_size=model.hidden_size, vocab_size=model.vocab_size,
+        frozen_extra_params=model.frozen_extra_params, counted_by=model.counted_by)
 
 
 def hardware_summary(plan: Plan) -> HardwareSummary:

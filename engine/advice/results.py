@@ -25,6 +25,9 @@ class ModelSummary(_Out):
     num_layers: int
     hidden_size: int
     vocab_size: int
+    frozen_extra_params: int = Field(0, description="parameters outside the text model (a multimodal wrapper's "
+                                                    "vision tower and projector), held as frozen weights")
+    counted_by: str = Field("closed-form", description="closed-form | meta-device (engine/model/meta.py)")
 
 
 class HardwareSummary(_Out):

@@ -45,7 +45,7 @@ def _head_widths(facts: ModelSpec) -> tuple[int, int]:
     return a * hd, facts.num_kv_heads * hd
 
 
-def _lora_widths(facts: ModelSpec, lora_targets: str | Sequence[str]) -> list[int]:
+def _lora_widths(facts: ModelSpec, lora_targets: str | Sequence[str]) -> list[float]:
     """Input widths of the adapted linear layers of one decoder layer.
 
     From the model's own Linear layers (ModelSpec.linear_layers: phi3's fused qkv_proj and
@@ -105,8 +105,12 @@ def _family_bytes(facts: ModelSpec, attention: str, trains_weights: bool, seq_le
     return 0.0
 
 
-def _mlp_width(facts: ModelSpec) -> int:
-    # MoE: each token's activations go through experts_per_token experts' MLPs (not probe-checked).
+def _mlp_width(facts: ModelSpec) -> float:
+    # MoE: each token's activations go through experts_per_token experts' MLPs, plus shared experts, and
+    # dense layers keep intermediate_size (ModelSpec.mlp_width_per_token; not probe-checked).
+    width = getattr(facts, "mlp_width_per_token", None)
+    if width is not None:
+        return float(width)
     if getattr(facts, "num_experts", 0):
         return facts.intermediate_size * max(1, getattr(facts, "experts_per_token", 1) or 1)
     return facts.intermediate_size
@@ -148,9 +152,12 @@ def layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str
     kv_width = qw if eager else kvw              # eager's repeat_kv keeps full-head copies
     lse = 0.0 if eager else 4 * a                # SDPA/flash keep an fp32 logsumexp per head
     attn = 4 * qw + 4 * kv_width + lse           # q, attention output; k, v (2 bytes each)
+    mla = getattr(facts, "mla_activation_width", 0)  # deepseek MLA: q/k/v/out and latent widths differ from h
+    if mla:
+        attn = 2 * mla + lse
     lora = method in ("lora", "qlora")
     attn += _family_bytes(facts, attention, trains_weights=not lora, seq_len=s)
-    if eager and lora:
+    if eager and lora and not mla:
         # Eager's attention output is a plain matmul result that only o_proj would save; a frozen
         # o_proj saves none (its adapter keeps an fp32 copy, counted below). SDPA saves its output.
         attn -= 2 * qw

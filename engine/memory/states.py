@@ -78,21 +78,24 @@ def state_bytes(precision: str, optimizer: str, hidden_size: int) -> StateBytes:
 
 
 def frozen_weight_bytes(facts: ModelSpec, method: str, precision: str, kbit_upcast: bool = True) -> float:
-    """Bytes of the frozen base model under LoRA/QLoRA (0 for full fine-tuning).
+    """Bytes of the frozen weights: the base model under LoRA/QLoRA, plus any frozen extra tower.
 
+    `frozen_extra_params` (a multimodal wrapper's vision tower and projector, engine/model/meta.py) stays
+    frozen in the weights' dtype under every method, full fine-tuning included.
     kbit_upcast: QLoRA's non-quantised parameters in fp32 (peft's prepare_model_for_kbit_training), else
     16-bit (axolotl, LLaMA-Factory, torchtune, unsloth: engine/plan/frameworks.yaml).
     """
-    if method == "full":
-        return 0.0
     w = BYTES_PER_DTYPE["fp32"] if precision == "fp32" else BYTES_PER_DTYPE["bf16"]
+    extra = getattr(facts, "frozen_extra_params", 0) * w
+    if method == "full":
+        return extra
     if method == "lora":
-        return facts.total_params * w
+        return facts.total_params * w + extra
     quantized = facts.quantizable_params()
     # peft's prepare_model_for_kbit_training casts every parameter that is not 4-bit (embeddings,
     # norms, lm_head) to fp32 "for stability" (peft docs).
     rest = BYTES_PER_DTYPE["fp32"] if kbit_upcast else w
-    return quantized * QLORA_BYTES_PER_PARAM + (facts.total_params - quantized) * rest
+    return quantized * QLORA_BYTES_PER_PARAM + (facts.total_params - quantized) * rest + extra
 
 
 def trainable_params(facts: ModelSpec, method: str, lora_rank: int, lora_targets: str | Sequence[str]) -> int:

@@ -46,6 +46,7 @@ class LinearLayer:
     kind: str = "linear"
     aliases: tuple[str, ...] = ()
     lora_rank_factor: int = 1
+    all_linear: bool = True  # peft "all-linear" reaches it (meta.py: not fused experts outside peft's MoE map)
 
     @property
     def weight_params(self) -> int:
@@ -101,6 +102,8 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "gemma2": {"kv": 4, "head_dim": 256, "tie": True},
     "phi3": {"kv": "heads", "head_dim": None, "tie": False},
     "bloom": {"kv": "heads", "head_dim": None, "tie": True},
+    # GemmaConfig: 16 KV heads, head_dim 256, tied embeddings; GemmaRMSNorm holds one h-vector, as Llama's.
+    "gemma": {"kv": 16, "head_dim": 256, "tie": True},
 }
 SUPPORTED_TYPES = tuple(sorted(_DEFAULTS))
 

@@ -2,8 +2,10 @@
 
 A model spec is resolved, in order, as: an inline mapping of config.json fields; an id of the bundled
 catalogue (engine/model/catalogue/models.json); a path to a config.json or its folder; a Hugging Face id in
-the local HF cache. Counts are closed forms (engine/model/arch.py): no torch import, a few milliseconds.
-`meta_device_count` is the independent, slow oracle: it builds the model on torch's meta device.
+the local HF cache. Counts are closed forms (engine/model/arch.py: no torch, a few milliseconds) where
+one exists, else a meta-device count of the module tree (engine/model/meta.py) stored on disk by config
+hash (engine/model/cache.py), so torch is imported only on the first use of a new config
+(engine/model/counting.py). `meta_device_count` is the independent, slow oracle.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from . import arch
+from . import arch, counting
+from .meta import meta_device_count
 from ..core.errors import ModelSpecError, ModelNotFoundError, about
 from ..core.inputs import CONFIG_MAX_BYTES, load_json, read_text
 
@@ -48,6 +51,50 @@ class ModelSpec:
     lm_head_params: int
     linear_layers: tuple[arch.LinearLayer, ...]
     config: Mapping[str, Any] = field(repr=False, compare=False)
+    # Parameters outside the text model (a multimodal wrapper's vision tower and projector): held in
+    # memory as frozen weights, never trained or targeted by LoRA here.
+    frozen_extra_params: int = 0
+    # MoE (0 for dense models): expert width, shared experts (their total width), layers with experts.
+    moe_intermediate_size: int = 0
+    num_shared_experts: int = 0
+    shared_expert_intermediate_size: int = 0
+    num_moe_layers: int = 0
+    # Multi-head latent attention (deepseek_v2/v3; 0 otherwise). head_dim is then qk_nope + qk_rope.
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 0
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+    counted_by: str = "closed-form"  # | "meta-device" (engine/model/meta.py, cached by engine/model/cache.py)
+
+    @property
+    def mlp_width_per_token(self) -> float:
+        """MLP intermediate width one token passes through, averaged over the decoder layers.
+
+        Dense: intermediate_size. MoE: experts_per_token routed experts of moe_intermediate_size plus
+        the shared experts in each MoE layer, intermediate_size in the dense layers (DeepSeek's
+        first_k_dense_replace, Qwen-MoE's mlp_only_layers / decoder_sparse_step).
+        """
+        if not self.num_experts:
+            return float(self.intermediate_size)
+        moe = self.experts_per_token * (self.moe_intermediate_size or self.intermediate_size)
+        moe += self.shared_expert_intermediate_size
+        dense = self.num_layers - self.num_moe_layers
+        return (self.num_moe_layers * moe + dense * self.intermediate_size) / max(self.num_layers, 1)
+
+    @property
+    def mla_activation_width(self) -> int:
+        """Per-token widths of the attention tensors MLA keeps (0 when not MLA).
+
+        q and k at heads x (qk_nope + qk_rope), v and the attention output at heads x v_head_dim, the
+        compressed KV latent plus the shared rope key (kv_lora_rank + qk_rope), and the q latent
+        (q_lora_rank) when q is factorised (modeling_deepseek_v2.DeepseekV2Attention.forward).
+        """
+        if not self.kv_lora_rank:
+            return 0
+        a = self.num_attention_heads
+        return (2 * a * self.head_dim + 2 * a * self.v_head_dim + self.kv_lora_rank + self.qk_rope_head_dim
+                + self.q_lora_rank)
 
     def lora_trainable_params(self, rank: int, target_modules: str | Sequence[str] = "all-linear") -> int:
         """LoRA adapter parameters (A: r x in, B: out x r per targeted weight), as peft 0.21 counts them.
@@ -82,7 +129,7 @@ class ModelSpec:
 
     def _targeted(self, target_modules: str | Sequence[str]) -> list[arch.LinearLayer]:
         if target_modules == "all-linear":
-            return list(self.linear_layers)
+            return [x for x in self.linear_layers if x.all_linear]
         targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
 
         def hit(x: arch.LinearLayer, t: str) -> bool:
@@ -214,81 +261,24 @@ def resolve_model(spec: str | Mapping[str, Any], base_dir: str | Path = ".") -> 
 
 
 def spec_from_config(cfg: Mapping[str, Any], name: str, source: str) -> ModelSpec:
-    """Count a config mapping in closed form.
+    """Count a config mapping: closed form, else a bundled, cached or fresh meta-device count.
 
     Args:
         cfg: config.json fields.
-        name: what to call the model in facts and messages.
+        name: what to call the model in facts and messages (the file, for a config read from disk).
         source: where the config came from ("catalogue", "path", "inline", "hf-cache").
     Returns:
         ModelSpec.
     Raises:
-        ModelSpecError: no model_type, a model_type without a closed form, or bad counting keys.
+        ModelSpecError: no model_type, bad counting keys, or a model_type transformers does not know or
+            cannot build (engine/model/counting.py).
     """
     mtype = cfg.get("model_type")
-    if not mtype:
-        raise ModelSpecError(f"{name}: config has no model_type; add it (one of: {', '.join(arch.SUPPORTED_TYPES)})")
-    if mtype not in arch.SUPPORTED_TYPES:
-        raise ModelSpecError(
-            f"{name}: model_type {mtype!r} has no closed-form parameter count (supported: "
-            f"{', '.join(arch.SUPPORTED_TYPES)}); memfit.engine.model.spec.meta_device_count can count it "
-            f"with torch and transformers installed")
-    try:
-        c = arch.count(cfg)
-    except ValueError as exc:
-        raise ModelSpecError([f"{name}: {line}" for line in str(exc).splitlines()]) from None
-    s = c.shape
-    return ModelSpec(
-        name=name, model_type=mtype, source=source, num_layers=s.num_layers, hidden_size=s.hidden_size,
-        intermediate_size=s.intermediate_size, num_attention_heads=s.num_attention_heads,
-        num_kv_heads=s.num_kv_heads, head_dim=s.head_dim, vocab_size=s.vocab_size,
-        tie_word_embeddings=s.tie_word_embeddings, num_experts=s.num_experts,
-        experts_per_token=s.experts_per_token, total_params=c.total_params, active_params=c.active_params,
-        largest_layer_params=c.largest_layer_params, embedding_params=c.embedding_params,
-        lm_head_params=c.lm_head_params, linear_layers=c.linear_layers, config=dict(cfg))
-
-
-def meta_device_count(config: Mapping[str, Any], lora_rank: int | None = None,
-                      lora_targets: str | Sequence[str] = "all-linear") -> dict[str, int]:
-    """Count parameters by building the *ForCausalLM on torch's meta device (no memory, ~1-3 s).
-
-    Imports torch and transformers (and peft when lora_rank is given) inside the call.
-
-    Args:
-        config: config.json fields including model_type (keys starting with "_" are ignored).
-        lora_rank: when given, also wrap the model with peft LoRA and count trainable parameters.
-        lora_targets: peft target_modules ("all-linear" or a list of module names).
-    Returns:
-        {"total_params", "largest_layer_params"} and, with lora_rank, "lora_trainable_params".
-    Raises:
-        ModelSpecError: config without model_type, or one transformers cannot build.
-    """
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # else a hub lookup retries for ~25 s
-        os.environ.setdefault(var, "1")
-    import torch
-    import transformers
-
-    fields = {k: v for k, v in config.items() if not k.startswith("_")}
-    mtype = fields.pop("model_type", None)
-    if not mtype:
-        raise ModelSpecError("meta_device_count: config has no model_type")
-    try:
-        cfg = transformers.AutoConfig.for_model(mtype, **fields)
-        with torch.device("meta"):
-            model = transformers.AutoModelForCausalLM.from_config(cfg)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ModelSpecError(f"meta_device_count: transformers cannot build {mtype!r}: {exc}") from exc
-    out = {
-        "total_params": sum(p.numel() for p in model.parameters()),  # tied weights are counted once
-        "largest_layer_params": max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()),
-    }
-    if lora_rank is not None:
-        import peft
-
-        targets = lora_targets if isinstance(lora_targets, str) else list(lora_targets)
-        wrapped = peft.get_peft_model(model, peft.LoraConfig(r=lora_rank, target_modules=targets))
-        out["lora_trainable_params"] = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
-    return out
+    if not mtype or not isinstance(mtype, str):
+        raise ModelSpecError(f"{name}: model_type: missing; add it (a transformers model type such as "
+                             f"{', '.join(arch.SUPPORTED_TYPES[:4])}, ...)")
+    counts = counting.count_config(cfg, name)
+    return ModelSpec(name=name, model_type=mtype, source=source, config=dict(cfg), **counts)
 
 
 def plan_model(plan: Plan) -> ModelSpec:
