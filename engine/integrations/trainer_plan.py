@@ -16,6 +16,7 @@ import math
 from typing import Any, Optional
 
 from ..machine.detect import detect_hardware
+from .optimizers import optimizer_of
 
 # Items of the training set looked at for the sequence length when nothing states it.
 SEQ_LEN_PEEK = 256
@@ -61,9 +62,7 @@ def _checkpointing(base) -> bool:
 
 def _optimizer(args) -> str:
     name = str(getattr(getattr(args, "optim", ""), "value", getattr(args, "optim", ""))).lower()
-    if "8bit" in name:
-        return "adamw_8bit"
-    return next((o for o in ("adafactor", "sgd") if o in name), "adamw")
+    return optimizer_of(name)[0]  # the live Trainer's OptimizerNames value (integrations/optimizers.py)
 
 
 def _deepspeed(args, notes: list[str]) -> dict:

@@ -140,6 +140,21 @@ class Lora(_Strict):
             raise ValueError(f"at most {MAX_LIST_ENTRIES} non-empty module names of up to 200 characters")
         return v if v == "all-linear" or isinstance(v, list) else [v]
 
+    modules_to_save: list[str] = Field(
+        default_factory=list, max_length=MAX_LIST_ENTRIES,
+        description="peft modules_to_save: modules trained in full besides the adapters (embed_tokens, lm_head)")
+    quantization_config: dict[str, Any] | None = Field(
+        None, description="the frozen base's quantisation for method qlora, in transformers' quantization_config "
+                          "keys (quant_method bitsandbytes + load_in_8bit, gptq + bits/group_size, ...); default "
+                          "bitsandbytes NF4 with double quantisation. A checkpoint's own quantization_config wins")
+
+    @field_validator("modules_to_save")
+    @classmethod
+    def _module_names(cls, v: list[str]) -> list[str]:
+        if any(not n.strip() or len(n) > 200 for n in v):
+            raise ValueError("each module name is non-empty, at most 200 characters")
+        return v
+
 
 class Training(_Strict):
     method: Union[Method, Auto] = "auto"
@@ -148,7 +163,10 @@ class Training(_Strict):
     global_batch_size: int | None = Field(None, ge=1, le=2**24)
     precision: Literal["auto", "bf16", "fp16", "fp32", "pure_bf16"] = Field(
         "auto", description="auto: bf16 where the GPU supports it, else fp16 with loss scaling")
-    optimizer: Literal["adamw", "adamw_8bit", "adafactor", "sgd"] = "adamw"
+    optimizer: Literal["adamw", "adamw_fused", "adamw_8bit", "paged_adamw", "paged_adamw_8bit", "lion", "lion_8bit",
+                       "adafactor", "sgd"] = Field(
+        "adamw", description="adamw: torch AdamW (foreach); adamw_fused: fused=True; *_8bit and paged_*: "
+                             "bitsandbytes (paged: states in CUDA unified memory)")
     gradient_checkpointing: Union[bool, Auto] = "auto"
     attention: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
     lora: Lora = Lora()
@@ -177,8 +195,16 @@ class Policy(_Strict):
 class Data(_Strict):
     dataset_size: Size = Field(0.0, description="tokenised data set size on disk/in memory")
     dataloader_workers: int = Field(2, ge=0, le=4096)
-    preprocessing_workers: int = Field(1, ge=1, le=4096)
+    preprocessing_workers: int = Field(1, ge=1, le=4096, description="tokenisation processes (datasets map num_proc)")
     streaming: Union[bool, Auto] = "auto"
+    format: Literal["auto", "arrow_mmap", "in_memory", "python_objects", "streaming"] = Field(
+        "auto", description="how each rank holds the data set: arrow_mmap (datasets' memory-mapped cache, page "
+                            "cache), in_memory (a private copy per rank), python_objects (a list of Python "
+                            "samples: a copy per rank and per dataloader worker), streaming; auto: streaming "
+                            "if streaming is true, else in_memory")
+    prefetch_factor: int | None = Field(None, ge=1, le=4096, description="batches each dataloader worker "
+                                        "prefetches; default 2 with workers (torch DataLoader)")
+    pin_memory: bool = Field(True, description="page-locked batch copies (HF Trainer dataloader_pin_memory, default true)")
 
     @field_validator("dataset_size")
     @classmethod
@@ -189,6 +215,21 @@ class Data(_Strict):
     @property
     def dataset_gib(self) -> float:
         return parse_size_gib(self.dataset_size)
+
+    @property
+    def effective_prefetch_factor(self) -> int:
+        """prefetch_factor, or torch DataLoader's default of 2 when there are workers (0 without)."""
+        if self.prefetch_factor is not None:
+            return self.prefetch_factor
+        return 2 if self.dataloader_workers > 0 else 0
+
+    @model_validator(mode="after")
+    def _streaming_agrees(self) -> "Data":
+        if self.streaming is True and self.format not in ("auto", "streaming"):
+            raise ValueError(f"streaming: true contradicts format: {self.format}")
+        if self.prefetch_factor is not None and self.dataloader_workers == 0:
+            raise ValueError("prefetch_factor needs dataloader_workers > 0 (torch DataLoader refuses it)")
+        return self
 
 
 class Plan(_Strict):
