@@ -16,6 +16,7 @@ import math
 from typing import Any, Optional
 
 from ..machine.detect import detect_hardware
+from ..memory.states import EMBEDDING_NAMES, LM_HEAD_NAMES
 from .optimizers import optimizer_of
 
 # Items of the training set looked at for the sequence length when nothing states it.
@@ -38,6 +39,13 @@ def _method_and_lora(model) -> tuple[str, dict]:
     targets = getattr(cfg, "target_modules", None) or "all-linear"
     lora = {"rank": int(getattr(cfg, "r", 16)), "alpha": float(getattr(cfg, "lora_alpha", 32) or 32),
             "target_modules": targets if isinstance(targets, str) else sorted(targets)}
+    # peft's modules_to_save copies (trainable in full); memfit counts embeddings and LM heads, and
+    # leaves out heads peft adds by itself for other tasks (score, classifier).
+    saved = [m for m in (getattr(cfg, "modules_to_save", None) or [])
+             if str(m).rsplit(".", 1)[-1] in EMBEDDING_NAMES | LM_HEAD_NAMES]
+    if saved:
+        lora["modules_to_save"] = sorted(saved)
+    # A k-bit base needs no flag here: the inline config's quantization_config carries its layout.
     quantised = getattr(_base(model), "is_loaded_in_4bit", False)
     return ("qlora" if quantised else "lora"), lora
 
