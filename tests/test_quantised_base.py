@@ -156,6 +156,14 @@ def test_unsupported_quant_method_is_a_clear_error():
         frozen_weight_bytes(spec, "lora", "bf16")
 
 
+def test_bad_plan_quantization_config_names_file_and_key():
+    from memfit.engine.core.errors import PlanError
+
+    with pytest.raises(PlanError, match=r"q.yaml: training.lora.quantization_config: quant_method: memfit models"):
+        plan_from_dict({"model": LLAMA3_8B, "hardware": {"gpu_memory": 24, "host_memory": 64},
+                        "training": {"lora": {"quantization_config": {"quant_method": "gguf"}}}}, "q.yaml")
+
+
 def test_modules_to_save_lm_head_trains_in_full():
     plan = _gptq_plan(method="lora", modules_to_save=["lm_head"])
     spec = resolve_model(plan.model)

@@ -15,7 +15,8 @@ _HF: dict[str, tuple[str, str | None]] = {
     "adamw_torch_fused": ("adamw_fused", None),
     "adamw_torch_npu_fused": ("adamw_fused", None),
     "adamw_apex_fused": ("adamw_fused", None),
-    "adamw_anyprecision": ("adamw", "adamw_anyprecision keeps states in the dtype it is given; estimated as fp32 AdamW"),
+    "adamw_anyprecision": ("adamw", "adamw_anyprecision keeps states in the dtype it is given; "
+                                    "estimated as fp32 AdamW"),
     "adamw_bnb_8bit": ("adamw_8bit", None),
     "adamw_8bit": ("adamw_8bit", None),  # transformers: "just an alias for adamw_bnb_8bit"
     "adamw_torch_8bit": ("adamw_8bit", "adamw_torch_8bit is torchao's AdamW8bit (blockwise 8-bit states); "

@@ -13,10 +13,11 @@ from typing import Any, Literal, Sequence, Union
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
-from ..core.errors import PlanError
+from ..core.errors import ModelSpecError, PlanError
 from ..machine.gpus import find_gpu, GPUS
 from ..core.inputs import PLAN_MAX_BYTES, escape_key, excerpt, load_yaml, read_text
 from ..core.units import parse_size_gib
+from .quantization import parse_quantization
 from .strategy import Method, Offload  # one definition of the strategy's choices
 
 Auto = Literal["auto"]
@@ -148,6 +149,16 @@ class Lora(_Strict):
                           "keys (quant_method bitsandbytes + load_in_8bit, gptq + bits/group_size, ...); default "
                           "bitsandbytes NF4 with double quantisation. A checkpoint's own quantization_config wins")
 
+    @field_validator("quantization_config")
+    @classmethod
+    def _known_quantization(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            try:
+                parse_quantization(v, "")
+            except ModelSpecError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
     @field_validator("modules_to_save")
     @classmethod
     def _module_names(cls, v: list[str]) -> list[str]:
@@ -204,7 +215,8 @@ class Data(_Strict):
                             "if streaming is true, else in_memory")
     prefetch_factor: int | None = Field(None, ge=1, le=4096, description="batches each dataloader worker "
                                         "prefetches; default 2 with workers (torch DataLoader)")
-    pin_memory: bool = Field(True, description="page-locked batch copies (HF Trainer dataloader_pin_memory, default true)")
+    pin_memory: bool = Field(True, description="page-locked batch copies "
+                                               "(HF Trainer dataloader_pin_memory, default true)")
 
     @field_validator("dataset_size")
     @classmethod
