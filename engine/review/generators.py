@@ -55,7 +55,8 @@ def plan_dicts(draw, models: Sequence[Any] | None = None, pin_micro_batch: bool 
     training = {
         "method": draw(_auto_or(("full", "lora", "qlora"))), "seq_len": draw(st.integers(*SEQ_LEN)),
         "micro_batch_size": mb, "precision": draw(st.sampled_from(("bf16", "fp16", "fp32", "pure_bf16"))),
-        "optimizer": draw(st.sampled_from(("adamw", "adamw_8bit", "adafactor", "sgd"))),
+        "optimizer": draw(st.sampled_from(("adamw", "adamw_8bit", "adafactor", "sgd", "adamw_fused",
+                                           "paged_adamw_8bit", "paged_adamw", "lion", "lion_8bit"))),
         "gradient_checkpointing": draw(_auto_or((True, False))), "zero_stage": draw(_auto_or((0, 1, 2, 3))),
         "offload_optimizer": draw(_auto_or(("none", "cpu", "nvme"))),
         # Listed in another order than offload_optimizer's: hypothesis likes to repeat a choice index,
@@ -73,6 +74,8 @@ def plan_dicts(draw, models: Sequence[Any] | None = None, pin_micro_batch: bool 
     data = {"dataset_size": draw(st.sampled_from((0, 1, 20, 200))),
             "dataloader_workers": draw(st.integers(0, 4)),
             "streaming": draw(st.sampled_from(("auto", True, False)))}
+    if data["streaming"] is not True:
+        data["format"] = draw(st.sampled_from(("auto", "arrow_mmap", "in_memory", "python_objects")))
     return {"model": model, "hardware": hardware, "training": training, "policy": policy, "data": data}
 
 
