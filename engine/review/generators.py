@@ -55,8 +55,7 @@ def plan_dicts(draw, models: Sequence[Any] | None = None, pin_micro_batch: bool 
     training = {
         "method": draw(_auto_or(("full", "lora", "qlora"))), "seq_len": draw(st.integers(*SEQ_LEN)),
         "micro_batch_size": mb, "precision": draw(st.sampled_from(("bf16", "fp16", "fp32", "pure_bf16"))),
-        "optimizer": draw(st.sampled_from(("adamw", "adamw_8bit", "adafactor", "sgd", "adamw_fused",
-                                           "paged_adamw_8bit", "paged_adamw", "lion", "lion_8bit"))),
+        "optimizer": draw(st.sampled_from(("adamw", "adamw_8bit", "adafactor", "sgd"))),
         "gradient_checkpointing": draw(_auto_or((True, False))), "zero_stage": draw(_auto_or((0, 1, 2, 3))),
         "offload_optimizer": draw(_auto_or(("none", "cpu", "nvme"))),
         # Listed in another order than offload_optimizer's: hypothesis likes to repeat a choice index,
@@ -74,8 +73,6 @@ def plan_dicts(draw, models: Sequence[Any] | None = None, pin_micro_batch: bool 
     data = {"dataset_size": draw(st.sampled_from((0, 1, 20, 200))),
             "dataloader_workers": draw(st.integers(0, 4)),
             "streaming": draw(st.sampled_from(("auto", True, False)))}
-    if data["streaming"] is not True:
-        data["format"] = draw(st.sampled_from(("auto", "arrow_mmap", "in_memory", "python_objects")))
     return {"model": model, "hardware": hardware, "training": training, "policy": policy, "data": data}
 
 
@@ -158,3 +155,22 @@ def _fact_pairs(rules: Sequence[Rule]) -> list[tuple[str, str]]:
 
 
 __all__ = ["plan_dicts", "measured_overrides", "fact_sets", "rule_thresholds", "MODEL_LADDER", "INLINE_MODEL"]
+
+
+# Written-out plans the review judges besides the generated ones, so that every rule over a plan key
+# the generator does not draw (issue 17: quantised checkpoints, data formats, paged optimizers) is
+# seen firing and mattering; the generated sample (and the plans a seed gives) stays as it was.
+COVERAGE_PLANS: tuple[dict, ...] = (
+    # full fine-tuning of a GPTQ checkpoint: quantised-base-no-full-finetune is the only reject
+    {"model": {**INLINE_MODEL, "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128}},
+     "hardware": {"gpu_memory": 80, "host_memory": 512}, "training": {"method": "full", "seq_len": 1024}},
+    # a Python-object data set with dataloader workers, paged 8-bit AdamW
+    {"model": INLINE_MODEL, "hardware": {"gpu_memory": 80, "host_memory": 512},
+     "training": {"method": "lora", "seq_len": 1024, "optimizer": "paged_adamw_8bit"},
+     "data": {"dataset_size": 2, "format": "python_objects", "dataloader_workers": 2}},
+    # a memory-mapped data set larger than the host RAM left free, an in-memory one copied by 8 ranks
+    {"model": INLINE_MODEL, "hardware": {"gpu_memory": 80, "host_memory": 64},
+     "training": {"method": "lora", "seq_len": 1024}, "data": {"dataset_size": 200, "format": "arrow_mmap"}},
+    {"model": INLINE_MODEL, "hardware": {"gpu_memory": 80, "gpus_per_node": 8, "host_memory": 512},
+     "training": {"method": "lora", "seq_len": 1024}, "data": {"dataset_size": 10, "format": "in_memory"}},
+)
