@@ -34,10 +34,13 @@ def test_axolotl_lora_8bit(ax_root):
     read = read_foreign("examples/mistral/lora.yml", HW_8)
     t = plan_of(read).training
     assert plan_of(read).model == "mistralai/Mistral-7B-v0.1"  # base_model resolves like any model id
-    assert (t.method, t.seq_len, t.lora.rank, t.lora.alpha) == ("lora", 8192, 32, 16)
+    # adapter: lora with load_in_8bit: LoRA over a bitsandbytes LLM.int8 base, memfit's qlora method with
+    # the 8-bit quantization_config (the base's layout: engine/memory/quant.py)
+    assert (t.method, t.seq_len, t.lora.rank, t.lora.alpha) == ("qlora", 8192, 32, 16)
+    assert t.lora.quantization_config == {"quant_method": "bitsandbytes", "load_in_8bit": True}
     assert t.global_batch_size == 2 * 4 * 8  # micro_batch_size x gradient_accumulation_steps x GPUs
     assert read.pinned["gradient_checkpointing"] is True
-    assert any(w.startswith("load_in_8bit: the base is held in 8-bit") for w in read.warnings)
+    assert any(n.startswith("load_in_8bit: LoRA over an LLM.int8 base") for n in read.notes)
     assert read.tool == "axolotl YAML" and read.rules.startswith("axolotl 0.19.0")
 
 

@@ -216,8 +216,8 @@ def test_the_plan_reads_the_adamw_implementation_from_training_arguments():
 
     model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=176, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=2, vocab_size=512))
-    for optim, impl in (("adamw_torch_fused", "fused"), ("adamw_torch", "foreach")):
+    for optim, impl in (("adamw_torch_fused", "adamw_fused"), ("adamw_torch", "adamw")):
         args = TrainingArguments(output_dir="/tmp/memfit-unused", report_to="none", use_cpu=True, optim=optim)
         t = plan_from_trainer(args, model, None, hardware={"gpu_memory": 80, "host_memory": 64}, seq_len=128)[0]["training"]
-        assert t["optimizer_impl"] == impl
+        assert t["optimizer"] == impl
         assert "kbit_upcast" not in t  # full fine-tuning: nothing quantised

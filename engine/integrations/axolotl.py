@@ -20,14 +20,15 @@ from ..deepspeed.config import accumulation_steps
 from ..plan.strategy import Strategy
 from .common import (DELETE, ForeignRead, edit_yaml, fsdp_pins, read_deepspeed, read_mapping, supports_bf16,
                      world_size, zero_of)
+from .optimizers import optimizer_of
 from .keylists import key_list, unknown_names
 
 TOOL = "axolotl YAML"
-_EIGHT_BIT = {"adamw_bnb_8bit", "paged_adamw_8bit", "adamw_torch_8bit", "ao_adamw_8bit", "adamw_8bit"}
+_EIGHT_BIT_AO = {"ao_adamw_8bit"}  # axolotl's own name; the HF names go through integrations/optimizers.py
 _ATTENTION = {"flash_attention_2": "flash_attention_2", "flash_attention_3": "flash_attention_2",
               "sdpa": "sdpa", "eager": "eager"}
 NOT_MODELED = ("layer_offloading", "tiled_mlp", "context_parallel_size",
-               "tensor_parallel_size", "lora_modules_to_save", "unfrozen_parameters", "peft_use_dora",
+               "tensor_parallel_size", "unfrozen_parameters", "peft_use_dora",
                "torch_compile", "fp8", "lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "reinit_weights",
                "flash_attn_fuse_mlp", "model_quantization_config", "max_memory", "gpu_memory_limit")
 
@@ -49,8 +50,12 @@ def _method(ax: dict[str, Any], out: ForeignRead) -> str:
     if adapter == "qlora" or ax.get("load_in_4bit"):
         return "qlora"
     if ax.get("load_in_8bit"):
-        out.warnings.append("load_in_8bit: the base is held in 8-bit (1 byte/parameter); memfit models a "
-                            "16-bit base for LoRA: the frozen weights are over-estimated by about half")
+        out.notes.append("load_in_8bit: LoRA over an LLM.int8 base (int8 weights plus an fp32 scale per row): "
+                         "method qlora with training.lora.quantization_config load_in_8bit")
+        return "qlora"
+    if ax.get("gptq"):
+        out.warnings.append("gptq: the base is a GPTQ checkpoint; memfit counts its packed layout when the model's "
+                            "config.json (with quantization_config) is read: give base_model as a local path")
     return "lora"
 
 
@@ -69,14 +74,13 @@ def _precision(ax: dict[str, Any], hardware: dict[str, Any], out: ForeignRead) -
 
 
 def _optimizer(ax: dict[str, Any], out: ForeignRead) -> str:
-    name = str(ax.get("optimizer") or "adamw_torch_fused")
-    if name in _EIGHT_BIT:
+    if ax.get("optimizer") in _EIGHT_BIT_AO:
+        out.warnings.append(f"optimizer: {ax['optimizer']} (torchao 8-bit states) estimated with bitsandbytes' layout")
         return "adamw_8bit"
-    if name.startswith("adafactor"):
-        return "adafactor"
-    if not (name.startswith("adamw") or name.startswith("paged_adamw_32bit")):
-        out.warnings.append(f"optimizer: {name} is not modelled; estimated as AdamW (effect unknown)")
-    return "adamw"
+    chosen, warning = optimizer_of(str(ax.get("optimizer") or "adamw_torch_fused"), "optimizer")
+    if warning:
+        out.warnings.append(warning)
+    return chosen
 
 
 def _lora(ax: dict[str, Any]) -> dict[str, Any]:
@@ -85,8 +89,14 @@ def _lora(ax: dict[str, Any]) -> dict[str, Any]:
     targets: Any = "all-linear"
     if not ax.get("lora_target_linear") and modules:
         targets = [modules] if isinstance(modules, str) else [str(m) for m in modules]
-    return {"rank": rank, "alpha": ax.get("lora_alpha") or 2 * rank,
-            "dropout": float(ax.get("lora_dropout") or 0.0), "target_modules": targets}
+    lora: dict[str, Any] = {"rank": rank, "alpha": ax.get("lora_alpha") or 2 * rank,
+                            "dropout": float(ax.get("lora_dropout") or 0.0), "target_modules": targets}
+    saved = ax.get("lora_modules_to_save")  # axolotl schemas/peft.py: passed to LoraConfig(modules_to_save=)
+    if saved:
+        lora["modules_to_save"] = [saved] if isinstance(saved, str) else [str(m) for m in saved]
+    if ax.get("load_in_8bit") and not (ax.get("adapter") == "qlora" or ax.get("load_in_4bit")):
+        lora["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_8bit": True}
+    return lora
 
 
 def _fsdp(ax: dict[str, Any], out: ForeignRead) -> dict[str, Any] | None:

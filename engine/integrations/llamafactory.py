@@ -21,12 +21,12 @@ from typing import Any
 
 from ..core.errors import PlanError
 from .common import ForeignRead, fsdp_pins, read_deepspeed, read_mapping, supports_bf16, world_size, zero_of
+from .optimizers import optimizer_of
 from .keylists import LLAMAFACTORY_TRANSFORMERS_PIN, key_list, unknown_names
 
 TOOL = "LLaMA-Factory training YAML"
 _ATTENTION = {"fa2": "flash_attention_2", "sdpa": "sdpa", "disabled": "eager", "eager": "eager",
               "auto": "sdpa", "fa3": "flash_attention_2"}
-_EIGHT_BIT = {"adamw_bnb_8bit", "adamw_8bit", "paged_adamw_8bit", "adamw_torch_8bit"}
 _METHODS = ("lora", "oft", "freeze", "full")
 # Optimizer replacements LLaMA-Factory builds itself (train/trainer_utils.py::create_custom_optimizer).
 _CUSTOM_OPTIMIZERS = {
@@ -39,7 +39,7 @@ _CUSTOM_OPTIMIZERS = {
 # Memory-relevant arguments (the [MEM] list of hparams/*.py) this reader does not turn into plan fields.
 NOT_MODELED = (
     "shift_attn", "mixture_of_depths", "rope_scaling", "upcast_layernorm",
-    "upcast_lmhead_output", "train_from_scratch", "use_v1_kernels", "quantization_type", "double_quantization",
+    "upcast_lmhead_output", "train_from_scratch", "use_v1_kernels",
     "image_max_pixels", "video_max_pixels", "video_maxlen", "use_kt", "streaming", "use_dora", "pissa_init",
     "use_llama_pro", "freeze_vision_tower", "freeze_multi_modal_projector", "freeze_language_model", "fp8",
     "fp8_backend", "fp8_enable_fsdp_float8_all_gather", "ray_num_workers", "use_reentrant_gc", "ppo_buffer_size",
@@ -76,10 +76,23 @@ def _method(lf: dict[str, Any], src: str, out: ForeignRead) -> str:
         out.warnings.append(f"finetuning_type: oft (block size {lf.get('oft_block_size', 32)}) is estimated as "
                             f"LoRA of rank {lf.get('lora_rank', 8)} on the same targets: OFT's trainable "
                             "parameters and activation overhead differ (effect unknown)")
+    if bits in (4, 8) and lf.get("quantization_method", "bnb") != "bnb":
+        out.warnings.append(f"quantization_method: {lf['quantization_method']} is estimated with bitsandbytes' "
+                            f"{bits}-bit layout")
+    return "qlora" if bits in (4, 8) else "lora"
+
+
+def _quantization(lf: dict[str, Any]) -> dict[str, Any] | None:
+    """quantization_bit as transformers' BitsAndBytesConfig keys (LLaMA-Factory model/model_utils/quantization.py:
+    4-bit uses quantization_type (default nf4) and double_quantization (default true))."""
+    bits = lf.get("quantization_bit")
     if bits == 8:
-        out.warnings.append("quantization_bit: 8 keeps the base in 8-bit (1 byte/parameter); memfit models a "
-                            "16-bit base for LoRA: the frozen weights are over-estimated by about half")
-    return "qlora" if bits == 4 else "lora"
+        return {"quant_method": "bitsandbytes", "load_in_8bit": True}
+    if bits == 4:
+        return {"quant_method": "bitsandbytes", "load_in_4bit": True,
+                "bnb_4bit_quant_type": str(lf.get("quantization_type", "nf4")),
+                "bnb_4bit_use_double_quant": bool(lf.get("double_quantization", True))}
+    return None
 
 
 def _precision(lf: dict[str, Any], method: str, hardware: dict[str, Any], out: ForeignRead) -> str:
@@ -104,16 +117,10 @@ def _optimizer(lf: dict[str, Any], out: ForeignRead) -> str:
         if lf.get(key):
             out.warnings.append(f"{key}: {what}; memfit has no model of it and estimates AdamW "
                                 "(12 bytes of states per trainable parameter): an over-estimate")
-    optim = str(lf.get("optim", "adamw_torch"))
-    if optim in _EIGHT_BIT:
-        return "adamw_8bit"
-    if optim.startswith("adafactor"):
-        return "adafactor"
-    if optim in ("sgd",):
-        return "sgd"
-    if not optim.startswith("adamw"):
-        out.warnings.append(f"optim: {optim} is not modelled; estimated as AdamW (effect unknown)")
-    return "adamw"
+    chosen, warning = optimizer_of(str(lf.get("optim", "adamw_torch")), "optim")
+    if warning:
+        out.warnings.append(warning)
+    return chosen
 
 
 def _lora(lf: dict[str, Any]) -> dict[str, Any]:
@@ -121,7 +128,19 @@ def _lora(lf: dict[str, Any]) -> dict[str, Any]:
     target = lf.get("oft_target" if lf.get("finetuning_type") == "oft" else "lora_target", "all")
     targets = "all-linear" if target == "all" else [t.strip() for t in str(target).split(",") if t.strip()]
     alpha = lf.get("lora_alpha") or 2 * rank
-    return {"rank": rank, "alpha": alpha, "dropout": float(lf.get("lora_dropout", 0.0)), "target_modules": targets}
+    lora = {"rank": rank, "alpha": alpha, "dropout": float(lf.get("lora_dropout", 0.0)), "target_modules": targets}
+    # additional_target: "Name(s) of modules apart from LoRA layers to be set as trainable and saved"
+    # (finetuning_args.py), passed to peft as modules_to_save (model/adapter.py).
+    extra = lf.get("additional_target")
+    if extra:
+        lora["modules_to_save"] = [t.strip() for t in str(extra).split(",") if t.strip()]
+    elif lf.get("resize_vocab"):
+        # adapter.py: resize_vocab without additional_target trains the input and output embeddings.
+        lora["modules_to_save"] = ["embed_tokens", "lm_head"]
+    quant = _quantization(lf)
+    if quant is not None:
+        lora["quantization_config"] = quant
+    return lora
 
 
 def _stage(lf: dict[str, Any], method: str, out: ForeignRead) -> None:
@@ -142,9 +161,12 @@ def _stage(lf: dict[str, Any], method: str, out: ForeignRead) -> None:
 
 
 def _extras(lf: dict[str, Any], out: ForeignRead) -> None:
-    if lf.get("additional_target") or lf.get("freeze_extra_modules") or lf.get("resize_vocab"):
-        out.warnings.append("additional_target/freeze_extra_modules/resize_vocab: trainable embeddings or other "
-                            "extra modules (weights, gradients and optimizer states) are not modelled")
+    if lf.get("additional_target"):
+        out.notes.append(f"additional_target: {lf['additional_target']} -> training.lora.modules_to_save "
+                         "(trained in full: weights, gradients and optimizer states counted)")
+    if lf.get("freeze_extra_modules"):
+        out.warnings.append("freeze_extra_modules: trainable embeddings or other extra modules "
+                            "(weights, gradients and optimizer states) are not modelled")
     if str(lf.get("flash_attn", "auto")) in ("auto", "fa3"):
         out.notes.append(f"flash_attn: {lf.get('flash_attn', 'auto')}: estimated with "
                          f"{_ATTENTION[str(lf.get('flash_attn', 'auto'))]} attention memory")

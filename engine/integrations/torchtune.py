@@ -18,6 +18,7 @@ from typing import Any
 from ..core.errors import ModelNotFoundError, PlanError
 from ..deepspeed.config import accumulation_steps
 from ..plan.strategy import Strategy
+from .optimizers import optimizer_of
 from .common import ForeignRead, fsdp_pins, read_mapping
 from .keylists import key_list, unknown_names
 
@@ -101,15 +102,17 @@ def recipe_of(path: Path, cfg: dict[str, Any]) -> str:
 
 
 def _optimizer(cfg: dict[str, Any], out: ForeignRead) -> str:
-    comp = str((cfg.get("optimizer") or {}).get("_component_", "torch.optim.AdamW"))
-    if comp.endswith("8bit"):
-        return "adamw_8bit"
-    if not comp.endswith("AdamW"):
-        out.warnings.append(f"optimizer: {comp} is not modelled; estimated as AdamW (effect unknown)")
+    block = cfg.get("optimizer") or {}
+    comp = str(block.get("_component_", "torch.optim.AdamW"))
+    chosen, warning = optimizer_of(comp, "optimizer._component_")
+    if warning:
+        out.warnings.append(warning)
+    if chosen == "adamw" and block.get("fused") is True:
+        chosen = "adamw_fused"  # torch.optim.AdamW(fused=True): no foreach temporaries
     if cfg.get("optimizer_in_bwd"):
         out.warnings.append("optimizer_in_bwd: gradients are freed as soon as each step is applied; memfit "
                             "counts all gradients (an over-estimate)")
-    return "adamw"
+    return chosen
 
 
 def _extras(cfg: dict[str, Any], model: dict[str, Any], out: ForeignRead) -> None:

@@ -16,6 +16,8 @@ import math
 from typing import Any, Optional
 
 from ..machine.detect import detect_hardware
+from ..memory.states import EMBEDDING_NAMES, LM_HEAD_NAMES
+from .optimizers import optimizer_of
 
 # Items of the training set looked at for the sequence length when nothing states it.
 SEQ_LEN_PEEK = 256
@@ -37,6 +39,13 @@ def _method_and_lora(model) -> tuple[str, dict]:
     targets = getattr(cfg, "target_modules", None) or "all-linear"
     lora = {"rank": int(getattr(cfg, "r", 16)), "alpha": float(getattr(cfg, "lora_alpha", 32) or 32),
             "target_modules": targets if isinstance(targets, str) else sorted(targets)}
+    # peft's modules_to_save copies (trainable in full); memfit counts embeddings and LM heads, and
+    # leaves out heads peft adds by itself for other tasks (score, classifier).
+    saved = [m for m in (getattr(cfg, "modules_to_save", None) or [])
+             if str(m).rsplit(".", 1)[-1] in EMBEDDING_NAMES | LM_HEAD_NAMES]
+    if saved:
+        lora["modules_to_save"] = sorted(saved)
+    # A k-bit base needs no flag here: the inline config's quantization_config carries its layout.
     quantised = getattr(_base(model), "is_loaded_in_4bit", False)
     return ("qlora" if quantised else "lora"), lora
 
@@ -61,15 +70,13 @@ def _checkpointing(base) -> bool:
 
 def _optimizer(args) -> str:
     name = str(getattr(getattr(args, "optim", ""), "value", getattr(args, "optim", ""))).lower()
-    if "8bit" in name:
-        return "adamw_8bit"
-    return next((o for o in ("adafactor", "sgd") if o in name), "adamw")
+    return optimizer_of(name)[0]  # the live Trainer's OptimizerNames value (integrations/optimizers.py)
 
 
 def _stack(args, base, method: str, notes: list[str]) -> dict:
-    """Stack keys the run itself shows: the AdamW implementation, Liger's loss, QLoRA's upcast."""
-    name = str(getattr(getattr(args, "optim", ""), "value", getattr(args, "optim", ""))).lower()
-    out: dict[str, Any] = {"optimizer_impl": "fused" if "fused" in name else "foreach"}
+    """Stack keys the run itself shows: Liger's loss, QLoRA's upcast (the AdamW implementation is the
+    optimizer's name: adamw_torch_fused reads as adamw_fused, integrations/optimizers.py)."""
+    out: dict[str, Any] = {}
     if getattr(args, "use_liger_kernel", False):  # Trainer applies Liger's kernels, fused linear cross-entropy
         out["loss"] = {"implementation": "fused_linear"}
         notes.append("use_liger_kernel: Liger's fused linear cross-entropy (training.loss fused_linear)")

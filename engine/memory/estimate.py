@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from .activations import activation_bytes
 from .allocator import fragmentation
+from .data import data_host_terms
 from .fsdp import fsdp_terms
 from .states import frozen_weight_bytes, state_bytes, trainable_params
 from .zero import zero_terms
@@ -83,7 +84,9 @@ class HostBreakdown(_Breakdown):
     nvme_swap_buffers_gib: float
     checkpoint_load_gib: float
     save_gather_gib: float
-    dataset_gib: float
+    dataset_gib: float        # private copies of the data set (memory/data.py; page cache not counted)
+    dataloader_gib: float     # dataloader workers' own pages and the batches in flight
+    preprocessing_gib: float  # tokenisation workers (data.preprocessing_workers > 1), their own phase
     offloaded_activations_gib: float = 0.0  # activation offloading: the layers' saved tensors, pinned
 
 
@@ -146,7 +149,7 @@ def estimate_memory(plan: Plan, facts: ModelSpec, strategy: Strategy) -> MemoryE
         gpu_fits=gpu_peak <= hw.gpu_memory_gib, host_fits=host_peak <= hw.host_memory_gib,
         nvme_fits=nvme <= hw.nvme_gib,
         trainable_params=trainable_params(facts, strategy.method, plan.training.lora.rank,
-                                          plan.training.lora.target_modules),
+                                          plan.training.lora.target_modules, plan.training.lora.modules_to_save),
         gradient_accumulation_steps=accum,
         gpu=gpu, host=host,
     )
@@ -162,9 +165,10 @@ def _gpu_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[GpuBrea
     t, world = plan.training, plan.hardware.world_size
     stack = resolve_stack(plan, facts)
     sb = state_bytes(t.precision, t.optimizer, facts.hidden_size)
-    n_train = trainable_params(facts, strategy.method, t.lora.rank, t.lora.target_modules)
+    n_train = trainable_params(facts, strategy.method, t.lora.rank, t.lora.target_modules, t.lora.modules_to_save)
     w_div, g_div, o_div = _shards(strategy, world)
-    whole_weights = (frozen_weight_bytes(facts, strategy.method, t.precision, kbit_upcast=stack.kbit_upcast)
+    whole_weights = (frozen_weight_bytes(facts, strategy.method, t.precision, t.lora.quantization_config,
+                                         kbit_upcast=stack.kbit_upcast)
                      + n_train * sb.weights)
     weights = whole_weights / w_div
     if strategy.offload_param != "none":
@@ -173,7 +177,7 @@ def _gpu_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[GpuBrea
     opt = n_train * (sb.master + sb.moments) / o_div
     # Step transients: DeepSpeed's fp32 gradient partition (mixed precision), or, without ZeRO (the
     # plain trainer path), torch AdamW's foreach temporaries; ZeRO's fused optimizers step in place.
-    temp = sb.foreach_temp if (strategy.zero_stage == 0 and stack.optimizer_impl == "foreach") else 0.0
+    temp = sb.foreach_temp if strategy.zero_stage == 0 else 0.0  # 0 for adamw_fused (memory/states.py)
     grad32 = n_train * max(sb.grad_fp32, temp) / o_div
     zt = zero_terms(facts, strategy, world, n_train, whole_weights, sb.weights, mixed=sb.grad_fp32 > 0,
                     lora_rank=t.lora.rank, bf16=t.precision == "bf16")
@@ -223,8 +227,9 @@ def _host_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[HostBr
     ranks = hw.gpus_per_node
     node_share = ranks / hw.world_size  # this node's share of ZeRO-partitioned states
     sb = state_bytes(t.precision, t.optimizer, facts.hidden_size)
-    n_train = trainable_params(facts, strategy.method, t.lora.rank, t.lora.target_modules)
-    weight_bytes = (frozen_weight_bytes(facts, strategy.method, t.precision, kbit_upcast=stack.kbit_upcast)
+    n_train = trainable_params(facts, strategy.method, t.lora.rank, t.lora.target_modules, t.lora.modules_to_save)
+    weight_bytes = (frozen_weight_bytes(facts, strategy.method, t.precision, t.lora.quantization_config,
+                                        kbit_upcast=stack.kbit_upcast)
                     + n_train * sb.weights)
     opt_host = opt_nvme = params_host = params_nvme = swap = 0.0
     # DeepSpeed's own host buffers under optimizer offload: ZeRO-3's 16-bit gradient partition,
@@ -249,7 +254,8 @@ def _host_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[HostBr
     slack_rate = OFFLOAD_SLACK_PINNED if strategy.pin_memory else OFFLOAD_SLACK_UNPINNED
     slack = (opt_host + params_host) * slack_rate
     baseline = HOST_PROCESS_GIB * GIB * ranks
-    dataset = 0.0 if plan.data.streaming is True else plan.data.dataset_gib * GIB * ranks
+    data = data_host_terms(plan, strategy.micro_batch_size)
+    dataset, loader = data.dataset_private, data.workers
     # Checkpoint in 16 bits on disk (the usual release format).
     ckpt16 = facts.total_params * 2.0
     save_gather = ckpt16 if (strategy.zero_stage == 3 and strategy.method == "full"
@@ -265,18 +271,24 @@ def _host_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[HostBr
         facts, t.seq_len, strategy.micro_batch_size, t.attention, strategy.method, strategy.gradient_checkpointing,
         t.precision, lora_rank=lora.rank, lora_targets=lora.target_modules, lora_dropout=lora.dropout,
         stack=stack).offloaded_bytes if stack.activation_offloading else 0.0
-    train = (opt_host + params_host + slack + swap + dataset + save_gather + offloaded_acts)
+    train = (opt_host + params_host + slack + swap + dataset + loader + save_gather + offloaded_acts)
     loading = params_host * (1 + slack_rate) + swap + dataset + load
-    if train >= loading:
-        values = (opt_host, params_host, slack, swap, 0.0, save_gather, dataset)
+    # Tokenisation runs before the model loads (the data set is built, then the Trainer starts).
+    preprocessing = data.preprocessing
+    if preprocessing > max(train, loading):
+        values = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, preprocessing)
+        phase = "data preprocessing"
+    elif train >= loading:
+        values = (opt_host, params_host, slack, swap, 0.0, save_gather, dataset, loader, 0.0)
         phase = "training" if save_gather == 0 else "checkpoint save"
     else:
-        values = (0.0, params_host, params_host * slack_rate, swap, load, 0.0, dataset)
+        values = (0.0, params_host, params_host * slack_rate, swap, load, 0.0, dataset, 0.0, 0.0)
         phase = "model loading"
     names = ("offloaded_optimizer_gib", "offloaded_params_gib", "offload_slack_gib",
-             "nvme_swap_buffers_gib", "checkpoint_load_gib", "save_gather_gib", "dataset_gib")
+             "nvme_swap_buffers_gib", "checkpoint_load_gib", "save_gather_gib", "dataset_gib",
+             "dataloader_gib", "preprocessing_gib")
     host = HostBreakdown(process_baseline_gib=baseline / GIB, **{k: v / GIB for k, v in zip(names, values)},
-                         offloaded_activations_gib=(offloaded_acts if train >= loading else 0.0) / GIB)
+                         offloaded_activations_gib=(offloaded_acts if phase in ("training", "checkpoint save") else 0.0) / GIB)
     return host, phase, (opt_nvme + params_nvme) / GIB
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .activations import activation_bytes
+from .data import data_host_terms
 from .states import QLORA_BYTES_PER_PARAM, state_bytes, trainable_params
 from ..core.ds_defaults import accumulation_steps
 from ..plan.stack import resolve_stack
@@ -120,7 +121,7 @@ def fsdp_terms(plan: Plan, facts: ModelSpec, strategy: Strategy, slack: float, f
     t, hw = plan.training, plan.hardware
     n = shard_group(strategy, hw.gpus_per_node, hw.world_size)
     d = _dtypes(t.precision, t.optimizer, facts.hidden_size, fused_optimizer)
-    n_train = trainable_params(facts, strategy.method, t.lora.rank, t.lora.target_modules)
+    n_train = trainable_params(facts, strategy.method, t.lora.rank, t.lora.target_modules, t.lora.modules_to_save)
     frozen = _frozen_bytes(facts, strategy.method, t.precision)
     model_compute = frozen + n_train * d["compute"]
     layer_p, root_p = unit_params(facts)
@@ -188,7 +189,8 @@ def _host(plan: Plan, facts: ModelSpec, strategy: Strategy, shards: dict[str, fl
         root_shard = (shards["params"] + shards["grads"]) * root_share
         pinned = units * pinned_bytes(layer_shard) + (pinned_bytes(root_shard) if root_shard > 0 else 0.0)
         slack = (pinned - (shards["params"] + shards["grads"])) * per_node
-    dataset = 0.0 if plan.data.streaming is True else plan.data.dataset_gib * 2**30 * ranks
+    data = data_host_terms(plan, strategy.micro_batch_size)
+    dataset = data.dataset_private + data.workers
     # Loading: with cpu_ram_efficient_loading (always written by memfit, with sync_module_states) only
     # rank 0 materialises the checkpoint, in the dtype the shards keep; the others start on meta.
     load = facts.total_params * d["param_shard"] if strategy.method == "full" else _load_frozen(plan, facts, strategy)
@@ -209,6 +211,8 @@ def _host(plan: Plan, facts: ModelSpec, strategy: Strategy, shards: dict[str, fl
              "save_gather_gib", "dataset_gib")
     host = dict(zip(names, values))
     host["nvme_swap_buffers_gib"] = 0.0
+    # One data-pipeline figure under FSDP: the dataset term includes the dataloader's (memory/data.py).
+    host["dataloader_gib"] = host["preprocessing_gib"] = 0.0
     return host, phase
 
 

@@ -13,10 +13,11 @@ from typing import Any, Literal, Sequence, Union
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
-from ..core.errors import PlanError
+from ..core.errors import ModelSpecError, PlanError
 from ..machine.gpus import find_gpu, GPUS
 from ..core.inputs import PLAN_MAX_BYTES, escape_key, excerpt, load_yaml, read_text
 from ..core.units import parse_size_gib
+from .quantization import parse_quantization
 from .strategy import Method, Offload  # one definition of the strategy's choices
 
 Auto = Literal["auto"]
@@ -140,6 +141,31 @@ class Lora(_Strict):
             raise ValueError(f"at most {MAX_LIST_ENTRIES} non-empty module names of up to 200 characters")
         return v if v == "all-linear" or isinstance(v, list) else [v]
 
+    modules_to_save: list[str] = Field(
+        default_factory=list, max_length=MAX_LIST_ENTRIES,
+        description="peft modules_to_save: modules trained in full besides the adapters (embed_tokens, lm_head)")
+    quantization_config: dict[str, Any] | None = Field(
+        None, description="the frozen base's quantisation for method qlora, in transformers' quantization_config "
+                          "keys (quant_method bitsandbytes + load_in_8bit, gptq + bits/group_size, ...); default "
+                          "bitsandbytes NF4 with double quantisation. A checkpoint's own quantization_config wins")
+
+    @field_validator("quantization_config")
+    @classmethod
+    def _known_quantization(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            try:
+                parse_quantization(v, "")
+            except ModelSpecError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("modules_to_save")
+    @classmethod
+    def _module_names(cls, v: list[str]) -> list[str]:
+        if any(not n.strip() or len(n) > 200 for n in v):
+            raise ValueError("each module name is non-empty, at most 200 characters")
+        return v
+
 
 class Loss(_Strict):
     """Cross-entropy options; a key left out takes training.framework's default (engine/plan/frameworks.yaml)."""
@@ -159,7 +185,10 @@ class Training(_Strict):
     global_batch_size: int | None = Field(None, ge=1, le=2**24)
     precision: Literal["auto", "bf16", "fp16", "fp32", "pure_bf16"] = Field(
         "auto", description="auto: bf16 where the GPU supports it, else fp16 with loss scaling")
-    optimizer: Literal["adamw", "adamw_8bit", "adafactor", "sgd"] = "adamw"
+    optimizer: Literal["adamw", "adamw_fused", "adamw_8bit", "paged_adamw", "paged_adamw_8bit", "lion", "lion_8bit",
+                       "adafactor", "sgd"] = Field(
+        "adamw", description="adamw: torch AdamW (foreach); adamw_fused: fused=True; *_8bit and paged_*: "
+                             "bitsandbytes (paged: states in CUDA unified memory)")
     gradient_checkpointing: Union[bool, Auto] = "auto"
     attention: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
     lora: Lora = Lora()
@@ -173,8 +202,6 @@ class Training(_Strict):
                                                                  "default: the framework's")
     kbit_upcast: bool | None = Field(None, description="QLoRA: non-quantised parameters upcast to fp32 (peft "
                                                        "prepare_model_for_kbit_training); default: the framework's")
-    optimizer_impl: Literal["foreach", "fused"] | None = Field(None, description="torch AdamW implementation; "
-                                                                                 "default: the framework's")
     expandable_segments: bool = Field(False, description="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True")
     sharding: Literal["auto", "deepspeed", "fsdp", "fsdp1", "fsdp2", "any", "none"] = Field(
         "auto", description="sharding engine: auto = deepspeed; fsdp = PyTorch FSDP (either version), fsdp1 | fsdp2 "
@@ -198,13 +225,22 @@ class Policy(_Strict):
 class Data(_Strict):
     dataset_size: Size = Field(0.0, description="tokenised data set size on disk/in memory")
     dataloader_workers: int = Field(2, ge=0, le=4096)
-    preprocessing_workers: int = Field(1, ge=1, le=4096)
+    preprocessing_workers: int = Field(1, ge=1, le=4096, description="tokenisation processes (datasets map num_proc)")
     streaming: Union[bool, Auto] = "auto"
     packing: bool | None = Field(None, description="sequences packed to seq_len; default: the framework's")
     padding: Literal["auto", "longest", "max_length"] = Field(
         "auto", description="longest: each batch padded to its longest sequence (DataCollatorWithPadding's "
                             "default: variable shapes); max_length: every batch padded to seq_len; auto: not "
                             "known, the allocator rate memfit is calibrated with (as max_length)")
+    format: Literal["auto", "arrow_mmap", "in_memory", "python_objects", "streaming"] = Field(
+        "auto", description="how each rank holds the data set: arrow_mmap (datasets' memory-mapped cache, page "
+                            "cache), in_memory (a private copy per rank), python_objects (a list of Python "
+                            "samples: a copy per rank and per dataloader worker), streaming; auto: streaming "
+                            "if streaming is true, else in_memory")
+    prefetch_factor: int | None = Field(None, ge=1, le=4096, description="batches each dataloader worker "
+                                        "prefetches; default 2 with workers (torch DataLoader)")
+    pin_memory: bool = Field(True, description="page-locked batch copies "
+                                               "(HF Trainer dataloader_pin_memory, default true)")
 
     @field_validator("dataset_size")
     @classmethod
@@ -215,6 +251,21 @@ class Data(_Strict):
     @property
     def dataset_gib(self) -> float:
         return parse_size_gib(self.dataset_size)
+
+    @property
+    def effective_prefetch_factor(self) -> int:
+        """prefetch_factor, or torch DataLoader's default of 2 when there are workers (0 without)."""
+        if self.prefetch_factor is not None:
+            return self.prefetch_factor
+        return 2 if self.dataloader_workers > 0 else 0
+
+    @model_validator(mode="after")
+    def _streaming_agrees(self) -> "Data":
+        if self.streaming is True and self.format not in ("auto", "streaming"):
+            raise ValueError(f"streaming: true contradicts format: {self.format}")
+        if self.prefetch_factor is not None and self.dataloader_workers == 0:
+            raise ValueError("prefetch_factor needs dataloader_workers > 0 (torch DataLoader refuses it)")
+        return self
 
 
 class Plan(_Strict):

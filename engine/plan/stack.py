@@ -32,7 +32,6 @@ class Stack:
     softcapping: bool          # final-logit softcapping (Gemma-2) applied before the loss
     activation_offloading: bool
     kbit_upcast: bool          # QLoRA: non-quantised parameters (and the residual stream) in fp32
-    optimizer_impl: str        # foreach | fused
     packing: bool
     padding: str               # auto | longest | max_length
     expandable_segments: bool
@@ -94,7 +93,6 @@ def resolve_stack(plan: Plan, facts: Any = None) -> Stack:
         softcapping=softcap,
         activation_offloading=bool(_given(t.activation_offloading, base["activation_offloading"])),
         kbit_upcast=bool(_given(t.kbit_upcast, base["kbit_upcast"])),
-        optimizer_impl=_given(t.optimizer_impl, base["optimizer_impl"]),
         packing=bool(_given(d.packing, base["packing"])),
         padding=d.padding,
         expandable_segments=t.expandable_segments,

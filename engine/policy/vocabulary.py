@@ -26,7 +26,9 @@ class CandidateFacts(BaseModel):
     accumulation_steps: int = Field(description="micro-steps per optimizer step")
     # The plan
     precision: str = Field(description="bf16 | fp16 | fp32 | pure_bf16")
-    optimizer: str = Field(description="adamw | adamw_8bit | adafactor | sgd")
+    optimizer: str = Field(description="adamw | adamw_fused | adamw_8bit | paged_adamw | paged_adamw_8bit | lion | lion_8bit | adafactor | sgd")
+    optimizer_paged: bool = Field(False, description="bitsandbytes paged optimizer: states in CUDA unified memory, paged to host RAM under GPU pressure")
+    paged_optimizer_gib: float = Field(0.0, description="GPU peak's optimizer states held in unified memory (paged optimizers; else 0)")
     seq_len: int = Field(description="tokens per sequence")
     world_size: int = Field(description="GPUs in total")
     nodes: int = Field(description="nodes")
@@ -38,6 +40,8 @@ class CandidateFacts(BaseModel):
     # The model
     total_params_b: float = Field(description="parameters of the model that trains, billions")
     trainable_params_b: float = Field(description="parameters receiving gradients, billions")
+    base_quantization: str = Field("", description="the checkpoint's own quantisation (config.json quantization_config), e.g. gptq-4bit-g128; '' for a 16-bit checkpoint")
+    modules_to_save_b: float = Field(0.0, description="parameters of training.lora.modules_to_save trained in full, billions")
     # The estimate against capacity and policy
     gpu_peak_gib: float = Field(description="estimated peak GPU memory per device")
     gpu_capacity_gib: float = Field(description="GPU memory per device")
@@ -79,8 +83,13 @@ class CandidateFacts(BaseModel):
     fragmentation_seen: bool = Field(description="a measured OOM showed large reserved-but-unallocated memory")
     # Data pipeline
     dataset_gib: float = Field(description="tokenised data set size")
-    dataset_host_share: float = Field(description="cached data set copies (ranks x workers) / host RAM")
+    dataset_host_share: float = Field(description="private data-pipeline bytes per node (data set copies, dataloader workers, batches in flight) / host RAM")
     streaming: str = Field(description="plan's data.streaming: auto | true | false")
+    data_format: str = Field("in_memory", description="resolved data.format: arrow_mmap | in_memory | python_objects | streaming")
+    dataloader_workers: int = Field(0, description="plan's data.dataloader_workers per rank")
+    dataset_private_gib: float = Field(0.0, description="private copies of the data set per node (what the OOM killer counts)")
+    dataset_page_cache_gib: float = Field(0.0, description="memory-mapped data set in the page cache per node (shared, reclaimable)")
+    host_free_gib: float = Field(0.0, description="host_capacity_gib - host_peak_gib: room left for the page cache")
     # Sharding engine (rules/sharding.yaml): DeepSpeed ZeRO or PyTorch FSDP
     sharding: str = Field("deepspeed", description="sharding engine: deepspeed | fsdp")
     fsdp_version: int = Field(0, description="FSDP 1 (flat parameters) or 2 (fully_shard, DTensor); 0 for DeepSpeed")

@@ -155,3 +155,22 @@ def _fact_pairs(rules: Sequence[Rule]) -> list[tuple[str, str]]:
 
 
 __all__ = ["plan_dicts", "measured_overrides", "fact_sets", "rule_thresholds", "MODEL_LADDER", "INLINE_MODEL"]
+
+
+# Written-out plans the review judges besides the generated ones, so that every rule over a plan key
+# the generator does not draw (issue 17: quantised checkpoints, data formats, paged optimizers) is
+# seen firing and mattering; the generated sample (and the plans a seed gives) stays as it was.
+COVERAGE_PLANS: tuple[dict, ...] = (
+    # full fine-tuning of a GPTQ checkpoint: quantised-base-no-full-finetune is the only reject
+    {"model": {**INLINE_MODEL, "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128}},
+     "hardware": {"gpu_memory": 80, "host_memory": 512}, "training": {"method": "full", "seq_len": 1024}},
+    # a Python-object data set with dataloader workers, paged 8-bit AdamW
+    {"model": INLINE_MODEL, "hardware": {"gpu_memory": 80, "host_memory": 512},
+     "training": {"method": "lora", "seq_len": 1024, "optimizer": "paged_adamw_8bit"},
+     "data": {"dataset_size": 2, "format": "python_objects", "dataloader_workers": 2}},
+    # a memory-mapped data set larger than the host RAM left free, an in-memory one copied by 8 ranks
+    {"model": INLINE_MODEL, "hardware": {"gpu_memory": 80, "host_memory": 64},
+     "training": {"method": "lora", "seq_len": 1024}, "data": {"dataset_size": 200, "format": "arrow_mmap"}},
+    {"model": INLINE_MODEL, "hardware": {"gpu_memory": 80, "gpus_per_node": 8, "host_memory": 512},
+     "training": {"method": "lora", "seq_len": 1024}, "data": {"dataset_size": 10, "format": "in_memory"}},
+)

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import yaml
 from pydantic import BaseModel
 
+from ..core.errors import MemfitError
 from ..policy.oracle import PythonEvaluator, make_evaluator
 from .core import (SHRINK_BUDGET_S, ExampleCounts, Judged, PropertyResult, Violation, ReviewContext,
                           property_result, search_examples, judge, signature)
@@ -138,6 +139,17 @@ def _run_property(ctx: ReviewContext, name: str, strategy, check, out: Path) -> 
                                            files=files) for m, r in problems])
 
 
+def _judge_coverage_plans(ctx: ReviewContext) -> None:
+    """Judge the written-out plans (generators.COVERAGE_PLANS): their firing sets join the sample's."""
+    from .generators import COVERAGE_PLANS
+
+    for plan in COVERAGE_PLANS:
+        try:
+            ctx.judge(plan)
+        except MemfitError:  # a user's rule base may make one invalid; the generated sample still counts
+            continue
+
+
 def review(rules_dirs: Iterable[str | Path] = (), *, include_builtin: bool = True,
            max_examples: int = DEFAULT_MAX_EXAMPLES, seed: int = 0, out_dir: str | Path | None = None,
            backend: str = "auto", rules: Sequence[Rule] | None = None,
@@ -173,6 +185,7 @@ def review(rules_dirs: Iterable[str | Path] = (), *, include_builtin: bool = Tru
             tell(i, total, p[0])
             results.append(_run_property(ctx, *p, out))
         tell(total - 2, total, "every-rule-fires")
+        _judge_coverage_plans(ctx)
         results.append(every_rule_fires(ctx))
         tell(total - 1, total, "no-dead-rules")
         results.append(no_dead_rules(ctx))

@@ -15,6 +15,10 @@ from .feasibility import Feasibility, largest_passing
 from .fsdp_shapes import engine_facts
 from ..policy.vocabulary import CandidateFacts
 from ..memory.band import band_for
+from ..memory.data import data_host_terms
+from ..memory.quant import checkpoint_quantization
+from ..memory.states import PAGED_OPTIMIZERS, modules_to_save_params
+from ..core.units import GIB
 from ..memory.estimate import MemoryEstimate, estimate_memory
 from ..evidence.match import Evidence
 from ..plan.strategy import Strategy
@@ -124,7 +128,9 @@ def _measures(plan: Plan, model: ModelSpec, s: Strategy, e: MemoryEstimate, ev: 
     # The band's upper end after any measured calibration scale: the residuals of the calibration
     # cases of this family (engine/memory/band.json; bench/band.py computes it).
     gpu_upper = gpu_peak * band_for(s).high
-    ranks_copies = hw.gpus_per_node * (1 + plan.data.dataloader_workers)
+    data = data_host_terms(plan, s.micro_batch_size)
+    paged = t.optimizer in PAGED_OPTIMIZERS
+    own_quant = checkpoint_quantization(model)
     return dict(
         method=s.method, zero_stage=s.zero_stage, offload_optimizer=s.offload_optimizer,
         offload_param=s.offload_param, gradient_checkpointing=s.gradient_checkpointing,
@@ -135,6 +141,10 @@ def _measures(plan: Plan, model: ModelSpec, s: Strategy, e: MemoryEstimate, ev: 
         require_full_finetune=pol.require_full_finetune, method_pinned=t.method != "auto",
         nvme_path_set=hw.nvme_path is not None,
         total_params_b=model.total_params / 1e9, trainable_params_b=e.trainable_params / 1e9,
+        base_quantization=own_quant.label if own_quant else "",
+        modules_to_save_b=(modules_to_save_params(model, t.lora.modules_to_save) / 1e9
+                           if s.method != "full" else 0.0),
+        optimizer_paged=paged, paged_optimizer_gib=g.optimizer_states_gib if paged else 0.0,
         gpu_peak_gib=gpu_peak, gpu_capacity_gib=e.gpu_capacity_gib,
         gpu_usage=gpu_peak / e.gpu_capacity_gib, gpu_headroom=gpu_headroom,
         gpu_peak_upper_gib=gpu_upper, gpu_usage_upper=gpu_upper / e.gpu_capacity_gib,
@@ -155,8 +165,11 @@ def _measures(plan: Plan, model: ModelSpec, s: Strategy, e: MemoryEstimate, ev: 
         measured_ratio_source=ev.ratio_source if ev.ratio_for(s) else "",
         fragmentation_seen=ev.fragmentation,
         dataset_gib=plan.data.dataset_gib,
-        dataset_host_share=plan.data.dataset_gib * ranks_copies / e.host_capacity_gib,
+        dataset_host_share=data.training / GIB / e.host_capacity_gib,
         streaming=str(plan.data.streaming).lower(),
+        data_format=data.format, dataloader_workers=plan.data.dataloader_workers,
+        dataset_private_gib=data.dataset_private / GIB, dataset_page_cache_gib=data.page_cache / GIB,
+        host_free_gib=e.host_capacity_gib - e.host_peak_gib,
         **engine_facts(plan, s),
     )
 
