@@ -124,7 +124,7 @@ def test_no_kbit_upcast_keeps_qlora_non_quantised_weights_and_residual_in_bf16()
     facts = _facts(_plan())
     q = facts.quantizable_params()
     rest = facts.total_params - q
-    up, down = frozen_weight_bytes(facts, "qlora", "bf16"), frozen_weight_bytes(facts, "qlora", "bf16", False)
+    up, down = frozen_weight_bytes(facts, "qlora", "bf16"), frozen_weight_bytes(facts, "qlora", "bf16", kbit_upcast=False)
     assert up - down == rest * (4 - 2)
     assert down == pytest.approx(q * QLORA_BYTES_PER_PARAM + rest * 2)
     fp32_in = stored_layer_bytes(facts, 1024, 1, "sdpa", "qlora", True, "bf16")
