@@ -30,6 +30,15 @@ _settings.register_profile("explore", deadline=None)
 _settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+@pytest.fixture
+def ax_root(tmp_path, monkeypatch):
+    """The axolotl example files (tests/fixtures/upstream/axolotl) at their paths, as the cwd."""
+    from upstream import tool_root
+
+    monkeypatch.chdir(tool_root("axolotl", tmp_path / "axolotl"))
+    return tmp_path / "axolotl"
+
+
 def pytest_addoption(parser):
     parser.addoption("--update-golden", action="store_true",
                      help="rewrite tests/golden/*/advice.json and deepspeed.json from the current code")

@@ -19,15 +19,9 @@ from memfit.engine.integrations.foreign import plan_of, read_foreign
 from memfit.engine.integrations.keylists import key_list
 from memfit.engine.plan.strategy import Strategy
 
-from upstream import HW_8X80, tool_root, upstream
+from upstream import HW_8X80, upstream
 
 HW_8 = {"gpu": "H100-SXM-80GB", "gpus_per_node": 8, "host_memory": 1024}
-
-
-@pytest.fixture
-def ax_root(tmp_path, monkeypatch):
-    monkeypatch.chdir(tool_root("axolotl", tmp_path / "axolotl"))
-    return tmp_path / "axolotl"
 
 
 def test_axolotl_lora_8bit(ax_root):

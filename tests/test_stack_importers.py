@@ -12,15 +12,9 @@ import pytest
 from memfit.engine.integrations.foreign import plan_of, read_foreign
 from memfit.engine.plan.stack import resolve_stack
 
-from upstream import tool_root, upstream
+from upstream import upstream
 
 HW = {"gpu": "H100-SXM-80GB", "gpus_per_node": 1, "host_memory": 512}
-
-
-@pytest.fixture
-def ax_root(tmp_path, monkeypatch):
-    monkeypatch.chdir(tool_root("axolotl", tmp_path / "axolotl"))
-    return tmp_path / "axolotl"
 
 
 def test_axolotl_cut_cross_entropy_packing_and_offloaded_checkpoints(ax_root):
