@@ -15,7 +15,7 @@ import yaml
 from memfit.cli.main import main
 from memfit.engine.core.errors import ModelNotFoundError
 from memfit.engine.integrations import axolotl, torchtune
-from memfit.engine.integrations.foreign import plan_of, read_foreign
+from memfit.engine.integrations.foreign import own_strategy, plan_of, read_foreign
 from memfit.engine.integrations.keylists import key_list
 from memfit.engine.plan.strategy import Strategy
 
@@ -42,8 +42,11 @@ def test_axolotl_defaults_and_fsdp(ax_root):
     read = read_foreign("examples/llama-3/3b-fp8-fsdp2.yaml", HW_8)  # no gradient_checkpointing key
     assert read.pinned["gradient_checkpointing"] is False
     assert "gradient checkpointing: off (axolotl default)" in read.notes
-    assert any(w.startswith("fsdp_config: FSDP") and "estimated as ZeRO-3" in w for w in read.warnings)
-    assert read.pinned["zero_stage"] == 3
+    # the file says fsdp_version: 2 and reshard_after_forward (FULL_SHARD): its own strategy is FSDP2
+    assert any(n.startswith("fsdp_config: FSDP2 FULL_SHARD") for n in read.notes)
+    assert (read.pinned["sharding"], read.pinned["fsdp_version"], read.pinned["fsdp_sharding"],
+            read.pinned["zero_stage"]) == ("fsdp", 2, "FULL_SHARD", 3)
+    assert own_strategy(read).key.startswith("full/fsdp2-full/")
 
 
 def test_axolotl_deepspeed_file_and_rl(ax_root):
@@ -107,6 +110,8 @@ def test_torchtune_builder_and_keys():
 def test_torchtune_methods_and_sharding(path, method, stage):
     read = read_foreign(upstream("torchtune", path), HW_8)
     assert (read.pinned["method"], read.pinned["zero_stage"]) == (method, stage)
+    # distributed recipes shard with FSDP2's fully_shard (torchtune training/_distributed.py)
+    assert read.pinned.get("sharding", "deepspeed") == ("fsdp" if stage else "deepspeed")
 
 
 def test_torchtune_overrides_are_recipe_keys():

@@ -106,8 +106,10 @@ def _fsdp(ax: dict[str, Any], out: ForeignRead) -> dict[str, Any] | None:
     cfg = {str(k).removeprefix("fsdp_"): v for k, v in cfg.items()} if isinstance(cfg, dict) else {}
     shard = "FULL_SHARD" if cfg.get("reshard_after_forward", True) is not False else "SHARD_GRAD_OP"
     shard = str(cfg.get("sharding_strategy", shard))
-    pins, warning = fsdp_pins(shard, bool(cfg.get("offload_params")))
-    out.warnings.append(f"fsdp_config: {warning}")
+    # utils/schemas/fsdp.py: fsdp_version (top level, or version inside fsdp_config), default 1
+    version = int(ax.get("fsdp_version") or cfg.get("version") or 1)
+    pins, note = fsdp_pins(shard, bool(cfg.get("offload_params")), version)
+    out.notes.append(f"fsdp_config: {note}")
     return pins
 
 

@@ -17,6 +17,7 @@ import yaml
 from ..core.inputs import load_yaml, read_text
 from ..core.errors import PlanError
 from ..deepspeed.check import check_config, load_config
+from ..plan.strategy import FSDP_EQUIVALENT_STAGE
 
 
 @dataclass
@@ -213,17 +214,21 @@ def fsdp_message(path: str | Path) -> str:
             f"review it with `advise check {path} [--plan PLAN]`, or plan FSDP with training.sharding: fsdp")
 
 
-def fsdp_pins(shard: str, offload: bool) -> tuple[dict[str, Any], str]:
-    """The ZeRO strategy nearest to an FSDP setting, and the warning that names the difference.
+def fsdp_pins(shard: str, offload: bool, version: int = 1) -> tuple[dict[str, Any], str]:
+    """The config's own FSDP strategy (memfit's FSDP model, memory/fsdp.py), and a note saying how it was read.
 
-    FULL_SHARD shards parameters, gradients and optimizer states like ZeRO-3; SHARD_GRAD_OP keeps whole
-    parameters like ZeRO-2; NO_SHARD is plain data parallelism (accelerate utils/constants.py).
+    The sharding strategy names are torch's (torch.distributed.fsdp.ShardingStrategy, as accelerate
+    spells them); HYBRID_SHARD_ZERO2 is read as SHARD_GRAD_OP, an unknown name as FULL_SHARD. CPU
+    offload (CPUOffload(offload_params=True)) moves parameters, gradients and the optimizer step to
+    the host together.
     """
-    stage = {"FULL_SHARD": 3, "HYBRID_SHARD": 3, "SHARD_GRAD_OP": 2, "HYBRID_SHARD_ZERO2": 2, "NO_SHARD": 0}.get(
-        shard.upper(), 3)
+    name = shard.upper()
+    sharding = {"HYBRID_SHARD_ZERO2": "SHARD_GRAD_OP"}.get(name, name)
+    sharding = sharding if sharding in FSDP_EQUIVALENT_STAGE else "FULL_SHARD"
+    stage = FSDP_EQUIVALENT_STAGE[sharding]
     device = "cpu" if offload else "none"
-    pins = {"zero_stage": stage, "offload_optimizer": device if stage else "none",
-            "offload_param": device if stage == 3 else "none"}
-    return pins, (f"FSDP {shard}{' with CPU offload' if offload else ''}: memfit has no FSDP model yet; "
-                  f"estimated as ZeRO-{stage}{' with CPU offload' if offload else ''} (same sharding of "
-                  "parameters, gradients and optimizer states; FSDP's all-gather buffers differ)")
+    pins = {"sharding": "fsdp", "fsdp_version": 2 if version == 2 else 1, "fsdp_sharding": sharding,
+            "zero_stage": stage, "offload_optimizer": device, "offload_param": device}
+    return pins, (f"FSDP{pins['fsdp_version']} {shard}{' with CPU offload' if offload else ''}: the config's own "
+                  f"strategy is estimated with memfit's FSDP model; memfit's ranked plans (and the files it "
+                  "writes back) are DeepSpeed ones")

@@ -232,8 +232,12 @@ def _strategy(lf: dict[str, Any], src: str, ds: Path | None, cwd: Path, out: For
         pins = zero_of(read_deepspeed(ds, src, "deepspeed", out))
     elif lf.get("fsdp"):
         shard = "SHARD_GRAD_OP" if "shard_grad_op" in str(lf["fsdp"]) else "FULL_SHARD"
-        pins, warning = fsdp_pins(shard, "offload" in str(lf["fsdp"]))
-        out.warnings.append(f"fsdp: {lf['fsdp']}: {warning}")
+        # The HF Trainer's `fsdp` argument goes through accelerate: FSDP1 unless fsdp_config says version 2.
+        raw = lf.get("fsdp_config")
+        fc: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        version = int(fc.get("fsdp_version") or fc.get("version") or 1)
+        pins, note = fsdp_pins(shard, "offload" in str(lf["fsdp"]), version)
+        out.notes.append(f"fsdp: {lf['fsdp']}: {note}")
     gc = not lf.get("disable_gradient_checkpointing", False)
     out.notes.append(f"gradient checkpointing: {'on' if gc else 'off'}"
                      f"{' (LLaMA-Factory default)' if 'disable_gradient_checkpointing' not in lf else ''}")

@@ -152,11 +152,12 @@ def _stack(cfg: dict[str, Any], out: ForeignRead) -> tuple[dict[str, Any], dict[
 
 
 def _sharding(cfg: dict[str, Any], recipe: str, hardware: dict[str, Any], out: ForeignRead):
-    """Distributed recipes shard with FSDP2 (estimated as ZeRO-3); single-device ones use one GPU."""
+    """Distributed recipes shard with FSDP2 (training/_distributed.py shard_model: fully_shard);
+    single-device ones use one GPU."""
     pins: dict[str, Any] = {"zero_stage": 0, "offload_optimizer": "none", "offload_param": "none"}
     if "distributed" in recipe:
-        pins, warning = fsdp_pins("FULL_SHARD", bool(cfg.get("fsdp_cpu_offload")))
-        out.warnings.append(f"{recipe}: {warning}")
+        pins, note = fsdp_pins("FULL_SHARD", bool(cfg.get("fsdp_cpu_offload")), version=2)
+        out.notes.append(f"{recipe}: {note}")
     elif hardware.get("gpus_per_node", 1) * hardware.get("nodes", 1) > 1:
         out.notes.append(f"{recipe} runs on one GPU: estimated for one GPU of the given hardware")
         hardware.update(gpus_per_node=1, nodes=1)
