@@ -71,6 +71,12 @@ def _ranked(feasible, hw, title: str = "Fits (best first):") -> list[Line]:
     return lines + _legend(hw, width)
 
 
+
+def _terms(part: dict) -> str:
+    # A term that prints as 0.0 tells the reader nothing (a few MiB of dataloader pages, empty ZeRO
+    # buffers): shown only from 0.05 GiB; --json keeps every term.
+    return ", ".join(f"{k.removesuffix('_gib')} {v:.1f}" for k, v in part.items() if round(v, 1))
+
 def _why(c) -> list[Line]:
     lines: list[Line] = [[(f"Why #{c.rank} ({c.key}):", "head")]]
     for e in c.explanation:
@@ -80,8 +86,8 @@ def _why(c) -> list[Line]:
         if e.advice:
             lines.append([(f"        advice: {e.advice}", "")])
     b = c.memory.breakdown
-    lines.append([("  GPU breakdown (GiB): " + ", ".join(f"{k.removesuffix('_gib')} {v:.1f}" for k, v in b["gpu"].items() if v), "")])
-    lines.append([("  host breakdown (GiB): " + ", ".join(f"{k.removesuffix('_gib')} {v:.1f}" for k, v in b["host"].items() if v), "")])
+    lines.append([("  GPU breakdown (GiB): " + _terms(b["gpu"]), "")])
+    lines.append([("  host breakdown (GiB): " + _terms(b["host"]), "")])
     if "allocator" in b:  # reserved (what ends a run) vs allocated (what torch.cuda.max_memory_allocated shows)
         a = b["allocator"]
         lines.append([(f"  GPU allocator (GiB): allocated {a['allocated_gib']:.1f}, reserved {a['reserved_gib']:.1f}", "")])
