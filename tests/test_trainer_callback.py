@@ -205,6 +205,8 @@ def test_the_plan_reads_deepspeed_and_fsdp_from_real_training_arguments():
         t = plan_from_trainer(args, model, None, hardware=hw, seq_len=128)[0]["training"]
         assert (t["zero_stage"], t["offload_optimizer"], t["offload_param"], t["precision"],
                 t["micro_batch_size"]) == (stage, opt, param, precision, batch), kwargs
+        # an FSDP run's plan says so (accelerate's default FSDP version is 1), so it is estimated as FSDP
+        assert t.get("sharding", "auto") == ("fsdp1" if "fsdp" in kwargs else "auto"), kwargs
 
 
 def test_the_plan_reads_the_adamw_implementation_from_training_arguments():
@@ -221,3 +223,21 @@ def test_the_plan_reads_the_adamw_implementation_from_training_arguments():
         t = plan_from_trainer(args, model, None, hardware={"gpu_memory": 80, "host_memory": 64}, seq_len=128)[0]["training"]
         assert t["optimizer"] == impl
         assert "kbit_upcast" not in t  # full fine-tuning: nothing quantised
+
+
+def test_preflight_of_an_fsdp_run_estimates_the_fsdp_strategy():
+    # fsdp=True with cpu_offload: FSDP1 (accelerate's default version) FULL_SHARD with CPUOffload,
+    # TrainingArguments' defaults (batch 8 per device, no checkpointing): the key names exactly that.
+    from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
+
+    from memfit.engine.integrations.preflight import preflight
+    from memfit.engine.integrations.trainer_plan import plan_from_trainer
+
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=512))
+    args = TrainingArguments(output_dir="/tmp/memfit-unused", report_to="none", use_cpu=True, fsdp=True,
+                             fsdp_config={"reshard_after_forward": True, "cpu_offload": True})
+    plan = plan_from_trainer(args, model, None, hardware={"gpu_memory": 80, "host_memory": 64}, seq_len=128)[0]
+    pre = preflight(plan)
+    assert pre.strategy.key == "full/fsdp1-full/offload/nogc/mb8"
+    assert pre.message.startswith("memfit preflight: full/fsdp1-full/offload/nogc/mb8 fits")

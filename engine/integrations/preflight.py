@@ -14,6 +14,7 @@ from ..model.spec import ModelSpec, resolve_model
 from ..plan.schema import Plan, plan_from_dict
 from ..plan.strategy import Strategy
 from ..policy.rules import load_rules
+from ..search.fsdp_shapes import pinned_sharding
 from ..search.judge import strategy_verdict
 from ..store.calibrate import with_history
 from ..store.ingest import pinned_strategy
@@ -90,7 +91,8 @@ def preflight(plan_data: dict[str, Any], gpu_known: bool = True, notes: tuple[st
     """
     plan = plan_from_dict(plan_data, "memfit callback plan")
     model = resolve_model(plan.model, plan.base_dir)
-    s = pinned_strategy(plan, "memfit callback plan")
+    # the plan's sharding (fsdp1 / fsdp2 from an FSDP run) sets the FSDP fields of the strategy
+    s = Strategy(**{**pinned_strategy(plan, "memfit callback plan").model_dump(), **pinned_sharding(plan)})
     e = estimate_memory(plan, model, s)
     ev = with_history(Evidence(), plan, model) if history else Evidence()
     fits, message = _verdict_line(plan, model, s, e, ev, gpu_known)

@@ -127,9 +127,13 @@ def _fsdp(args, notes: list[str]) -> dict:
     if not opts & {"full_shard", "hybrid_shard", "shard_grad_op", "hybrid_shard_zero2"}:
         return {"zero_stage": 0, "offload_optimizer": "none", "offload_param": "none"}
     stage = 3 if opts & {"full_shard", "hybrid_shard"} else 2
-    offload = "cpu" if "offload" in opts else "none"
-    notes.append(f"FSDP {sorted(opts)} estimated as ZeRO-{stage} (same sharding of model states)")
-    return {"zero_stage": stage, "offload_optimizer": offload, "offload_param": offload if stage == 3 else "none"}
+    # CPUOffload moves parameters, gradients and the optimizer step together, and only sharded
+    # parameters can live on the host (memfit's FSDP shapes: FULL_SHARD only).
+    offload = "cpu" if "offload" in opts and stage == 3 else "none"
+    cfg = getattr(args, "fsdp_config", None) or {}
+    version = 2 if str(cfg.get("version", cfg.get("fsdp_version", 1))) == "2" else 1
+    notes.append(f"FSDP{version} {sorted(opts)}: estimated with memfit's FSDP model (training.sharding fsdp{version})")
+    return {"sharding": f"fsdp{version}", "zero_stage": stage, "offload_optimizer": offload, "offload_param": offload}
 
 
 def _seq_len(args, model, dataset, seq_len: Optional[int], notes: list[str]) -> int:
