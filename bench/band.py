@@ -1,127 +1,202 @@
-"""The honest error band: calibration residuals of memfit's GPU peak per family, shipped as
-engine/memory/band.json.
+"""The honest error band: out-of-sample residuals of memfit's GPU peak, as split-conformal quantiles
+per family, shipped as engine/memory/band.json.
 
     .venv/bin/python bench/band.py            # rewrite engine/memory/band.json
     .venv/bin/python bench/band.py --check    # exit 1 when the shipped file is stale
-    .venv/bin/python bench/band.py --verdicts # in-sample GPU verdicts: point estimate vs band top
+    .venv/bin/python bench/band.py --verdicts # GPU verdicts of the calibration cases: point vs band top
 
-Input: the in-sample calibration cases only (bench/cases/seed.yaml, bench/cases/published_extra.yaml);
-the held-out set is never read here, so it stays a fair test of the band. For every case with a
-measured GPU peak the residual ratio is measured / memfit estimate (bench/accuracy.py evaluate()),
-grouped by bench/accuracy.py family(): method x sharding (z0, z12, z3, fsdp) x offload.
+Calibration set: the published runs of held-out sets 1 and 2 (bench/heldout/, bench/heldout2/) whose
+technique memfit models (bench/heldout.py's headline) and that printed a GPU peak. Both sets were
+collected after a memory model was frozen and never used to fit a term, so their residuals are the
+spread on runs memfit had not seen. The in-sample cases (bench/cases/) are not used: the point model
+was built on them and their residuals understate its error (docs/accuracy.md shows both). Out-of-memory
+outcomes are not residuals (only a lower bound of one): they test the band (--verdicts, and set 3 in
+bench/heldout.py), they do not set it.
 
-Pooling: a quantile of fewer than MIN_CASES ratios says little, so a family with fewer than 3 cases
-uses the ratios of its whole method (every family of that method pooled), and a method with fewer
-than 3 uses every case ("all"). The entry records which pool it used. Families and methods with no
-case at all are looked up the same way at run time (engine/memory/band.py).
+Residual: measured / estimated GPU peak per device. Quantiles are split-conformal: at level q the
+upper end is the ceil((n+1) q)-th smallest of n ratios and the lower end the floor((n+1)(1-q))-th,
+which covers a new exchangeable run with probability >= q (Vovk et al., "Algorithmic Learning in a
+Random World", 2005; Lei et al., JASA 2018, split conformal). Defined only when n >= q / (1 - q).
 
-Quantiles: the 10th and 90th percentile of the ratios, statistics.quantiles(n=10, method="inclusive")
-(linear interpolation between order statistics, so they stay within the measured range).
+Pooling, finest first: the family (method x sharding z0 / z12 / z3 / fsdp x offload, as
+bench/accuracy.py family() spells it); its sharding group (single, zero, fsdp, each with or without
+offload: "zero/offload"); its kind (offload runs pooled across ZeRO and FSDP, "offload", or every run
+without offload, "resident"); then every case. A pool too thin for the level uses the next one; the
+entry names the pool it used. A pool is thin when either end of its band would be its own most extreme
+ratio (at 0.8 that needs n >= 9, at 0.9 n >= 19): one odd run must not set a band. Its ratios still
+count in the pools above it. A higher level's upper end is never below a lower level's for the same
+family (the lower level's is taken where pooling would make it so). Offload stays apart at every level because its GPU side is the least
+known part of the model: pooling it with resident runs would widen their band and narrow its own.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
-import statistics
+import math
 import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import evaluate, load_cases  # noqa: E402
+from heldout import score  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-CASE_FILES = ("bench/cases/seed.yaml", "bench/cases/published_extra.yaml")
+CASE_FILES = ("bench/heldout/cases.yaml", "bench/heldout2/cases.yaml")
 BAND_FILE = ROOT / "engine" / "memory" / "band.json"
-MIN_CASES = 3
+LEVELS = (0.8, 0.9)
+DEFAULT_LEVEL = 0.9
+
+
+def group_of(family: str) -> str:
+    """The sharding group of a family: "single", "zero" or "fsdp", with "/offload" for an offload family
+    (engine/memory/band.py strategy_group spells a strategy's the same way)."""
+    parts = family.split("/")
+    group = {"z0": "single", "fsdp": "fsdp"}.get(parts[1], "zero")
+    return group + ("/offload" if parts[2:] == ["offload"] else "")
+
+
+def kind_of(family: str) -> str:
+    """"offload" for a family that offloads optimizer or parameters, else "resident"."""
+    return "offload" if family.endswith("/offload") else "resident"
 
 
 def residuals(case_files=CASE_FILES) -> dict[str, list[float]]:
-    """measured / estimated GPU peak of every in-sample case with a measured peak, per family.
+    """measured / estimated GPU peak of every modelled calibration case with a measured peak, per family.
 
     Args:
-        case_files: case YAML files relative to the repository root.
+        case_files: held-out case YAML files relative to the repository root.
 
     Returns:
         family -> list of ratios.
     """
     out: dict[str, list[float]] = {}
-    for case in load_cases([ROOT / f for f in case_files]):
-        row = evaluate(case)
-        estimate = row["tools"]["memfit"][0]
-        if row["measured"] and estimate:
-            out.setdefault(row["family"], []).append(row["measured"] / estimate)
+    for f in case_files:
+        rows, _failed = score(yaml.safe_load((ROOT / f).read_text())["cases"])
+        for row in rows:
+            estimate = row["tools"]["memfit"][0]
+            if row["measured"] and estimate and not row["not_modelled"]:
+                out.setdefault(row["family"], []).append(row["measured"] / estimate)
     return out
 
 
-def _entry(ratios: list[float], pool: str) -> dict:
-    if len(ratios) == 1:
-        low = high = ratios[0]
-    else:
-        cuts = statistics.quantiles(ratios, n=10, method="inclusive")
-        low, high = cuts[0], cuts[-1]
-    return {"low": round(low, 4), "high": round(high, 4), "n": len(ratios), "pool": pool}
+def conformal(ratios: list[float], level: float) -> tuple[float, float] | None:
+    """The split-conformal (low, high) ratios at `level`, or None when too few ratios define them.
+
+    Args:
+        ratios: residual ratios of one pool.
+        level: coverage of the upper end, e.g. 0.8.
+
+    Returns:
+        (low, high) order statistics, or None when ceil((n+1) level) > n or floor((n+1)(1-level)) < 1.
+    """
+    xs, n = sorted(ratios), len(ratios)
+    k_low, k_high = _ranks(n, level)
+    if k_high > n or k_low < 1:
+        return None
+    return xs[k_low - 1], xs[k_high - 1]
 
 
-def bands(by_family: dict[str, list[float]]) -> dict:
-    """The band table: per family (pooled when thin), per method, and over all cases.
+def _ranks(n: int, level: float) -> tuple[int, int]:
+    # round() first: (n + 1) * 0.8 is 8.000000000000002 for n = 9 in floating point
+    return math.floor(round((n + 1) * (1 - level), 9)), math.ceil(round((n + 1) * level, 9))
+
+
+def _entry(ratios: list[float], level: float, pool: str, fallback: dict | None = None) -> dict | None:
+    """The pool's own conformal entry, or the fallback when the pool is thin (an end would be its extreme)."""
+    k_low, k_high = _ranks(len(ratios), level)
+    cut = conformal(ratios, level)
+    if cut is None or k_high >= len(ratios) or k_low <= 1:
+        return fallback
+    return {"low": round(cut[0], 4), "high": round(cut[1], 4), "n": len(ratios), "pool": pool}
+
+
+def _monotone(levels: dict[str, dict]) -> dict[str, dict]:
+    """Raise each level's upper ends to at least the next lower level's, entry by entry."""
+    order = sorted(levels, key=float)
+    for lower, upper in zip(order, order[1:]):
+        for section in ("families", "groups", "kinds"):
+            for name, e in levels[upper][section].items():
+                below = levels[lower][section].get(name)
+                if below and below["high"] > e["high"]:
+                    levels[upper][section][name] = {**e, "high": below["high"],
+                                                    "pool": f"{e['pool']}, top raised to level {lower}'s"}
+    return levels
+
+
+def bands(by_family: dict[str, list[float]], level: float) -> dict:
+    """The band table at one level: per family, group, kind and over all cases, thin pools falling back.
 
     Args:
         by_family: family -> ratios, as residuals() returns.
+        level: conformal coverage of the upper end.
 
     Returns:
-        {"families": {family: entry}, "methods": {method: entry}, "all": entry}; an entry is
-        {"low", "high", "n", "pool"} with pool the family, the method or "all" whose ratios it used.
+        {"families": {family: entry}, "groups": {group: entry}, "kinds": {kind: entry}, "all": entry};
+        an entry is {"low", "high", "n", "pool"}, pool the family, group, kind or "all" whose ratios it used.
+
+    Raises:
+        ValueError: when even all the ratios together are too few for the level.
     """
     every = [r for rs in by_family.values() for r in rs]
-    overall = _entry(every, "all")
-    by_method: dict[str, list[float]] = {}
+    overall = _entry(every, level, "all")
+    if overall is None:
+        raise ValueError(f"too few calibration ratios for a {level} band")
+    by_kind: dict[str, list[float]] = {}
+    by_group: dict[str, list[float]] = {}
     for fam, rs in by_family.items():
-        by_method.setdefault(fam.split("/")[0], []).extend(rs)
-    methods = {m: _entry(rs, m) if len(rs) >= MIN_CASES else overall for m, rs in sorted(by_method.items())}
-    families = {fam: _entry(rs, fam) if len(rs) >= MIN_CASES else methods[fam.split("/")[0]]
-                for fam, rs in sorted(by_family.items())}
-    return {"families": families, "methods": methods, "all": overall}
+        by_kind.setdefault(kind_of(fam), []).extend(rs)
+        by_group.setdefault(group_of(fam), []).extend(rs)
+    kinds = {k: _entry(rs, level, k, overall) for k, rs in sorted(by_kind.items())}
+    groups = {g: _entry(rs, level, g, kinds[kind_of(g)]) for g, rs in sorted(by_group.items())}
+    families = {fam: _entry(rs, level, fam, groups[group_of(fam)]) for fam, rs in sorted(by_family.items())}
+    return {"families": families, "groups": groups, "kinds": kinds, "all": overall}
 
 
 def band_document(case_files=CASE_FILES) -> dict:
-    """The whole band.json content: provenance plus bands(residuals())."""
+    """The whole band.json content: provenance plus one band table per level."""
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    by_family = residuals(case_files)
     return {"computed": datetime.date.today().isoformat(), "commit": commit or "unknown",
-            "case_files": list(case_files), "quantiles": [0.1, 0.9], "min_cases": MIN_CASES,
-            "ratio": "measured GPU peak / memfit estimate", **bands(residuals(case_files))}
+            "case_files": list(case_files), "method": "split conformal, order statistics",
+            "ratio": "measured GPU peak / memfit estimate", "default_level": DEFAULT_LEVEL,
+            "levels": _monotone({str(q): bands(by_family, q) for q in LEVELS})}
 
 
-def band_verdicts(case_files=CASE_FILES) -> dict:
-    """GPU fit verdicts of the in-sample cases by the point estimate and by the band's upper end
-    (what gpu-upper-over-capacity adds to a plan that keeps no headroom).
+def band_verdicts(case_files=CASE_FILES, level: float = DEFAULT_LEVEL) -> dict:
+    """GPU fit verdicts of the calibration cases (peaks and out-of-memory outcomes) by the point estimate
+    and by the band's upper end (what gpu-upper-over-capacity adds to a plan that keeps no headroom).
 
     Returns:
-        {"cases", "right_point", "right_upper", "unsafe_point", "unsafe_upper", "changed": [names]}.
+        {"cases", "right_point", "right_upper", "unsafe_point", "unsafe_upper"}.
     """
     from memfit.engine import plan_from_dict
+    from memfit.engine.core.errors import MemfitError
     from memfit.engine.memory.band import band_for
     from memfit.engine.plan.strategy import Strategy
 
-    out = {"cases": 0, "right_point": 0, "right_upper": 0, "unsafe_point": 0, "unsafe_upper": 0, "changed": []}
-    for case in load_cases([ROOT / f for f in case_files]):
-        row = evaluate(case)
-        if row["expect_fits"] is None:
-            continue
-        t = plan_from_dict(case["plan"], case["name"]).training
-        s = Strategy(method=t.method, zero_stage=t.zero_stage, offload_optimizer=t.offload_optimizer,
-                     offload_param=t.offload_param, sharding="fsdp" if row["family"].split("/")[1] == "fsdp" else "deepspeed")
-        gpu, cap, ran = row["tools"]["memfit"][0], row["capacity"], row["expect_fits"]
-        point, upper = gpu <= cap, gpu * band_for(s).high <= cap
-        out["cases"] += 1
-        out["right_point"] += point == ran
-        out["right_upper"] += upper == ran
-        out["unsafe_point"] += point and not ran
-        out["unsafe_upper"] += upper and not ran
-        if point != upper:
-            out["changed"].append(f"{case['name']} ({gpu:.1f} GiB, band top {gpu * band_for(s).high:.1f} of {cap:.1f}, "
-                                  f"measured {'fits' if ran else 'OOM'})")
+    out = {"cases": 0, "right_point": 0, "right_upper": 0, "unsafe_point": 0, "unsafe_upper": 0}
+    for f in case_files:
+        rows, _ = score(yaml.safe_load((ROOT / f).read_text())["cases"])
+        cases = {c["name"]: c for c in yaml.safe_load((ROOT / f).read_text())["cases"]}
+        for row in rows:
+            if row["expect_fits"] is None or row["not_modelled"]:
+                continue
+            try:
+                t = plan_from_dict(cases[row["name"]]["plan"], row["name"]).training
+            except MemfitError:
+                continue
+            s = Strategy(method=t.method, zero_stage=t.zero_stage, offload_optimizer=t.offload_optimizer,
+                         offload_param=t.offload_param, sharding="fsdp" if group_of(row["family"]) == "fsdp" else "deepspeed")
+            gpu, cap, ran = row["tools"]["memfit"][0], row["capacity"], row["expect_fits"]
+            point, upper = gpu <= cap, gpu * band_for(s, level).high <= cap
+            out["cases"] += 1
+            out["right_point"] += point == ran
+            out["right_upper"] += upper == ran
+            out["unsafe_point"] += point and not ran
+            out["unsafe_upper"] += upper and not ran
     return out
 
 
@@ -131,18 +206,21 @@ def main(argv=None) -> int:
     ap.add_argument("--verdicts", action="store_true", help="GPU verdicts by point estimate vs band top, write nothing")
     args = ap.parse_args(argv)
     if args.verdicts:
-        print(json.dumps(band_verdicts(), indent=2))
+        print(json.dumps({str(q): band_verdicts(level=q) for q in LEVELS}, indent=2))
         return 0
     doc = band_document()
     if args.check:
         shipped = json.loads(BAND_FILE.read_text())
-        stale = any(shipped.get(k) != doc[k] for k in ("families", "methods", "all"))
+        stale = shipped.get("levels") != doc["levels"]
         print("engine/memory/band.json is " + ("STALE: run bench/band.py" if stale else "up to date"))
         return 1 if stale else 0
     BAND_FILE.write_text(json.dumps(doc, indent=2) + "\n")
-    print("family                    n  pool                   low    high")
-    for fam, e in {**doc["families"], **{f"[{m}]": e for m, e in doc["methods"].items()}, "[all]": doc["all"]}.items():
-        print(f"{fam:24s} {e['n']:3d}  {e['pool']:20s} {e['low']:6.3f} {e['high']:6.3f}")
+    print("level  pool               n    low    high   (families, then groups, kinds, all)")
+    for q, table in doc["levels"].items():
+        rows = {**table["families"], **{f"[{g}]": e for g, e in table["groups"].items()},
+                **{f"[{k}]": e for k, e in table["kinds"].items()}, "[all]": table["all"]}
+        for name, e in rows.items():
+            print(f"{q:5s}  {name:18s} {e['n']:3d}  {e['low']:6.3f} {e['high']:6.3f}  pool {e['pool']}")
     return 0
 
 

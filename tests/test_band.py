@@ -1,5 +1,5 @@
-"""The honest error band: engine/memory/band.json (bench/band.py over the in-sample calibration cases),
-its lookup, the advice fields that carry it, and the gpu-upper-over-capacity rule."""
+"""The honest error band: engine/memory/band.json (bench/band.py: split-conformal quantiles of the residuals of
+held-out sets 1 and 2), its lookup, the advice fields that carry it, and the gpu-upper-over-capacity rule."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from memfit.engine import advise, estimate, plan_from_dict
-from memfit.engine.memory.band import band_for, band_table, strategy_family
+from memfit.engine.memory.band import band_for, band_table, strategy_family, strategy_group
 from memfit.engine.plan.strategy import Strategy
 from memfit.engine.policy.oracle import PythonEvaluator
 from memfit.engine.policy.rules import load_rules
@@ -17,37 +17,85 @@ from memfit.engine.policy.rules import load_rules
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_band_file_loads_and_every_entry_is_ordered():
-    table = band_table()
-    entries = [*table["families"].values(), *table["methods"].values(), table["all"]]
-    assert entries
-    for e in entries:
-        # low <= high by construction of a 10th/90th percentile; low <= 1 <= high is not required
-        # (a family the model over-estimates throughout has both ratios below 1).
-        assert 0 < e["low"] <= e["high"], e
-        assert e["n"] >= table["min_cases"] or e["pool"] == "all", e
-    assert table["case_files"] == ["bench/cases/seed.yaml", "bench/cases/published_extra.yaml"]
+def _conformal():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from band import conformal
+
+    return conformal
 
 
-def test_thin_family_uses_its_method_and_an_unseen_one_falls_back():
+def test_conformal_cut_is_the_order_statistic_of_its_definition():
+    # Split conformal (Lei et al. 2018): upper end = the ceil((n+1) q)-th smallest of n ratios, lower
+    # end = the floor((n+1)(1-q))-th; undefined when that index falls outside 1..n.
+    conformal = _conformal()
+    nine = [float(i) for i in range(9, 0, -1)]  # 9..1, unsorted on purpose
+    assert conformal(nine, 0.8) == (2.0, 8.0)  # ceil(10 x 0.8) = 8, floor(10 x 0.2) = 2
+    assert conformal(nine, 0.9) == (1.0, 9.0)  # ceil(10 x 0.9) = 9, floor(10 x 0.1) = 1
+    assert conformal(nine[:8], 0.9) is None  # ceil(9 x 0.9) = 9 > 8 ratios
+    assert conformal([1.0, 2.0, 3.0], 0.8) is None  # ceil(4 x 0.8) = 4 > 3
+    assert conformal([1.0, 2.0, 3.0, 4.0], 0.8) == (1.0, 4.0)
+
+
+def test_conformal_upper_end_covers_a_new_draw_at_its_level():
+    # The guarantee the band rests on: for exchangeable draws, P(new <= upper) >= level. Checked by
+    # simulation with a fixed seed on a skewed distribution (log-normal, like ratios of peaks).
+    import random
+
+    conformal = _conformal()
+    rng = random.Random(17)
+    for level, n in ((0.8, 9), (0.8, 15), (0.9, 19)):
+        trials = 4000
+        covered = 0
+        for _ in range(trials):
+            draws = [rng.lognormvariate(0, 0.3) for _ in range(n + 1)]
+            covered += draws[-1] <= conformal(draws[:-1], level)[1]
+        # exact coverage is ceil((n+1) q) / (n+1) >= q; 4000 trials: standard error < 0.007
+        assert covered / trials >= level - 0.02, (level, n, covered / trials)
+
+
+def test_band_file_holds_every_level_from_held_out_runs_only():
     table = band_table()
+    assert table["case_files"] == ["bench/heldout/cases.yaml", "bench/heldout2/cases.yaml"]
+    assert set(table["levels"]) == {"0.8", "0.9"}
+    for level, t in table["levels"].items():
+        entries = [*t["families"].values(), *t["groups"].values(), *t["kinds"].values(), t["all"]]
+        for e in entries:
+            # a 1-q / q pair of order statistics: low <= high; low <= 1 <= high is not required
+            assert 0 < e["low"] <= e["high"], (level, e)
+    low, high = table["levels"]["0.8"], table["levels"]["0.9"]
+    for fam, e in low["families"].items():
+        # a band that promises more coverage is never narrower at the top
+        assert high["families"][fam]["high"] >= e["high"], fam
+
+
+def test_thin_family_pools_into_its_group_then_its_kind():
+    table = band_table()["levels"]["0.8"]
     full_z3_offload = Strategy(method="full", zero_stage=3, offload_optimizer="cpu", offload_param="cpu")
     assert strategy_family(full_z3_offload) == "full/z3/offload"
-    assert "full/z3/offload" not in table["families"]  # no in-sample case of this family
-    assert band_for(full_z3_offload).pool == table["methods"]["full"]["pool"]
+    assert strategy_group(full_z3_offload) == "zero/offload"
+    b = band_for(full_z3_offload)
+    # offload runs are never pooled with resident runs alone: their GPU side is the least known part of
+    # the model, so a thin offload pool falls back to every run (which includes the offload ones)
+    for level in (0.8, 0.9):
+        assert band_for(full_z3_offload, level).pool in {"full/z3/offload", "zero/offload", "offload", "all"}
+    assert table["kinds"]["offload"]["pool"] in {"offload", "all"}
+    assert b.level == 0.9  # the default level, as policy.band_quantile's default
     fsdp = Strategy(method="lora", zero_stage=3, sharding="fsdp")
-    assert strategy_family(fsdp) == "lora/fsdp"
+    assert (strategy_family(fsdp), strategy_group(fsdp)) == ("lora/fsdp", "fsdp")
+    unseen = Strategy(method="qlora", zero_stage=1)  # no qlora/z12 run in the calibration sets
+    assert "qlora/z12" not in table["families"]
+    assert band_for(unseen).pool == table["groups"]["zero"]["pool"]
 
 
 @pytest.mark.slow
 def test_shipped_band_equals_the_band_computed_from_the_case_files():
-    # Recomputes every in-sample case (bench/accuracy.py evaluate()): the shipped file cannot go stale.
+    # Recomputes every calibration case (bench/heldout.py score()): the shipped file cannot go stale.
     sys.path.insert(0, str(ROOT / "bench"))
-    from band import bands, residuals
+    from band import LEVELS, bands, residuals
 
     shipped = json.loads((ROOT / "engine" / "memory" / "band.json").read_text())
-    computed = bands(residuals())
-    assert {k: shipped[k] for k in ("families", "methods", "all")} == computed, "run bench/band.py"
+    by_family = residuals()
+    assert shipped["levels"] == {str(q): bands(by_family, q) for q in LEVELS}, "run bench/band.py"
 
 
 def test_new_rule_fires_on_a_hand_built_fact_set():
@@ -60,27 +108,31 @@ def test_new_rule_fires_on_a_hand_built_fact_set():
     assert ev.fired(under) == []
 
 
-def _plan(gpu_gib: float):
-    return plan_from_dict({
+def _raw_plan(gpu_gib: float) -> dict:
+    return {
         "model": "mistralai/Mistral-7B-v0.3",
         "hardware": {"gpu_memory": f"{gpu_gib:.4f}GiB", "gpus_per_node": 1, "host_memory": "64GB"},
         "training": {"method": "qlora", "seq_len": 2048, "micro_batch_size": 1, "precision": "fp16",
                      "gradient_checkpointing": True, "zero_stage": 0, "offload_optimizer": "none",
                      "offload_param": "none"},
-        "policy": {"gpu_headroom": 0}}, "band-edge.yaml")
+        "policy": {"gpu_headroom": 0}}
+
+
+def _plan(gpu_gib: float):
+    return plan_from_dict(_raw_plan(gpu_gib), "band-edge.yaml")
 
 
 def test_search_rejects_a_candidate_whose_band_top_exceeds_the_card():
-    # Capacity between the point estimate and the band's top (estimate x the family's 90th-percentile
-    # ratio from band.json): the point estimate fits, the band says runs like it exceeded the card.
+    # Capacity between the point estimate and the band's top (estimate x the family's upper conformal
+    # ratio from band.json): the point estimate fits, the band says runs like it peaked above the card.
     peak = estimate(_plan(80)).gpu_peak_gib
     high = band_for(Strategy(method="qlora", zero_stage=0, gradient_checkpointing=True)).high
-    assert high > 1.0  # the qlora/z0 calibration runs measured above the estimate at the 90th percentile
+    assert high > 1.0  # held-out qlora/z0 runs measured above the estimate at the upper quantile
     tight = _plan(peak * (1 + high) / 2)
     assert estimate(tight).gpu_peak_gib < tight.hardware.gpu_memory_gib  # point estimate under capacity
     (c,) = advise(tight).candidates
     assert not c.feasible
-    assert any("exceeded the card" in r for r in c.rejected_because), c.rejected_because
+    assert any("upper end of its error band" in r for r in c.rejected_because), c.rejected_because
     assert c.memory.gpu_band.high > tight.hardware.gpu_memory_gib > c.memory.gpu_peak_gib
     roomy = _plan(peak * high * 1.01)
     assert advise(roomy).candidates[0].feasible
@@ -91,4 +143,21 @@ def test_estimate_result_and_memory_report_carry_the_band():
     b = band_for(Strategy(method="qlora", zero_stage=0, gradient_checkpointing=True))
     assert r.gpu_band.low == pytest.approx(r.gpu_peak_gib * b.low, abs=2e-3)
     assert r.gpu_band.high == pytest.approx(r.gpu_peak_gib * b.high, abs=2e-3)
-    assert (r.gpu_band.n, r.gpu_band.pool) == (b.n, b.pool)
+    assert (r.gpu_band.n, r.gpu_band.pool, r.gpu_band.level) == (b.n, b.pool, 0.9)
+
+
+def test_policy_band_quantile_picks_the_level():
+    plan = _plan(80)
+    narrow = plan_from_dict({**_raw_plan(80), "policy": {"gpu_headroom": 0, "band_quantile": 0.8}}, "narrow.yaml")
+    s = Strategy(method="qlora", zero_stage=0, gradient_checkpointing=True)
+    r90, r80 = estimate(plan), estimate(narrow)
+    assert r80.gpu_band.level == 0.8
+    assert r80.gpu_band.high == pytest.approx(r80.gpu_peak_gib * band_for(s, 0.8).high, abs=2e-3)
+    assert r90.gpu_band.high >= r80.gpu_band.high
+
+
+def test_band_quantile_outside_the_shipped_levels_is_a_plan_error():
+    from memfit.engine import PlanError
+
+    with pytest.raises(PlanError, match=r"policy.band_quantile"):
+        plan_from_dict({**_raw_plan(80), "policy": {"band_quantile": 0.85}}, "bad.yaml")

@@ -43,10 +43,14 @@ def test_table_draws_each_plan_against_capacity(capsys):
     best = data["candidates"][0]
     row = next(line for line in out.splitlines() if line.lstrip().startswith("1  " + best["key"]))
     gpu_bar, host_bar = re.findall(r"[█▏▎▍▌▋▊▉░·│▶]{20}", row)
-    # 20 cells span the 96 GiB card: 74.27 GiB fills floor(74.27 / 96 * 20) = 15 whole cells, and the
-    # budget mark sits at 80% of the card, cell round(0.8 * 20) = 16.
-    cells = 20 * best["memory"]["gpu_peak_gib"] / data["hardware"]["gpu_memory_gib"]
-    assert gpu_bar.count("█") == math.floor(cells) and gpu_bar.index("│") == 16
+    # 20 cells span the 96 GiB card: the estimate fills floor(peak / 96 * 20) whole cells; the budget
+    # mark belongs at 80% of the card, cell round(0.8 * 20) = 16, unless the error band (drawn over the
+    # free cells) reaches past it.
+    cap = data["hardware"]["gpu_memory_gib"]
+    cells = 20 * best["memory"]["gpu_peak_gib"] / cap
+    band_end = 20 * best["memory"]["gpu_band"]["high"] / cap
+    assert gpu_bar.count("█") == math.floor(cells)
+    assert gpu_bar[16] == ("░" if band_end > 16 else "│"), (gpu_bar, band_end)
     assert host_bar.index("│") == 15  # 75% of 20 cells
     assert f"Why #1 ({best['key']}):" in out
 
@@ -131,9 +135,11 @@ def test_explain_prints_every_fired_rule_with_source(capsys):
 
 
 def test_explain_unknown_key_suggests(capsys):
-    code, out, err = run([EXAMPLE, "--explain", "lora/z0/gc/mb3"], capsys)
+    # The same strategy with the micro-batch the search chose is the closest key there is.
+    (chosen,) = [c["key"] for c in advice_json(capsys)["candidates"] if c["key"].startswith("lora/z0/gc/")]
+    code, out, err = run([EXAMPLE, "--explain", "lora/z0/gc/mb9"], capsys)
     assert code == 2 and out == ""
-    assert "--explain: no candidate strategy 'lora/z0/gc/mb3'" in err and "did you mean 'lora/z0/gc/mb2'" in err
+    assert "--explain: no candidate strategy 'lora/z0/gc/mb9'" in err and f"did you mean '{chosen}'" in err
 
 
 def test_quiet_prints_the_key_or_exits_1(tmp_path, capsys):
@@ -148,7 +154,7 @@ def test_out_writes_every_feasible_plan_or_max_plans(tmp_path, capsys):
     feasible = [c for c in advice_json(capsys)["candidates"] if c["feasible"]]
     assert run([EXAMPLE, "--out", tmp_path / "all"], capsys)[0] == 0
     written = sorted(p.parent.name for p in (tmp_path / "all" / "plans").glob("*/ds_config.json"))
-    assert len(written) == len(feasible) == 24
+    assert len(written) == len(feasible) > 2  # more than --max-plans 2 below, so the cap is what limits
     assert written[0] == "01-" + feasible[0]["key"].replace("/", "-")
     assert run([EXAMPLE, "--out", tmp_path / "two", "--max-plans", "2"], capsys)[0] == 0
     assert len(list((tmp_path / "two" / "plans").glob("*/ds_config.json"))) == 2

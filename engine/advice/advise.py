@@ -64,10 +64,11 @@ def hardware_summary(plan: Plan) -> HardwareSummary:
                            readings=readings)
 
 
-def _gpu_band(gpu_peak_gib: float, s: Strategy) -> GpuBand:
-    """The estimate times its family's residual quantiles (engine/memory/band.py)."""
-    b = band_for(s)
-    return GpuBand(low=round(gpu_peak_gib * b.low, 3), high=round(gpu_peak_gib * b.high, 3), n=b.n, pool=b.pool)
+def _gpu_band(gpu_peak_gib: float, s: Strategy, level: float) -> GpuBand:
+    """The estimate times its family's residual quantiles at the policy's level (engine/memory/band.py)."""
+    b = band_for(s, level)
+    return GpuBand(low=round(gpu_peak_gib * b.low, 3), high=round(gpu_peak_gib * b.high, 3), n=b.n, pool=b.pool,
+                   level=b.level)
 
 
 def _breakdown(e: MemoryEstimate) -> dict[str, dict[str, float]]:
@@ -77,12 +78,12 @@ def _breakdown(e: MemoryEstimate) -> dict[str, dict[str, float]]:
             "allocator": {"allocated_gib": round(e.gpu_allocated_gib, 3), "reserved_gib": round(e.gpu_reserved_gib, 3)}}
 
 
-def _memory_report(c: Candidate) -> MemoryReport:
+def _memory_report(c: Candidate, level: float) -> MemoryReport:
     e = c.estimate
     return MemoryReport(gpu_peak_gib=round(e.gpu_peak_gib, 3), gpu_peak_phase=e.gpu_peak_phase,
                         host_peak_gib=round(e.host_peak_gib, 3), host_peak_phase=e.host_peak_phase,
                         nvme_gib=round(e.nvme_gib, 3), gpu_fits=e.gpu_fits, host_fits=e.host_fits,
-                        breakdown=_breakdown(e), gpu_band=_gpu_band(e.gpu_peak_gib, c.strategy))
+                        breakdown=_breakdown(e), gpu_band=_gpu_band(e.gpu_peak_gib, c.strategy, level))
 
 
 def _ds_config(strategy: Strategy, plan: Plan, model: ModelSpec) -> tuple[dict[str, Any], list[str]]:
@@ -96,7 +97,7 @@ def _ds_config(strategy: Strategy, plan: Plan, model: ModelSpec) -> tuple[dict[s
     return cfg, config_notes(strategy, plan)
 
 
-def _common(rank: int, c: Candidate, v: Verdict) -> dict[str, Any]:
+def _common(rank: int, c: Candidate, v: Verdict, plan: Plan) -> dict[str, Any]:
     """The fields every candidate result has, DeepSpeed or FSDP: strategy, verdict, memory, reasons."""
     s = c.strategy
     explanation = [Explanation(rule=f.rule, topic=f.topic, effect=f.effect, score=f.score, message=f.message,
@@ -105,7 +106,7 @@ def _common(rank: int, c: Candidate, v: Verdict) -> dict[str, Any]:
                 offload_optimizer=s.offload_optimizer, offload_param=s.offload_param,
                 gradient_checkpointing=s.gradient_checkpointing, micro_batch_size=s.micro_batch_size,
                 gradient_accumulation_steps=c.estimate.gradient_accumulation_steps, pin_memory=s.pin_memory,
-                gather_16bit_on_save=s.gather_16bit_on_save, score=v.score, memory=_memory_report(c),
+                gather_16bit_on_save=s.gather_16bit_on_save, score=v.score, memory=_memory_report(c, plan.policy.band_quantile),
                 explanation=explanation, rejected_because=list(v.reject_reasons), settings=dict(v.settings))
 
 
@@ -117,7 +118,7 @@ def _result(rank: int, c: Candidate, v: Verdict, plan: Plan, model: ModelSpec) -
         return _fsdp_result(rank, c, v, plan)
     cfg, notes = _ds_config(s, plan, model)
     return CandidateResult(
-        **_common(rank, c, v), notes=notes + list(v.conflicts), deepspeed_config=cfg,
+        **_common(rank, c, v, plan), notes=notes + list(v.conflicts), deepspeed_config=cfg,
         launch=launch_commands(plan, s, env=env_for(v.settings)) if cfg else {})
 
 
@@ -132,7 +133,7 @@ def _fsdp_result(rank: int, c: Candidate, v: Verdict, plan: Plan) -> CandidateRe
     acc = accelerate_config(s, plan)
     acc.setdefault("fsdp_config", {}).update(accelerate_for(v.settings))  # the rules' `set` (policy/knobs.py)
     return CandidateResult(
-        **_common(rank, c, v), notes=list(v.conflicts), deepspeed_config={}, launch={"accelerate": line},
+        **_common(rank, c, v, plan), notes=list(v.conflicts), deepspeed_config={}, launch={"accelerate": line},
         sharding="fsdp", fsdp={"fsdp_version": s.fsdp_version, "fsdp_sharding": s.effective_fsdp_sharding},
         accelerate_config=acc, framework_keys=keys)
 
@@ -261,7 +262,7 @@ def estimate(plan: Plan | str | Path, *, rules_dirs: Iterable[str | Path] = (), 
         gpu_fits=e.gpu_fits, host_fits=e.host_fits, nvme_fits=e.nvme_fits, gpu_capacity_gib=e.gpu_capacity_gib,
         host_capacity_gib=e.host_capacity_gib, gpu_peak_phase=e.gpu_peak_phase, host_peak_phase=e.host_peak_phase,
         breakdown=_breakdown(e), max_micro_batch_size=max_mb, max_seq_len=max_seq,
-        deepspeed_estimate=ds.model_dump() if ds else None, gpu_band=_gpu_band(e.gpu_peak_gib, s))
+        deepspeed_estimate=ds.model_dump() if ds else None, gpu_band=_gpu_band(e.gpu_peak_gib, s, plan.policy.band_quantile))
 
 
 def estimate_strategy(plan: Plan, model: ModelSpec, strategy: Strategy) -> MemoryEstimate:

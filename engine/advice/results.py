@@ -52,13 +52,14 @@ class Explanation(_Out):
 
 
 class GpuBand(_Out):
-    """The error band of a GPU peak: the estimate times the 10th / 90th percentile of measured/estimated
-    on the calibration cases of its family (engine/memory/band.json, computed by bench/band.py)."""
+    """The error band of a GPU peak: the estimate times split-conformal quantiles of measured/estimated
+    on published runs of its family memfit was not fitted on (engine/memory/band.json, bench/band.py)."""
 
-    low: float = Field(description="GiB: estimate x the low (10th percentile) residual ratio")
-    high: float = Field(description="GiB: estimate x the high (90th percentile) residual ratio")
-    n: int = Field(description="calibration cases behind the quantiles")
-    pool: str = Field(description="the cases used: the family, its method (fewer than 3 cases), or 'all'")
+    low: float = Field(description="GiB: estimate x the low residual ratio (quantile 1 - level)")
+    high: float = Field(description="GiB: estimate x the high residual ratio (quantile `level`)")
+    n: int = Field(description="calibration runs behind the quantiles")
+    pool: str = Field(description="the runs used: the family, its sharding group, its kind (offload / resident) or 'all'")
+    level: float = Field(description="coverage of the upper end (policy.band_quantile)")
 
 
 class MemoryReport(_Out):

@@ -1,8 +1,10 @@
-"""The error band of a GPU estimate: the calibration residuals of its family (band.json).
+"""The error band of a GPU estimate: out-of-sample residuals of its family (band.json).
 
-band.json is computed by bench/band.py from the in-sample calibration cases: per family (method x
-sharding x offload) the 10th and 90th percentile of measured / estimated GPU peak, a thin family
-pooled into its method, a thin method into all cases. docs/explanation/memory-model.md explains it.
+band.json is computed by bench/band.py from the published runs of held-out sets 1 and 2 (runs memfit
+was not fitted on): per family (method x sharding x offload) the split-conformal quantiles of measured /
+estimated GPU peak at each level (0.8, 0.9), a family too thin for the level pooled into its sharding
+group (single GPU, ZeRO, FSDP, each with or without offload), a thin group into its kind (offload or
+resident), a thin kind into all cases. docs/explanation/memory-model.md explains it.
 """
 from __future__ import annotations
 
@@ -15,12 +17,13 @@ from ..plan.strategy import Strategy
 
 
 class Band(NamedTuple):
-    """Ratios to multiply an estimate by: low and high quantile, the cases behind them, their pool."""
+    """Ratios to multiply an estimate by: low and high quantile, the cases behind them, their pool, the level."""
 
     low: float
     high: float
     n: int
     pool: str
+    level: float
 
 
 @lru_cache(maxsize=1)
@@ -41,20 +44,36 @@ def strategy_family(s: Strategy) -> str:
         e.g. "qlora/z0", "lora/z3/offload", "full/fsdp".
     """
     stage = "fsdp" if s.sharding == "fsdp" else {0: "z0", 1: "z12", 2: "z12", 3: "z3"}[s.zero_stage]
-    offload = "offload" if {s.offload_optimizer, s.offload_param} & {"cpu", "nvme"} else ""
+    offload = "offload" if _offloads(s) else ""
     return "/".join(x for x in (s.method, stage, offload) if x)
 
 
-def band_for(s: Strategy) -> Band:
-    """The residual band of a strategy's family; a family without cases falls back to its method,
-    a method without cases to all cases.
+def _offloads(s: Strategy) -> bool:
+    return bool({s.offload_optimizer, s.offload_param} & {"cpu", "nvme"})
+
+
+def strategy_group(s: Strategy) -> str:
+    """The sharding group a thin family pools into: "single", "zero" or "fsdp", "/offload" appended
+    when the strategy offloads (bench/band.py group_of spells a family's the same way)."""
+    group = "fsdp" if s.sharding == "fsdp" else "single" if s.zero_stage == 0 else "zero"
+    return group + ("/offload" if _offloads(s) else "")
+
+
+def band_for(s: Strategy, level: float = 0.9) -> Band:
+    """The residual band of a strategy's family at a coverage level; a family without calibration
+    cases falls back to its sharding group, a group to its kind (offload or resident), a kind to all.
 
     Args:
         s: the strategy.
+        level: the conformal level of the upper end (policy.band_quantile), a level band.json holds.
 
     Returns:
-        Band(low_ratio, high_ratio, n, pool).
+        Band(low_ratio, high_ratio, n, pool, level).
+
+    Raises:
+        KeyError: when band.json holds no band at that level (the plan schema allows only shipped levels).
     """
-    table = band_table()
-    entry = table["families"].get(strategy_family(s)) or table["methods"].get(s.method) or table["all"]
-    return Band(entry["low"], entry["high"], entry["n"], entry["pool"])
+    table = band_table()["levels"][str(level)]
+    entry = (table["families"].get(strategy_family(s)) or table["groups"].get(strategy_group(s))
+             or table["kinds"].get("offload" if _offloads(s) else "resident") or table["all"])
+    return Band(entry["low"], entry["high"], entry["n"], entry["pool"], level)

@@ -220,6 +220,9 @@ class Policy(_Strict):
     gpu_headroom: float = Field(0.2, ge=0, lt=1, description="fraction of GPU capacity kept free")
     host_headroom: float = Field(0.25, ge=0, lt=1, description="fraction of host RAM kept free")
     max_micro_batch_size: int = Field(64, ge=1, le=2**16, description="upper end of the micro-batch search")
+    band_quantile: Literal[0.8, 0.9] = Field(
+        0.9, description="coverage of the error band's upper end, which rule gpu-upper-over-capacity compares "
+                         "with the card: 0.8 or 0.9 (split-conformal quantiles of out-of-sample residuals)")
 
 
 class Data(_Strict):
