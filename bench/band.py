@@ -20,8 +20,8 @@ Random World", 2005; Lei et al., JASA 2018, split conformal). Defined only when 
 
 Pooling, finest first: the family (method x sharding z0 / z12 / z3 / fsdp x offload, as
 bench/accuracy.py family() spells it); its sharding group (single, zero, fsdp, each with or without
-offload: "zero/offload"); its kind (offload runs pooled across ZeRO and FSDP, "offload", or every run
-without offload, "resident"); then every case. A pool too thin for the level uses the next one; the
+offload: "zero/offload"); its kind (ZeRO-3 and FSDP offload runs pooled, "offload", or every run whose
+weights stay on the GPU, "resident", which includes ZeRO-1/2 optimizer offload); then every case. A pool too thin for the level uses the next one; the
 entry names the pool it used. A pool is thin when either end of its band would be its own most extreme
 ratio (at 0.8 that needs n >= 9, at 0.9 n >= 19): one odd run must not set a band. Its ratios still
 count in the pools above it. A higher level's upper end is never below a lower level's for the same
@@ -55,12 +55,14 @@ def group_of(family: str) -> str:
     (engine/memory/band.py strategy_group spells a strategy's the same way)."""
     parts = family.split("/")
     group = {"z0": "single", "fsdp": "fsdp"}.get(parts[1], "zero")
-    return group + ("/offload" if parts[2:] == ["offload"] else "")
+    return group + ("/offload" if kind_of(family) == "offload" else "")
 
 
 def kind_of(family: str) -> str:
-    """"offload" for a family that offloads optimizer or parameters, else "resident"."""
-    return "offload" if family.endswith("/offload") else "resident"
+    """"offload" for a ZeRO-3 or FSDP family with offload (parameters leave the GPU and are fetched
+    back), else "resident". ZeRO-1/2 offload only the optimizer: weights and gradients stay resident."""
+    parts = family.split("/")
+    return "offload" if parts[2:] == ["offload"] and parts[1] != "z12" else "resident"
 
 
 def residuals(case_files=CASE_FILES) -> dict[str, list[float]]:
@@ -150,7 +152,8 @@ def bands(by_family: dict[str, list[float]], level: float) -> dict:
         by_kind.setdefault(kind_of(fam), []).extend(rs)
         by_group.setdefault(group_of(fam), []).extend(rs)
     kinds = {k: _entry(rs, level, k, overall) for k, rs in sorted(by_kind.items())}
-    groups = {g: _entry(rs, level, g, kinds[kind_of(g)]) for g, rs in sorted(by_group.items())}
+    groups = {g: _entry(rs, level, g, kinds["offload" if g.endswith("/offload") else "resident"])
+              for g, rs in sorted(by_group.items())}
     families = {fam: _entry(rs, level, fam, groups[group_of(fam)]) for fam, rs in sorted(by_family.items())}
     return {"families": families, "groups": groups, "kinds": kinds, "all": overall}
 

@@ -80,6 +80,10 @@ def test_thin_family_pools_into_its_group_then_its_kind():
         assert band_for(full_z3_offload, level).pool in {"full/z3/offload", "zero/offload", "offload", "all"}
     assert table["kinds"]["offload"]["pool"] in {"offload", "all"}
     assert b.level == 0.9  # the default level, as policy.band_quantile's default
+    # ZeRO-1/2 offload only the optimizer: weights and gradients stay on the GPU, a resident run's GPU side
+    z2_offload = Strategy(method="full", zero_stage=2, offload_optimizer="cpu")
+    assert strategy_group(z2_offload) == "zero"
+    assert band_for(z2_offload).pool == table["groups"]["zero"]["pool"]
     fsdp = Strategy(method="lora", zero_stage=3, sharding="fsdp")
     assert (strategy_family(fsdp), strategy_group(fsdp)) == ("lora/fsdp", "fsdp")
     unseen = Strategy(method="qlora", zero_stage=1)  # no qlora/z12 run in the calibration sets

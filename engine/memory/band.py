@@ -3,8 +3,8 @@
 band.json is computed by bench/band.py from the published runs of held-out sets 1 and 2 (runs memfit
 was not fitted on): per family (method x sharding x offload) the split-conformal quantiles of measured /
 estimated GPU peak at each level (0.8, 0.9), a family too thin for the level pooled into its sharding
-group (single GPU, ZeRO, FSDP, each with or without offload), a thin group into its kind (offload or
-resident), a thin kind into all cases. docs/explanation/memory-model.md explains it.
+group (single GPU, ZeRO, FSDP, each with or without offload), a thin group into its kind (ZeRO-3 / FSDP
+offload, or resident), a thin kind into all cases. docs/explanation/memory-model.md explains it.
 """
 from __future__ import annotations
 
@@ -52,11 +52,17 @@ def _offloads(s: Strategy) -> bool:
     return bool({s.offload_optimizer, s.offload_param} & {"cpu", "nvme"})
 
 
+def _fetches_params(s: Strategy) -> bool:
+    """Offload under ZeRO-3 or FSDP: weights leave the GPU and are fetched back, the least known part
+    of the GPU side. ZeRO-1/2 offload only the optimizer; their weights and gradients stay resident."""
+    return _offloads(s) and (s.sharding == "fsdp" or s.zero_stage == 3)
+
+
 def strategy_group(s: Strategy) -> str:
     """The sharding group a thin family pools into: "single", "zero" or "fsdp", "/offload" appended
-    when the strategy offloads (bench/band.py group_of spells a family's the same way)."""
+    for ZeRO-3 / FSDP offload (bench/band.py group_of spells a family's the same way)."""
     group = "fsdp" if s.sharding == "fsdp" else "single" if s.zero_stage == 0 else "zero"
-    return group + ("/offload" if _offloads(s) else "")
+    return group + ("/offload" if _fetches_params(s) else "")
 
 
 def band_for(s: Strategy, level: float = 0.9) -> Band:
@@ -75,5 +81,5 @@ def band_for(s: Strategy, level: float = 0.9) -> Band:
     """
     table = band_table()["levels"][str(level)]
     entry = (table["families"].get(strategy_family(s)) or table["groups"].get(strategy_group(s))
-             or table["kinds"].get("offload" if _offloads(s) else "resident") or table["all"])
+             or table["kinds"].get("offload" if _fetches_params(s) else "resident") or table["all"])
     return Band(entry["low"], entry["high"], entry["n"], entry["pool"], level)
