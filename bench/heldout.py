@@ -1,6 +1,6 @@
-"""Out-of-sample score: memfit on the held-out published cases (bench/heldout/cases.yaml, bench/heldout2/cases.yaml).
+"""Out-of-sample score: memfit on the held-out published cases (bench/heldout/, bench/heldout2/, bench/heldout3/).
 
-    .venv/bin/python bench/heldout.py [--cases bench/heldout2/cases.yaml]
+    .venv/bin/python bench/heldout.py [--cases bench/heldout3/cases.yaml] [--by-source]
 
 The cases were collected after the memory model of this round was frozen and were never used to fit
 any term (their file says how they were collected). This script only maps the case-level facts the
@@ -55,7 +55,13 @@ def techniques(case: dict) -> list[str]:
     found += [t for t in case.get("techniques") or [] if t not in found]
     if case.get("loss") not in (None, "standard_ce"):
         found.append(f"loss {case['loss']}")
-    if "gptq" in " ".join(map(str, case.get("inferred", []))).lower() or "int4" in str(case.get("plan", {}).get("model", "")).lower():
+    # A GPTQ checkpoint is expressible since round 3 (memory/quant.py) when the plan carries its
+    # quantization_config; a case that only names it (sets 1 and 2) keeps the tag, unmodelled.
+    plan = case.get("plan") or {}
+    quantised = ((plan.get("training") or {}).get("lora", {}).get("quantization_config")
+                 or (isinstance(plan.get("model"), dict) and plan["model"].get("quantization_config")))
+    named = "gptq" in " ".join(map(str, case.get("inferred", []))).lower() or "int4" in str(case.get("plan", {}).get("model", "")).lower()
+    if named and not quantised:
         found.append("GPTQ base")
     return found
 
@@ -126,7 +132,15 @@ def summary(rows: list[dict]) -> dict:
             "right_policy": sum((r["tools"]["memfit"][0] <= 0.8 * r["capacity"]) == r["expect_fits"] for r in rows
                                 if r["expect_fits"] is not None),
             "right_band": sum((r["band_high"] <= r["capacity"]) == r["expect_fits"] for r in rows
-                              if r["expect_fits"] is not None and r.get("band_high") is not None)}
+                              if r["expect_fits"] is not None and r.get("band_high") is not None),
+            # what advise says with its default policy: both rules, the 20% headroom and the band's top
+            "unsafe_advice": [r["name"] for r in rows if r["expect_fits"] is False and _advice_fits(r)],
+            "right_advice": sum(_advice_fits(r) == r["expect_fits"] for r in rows if r["expect_fits"] is not None)}
+
+
+def _advice_fits(r: dict) -> bool:
+    est = r["tools"]["memfit"][0]
+    return est <= 0.8 * r["capacity"] and (r.get("band_high") is None or r["band_high"] <= r["capacity"])
 
 
 def _line(label: str, s: dict) -> str:
@@ -137,12 +151,19 @@ def _line(label: str, s: dict) -> str:
             f"{s['peaks']} GPU peaks ({s['within_10']} within 10%); verdicts right {s['right']}/{s['verdicts']}, "
             f"'fits' where the run ran out of memory: {len(s['unsafe'])} {s['unsafe'] or ''}; at the band's top: "
             f"right {s['right_band']}/{s['verdicts']}, unsafe {len(s['unsafe_band'])}; with the default 20% headroom: "
-            f"right {s['right_policy']}/{s['verdicts']}, unsafe {len(s['unsafe_policy'])}")
+            f"right {s['right_policy']}/{s['verdicts']}, unsafe {len(s['unsafe_policy'])}; advise's default (both): "
+            f"right {s['right_advice']}/{s['verdicts']}, unsafe {len(s['unsafe_advice'])} {s['unsafe_advice'] or ''}")
+
+
+def _stack(name: str, cases: list[dict]) -> str:
+    case = next(c for c in cases if c["name"] == name)
+    return str(case.get("stack") or "unstated").split(" ")[0]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default=str(CASES))
+    ap.add_argument("--by-source", action="store_true", help="headline per stack (the first word of a case's stack)")
     args = ap.parse_args(argv)
     cases = yaml.safe_load(Path(args.cases).read_text())["cases"]
     rows, failed = score(cases)
@@ -160,6 +181,9 @@ def main(argv=None) -> int:
     print(_line("  of which DeepSpeed / single GPU", summary([r for r in head if r["family"].split("/")[1:2] != ["fsdp"]])))
     print(_line("not modelled (scored apart)", summary([r for r in rows if r["not_modelled"]])))
     print(_line("all scored", summary(rows)))
+    if args.by_source:
+        for stack in sorted({_stack(r["name"], cases) for r in head}):
+            print(_line(f"  headline, stack {stack}", summary([r for r in head if _stack(r["name"], cases) == stack])))
     print(f"not expressible: {len(failed)} of {len(cases)}")
     for name, why in failed:
         print(f"  {name}: {why}")
