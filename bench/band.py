@@ -46,8 +46,9 @@ from heldout import score  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 CASE_FILES = ("bench/heldout/cases.yaml", "bench/heldout2/cases.yaml")
 BAND_FILE = ROOT / "engine" / "memory" / "band.json"
-LEVELS = (0.8, 0.9)
-DEFAULT_LEVEL = 0.9
+from memfit.engine.plan.schema import BAND_LEVELS as LEVELS, Policy  # noqa: E402
+
+DEFAULT_LEVEL = Policy().band_quantile
 
 
 def group_of(family: str) -> str:

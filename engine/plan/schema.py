@@ -215,14 +215,27 @@ class Training(_Strict):
         return v
 
 
+# The levels engine/memory/band.json holds (bench/band.py LEVELS).
+BAND_LEVELS = (0.8, 0.9)
+
+
 class Policy(_Strict):
     require_full_finetune: bool = False
     gpu_headroom: float = Field(0.2, ge=0, lt=1, description="fraction of GPU capacity kept free")
     host_headroom: float = Field(0.25, ge=0, lt=1, description="fraction of host RAM kept free")
     max_micro_batch_size: int = Field(64, ge=1, le=2**16, description="upper end of the micro-batch search")
-    band_quantile: Literal[0.8, 0.9] = Field(
-        0.9, description="coverage of the error band's upper end, which rule gpu-upper-over-capacity compares "
-                         "with the card: 0.8 or 0.9 (split-conformal quantiles of out-of-sample residuals)")
+    # A float with a validator, not Literal[0.8, 0.9]: type checkers refuse float literals.
+    band_quantile: float = Field(
+        0.9, json_schema_extra={"enum": list(BAND_LEVELS)},
+        description="coverage of the error band's upper end, which rule gpu-upper-over-capacity compares "
+                    "with the card: 0.8 or 0.9 (split-conformal quantiles of out-of-sample residuals)")
+
+    @field_validator("band_quantile")
+    @classmethod
+    def _band_level(cls, v: float) -> float:
+        if v not in BAND_LEVELS:
+            raise ValueError(f"must be one of {', '.join(map(str, BAND_LEVELS))}, the levels the error band is shipped at")
+        return v
 
 
 class Data(_Strict):
