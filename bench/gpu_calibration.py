@@ -106,7 +106,7 @@ def memfit_estimate(case: Case, cfg: dict, gpu_gib: float):
     """memfit's own estimate for the same plan; None when memfit cannot estimate it."""
     try:
         from memfit.engine.advice.advise import estimate
-        from memfit.engine.plan.schema import plan_from_dict
+        from memfit.engine.plan.load import plan_from_dict
     except ImportError:
         return None
     try:

@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--plan", default="examples/qwen7b-rtx4090.yaml")
     args = ap.parse_args()
     from memfit.engine.model.spec import resolve_model
-    from memfit.engine.plan.schema import load_plan
+    from memfit.engine.plan.load import load_plan
     from memfit.engine.policy.rules import load_rules
     from memfit.engine.policy.vocabulary import to_message
     from memfit.engine.search.sweep import sweep

@@ -82,7 +82,7 @@ def ds_config_for(model: dict, world: int, fields: dict, overrides: dict) -> dic
     """memfit's concrete DeepSpeed JSON for the run, made runnable on CPU."""
     from memfit.engine.deepspeed.config import deepspeed_config
     from memfit.engine.model.spec import resolve_model
-    from memfit.engine.plan.schema import plan_from_dict
+    from memfit.engine.plan.load import plan_from_dict
     from memfit.engine.plan.strategy import Strategy
 
     plan = plan_from_dict(plan_for(model, world), "zero_cpu")
@@ -312,7 +312,7 @@ def memfit_terms(model: dict, world: int, fields: dict, zero: dict, data_types: 
     from memfit.engine.memory.states import state_bytes
     from memfit.engine.memory.zero import zero_terms
     from memfit.engine.model.spec import resolve_model
-    from memfit.engine.plan.schema import plan_from_dict
+    from memfit.engine.plan.load import plan_from_dict
     from memfit.engine.plan.strategy import Strategy
 
     plan = plan_from_dict(plan_for(model, world), "zero_cpu")

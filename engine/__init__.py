@@ -7,7 +7,8 @@
 from .advice.advise import advise, estimate
 from .core.errors import (ConfigCheckError, LogError, MemfitError, ModelNotFoundError, ModelSpecError, OutputError,
                           OutputExistsError, PlanError, PreflightError, RuleError, StoreError)
-from .plan.schema import Plan, load_plan, plan_from_dict
+from .plan.schema import Plan
+from .plan.load import load_plan, plan_from_dict
 from .advice.results import Advice, CandidateResult, EstimateResult
 from .plan.strategy import Strategy
 

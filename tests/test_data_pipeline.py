@@ -14,7 +14,7 @@ from memfit.engine.core.units import GIB
 from memfit.engine.memory.data import WORKER_PRIVATE_BYTES, data_host_terms
 from memfit.engine.memory.estimate import estimate_memory
 from memfit.engine.model.spec import resolve_model
-from memfit.engine.plan.schema import plan_from_dict
+from memfit.engine.plan.load import plan_from_dict
 from memfit.engine.plan.strategy import Strategy
 
 ROOT = Path(__file__).resolve().parents[1]

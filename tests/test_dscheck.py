@@ -10,7 +10,7 @@ import pytest
 
 from memfit.engine.deepspeed.check import knobs_from_config, check_config, deepspeed_schema, load_config, strategy_from_config
 from memfit.engine.core.errors import ConfigCheckError
-from memfit.engine.plan.schema import plan_from_dict
+from memfit.engine.plan.load import plan_from_dict
 from memfit.engine.plan.strategy import Strategy
 
 PLAN_16 = plan_from_dict({"model": {"model_type": "llama", "hidden_size": 4096},

@@ -10,7 +10,7 @@ import pytest
 
 from memfit.engine.deepspeed.check import deepspeed_schema
 from memfit.engine.deepspeed.config import config_notes, deepspeed_config
-from memfit.engine.plan.schema import plan_from_dict
+from memfit.engine.plan.load import plan_from_dict
 from memfit.engine.plan.strategy import Strategy
 
 # Llama-2-7B shapes (config.json of meta-llama/Llama-2-7b-hf); largest module = embedding 32000 x 4096.

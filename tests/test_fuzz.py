@@ -19,7 +19,7 @@ from memfit.engine import advise
 from memfit.engine.core.errors import MemfitError
 from memfit.engine.core.units import parse_size_gib
 from memfit.engine.evidence.logs import parse_log
-from memfit.engine.plan.schema import plan_from_dict
+from memfit.engine.plan.load import plan_from_dict
 
 _FAST = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 

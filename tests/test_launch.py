@@ -6,7 +6,7 @@ import shlex
 import pytest
 
 from memfit.engine.deepspeed.launch import hostfile_template, launch_commands
-from memfit.engine.plan.schema import plan_from_dict
+from memfit.engine.plan.load import plan_from_dict
 from memfit.engine.plan.strategy import Strategy
 
 STRATEGY = Strategy(method="full", zero_stage=3, offload_optimizer="cpu", offload_param="cpu")

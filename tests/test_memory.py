@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from memfit.engine.memory.estimate import CUDA_CONTEXT_GIB, estimate_memory
 from memfit.engine.model.spec import resolve_model
-from memfit.engine.plan.schema import plan_from_dict
+from memfit.engine.plan.load import plan_from_dict
 from memfit.engine.plan.strategy import Strategy
 from memfit.engine.core.units import GIB
 

@@ -327,7 +327,7 @@ def test_vision_tower_adds_frozen_16bit_weights_to_the_estimate(method):
     """Qwen2.5-VL-7B vs Qwen2-7B (the same text model): GPU weights differ by exactly 2 B per tower param."""
     from memfit.engine.core.units import GIB
     from memfit.engine.memory.estimate import estimate_memory
-    from memfit.engine.plan.schema import plan_from_dict
+    from memfit.engine.plan.load import plan_from_dict
     from memfit.engine.plan.strategy import Strategy
 
     vl, text = mf.resolve_model("Qwen/Qwen2.5-VL-7B-Instruct"), mf.resolve_model("Qwen/Qwen2-7B")

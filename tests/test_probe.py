@@ -108,7 +108,7 @@ def test_flash_attention_is_traced_as_sdpa_with_a_note():
 @pytest.mark.slow
 def test_probe_plan_uses_the_plans_settings():
     """probe_plan == probe with the plan's fields (the plan pins LoRA r=8, s=64, b=2)."""
-    from memfit.engine.plan.schema import plan_from_dict
+    from memfit.engine.plan.load import plan_from_dict
     from memfit.engine.probe.probe import probe, probe_plan
 
     plan = plan_from_dict({"model": TINY, "hardware": {"gpu_memory": 24, "host_memory": 64},

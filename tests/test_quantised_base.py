@@ -15,7 +15,7 @@ from memfit.engine.memory.estimate import estimate_memory
 from memfit.engine.memory.quant import QuantFormat, base_format, parse_quantization
 from memfit.engine.memory.states import ADAM8BIT_BYTES_PER_PARAM, frozen_weight_bytes, state_bytes, trainable_params
 from memfit.engine.model.spec import resolve_model
-from memfit.engine.plan.schema import plan_from_dict
+from memfit.engine.plan.load import plan_from_dict
 from memfit.engine.plan.strategy import Strategy
 
 LLAMA3_8B = {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,

@@ -15,7 +15,7 @@ import yaml
 
 from memfit.engine.policy.oracle import PythonEvaluator
 from memfit.engine.model.spec import resolve_model
-from memfit.engine.plan.schema import load_plan, plan_from_dict
+from memfit.engine.plan.load import load_plan, plan_from_dict
 from memfit.engine.review.run import differential, judge, review, signature
 from memfit.engine.policy.rules import load_rules
 from memfit.engine.search.feasibility import Feasibility

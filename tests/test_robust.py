@@ -26,7 +26,7 @@ from memfit.engine.evidence.logs import parse_log
 from memfit.engine.evidence.match import infer_run
 from memfit.engine.evidence.reader import LINE_MAX_BYTES, BLOCK_BYTES, read_lines
 from memfit.engine.model.spec import spec_from_config
-from memfit.engine.plan.schema import plan_from_dict
+from memfit.engine.plan.load import plan_from_dict
 
 BASE = {"model": "Qwen/Qwen2.5-0.5B", "hardware": {"gpu_memory": "24GB", "host_memory": "64GB"}}
 

@@ -10,7 +10,7 @@ import math
 import pytest
 
 from memfit.engine.deepspeed import verify as verify_mod
-from memfit.engine.plan.schema import plan_from_dict
+from memfit.engine.plan.load import plan_from_dict
 from memfit.engine.plan.strategy import Strategy
 from memfit.engine.deepspeed.verify import TINY, tiny_config, verify
 

@@ -10,7 +10,7 @@ from memfit.engine.deepspeed.check import knobs_from_config, strategy_from_confi
 from memfit.engine.deepspeed.config import deepspeed_config
 from memfit.engine.memory.estimate import estimate_memory
 from memfit.engine.model.spec import resolve_model
-from memfit.engine.plan.schema import plan_from_dict
+from memfit.engine.plan.load import plan_from_dict
 from memfit.engine.plan.strategy import Strategy, ZeroKnobs
 
 LLAMA7 = resolve_model("meta-llama/Llama-2-7b-hf")

@@ -15,7 +15,8 @@ from ..policy.oracle import make_evaluator
 from ..memory.band import band_for
 from ..memory.estimate import MemoryEstimate, estimate_memory
 from ..model.spec import ModelSpec, plan_model
-from ..plan.schema import Plan, load_plan
+from ..plan.schema import Plan
+from ..plan.load import load_plan
 from .results import (Advice, CandidateResult, EstimateResult, Explanation, GpuBand, HardwareSummary, MemoryReport,
                       ModelSummary)
 from ..policy.knobs import accelerate_for, env_for

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..deepspeed.check import CheckResult, check, load_config, strategy_from_config
-from ..plan.schema import load_plan
+from ..plan.load import load_plan
 from .advise import advise
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ..deepspeed.verify import verify
 from ..model.spec import plan_model
-from ..plan.schema import load_plan
+from ..plan.load import load_plan
 from ..plan.strategy import Strategy
 from .advise import advise
 

@@ -22,7 +22,8 @@ from ..core.errors import ConfigCheckError
 from ..core.inputs import CONFIG_MAX_BYTES, load_json, read_text
 from ..memory.estimate import estimate_memory
 from ..model.spec import plan_model
-from ..plan.schema import Plan, load_plan
+from ..plan.schema import Plan
+from ..plan.load import load_plan
 from ..plan.strategy import Strategy, ZeroKnobs
 from .accepted import NOT_READ, PYDANTIC_SECTIONS, accepted_keys, deepspeed_schema, without
 

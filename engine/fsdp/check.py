@@ -134,7 +134,7 @@ def check_accelerate(config_path: str | Path, plan_path: str | Path | None = Non
     if plan_path is not None:
         from ..memory.estimate import estimate_memory
         from ..model.spec import plan_model
-        from ..plan.schema import load_plan
+        from ..plan.load import load_plan
         from ..search.judge import strategy_verdict
 
         plan = load_plan(plan_path)

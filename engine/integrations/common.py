@@ -152,7 +152,7 @@ def read_hardware(spec: str | Path | dict | None, source: str) -> dict[str, Any]
                         "(a file with a hardware: mapping: gpu_memory, gpus_per_node, host_memory) or "
                         "--hardware detect")
     if str(spec) == "detect":
-        from ..plan.schema import detected_hardware
+        from ..plan.load import detected_hardware
 
         return detected_hardware("--hardware")
     doc = load_yaml(read_text(spec, "the hardware", PlanError), f"--hardware {spec}", PlanError) or {}

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import PlanError
-from ..plan.schema import Plan, plan_from_dict
+from ..plan.schema import Plan
+from ..plan.load import plan_from_dict
 from ..plan.strategy import Strategy
 from . import axolotl, llamafactory, llamafactory_write, torchtune
 from .common import ForeignRead, fsdp_message, read_hardware, read_mapping

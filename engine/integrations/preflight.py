@@ -11,7 +11,8 @@ from typing import Any, Optional
 from ..evidence.match import Evidence
 from ..memory.estimate import MemoryEstimate, estimate_memory
 from ..model.spec import ModelSpec, resolve_model
-from ..plan.schema import Plan, plan_from_dict
+from ..plan.schema import Plan
+from ..plan.load import plan_from_dict
 from ..plan.strategy import Strategy
 from ..policy.rules import load_rules
 from ..search.fsdp_shapes import pinned_sharding

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from ..core.errors import MemfitError
 from ..policy.oracle import make_evaluator
 from ..model.spec import resolve_model
-from ..plan.schema import plan_from_dict
+from ..plan.load import plan_from_dict
 from ..policy.rules import Rule
 from ..search.feasibility import Feasibility
 from ..search.judge import Judged, judge

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Optional
 from ..core.errors import PlanError, StoreError
 from ..evidence.match import Evidence, OomEvidence, family_of
 from ..memory.estimate import estimate_memory
-from ..plan.schema import Plan, plan_from_dict
+from ..plan.schema import Plan
+from ..plan.load import plan_from_dict
 from ..plan.strategy import Strategy
 from .record import model_fingerprint
 from .sql import StoredRecord

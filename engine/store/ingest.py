@@ -9,7 +9,8 @@ from typing import Any, Optional
 
 from ..core.errors import PlanError, StoreError
 from ..model.spec import resolve_model
-from ..plan.schema import Plan, plan_from_dict
+from ..plan.schema import Plan
+from ..plan.load import plan_from_dict
 from ..plan.strategy import Strategy
 from .record import MeasurementRecord, model_fingerprint, record_from_json
 
