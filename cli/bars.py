@@ -10,7 +10,12 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import IO, TYPE_CHECKING, Callable, Iterable, Optional, Sequence
+
+# Types by their source name `engine.`: mypy cannot follow the editable install's `memfit.engine`
+# (it reads as Any there). Annotations only, never imported at run time.
+if TYPE_CHECKING:
+    from engine.advice.results import CandidateResult, HardwareSummary, MemoryReport
 
 Segment = tuple[str, str]
 Line = list[Segment]
@@ -39,7 +44,7 @@ class Gauge:
         return self.used_gib <= self.budget_gib
 
 
-def band_of(memory, side: str) -> tuple[Optional[float], Optional[float]]:
+def band_of(memory: MemoryReport, side: str) -> tuple[Optional[float], Optional[float]]:
     """The error band of one side ('gpu' or 'host') of a MemoryReport, if the advice has one.
 
     Read in one place so the band's eventual JSON shape is adapted here only: a `<side>_band`
@@ -50,11 +55,11 @@ def band_of(memory, side: str) -> tuple[Optional[float], Optional[float]]:
         band = (getattr(memory, "band", None) or {}).get(side)
     if band is None:
         return None, None
-    get = band.get if isinstance(band, dict) else (lambda k: getattr(band, k, None))
+    get: Callable[[str], Optional[float]] = band.get if isinstance(band, dict) else (lambda k: getattr(band, k, None))
     return get("low"), get("high")
 
 
-def gauge_of(candidate, side: str, hardware) -> Gauge:
+def gauge_of(candidate: CandidateResult, side: str, hardware: HardwareSummary) -> Gauge:
     """The GPU (per device) or host (per node) gauge of a candidate against the plan's hardware."""
     m = candidate.memory
     if side == "gpu":
@@ -100,7 +105,7 @@ def plain(lines: Iterable[Line]) -> str:
     return "\n".join("".join(text for text, _ in line) for line in lines)
 
 
-def color_wanted(stream=None) -> bool:
+def color_wanted(stream: Optional[IO[str]] = None) -> bool:
     """Colour only on a terminal, never with NO_COLOR (https://no-color.org) or TERM=dumb."""
     stream = stream or sys.stdout
     if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
@@ -113,7 +118,7 @@ STYLES = {"ok": "green", "over": "bold red", "band": "yellow", "mark": "bold whi
           "": ""}
 
 
-def echo(lines: Sequence[Line], stream=None) -> None:
+def echo(lines: Sequence[Line], stream: Optional[IO[str]] = None) -> None:
     """Print styled lines: through rich (imported here, lazily) on a colour terminal, else plain."""
     stream = stream or sys.stdout
     if not color_wanted(stream):

@@ -3,12 +3,19 @@ from __future__ import annotations
 
 import difflib
 
+from typing import TYPE_CHECKING
+
 from memfit.engine.core.errors import PlanError
 
 from .bars import Line, bar, gauge_of
 
+# Types by their source name `engine.`: mypy cannot follow the editable install's `memfit.engine`
+# (it reads as Any there). Annotations only, never imported at run time.
+if TYPE_CHECKING:
+    from engine.advice.results import Advice, CandidateResult, HardwareSummary
 
-def find_candidate(advice, key: str):
+
+def find_candidate(advice: Advice, key: str) -> CandidateResult:
     """The candidate whose key is `key`.
 
     Raises:
@@ -24,7 +31,7 @@ def find_candidate(advice, key: str):
     raise PlanError([f"--explain: no candidate strategy {key!r} for {advice.plan}{hint}"])
 
 
-def _gauge_line(c, side: str, hw) -> Line:
+def _gauge_line(c: CandidateResult, side: str, hw: HardwareSummary) -> Line:
     g = gauge_of(c, side, hw)
     label = "GPU " if side == "gpu" else "host"
     per = "per device" if side == "gpu" else "per node"
@@ -34,7 +41,7 @@ def _gauge_line(c, side: str, hw) -> Line:
             [(f" {g.used_gib:.1f} GiB {per}{band}; budget {g.budget_gib:.1f} of {g.capacity_gib:.1f}: ", ""), verdict])
 
 
-def explain_lines(advice, key: str) -> list[Line]:
+def explain_lines(advice: Advice, key: str) -> list[Line]:
     """Styled lines: the plan's verdict, its memory against the budget, then each fired rule.
 
     Raises:

@@ -10,9 +10,14 @@ import math
 import os
 import sys
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import click
+
+# Types by their source name `engine.`: mypy cannot follow the editable install's `memfit.engine`
+# (it reads as Any there). Annotations only, never imported at run time.
+if TYPE_CHECKING:
+    from engine.plan.schema import Plan
 
 # Set before anything can import transformers: the hub is often unreachable, and an unknown id would
 # otherwise spend ~25 s on retries (sources.md §4).
@@ -36,11 +41,11 @@ def _finite_seconds(ctx: click.Context, param: click.Parameter, value: float) ->
     return value
 
 
-def _dump(data) -> None:
+def _dump(data: object) -> None:
     click.echo(json.dumps(data, indent=2))
 
 
-def _print_completion(ctx: click.Context, _param, shell: str | None) -> None:
+def _print_completion(ctx: click.Context, _param: click.Parameter, shell: str | None) -> None:
     """--completion SHELL: print the script that makes SHELL complete `advise` (click's own)."""
     if not shell or ctx.resilient_parsing:
         return
@@ -91,8 +96,10 @@ def cli() -> None:
 @click.option("--backend", type=click.Choice(["auto", "durable", "python"]), default="auto", show_default=True,
               help="Rule evaluator: durable-rules, the plain-Python oracle, or durable-rules where it runs.")
 @click.option("--no-history", is_flag=True, help="Ignore the store of recorded runs (MEMFIT_STORE).")
-def plan_cmd(plan_file, hardware, deepspeed, as_json, quiet, explain_key, out_dir, max_plans, report_file, force,
-             rules_dirs, measured, backend, no_history) -> None:
+def plan_cmd(plan_file: str, hardware: str | None, deepspeed: str | None, as_json: bool, quiet: bool,
+             explain_key: str | None, out_dir: str | None, max_plans: int | None, report_file: str | None,
+             force: bool, rules_dirs: tuple[str, ...], measured: tuple[str, ...], backend: str,
+             no_history: bool) -> None:
     """Rank candidate strategies for PLAN_FILE: a memfit plan, LLaMA-Factory, axolotl or torchtune config."""
     from memfit.engine import advise
     from memfit.engine.integrations.foreign import detect_format
@@ -130,21 +137,25 @@ def plan_cmd(plan_file, hardware, deepspeed, as_json, quiet, explain_key, out_di
         raise SystemExit(1)
 
 
-def _memfit_plan(plan_file, hardware):
+def _memfit_plan(plan_file: str, hardware: str | None) -> Plan:
     """A memfit plan; --hardware fills (or replaces) its hardware section."""
     from pathlib import Path
 
     from memfit.engine import load_plan, plan_from_dict
     from memfit.engine.integrations.common import read_hardware, read_mapping
 
+    plan: Plan  # memfit.engine's functions read as Any to mypy (see the note above the TYPE_CHECKING block)
     if hardware is None:
-        return load_plan(plan_file)
+        plan = load_plan(plan_file)
+        return plan
     data = read_mapping(plan_file)
     data["hardware"] = read_hardware(hardware, str(plan_file))
-    return plan_from_dict(data, str(plan_file), Path(plan_file).parent)
+    plan = plan_from_dict(data, str(plan_file), Path(plan_file).parent)
+    return plan
 
 
-def _foreign(path, hardware, deepspeed, as_json, out_dir, force, advise_kw) -> None:
+def _foreign(path: str, hardware: str | None, deepspeed: str | None, as_json: bool, out_dir: str | None, force: bool,
+             advise_kw: dict[str, Any]) -> None:
     """Read a foreign config, advise, print what was read and assumed, write it back in its own format."""
     from memfit.engine import advise
     from memfit.engine.advice.files import write_files
@@ -177,7 +188,7 @@ def _foreign(path, hardware, deepspeed, as_json, out_dir, force, advise_kw) -> N
 @click.argument("plan_file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of text.")
 @click.option("--rules", "rules_dirs", multiple=True, type=click.Path(file_okay=False), help="Extra rule directory (repeatable).")
-def estimate_cmd(plan_file, as_json, rules_dirs) -> None:
+def estimate_cmd(plan_file: str, as_json: bool, rules_dirs: tuple[str, ...]) -> None:
     """Memory of exactly the strategy PLAN_FILE pins (no search)."""
     from memfit.engine import estimate
 
@@ -194,7 +205,7 @@ def estimate_cmd(plan_file, as_json, rules_dirs) -> None:
               help="Generated plans per property.")
 @click.option("--seed", default=0, show_default=True, help="hypothesis seed: the same seed and rules give the same report.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where counterexample plans are written.")
-def review_cmd(rules_dirs, as_json, max_examples, seed, out_dir) -> None:
+def review_cmd(rules_dirs: tuple[str, ...], as_json: bool, max_examples: int, seed: int, out_dir: str | None) -> None:
     """Property-test the rule base: examples, then properties over generated plans; exit 1 on any violation."""
     from memfit.engine.review.run import review
 
@@ -211,7 +222,7 @@ def review_cmd(rules_dirs, as_json, max_examples, seed, out_dir) -> None:
 @cli.command("facts")
 @click.argument("logs", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of text.")
-def facts_cmd(logs, as_json) -> None:
+def facts_cmd(logs: tuple[str, ...], as_json: bool) -> None:
     """Memory evidence in training LOGS (OOMs, DeepSpeed memory lines, nvidia-smi traces), in GiB."""
     from memfit.engine.evidence.logs import parse_log
 
@@ -228,7 +239,7 @@ def facts_cmd(logs, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of text.")
 @click.option("--nvme-path", type=click.Path(file_okay=False), help="Report free space on this NVMe mount.")
 @click.option("--hostfile", type=click.Path(dir_okay=False), help="DeepSpeed hostfile: nodes and slots.")
-def detect_cmd(as_json, nvme_path, hostfile) -> None:
+def detect_cmd(as_json: bool, nvme_path: str | None, hostfile: str | None) -> None:
     """This machine's GPUs, host RAM, cores and NVMe space, as a plan's hardware: section."""
     import yaml
 
@@ -246,7 +257,7 @@ def detect_cmd(as_json, nvme_path, hostfile) -> None:
 @cli.command("probe")
 @click.argument("plan_file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the trace as JSON.")
-def probe_cmd(plan_file, as_json) -> None:
+def probe_cmd(plan_file: str, as_json: bool) -> None:
     """Trace one real training step on fake tensors (no GPU, no weights) and report its peaks."""
     from memfit.engine import load_plan
     from memfit.engine.probe.report import probe_report
@@ -277,7 +288,7 @@ def probe_cmd(plan_file, as_json) -> None:
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False), help="Also check it fits this plan's hardware.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of text.")
-def check_cmd(config, plan_file, as_json) -> None:
+def check_cmd(config: str, plan_file: str | None, as_json: bool) -> None:
     """Review an existing DeepSpeed CONFIG (JSON) or accelerate FSDP config (YAML): typos, impossible
     combinations, batch arithmetic, fit."""
     from memfit.engine.deepspeed.check import check
@@ -304,7 +315,7 @@ def check_cmd(config, plan_file, as_json) -> None:
 @click.option("--timeout", "timeout_s", default=300.0, show_default=True, callback=_finite_seconds,
               help="Seconds per config (> 0, at most a day).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of text.")
-def verify_cmd(plan_file, top, timeout_s, as_json) -> None:
+def verify_cmd(plan_file: str, top: int, timeout_s: float, as_json: bool) -> None:
     """Run the top plans' DeepSpeed configs for two real steps on a tiny model (CPU, gloo)."""
     from memfit.engine.advice.verify import verify_plan
 
@@ -331,7 +342,8 @@ def verify_cmd(plan_file, top, timeout_s, as_json) -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write the corrected YAML, ds_config.json, launch.sh.")
 @click.option("--force", is_flag=True, help="Overwrite existing files in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of text.")
-def llamafactory_cmd(lf_yaml, hardware, deepspeed, out_dir, force, as_json) -> None:
+def llamafactory_cmd(lf_yaml: str, hardware: str, deepspeed: str | None, out_dir: str | None, force: bool,
+                     as_json: bool) -> None:
     """Same as `advise LF_YAML --hardware HW` (kept for earlier scripts)."""
     _foreign(lf_yaml, hardware, deepspeed, as_json, out_dir, force, {})
 
@@ -340,7 +352,7 @@ def llamafactory_cmd(lf_yaml, hardware, deepspeed, out_dir, force, as_json) -> N
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False), help="The plan of the run the logs came from.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was recorded as JSON.")
-def record_cmd(files, plan_file, as_json) -> None:
+def record_cmd(files: tuple[str, ...], plan_file: str | None, as_json: bool) -> None:
     """Add measured runs to the store: record JSON / JSON lines, bench results, or logs (with --plan)."""
     from memfit.engine import load_plan
     from memfit.engine.store.ingest import records_from_file
@@ -365,7 +377,7 @@ def record_cmd(files, plan_file, as_json) -> None:
 @click.option("--limit", type=click.IntRange(min=1), help="Only the newest N records.")
 @click.option("--export", "export_file", type=click.Path(dir_okay=False),
               help="Write the records as JSON lines to FILE ('-': stdout); `advise record FILE` imports them.")
-def history_cmd(as_json, limit, export_file) -> None:
+def history_cmd(as_json: bool, limit: int | None, export_file: str | None) -> None:
     """List the measured runs in the store (MEMFIT_STORE, else the user's data directory)."""
     from memfit.engine.store.open import open_store, store_url
 

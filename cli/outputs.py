@@ -2,18 +2,27 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import click
 
+# Types by their source name `engine.`: mypy cannot follow the editable install's `memfit.engine`
+# (it reads as Any there). Annotations only, never imported at run time.
+if TYPE_CHECKING:
+    from engine.advice.results import Advice
+    from engine.plan.schema import Plan
 
-def echo_lines(lines) -> None:
+    from .bars import Line
+
+
+def echo_lines(lines: Sequence[Line]) -> None:
     """Styled lines to stdout (colour only on a terminal)."""
     from .bars import echo
 
     echo(lines, sys.stdout)
 
 
-def write_report(report_file: str, advice, force: bool) -> None:
+def write_report(report_file: str, advice: Advice, force: bool) -> None:
     """--report FILE: the HTML page, written atomically; refuses to overwrite without force."""
     from pathlib import Path
 
@@ -26,7 +35,7 @@ def write_report(report_file: str, advice, force: bool) -> None:
     click.echo(f"wrote report {path}", err=True)
 
 
-def write_out(out_dir: str, advice, plan, max_plans, force: bool, loud: bool) -> None:
+def write_out(out_dir: str, advice: Advice, plan: Plan, max_plans: Optional[int], force: bool, loud: bool) -> None:
     """--out: every feasible plan's files, or (nothing fits) the closest ones marked, and exit 1."""
     from memfit.engine.advice.files import advice_files, write_files
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import IO, Callable, Iterator, Optional
 
 Callback = Callable[[int, int, str], None]
 
 
 @contextmanager
-def steps(title: str, enabled: bool = True, stream=None) -> Iterator[Callback]:
+def steps(title: str, enabled: bool = True, stream: Optional[IO[str]] = None) -> Iterator[Callback]:
     """A progress callback for `title` ('verify', 'review', 'probe') for the duration of a block.
 
     Args:
@@ -32,7 +32,7 @@ def steps(title: str, enabled: bool = True, stream=None) -> Iterator[Callback]:
         yield _plain_steps(title, stream)
 
 
-def _plain_steps(title: str, stream) -> Callback:
+def _plain_steps(title: str, stream: IO[str]) -> Callback:
     def callback(done: int, total: int, label: str) -> None:
         if label != "done":
             stream.write(f"{title} [{done + 1}/{total}] {label}\n" if done < total else f"{title}: {label}\n")
@@ -41,7 +41,7 @@ def _plain_steps(title: str, stream) -> Callback:
 
 
 @contextmanager
-def _rich_steps(title: str, stream) -> Iterator[Callback]:
+def _rich_steps(title: str, stream: IO[str]) -> Iterator[Callback]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

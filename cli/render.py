@@ -1,12 +1,23 @@
 """Plain-text renderers for the terminal. Pure functions: result in, text out."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from .bars import BAND, FULL, MARK, Gauge, Line, bar, gauge_of, plain
 
+# Types by their source name `engine.`: mypy cannot follow the editable install's `memfit.engine`
+# (it reads as Any there). Annotations only, never imported at run time.
+if TYPE_CHECKING:
+    from engine.advice.results import Advice, CandidateResult, EstimateResult, HardwareSummary
+    from engine.core.findings import CheckResult
+    from engine.evidence.record import LogRecord
+    from engine.integrations.common import ForeignRead
+    from engine.integrations.foreign import OwnVerdict
+    from engine.probe.report import ProbeReport
+    from engine.review.run import ReviewReport
 
-def table(headers, rows) -> str:
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A plain left-aligned text table (used by `advise history`)."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
@@ -28,7 +39,7 @@ def _gauge_cells(g: Gauge, width: int) -> Line:
     return cells + [(f" {_num(g.used_gib):>5}", "ok" if g.fits else "over")]
 
 
-def _header(advice) -> list[Line]:
+def _header(advice: Advice) -> list[Line]:
     m, hw = advice.model, advice.hardware
     extra = f" + {m.frozen_extra_params / 1e9:.2f}B frozen (vision tower)" if m.frozen_extra_params else ""
     lines = [f"model     {m.name}: {m.total_params / 1e9:.2f}B params{extra} ({m.model_type}, {m.num_layers} layers, "
@@ -41,13 +52,13 @@ def _header(advice) -> list[Line]:
     return [[(t, "dim")] for t in lines] + [[]]
 
 
-def _legend(hw, width: int) -> list[Line]:
+def _legend(hw: HardwareSummary, width: int) -> list[Line]:
     return [[(f"bars: GPU per device of {_num(hw.gpu_memory_gib)} GiB, host per node of "
               f"{_num(hw.host_memory_gib)} GiB; {FULL} estimate, {BAND} error band, {MARK} budget "
               f"(capacity minus the policy's {hw.gpu_headroom:.0%} / {hw.host_headroom:.0%} headroom)", "dim")]]
 
 
-def _plan_lines(c, hw, key_width: int, width: int = 20) -> list[Line]:
+def _plan_lines(c: CandidateResult, hw: HardwareSummary, key_width: int, width: int = 20) -> list[Line]:
     """One feasible or closest plan: its table row (rank, key, batch, score, GPU bar, host bar).
 
     Further per-plan lines (e.g. settings) are appended to the returned list, indented under the key.
@@ -60,7 +71,7 @@ def _plan_lines(c, hw, key_width: int, width: int = 20) -> list[Line]:
     return [row]
 
 
-def _ranked(feasible, hw, title: str = "Fits (best first):") -> list[Line]:
+def _ranked(feasible: Sequence[CandidateResult], hw: HardwareSummary, title: str = "Fits (best first):") -> list[Line]:
     key_width = max(len("strategy"), *(len(c.key) for c in feasible))
     width = 20
     head = (f"{'#':>3}  {'strategy'.ljust(key_width)}  {'mb x acc':>8}  {'score':>5}   "
@@ -72,12 +83,12 @@ def _ranked(feasible, hw, title: str = "Fits (best first):") -> list[Line]:
 
 
 
-def _terms(part: dict) -> str:
+def _terms(part: Mapping[str, float]) -> str:
     # A term that prints as 0.0 tells the reader nothing (a few MiB of dataloader pages, empty ZeRO
     # buffers): shown only from 0.05 GiB; --json keeps every term.
     return ", ".join(f"{k.removesuffix('_gib')} {v:.1f}" for k, v in part.items() if round(v, 1))
 
-def _why(c) -> list[Line]:
+def _why(c: CandidateResult) -> list[Line]:
     lines: list[Line] = [[(f"Why #{c.rank} ({c.key}):", "head")]]
     for e in c.explanation:
         sign = f"{e.score:+g}" if e.score else e.effect
@@ -94,17 +105,19 @@ def _why(c) -> list[Line]:
     return lines + [[(f"  note: {n}", "dim")] for n in c.notes]
 
 
-def _shape(c) -> tuple:
+def _shape(c: CandidateResult) -> tuple[str, int, str, str, bool]:
     return (c.method, c.zero_stage, c.offload_optimizer, c.offload_param, c.gradient_checkpointing)
 
 
-def rejected_lines(rejected, feasible=(), limit: int = 12) -> list[Line]:
+def rejected_lines(rejected: Iterable[CandidateResult], feasible: Iterable[CandidateResult] = (),
+                   limit: int = 12) -> list[Line]:
     """One line per rejected strategy (method, ZeRO stage, offload, checkpointing) and why not.
 
     Each strategy is shown by its closest variant; one that fits at another micro-batch or pinning is
     not a rejected strategy and is left out.
     """
-    seen, lines = {_shape(c) for c in feasible}, []
+    seen = {_shape(c) for c in feasible}
+    lines: list[Line] = []
     for c in rejected:
         if _shape(c) in seen:
             continue
@@ -118,7 +131,7 @@ def rejected_lines(rejected, feasible=(), limit: int = 12) -> list[Line]:
     return shown
 
 
-def _settings(shown) -> list[Line]:
+def _settings(shown: Sequence[CandidateResult]) -> list[Line]:
     """The knobs the rules set, per plan shown, with where each acts (memfit.engine.policy.knobs)."""
     from memfit.engine.policy.knobs import describe
 
@@ -126,11 +139,11 @@ def _settings(shown) -> list[Line]:
     return [[("Settings the rules set:", "head")], *lines, []] if lines else []
 
 
-def _launch_line(c) -> str:
+def _launch_line(c: CandidateResult) -> str:
     return c.launch.get("deepspeed") or c.launch.get("accelerate", "")
 
 
-def advice_lines(advice, launch: str | None = None, tool_optimizer: bool = False) -> list[Line]:
+def advice_lines(advice: Advice, launch: str | None = None, tool_optimizer: bool = False) -> list[Line]:
     """The answer as styled lines: header, summary, ranked table with bars, reasons, rejections.
 
     `launch` replaces the top plan's launch line (a foreign config's own tool); `tool_optimizer`: the
@@ -157,12 +170,12 @@ def advice_lines(advice, launch: str | None = None, tool_optimizer: bool = False
     return lines
 
 
-def advice_text(advice, launch: str | None = None, tool_optimizer: bool = False) -> str:
+def advice_text(advice: Advice, launch: str | None = None, tool_optimizer: bool = False) -> str:
     """The ranked table with bars, the top plan's reasons and one line per rejected strategy."""
     return plain(advice_lines(advice, launch, tool_optimizer))
 
 
-def estimate_text(r) -> str:
+def estimate_text(r: EstimateResult) -> str:
     s = r.strategy
     lines = [f"model     {r.model.name}: {r.model.total_params / 1e9:.2f}B params, "
              f"{r.model.trainable_params / 1e9:.3f}B trainable",
@@ -191,7 +204,7 @@ def estimate_text(r) -> str:
     return "\n".join(lines)
 
 
-def facts_text(per_file) -> str:
+def facts_text(per_file: Mapping[str, Sequence[LogRecord]]) -> str:
     """One line per piece of evidence, grouped by file; 'no memory evidence' for empty files."""
     lines = []
     for path, facts in per_file.items():
@@ -206,7 +219,7 @@ def facts_text(per_file) -> str:
     return "\n".join(lines)
 
 
-def check_text(r) -> str:
+def check_text(r: CheckResult) -> str:
     """Findings of `advise check`, errors first, then the fit verdict when a plan was given."""
     lines = [f"{f['severity'].upper():7} {f['key']}: {f['message']}" for f in r.findings] or ["no findings"]
     if r.rules:
@@ -222,7 +235,7 @@ def check_text(r) -> str:
     return "\n".join(lines)
 
 
-def probe_text(report) -> str:
+def probe_text(report: ProbeReport) -> str:
     """Probe peaks by phase and category, in GiB, with the analytic per-layer term beside the traced one.
 
     The summary line is the peak phase's own row (what was live at that moment), so it always agrees
@@ -249,12 +262,12 @@ def probe_text(report) -> str:
     return "\n".join(lines)
 
 
-def _phase_parts(row) -> str:
+def _phase_parts(row: Mapping[str, float]) -> str:
     gib = 2**30
     return ", ".join(f"{k} {row[k] / gib:.2f}" for k in ("params", "grads", "optimizer", "activations"))
 
 
-def review_text(r) -> str:
+def review_text(r: ReviewReport) -> str:
     """One line per property, then each violation with its rules and counterexample files."""
     lines = [f"{r.rules_loaded} rules, evaluated by {r.evaluator}; examples {r.examples.passed} passed, "
              f"{r.examples.failed} failed ({r.seconds:.1f} s)"]
@@ -268,7 +281,7 @@ def review_text(r) -> str:
     return "\n".join(lines)
 
 
-def foreign_text(read, own) -> str:
+def foreign_text(read: ForeignRead, own: OwnVerdict) -> str:
     """What a foreign config was read as, every assumption, every warning, and its own verdict."""
     article = "an" if read.tool[0].lower() in "aeiou" else "a"
     lines = [f"read      {read.source} as {article} {read.tool} (rules: {read.rules})"]

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import json
 from html import escape
+from typing import TYPE_CHECKING, Sequence
 
 from .assets import PAGE_CSS, PAGE_JS
 from .bars import gauge_of
 from .svg import breakdown_svg, colour, legend_items, mini_bar
+
+# Types by their source name `engine.`: mypy cannot follow the editable install's `memfit.engine`
+# (it reads as Any there). Annotations only, never imported at run time.
+if TYPE_CHECKING:
+    from engine.advice.results import Advice, CandidateResult, HardwareSummary
 
 MAX_CHARTS = 40         # cards in one report: every feasible plan (up to this), then the closest rejected
 CLOSEST_WITH_FITS = 5   # rejected plans shown beside feasible ones
@@ -23,7 +29,7 @@ def _copy_block(text: str, label: str, lang: str = "") -> str:
             f'<pre class="{lang}"><code>{escape(text)}</code></pre></div>')
 
 
-def _head(advice) -> str:
+def _head(advice: Advice) -> str:
     m, hw = advice.model, advice.hardware
     nvme = f", NVMe {hw.nvme_gib:.0f} GiB" if hw.nvme_gib else ""
     facts = [("model", f"{m.name}: {m.total_params / 1e9:.2f}B parameters ({m.model_type}, {m.num_layers} layers)"),
@@ -38,7 +44,7 @@ def _head(advice) -> str:
             f'<p class="summary">{escape(advice.summary)}</p><table class="facts">{rows}</table></header>')
 
 
-def _ranked_table(shown, hw) -> str:
+def _ranked_table(shown: Sequence[CandidateResult], hw: HardwareSummary) -> str:
     head = ("<tr><th>#</th><th>strategy</th><th>micro × accum</th><th colspan=2>GPU GiB per device</th>"
             "<th colspan=2>host GiB per node</th><th>score</th><th></th></tr>")
     rows = []
@@ -57,7 +63,7 @@ def _anchor(key: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in key)
 
 
-def _explanations(c) -> str:
+def _explanations(c: CandidateResult) -> str:
     items = []
     for e in c.explanation:
         effect = f"{e.effect} {e.score:+g}" if e.score else e.effect
@@ -69,13 +75,13 @@ def _explanations(c) -> str:
     return f'<ul class="why">{"".join(items)}{notes}</ul>'
 
 
-def _legend(c) -> str:
+def _legend(c: CandidateResult) -> str:
     spans = [f'<span class="lg"><i style="background:{colour(part)}"></i>{side} {escape(part.replace("_", " "))} '
              f'{gib:.2f}</span>' for side, part, gib in legend_items(c)]
     return f'<div class="legend">{"".join(spans)} <span class="lg"><i class="hatch"></i>headroom</span></div>'
 
 
-def _card(c, hw, open_details: bool) -> str:
+def _card(c: CandidateResult, hw: HardwareSummary, open_details: bool) -> str:
     status = ('<span class="badge ok">fits</span>' if c.feasible else '<span class="badge no">does not fit</span>')
     rank = f"#{c.rank}" if c.feasible else "rejected"
     why_not = "".join(f"<li>{escape(r)}</li>" for r in c.rejected_because)
@@ -94,7 +100,7 @@ def _card(c, hw, open_details: bool) -> str:
             "</article>")
 
 
-def report_html(advice) -> str:
+def report_html(advice: Advice) -> str:
     """The whole report as one HTML document (str)."""
     feasible = [c for c in advice.candidates if c.feasible]
     rejected = [c for c in advice.candidates if not c.feasible]

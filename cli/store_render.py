@@ -1,17 +1,25 @@
 """Plain-text rendering of the store of measured runs (`advise history`, `advise record`)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-def _gib(value) -> str:
+# Types by their source name `engine.`: mypy cannot follow the editable install's `memfit.engine`
+# (it reads as Any there). Annotations only, never imported at run time.
+if TYPE_CHECKING:
+    from engine.store.record import MeasurementRecord
+    from engine.store.sql import StoredRecord
+
+
+def _gib(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def history_rows(stored) -> list[dict]:
+def history_rows(stored: Sequence[StoredRecord]) -> list[dict[str, Any]]:
     """One JSON-ready row per stored record: the id, when, and the record itself."""
     return [{"id": s.id, "added": s.created_at, "record": s.record.model_dump(mode="json")} for s in stored]
 
 
-def history_text(stored, url: str) -> str:
+def history_text(stored: Sequence[StoredRecord], url: str) -> str:
     """A table of stored records, newest first, with measured and estimated GPU peaks in GiB."""
     from .render import table
 
@@ -29,7 +37,7 @@ def history_text(stored, url: str) -> str:
     return f"{len(stored)} recorded run(s) in {url} (GiB; GPU peak: NVML, else torch reserved/allocated)\n" + table(head, rows)
 
 
-def recorded_text(results, url: str) -> str:
+def recorded_text(results: Sequence[tuple[str, MeasurementRecord, tuple[int, bool]]], url: str) -> str:
     lines = []
     for path, rec, (rid, new) in results:
         state = "added" if new else "already stored"

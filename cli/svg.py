@@ -9,8 +9,14 @@ and each row `data-px-per-gib`, so a browser test can check drawn widths against
 from __future__ import annotations
 
 from html import escape
+from typing import TYPE_CHECKING
 
 from .bars import Gauge, gauge_of
+
+# Types by their source name `engine.`: mypy cannot follow the editable install's `memfit.engine`
+# (it reads as Any there). Annotations only, never imported at run time.
+if TYPE_CHECKING:
+    from engine.advice.results import CandidateResult, HardwareSummary
 
 WIDTH, LEFT, BAR_W, ROW_H, BAR_H = 920, 56, 800, 58, 24
 
@@ -73,7 +79,7 @@ def _row(side: str, parts: dict[str, float], g: Gauge, y: float) -> list[str]:
     return out
 
 
-def breakdown_svg(candidate, hardware) -> str:
+def breakdown_svg(candidate: CandidateResult, hardware: HardwareSummary) -> str:
     """The GPU and host chart of one plan, as an inline <svg> element."""
     height = 2 * (ROW_H + 14) + 8
     body = ['<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" '
@@ -87,7 +93,7 @@ def breakdown_svg(candidate, hardware) -> str:
             + "".join(body) + "</svg>")
 
 
-def legend_items(candidate) -> list[tuple[str, str, float]]:
+def legend_items(candidate: CandidateResult) -> list[tuple[str, str, float]]:
     """(side, term, GiB) of every non-zero breakdown term, for the HTML legend under a chart."""
     return [(side, k.removesuffix("_gib"), v) for side in ("gpu", "host")
             for k, v in candidate.memory.breakdown[side].items() if v > 0]

@@ -13,7 +13,7 @@ config.py; utils/config/__init__.py for normalize_config and resolve_dtype):
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.errors import PlanError
 from ..deepspeed.config import accumulation_steps
@@ -22,6 +22,10 @@ from .common import (DELETE, ForeignRead, edit_yaml, fsdp_pins, read_deepspeed, 
                      world_size, zero_of)
 from .optimizers import optimizer_of
 from .keylists import key_list, unknown_names
+
+if TYPE_CHECKING:
+    from ..plan.schema import Plan
+
 
 TOOL = "axolotl YAML"
 _EIGHT_BIT_AO = {"ao_adamw_8bit"}  # axolotl's own name; the HF names go through integrations/optimizers.py
@@ -234,7 +238,7 @@ def refusal(ax: dict[str, Any], strategy: Strategy, world: int) -> str | None:
     return None
 
 
-def axolotl_yaml(read: ForeignRead, plan, strategy: Strategy, ds_path: str | None) -> str:
+def axolotl_yaml(read: ForeignRead, plan: Plan, strategy: Strategy, ds_path: str | None) -> str:
     """The user's axolotl YAML with memfit's strategy (see `llamafactory_yaml` for the arguments)."""
     ax = read.data
     changes: dict[str, Any] = {}
@@ -260,6 +264,6 @@ def axolotl_yaml(read: ForeignRead, plan, strategy: Strategy, ds_path: str | Non
             f"# (keys checked against {key_list('axolotl').rules}).\n") + edit_yaml(read.source, changes)
 
 
-def launch_line(yaml_path: str, plan, uses_deepspeed: bool) -> str:
+def launch_line(yaml_path: str, plan: Plan, uses_deepspeed: bool) -> str:
     """`axolotl train YAML` (axolotl's CLI; it starts accelerate for several GPUs)."""
     return f"axolotl train {yaml_path}"

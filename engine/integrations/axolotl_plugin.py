@@ -11,7 +11,7 @@ axolotl's sequence_len (the packed length under sample_packing) as the run's seq
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional
 
 from pydantic import BaseModel
 
@@ -19,6 +19,9 @@ try:  # subclass axolotl's BasePlugin where axolotl is installed: it supplies ev
     from axolotl.integrations.base import BasePlugin as _PluginBase
 except ImportError:  # axolotl absent: the class still imports, with the hooks memfit uses
     _PluginBase = object
+
+if TYPE_CHECKING:
+    from .transformers import MemfitCallback
 
 
 class MemfitArgs(BaseModel):
@@ -29,13 +32,14 @@ class MemfitArgs(BaseModel):
     memfit_hardware: Optional[dict[str, Any]] = None
 
 
-class MemfitPlugin(_PluginBase):
+# axolotl is untyped (and absent here), so its BasePlugin reads as Any.
+class MemfitPlugin(_PluginBase):  # type: ignore[misc]
     """Registers MemfitCallback on the axolotl run (preflight at start, a measurement record at the end)."""
 
     def get_input_args(self) -> str:
         return "memfit.engine.integrations.axolotl_plugin.MemfitArgs"
 
-    def add_callbacks_pre_trainer(self, cfg, model) -> list:
+    def add_callbacks_pre_trainer(self, cfg: Mapping[str, Any], model: Any) -> list[MemfitCallback]:
         """The callbacks for axolotl's Trainer.
 
         Args:

@@ -62,7 +62,7 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def round_trip_load(path: str | Path):
+def round_trip_load(path: str | Path) -> Any:
     """The YAML document as ruamel.yaml round-trip data: values plus the line of every key."""
     from ruamel.yaml import YAML
 
@@ -139,7 +139,7 @@ def edit_yaml(path: str | Path, changes: dict[str, Any]) -> str:
     return result
 
 
-def read_hardware(spec: str | Path | dict | None, source: str) -> dict[str, Any]:
+def read_hardware(spec: str | Path | dict[str, Any] | None, source: str) -> dict[str, Any]:
     """The hardware mapping from `--hardware FILE` (a plan or a bare hardware mapping) or "detect".
 
     Raises:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..core.errors import PlanError
 from ..plan.schema import Plan
@@ -17,6 +17,9 @@ from ..plan.strategy import Strategy
 from . import axolotl, llamafactory, llamafactory_write, torchtune
 from .common import ForeignRead, fsdp_message, read_hardware, read_mapping
 from .writeback import absolute, choose, json_text, launch_script, tool_deepspeed_config
+
+if TYPE_CHECKING:
+    from ..advice.results import Advice
 
 _PLAN_KEYS = {"model", "hardware", "training", "policy", "data", "rules", "measured"}
 _READERS = {"llamafactory": llamafactory.read_llamafactory, "axolotl": axolotl.read_axolotl,
@@ -54,7 +57,7 @@ def detect_format(path: str | Path) -> str:
                     "LLaMA-Factory model_name_or_path, axolotl base_model, torchtune model._component_")
 
 
-def read_foreign(path: str | Path, hardware: str | Path | dict | None, deepspeed: str | Path | None = None,
+def read_foreign(path: str | Path, hardware: str | Path | dict[str, Any] | None, deepspeed: str | Path | None = None,
                  cwd: str | Path | None = None) -> ForeignRead:
     """Read a LLaMA-Factory, axolotl or torchtune config as a memfit plan.
 
@@ -122,7 +125,7 @@ class WriteBack:
     notes: list[str] = field(default_factory=list)
 
 
-def _refusal(kind: str, read: ForeignRead, plan: Plan):
+def _refusal(kind: str, read: ForeignRead, plan: Plan) -> Callable[[Strategy], str | None]:
     world = plan.hardware.world_size
     if kind == "llamafactory":
         return lambda s: llamafactory_write.refusal(read.data, s, world)
@@ -132,7 +135,7 @@ def _refusal(kind: str, read: ForeignRead, plan: Plan):
     return lambda s: axolotl.refusal(read.data, s, world)
 
 
-def write_back(read: ForeignRead, plan: Plan, advice, out_dir: str | Path) -> WriteBack | None:
+def write_back(read: ForeignRead, plan: Plan, advice: Advice, out_dir: str | Path) -> WriteBack | None:
     """The user's config with memfit's best plan the tool accepts, its DeepSpeed JSON and launch.sh.
 
     Returns:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
+from typing import Iterable
 
 VERSIONS = {"llamafactory": "0.9.5", "axolotl": "0.19.0", "torchtune": "0.6.1"}
 # llamafactory 0.9.5 pyproject.toml: "transformers>=4.55.0,<=5.6.0,!=4.52.0,!=4.57.0". The stored list
@@ -48,7 +49,7 @@ def key_list(tool: str) -> KeyList:
     return KeyList(tool, version, names, note)
 
 
-def unknown_names(tool: str, names) -> list[str]:
+def unknown_names(tool: str, names: Iterable[str]) -> list[str]:
     """The names in `names` that `tool`'s stored version does not accept."""
     known = key_list(tool).names
     return sorted(n for n in names if n not in known)
@@ -62,7 +63,7 @@ def _aliases(value: ast.expr | None) -> set[str]:
             and isinstance(k.value, ast.Constant) and isinstance(k.value.value, str)}
 
 
-def _class_fields(paths) -> set[str]:
+def _class_fields(paths: Iterable[str | Path]) -> set[str]:
     names: set[str] = set()
     aliases: set[str] = set()
     for path in paths:

@@ -10,12 +10,16 @@ run without torchrun is refused ("Please use `FORCE_TORCHRUN=1` to launch DeepSp
 from __future__ import annotations
 
 import shlex
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..deepspeed.config import accumulation_steps
 from ..plan.strategy import Strategy
 from .common import DELETE, ForeignRead, edit_yaml
 from .keylists import key_list, unknown_names
+
+if TYPE_CHECKING:
+    from ..plan.schema import Plan
+
 
 def refusal(lf: dict[str, Any], strategy: Strategy, world: int) -> str | None:
     """Why LLaMA-Factory would refuse `strategy` for this YAML (its own message), or None."""
@@ -32,7 +36,7 @@ def refusal(lf: dict[str, Any], strategy: Strategy, world: int) -> str | None:
     return None
 
 
-def _method(lf: dict[str, Any], read: ForeignRead, strategy: Strategy, plan) -> dict[str, Any]:
+def _method(lf: dict[str, Any], read: ForeignRead, strategy: Strategy, plan: Plan) -> dict[str, Any]:
     if strategy.method == read.pinned["method"]:
         return {}  # the user's method (oft, freeze, 8-bit ...) stays exactly as written
     changes: dict[str, Any] = {"finetuning_type": "full" if strategy.method == "full" else "lora",
@@ -44,7 +48,7 @@ def _method(lf: dict[str, Any], read: ForeignRead, strategy: Strategy, plan) -> 
     return changes
 
 
-def llamafactory_yaml(read: ForeignRead, plan, strategy: Strategy, ds_path: str | None) -> str:
+def llamafactory_yaml(read: ForeignRead, plan: Plan, strategy: Strategy, ds_path: str | None) -> str:
     """The user's YAML with memfit's strategy: method only where memfit changed it, batch, checkpointing, deepspeed.
 
     Args:
@@ -78,7 +82,7 @@ def llamafactory_yaml(read: ForeignRead, plan, strategy: Strategy, ds_path: str 
     return header + edit_yaml(read.source, changes)
 
 
-def launch_line(yaml_path: str, plan, uses_deepspeed: bool) -> str:
+def launch_line(yaml_path: str, plan: Plan, uses_deepspeed: bool) -> str:
     """`llamafactory-cli train YAML`, with FORCE_TORCHRUN=1 for any DeepSpeed run or several GPUs."""
     hw = plan.hardware
     env = []

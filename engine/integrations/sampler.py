@@ -9,7 +9,11 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import Any, Optional
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+if TYPE_CHECKING:
+    import psutil
 
 # Seconds between samples: RSS and NVML reads cost ~0.1 ms each; peaks shorter than this can be missed
 # (torch.cuda's own peaks are exact, they are kept by the allocator).
@@ -26,12 +30,12 @@ class PeakSampler:
         self.nvml_used: Optional[int] = None
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._every: Optional[tuple] = None
+        self._every: Optional[tuple[float, Callable[[], object]]] = None
         self._process = self._psutil_process()
         self._cuda = self._torch_cuda()
-        self._nvml = self._nvml_handle() if self._cuda is not None else None
+        self._nvml = self._nvml_handle(self._cuda) if self._cuda is not None else None
 
-    def _psutil_process(self):
+    def _psutil_process(self) -> Optional[psutil.Process]:
         try:
             import psutil
         except ImportError:
@@ -39,19 +43,20 @@ class PeakSampler:
             return None
         return psutil.Process()
 
-    def _torch_cuda(self):
+    def _torch_cuda(self) -> Optional[ModuleType]:
         torch = sys.modules.get("torch")
         if torch is None or not torch.cuda.is_available():
             self.notes.append("GPU peaks not recorded: torch.cuda is not available (no GPU, or a CPU-only torch)")
             return None
-        return torch.cuda
+        cuda: ModuleType = torch.cuda
+        return cuda
 
-    def _nvml_handle(self):
+    def _nvml_handle(self, cuda: ModuleType) -> Optional[tuple[ModuleType, Any]]:  # (pynvml, opaque device handle)
         try:
             import pynvml
 
             pynvml.nvmlInit()
-            index = self._cuda.current_device()
+            index = cuda.current_device()
             visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
             if visible != [""] and index < len(visible) and visible[index].strip().isdigit():
                 index = int(visible[index])  # NVML numbers devices ignoring CUDA_VISIBLE_DEVICES
@@ -113,7 +118,7 @@ class PeakSampler:
                 except Exception as exc:  # a failed checkpoint must not stop the sampling (or the run)
                     self.notes.append(f"checkpoint failed: {type(exc).__name__}: {exc}")
 
-    def every(self, seconds: float, fn) -> None:
+    def every(self, seconds: float, fn: Callable[[], object]) -> None:
         """Call fn() from the sampling thread every `seconds` (e.g. to checkpoint the record)."""
         self._every = (seconds, fn)
 

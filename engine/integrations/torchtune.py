@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.errors import ModelNotFoundError, PlanError
 from ..deepspeed.config import accumulation_steps
@@ -21,6 +21,10 @@ from ..plan.strategy import Strategy
 from .optimizers import optimizer_of
 from .common import ForeignRead, fsdp_pins, read_mapping
 from .keylists import key_list, unknown_names
+
+if TYPE_CHECKING:
+    from ..plan.schema import Plan
+
 
 TOOL = "torchtune config"
 # Model builders (without lora_/qlora_) -> Hugging Face id of the checkpoint their configs download
@@ -151,7 +155,8 @@ def _stack(cfg: dict[str, Any], out: ForeignRead) -> tuple[dict[str, Any], dict[
     return training, {"packing": False, "padding": "longest"}
 
 
-def _sharding(cfg: dict[str, Any], recipe: str, hardware: dict[str, Any], out: ForeignRead):
+def _sharding(cfg: dict[str, Any], recipe: str, hardware: dict[str, Any],
+              out: ForeignRead) -> tuple[dict[str, Any], dict[str, Any]]:
     """Distributed recipes shard with FSDP2 (training/_distributed.py shard_model: fully_shard);
     single-device ones use one GPU."""
     pins: dict[str, Any] = {"zero_stage": 0, "offload_optimizer": "none", "offload_param": "none"}
@@ -220,7 +225,7 @@ def refusal(cfg: dict[str, Any], strategy: Strategy, recipe: str) -> str | None:
     return None
 
 
-def overrides(read: ForeignRead, plan, strategy: Strategy) -> list[str]:
+def overrides(read: ForeignRead, plan: Plan, strategy: Strategy) -> list[str]:
     """`key=value` overrides for `tune run` that apply the strategy to the user's config."""
     recipe = recipe_of(read.source, read.data)
     out = [f"batch_size={strategy.micro_batch_size}",
@@ -234,7 +239,7 @@ def overrides(read: ForeignRead, plan, strategy: Strategy) -> list[str]:
     return out
 
 
-def launch_line(read: ForeignRead, plan, strategy: Strategy, config_path: str) -> str:
+def launch_line(read: ForeignRead, plan: Plan, strategy: Strategy, config_path: str) -> str:
     """`tune run [--nproc_per_node N] RECIPE --config FILE key=value ...`."""
     recipe = recipe_of(read.source, read.data)
     procs = f"--nproc_per_node {plan.hardware.gpus_per_node} " if "distributed" in recipe else ""

@@ -13,11 +13,17 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ..machine.detect import detect_hardware
 from ..memory.states import EMBEDDING_NAMES, LM_HEAD_NAMES
 from .optimizers import optimizer_of
+
+if TYPE_CHECKING:  # for the annotations only (transformers and peft are not analysed: they read as Any)
+    from peft import PeftModel
+    from transformers import PreTrainedModel, TrainingArguments
+
+    Model = Union[PreTrainedModel, PeftModel]
 
 # Items of the training set looked at for the sequence length when nothing states it.
 SEQ_LEN_PEEK = 256
@@ -26,18 +32,18 @@ SEQ_LEN_PEEK = 256
 NO_GPU_PLACEHOLDER_GIB = 80.0
 
 
-def _base(model):
+def _base(model: Model) -> PreTrainedModel:
     get = getattr(model, "get_base_model", None)
     return get() if callable(get) else model
 
 
-def _method_and_lora(model) -> tuple[str, dict]:
+def _method_and_lora(model: Model) -> tuple[str, dict[str, Any]]:
     peft = getattr(model, "peft_config", None)
     if not peft:
         return "full", {}
     cfg = peft.get("default") or next(iter(peft.values()))
     targets = getattr(cfg, "target_modules", None) or "all-linear"
-    lora = {"rank": int(getattr(cfg, "r", 16)), "alpha": float(getattr(cfg, "lora_alpha", 32) or 32),
+    lora: dict[str, Any] = {"rank": int(getattr(cfg, "r", 16)), "alpha": float(getattr(cfg, "lora_alpha", 32) or 32),
             "target_modules": targets if isinstance(targets, str) else sorted(targets)}
     # peft's modules_to_save copies (trainable in full); memfit counts embeddings and LM heads, and
     # leaves out heads peft adds by itself for other tasks (score, classifier).
@@ -50,7 +56,7 @@ def _method_and_lora(model) -> tuple[str, dict]:
     return ("qlora" if quantised else "lora"), lora
 
 
-def _precision(args, model) -> str:
+def _precision(args: TrainingArguments, model: Model) -> str:
     if getattr(args, "bf16", False):
         return "bf16"
     if getattr(args, "fp16", False):
@@ -60,7 +66,7 @@ def _precision(args, model) -> str:
     return "pure_bf16" if ("bfloat16" in dtype or "float16" in dtype) else "fp32"
 
 
-def _checkpointing(base) -> bool:
+def _checkpointing(base: PreTrainedModel) -> bool:
     # transformers 5 renamed is_gradient_checkpointing (deprecated) to is_activation_checkpointing
     for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
         if hasattr(type(base), name):
@@ -68,12 +74,12 @@ def _checkpointing(base) -> bool:
     return False
 
 
-def _optimizer(args) -> str:
+def _optimizer(args: TrainingArguments) -> str:
     name = str(getattr(getattr(args, "optim", ""), "value", getattr(args, "optim", ""))).lower()
     return optimizer_of(name)[0]  # the live Trainer's OptimizerNames value (integrations/optimizers.py)
 
 
-def _stack(args, base, method: str, notes: list[str]) -> dict:
+def _stack(args: TrainingArguments, base: PreTrainedModel, method: str, notes: list[str]) -> dict[str, Any]:
     """Stack keys the run itself shows: Liger's loss, QLoRA's upcast (the AdamW implementation is the
     optimizer's name: adamw_torch_fused reads as adamw_fused, integrations/optimizers.py)."""
     out: dict[str, Any] = {}
@@ -90,7 +96,7 @@ def _stack(args, base, method: str, notes: list[str]) -> dict:
     return out
 
 
-def _deepspeed(args, notes: list[str]) -> dict:
+def _deepspeed(args: TrainingArguments, notes: list[str]) -> dict[str, Any]:
     filled = getattr(getattr(args, "hf_deepspeed_config", None), "config", None)
     cfg = filled or getattr(args, "deepspeed", None)
     if isinstance(cfg, str):
@@ -109,7 +115,7 @@ def _deepspeed(args, notes: list[str]) -> dict:
     return out
 
 
-def _fsdp_options(args) -> set[str]:
+def _fsdp_options(args: TrainingArguments) -> set[str]:
     """FSDP as sharding words: older transformers list options (`fsdp="full_shard offload"`), transformers
     5 takes `fsdp=True` with `fsdp_config` {reshard_after_forward (default True), cpu_offload}."""
     raw = getattr(args, "fsdp", None) or []
@@ -122,7 +128,7 @@ def _fsdp_options(args) -> set[str]:
     return {str(getattr(o, "value", o)).lower() for o in raw} if isinstance(raw, (list, tuple, set)) else set()
 
 
-def _fsdp(args, notes: list[str]) -> dict:
+def _fsdp(args: TrainingArguments, notes: list[str]) -> dict[str, Any]:
     opts = _fsdp_options(args)
     if not opts & {"full_shard", "hybrid_shard", "shard_grad_op", "hybrid_shard_zero2"}:
         return {"zero_stage": 0, "offload_optimizer": "none", "offload_param": "none"}
@@ -136,7 +142,7 @@ def _fsdp(args, notes: list[str]) -> dict:
     return {"sharding": f"fsdp{version}", "zero_stage": stage, "offload_optimizer": offload, "offload_param": offload}
 
 
-def _seq_len(args, model, dataset, seq_len: Optional[int], notes: list[str]) -> int:
+def _seq_len(args: TrainingArguments, model: Model, dataset: Any, seq_len: Optional[int], notes: list[str]) -> int:
     if seq_len:
         return int(seq_len)
     for key in ("max_length", "max_seq_length"):  # TRL's SFTConfig
@@ -158,7 +164,8 @@ def _seq_len(args, model, dataset, seq_len: Optional[int], notes: list[str]) -> 
     return fallback
 
 
-def _hardware(args, hardware: Optional[dict], notes: list[str]) -> tuple[dict, bool]:
+def _hardware(args: TrainingArguments, hardware: Optional[dict[str, Any]],
+              notes: list[str]) -> tuple[dict[str, Any], bool]:
     """The plan's hardware mapping, and whether the GPU capacity is real."""
     if hardware:
         return dict(hardware), True
@@ -175,8 +182,9 @@ def _hardware(args, hardware: Optional[dict], notes: list[str]) -> tuple[dict, b
     return hw, True
 
 
-def plan_from_trainer(args, model, dataset=None, *, hardware: Optional[dict] = None, seq_len: Optional[int] = None,
-                      policy: Optional[dict] = None) -> tuple[dict[str, Any], bool, list[str]]:
+def plan_from_trainer(args: TrainingArguments, model: Model, dataset: Any = None, *,
+                      hardware: Optional[dict[str, Any]] = None, seq_len: Optional[int] = None,
+                      policy: Optional[dict[str, Any]] = None) -> tuple[dict[str, Any], bool, list[str]]:
     """The plan of a Trainer run, every strategy choice pinned.
 
     Args:

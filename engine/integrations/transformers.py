@@ -15,7 +15,8 @@ import sys
 import time
 import uuid
 import warnings
-from typing import Any, Callable, Optional
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from transformers import TrainerCallback
 
@@ -23,6 +24,11 @@ from ..core.errors import MemfitError, PreflightError
 from .preflight import Preflight, preflight, record_run
 from .sampler import DEFAULT_INTERVAL_S, PeakSampler
 from .trainer_plan import plan_from_trainer
+
+if TYPE_CHECKING:
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from ..store.record import MeasurementRecord
 
 log = logging.getLogger("memfit")
 POLICIES = ("warn", "raise")
@@ -44,7 +50,8 @@ def _is_oom(exc: BaseException) -> bool:
     return "out of memory" in text or "can't allocate memory" in text
 
 
-class MemfitCallback(TrainerCallback):
+# transformers is not analysed (follow_imports = skip): its TrainerCallback reads as Any.
+class MemfitCallback(TrainerCallback):  # type: ignore[misc]
     """Preflight at train start, peaks during the run, one measurement record at the end.
 
     Args:
@@ -61,10 +68,10 @@ class MemfitCallback(TrainerCallback):
             leaves its last checkpoint behind. 0: no checkpoints.
     """
 
-    def __init__(self, policy: str = "warn", *, hardware: Optional[dict] = None, seq_len: Optional[int] = None,
-                 policy_overrides: Optional[dict] = None, store: Optional[str] = None, record: bool = True,
+    def __init__(self, policy: str = "warn", *, hardware: Optional[dict[str, Any]] = None,
+                 seq_len: Optional[int] = None, policy_overrides: Optional[dict[str, Any]] = None, store: Optional[str] = None, record: bool = True,
                  history: bool = True, sample_seconds: float = DEFAULT_INTERVAL_S,
-                 checkpoint_seconds: float = DEFAULT_CHECKPOINT_S):
+                 checkpoint_seconds: float = DEFAULT_CHECKPOINT_S) -> None:
         if policy not in POLICIES:
             raise ValueError(f"MemfitCallback: policy must be one of {POLICIES} (got {policy!r})")
         self.policy, self.hardware, self.seq_len = policy, hardware, seq_len
@@ -79,7 +86,8 @@ class MemfitCallback(TrainerCallback):
         self._prev_hook: Optional[Callable[..., Any]] = None
         self._main = True
 
-    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs: Any):
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       model: Any = None, train_dataloader: Any = None, **kwargs: Any) -> TrainerControl:
         dataset = getattr(train_dataloader, "dataset", None)
         try:
             plan, gpu_known, notes = plan_from_trainer(args, model, dataset, hardware=self.hardware,
@@ -103,22 +111,24 @@ class MemfitCallback(TrainerCallback):
             warnings.warn(self.result.message, MemfitWarning, stacklevel=2)
         if self.record and self._main:
             self.run_id = uuid.uuid4().hex
-            self._sampler = PeakSampler(self.sample_seconds)
-            self._sampler.start()
+            sampler = self._sampler = PeakSampler(self.sample_seconds)
+            sampler.start()
             self._prev_hook, sys.excepthook = sys.excepthook, self._excepthook
             if self.checkpoint_seconds:
-                self._write(self._sampler, "incomplete", _INCOMPLETE)
-                self._sampler.every(self.checkpoint_seconds,
-                                    lambda s=self._sampler: self._write(s, "incomplete", _INCOMPLETE))
+                self._write(sampler, "incomplete", _INCOMPLETE)
+                sampler.every(self.checkpoint_seconds, lambda: self._write(sampler, "incomplete", _INCOMPLETE))
         return control
 
-    def on_step_begin(self, args, state, control, **kwargs: Any):
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                      **kwargs: Any) -> None:
         self._step_start = time.perf_counter()
 
-    def on_step_end(self, args, state, control, **kwargs: Any):
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> None:
         self._steps.append(time.perf_counter() - self._step_start)
 
-    def on_train_end(self, args, state, control, **kwargs: Any):
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs: Any) -> None:
         self._finish("ok", None)
 
     def record_failure(self, exc: BaseException) -> Optional[int]:
@@ -129,13 +139,13 @@ class MemfitCallback(TrainerCallback):
         """
         return self._finish("oom" if _is_oom(exc) else "error", f"{type(exc).__name__}: {exc}"[:500])
 
-    def _excepthook(self, kind, value, tb) -> None:
+    def _excepthook(self, kind: type[BaseException], value: BaseException, tb: Optional[TracebackType]) -> None:
         try:
             self.record_failure(value)
         finally:
             (self._prev_hook or sys.__excepthook__)(kind, value, tb)
 
-    def _write(self, sampler: PeakSampler, status: str, error: Optional[str]):
+    def _write(self, sampler: PeakSampler, status: str, error: Optional[str]) -> Optional[MeasurementRecord]:
         """Write (or replace) this run's record; None when the store refused it (logged, never raised)."""
         steps = list(self._steps)  # the sampling thread checkpoints while the trainer appends
         step = statistics.median(steps[1:] or steps) if steps else None  # the first step warms up

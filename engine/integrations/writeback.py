@@ -8,12 +8,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..plan.strategy import Strategy
 
+if TYPE_CHECKING:
+    from ..advice.results import Advice, CandidateResult
+    from ..plan.schema import Plan
 
-def tool_deepspeed_config(candidate, plan) -> dict[str, Any]:
+
+def tool_deepspeed_config(candidate: CandidateResult, plan: Plan) -> dict[str, Any]:
     """The HF-flavor DeepSpeed config for a tool that builds its own optimizer (HF Trainer based).
 
     No `optimizer` block: with one, the HF Trainer skips create_optimizer() and the tool's `optim:`
@@ -36,11 +40,11 @@ class Chosen:
     """The candidate written back (None: nothing fits, or the tool refuses all that fit) and the
     better-ranked ones the tool refuses, with its reason."""
 
-    candidate: Any
+    candidate: Optional[CandidateResult]
     skipped: list[str] = field(default_factory=list)
 
 
-def choose(advice, refusal: Callable[[Strategy], str | None]) -> Chosen:
+def choose(advice: Advice, refusal: Callable[[Strategy], str | None]) -> Chosen:
     """The best feasible candidate that `refusal` lets through."""
     skipped: list[str] = []
     for c in advice.candidates:

@@ -16,12 +16,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, Union
 
 from ..core.errors import ProbeError
-from .trace import Tracker, cuda_like_dropout, enable_checkpointing, unpacked_sequences
+from .trace import StorageTracker, Tracker, cuda_like_dropout, enable_checkpointing, unpacked_sequences
+
+if TYPE_CHECKING:  # torch is not analysed (follow_imports = skip): its types read as Any
+    import torch
+
+    from ..plan.schema import Plan
+    from ..plan.strategy import Strategy
 
 Progress = Callable[[int, int, str], None]
+LoraTargets = Union[str, Sequence[str]]  # peft's target_modules: "all-linear" or module names
 PHASES = ("setup", "forward", "backward", "optimizer")
 _CATEGORIES = ("params", "grads", "optimizer", "activations")
 _DTYPES = {"bf16": "bfloat16", "pure_bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -51,8 +58,8 @@ class ProbeResult:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
-def _build_model(config: Mapping, layers: int, attention: str, dtype, method: str,
-                 lora_rank: int, lora_targets, lora_dropout: float):
+def _build_model(config: Mapping[str, Any], layers: int, attention: str, dtype: torch.dtype, method: str,
+                 lora_rank: int, lora_targets: LoraTargets, lora_dropout: float) -> torch.nn.Module:
     """The architecture on the meta device, with `layers` decoder layers (and peft adapters)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -81,7 +88,7 @@ def _build_model(config: Mapping, layers: int, attention: str, dtype, method: st
     return model
 
 
-def _materialise(model, tie: bool) -> None:
+def _materialise(model: torch.nn.Module, tie: bool) -> None:
     """Swap meta parameters and buffers for (fake) cpu tensors, keeping dtypes and tied weights."""
     import torch
 
@@ -94,7 +101,7 @@ def _materialise(model, tie: bool) -> None:
             out.weight = base.get_input_embeddings().weight
 
 
-def _make_optimizer(optimizer: str, params, notes: list[str]):
+def _make_optimizer(optimizer: str, params: list[torch.nn.Parameter], notes: list[str]) -> torch.optim.Optimizer:
     import torch
 
     if optimizer == "sgd":
@@ -107,7 +114,7 @@ def _make_optimizer(optimizer: str, params, notes: list[str]):
     return torch.optim.AdamW(params, lr=1e-4, foreach=True)
 
 
-def _trace_step(model_args: tuple, *, seq_len: int, micro_batch: int, gradient_checkpointing: bool,
+def _trace_step(model_args: tuple[Mapping[str, Any], int, str, torch.dtype, str, int, LoraTargets, float], *, seq_len: int, micro_batch: int, gradient_checkpointing: bool,
                 optimizer: str, fake: bool, notes: list[str], tick: Callable[[str], None]) -> dict[str, Any]:
     """Run one step with `layers` decoder layers under the tracker; return its measurements."""
     import contextlib
@@ -118,7 +125,7 @@ def _trace_step(model_args: tuple, *, seq_len: int, micro_batch: int, gradient_c
     model = _build_model(*model_args)
     tie = bool(dict(config).get("tie_word_embeddings", False))
     fake_mode = FakeTensorMode(allow_non_fake_inputs=False) if fake else contextlib.nullcontext()
-    tracker = Tracker()
+    tracker: StorageTracker = Tracker()
     with fake_mode, tracker, unpacked_sequences(), cuda_like_dropout():
         _materialise(model, tie)
         if gradient_checkpointing:
@@ -149,7 +156,7 @@ def _trace_step(model_args: tuple, *, seq_len: int, micro_batch: int, gradient_c
     return _summarise(tracker, cats, sizes, stored)
 
 
-def _summarise(tracker, cats: dict[str, set[int]], sizes: dict[str, float],
+def _summarise(tracker: StorageTracker, cats: dict[str, set[int]], sizes: dict[str, float],
                stored_total: int) -> dict[str, Any]:
     """Split each phase's peak snapshot into params, grads, optimizer states and activations.
 
@@ -179,9 +186,9 @@ def _layer_counts(num_layers: int, layers_traced: int | None) -> tuple[int, int]
     return (big // 2 if big > 1 else 0), big
 
 
-def _extrapolate(lo: dict, hi: dict, n_lo: int, n_hi: int, n: int) -> dict:
+def _extrapolate(lo: dict[str, Any], hi: dict[str, Any], n_lo: int, n_hi: int, n: int) -> dict[str, Any]:
     """Linear in the layer count: m(n) = m(hi) + (n - hi) * slope."""
-    def ext(a, b):
+    def ext(a: Any, b: Any) -> Any:  # a float, or a mapping of them (a phase row)
         if isinstance(b, dict):
             return {k: ext(a[k], b[k]) for k in b}
         return b + (n - n_hi) * (b - a) / (n_hi - n_lo)
@@ -191,9 +198,9 @@ def _extrapolate(lo: dict, hi: dict, n_lo: int, n_hi: int, n: int) -> dict:
     return out
 
 
-def probe(config: Mapping, *, seq_len: int, micro_batch: int, method: str = "full",
+def probe(config: Mapping[str, Any], *, seq_len: int, micro_batch: int, method: str = "full",
           gradient_checkpointing: bool = False, attention: str = "sdpa", precision: str = "bf16",
-          optimizer: str = "adamw", lora_rank: int = 16, lora_targets: Any = "all-linear",
+          optimizer: str = "adamw", lora_rank: int = 16, lora_targets: LoraTargets = "all-linear",
           layers_traced: int | None = None, progress: Progress | None = None,
           lora_dropout: float = 0.0, _fake: bool = True) -> ProbeResult:
     """Trace one training step of the real architecture on fake tensors and measure its memory.
@@ -236,7 +243,7 @@ def probe(config: Mapping, *, seq_len: int, micro_batch: int, method: str = "ful
         if progress is not None:
             progress(done, total, label)
 
-    runs = {}
+    runs: dict[int, dict[str, Any]] = {}
     dtype = getattr(torch, _DTYPES.get(precision, "bfloat16"))
     for layers in counts:
         args = (config, layers, attn, dtype, method, lora_rank, lora_targets, lora_dropout)
@@ -261,7 +268,7 @@ def probe(config: Mapping, *, seq_len: int, micro_batch: int, method: str = "ful
         extrapolated_from_layers=counts if counts[1] != n else None, notes=tuple(dict.fromkeys(notes)))
 
 
-def probe_plan(plan, strategy=None, progress: Progress | None = None) -> ProbeResult:
+def probe_plan(plan: Plan, strategy: Strategy | None = None, progress: Progress | None = None) -> ProbeResult:
     """Probe the model and training settings of a memfit Plan ('auto' choices: full, no
     checkpointing, micro-batch 1, unless a Strategy pins them).
 
@@ -279,7 +286,7 @@ def probe_plan(plan, strategy=None, progress: Progress | None = None) -> ProbeRe
 
     t = plan.training
 
-    def pick(name: str, auto):
+    def pick(name: str, auto: Any) -> Any:
         value = getattr(strategy, name) if strategy is not None else getattr(t, name)
         return auto if value == "auto" else value
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict
 from ..memory.activations import stored_layer_bytes
 from ..model.spec import plan_model
 from ..plan.schema import Plan
-from .probe import probe_plan
+from .probe import Progress, probe_plan
 
 
 class ProbeReport(BaseModel):
@@ -26,7 +26,7 @@ class ProbeReport(BaseModel):
     result: Any  # engine.probe.ProbeResult
 
 
-def probe_report(plan: Plan, progress=None) -> ProbeReport:
+def probe_report(plan: Plan, progress: Progress | None = None) -> ProbeReport:
     """Trace the plan's step (`probe_plan`) and compute the formula memfit uses for the same layer.
 
     'auto' choices are traced as probe_plan traces them: full fine-tuning, no checkpointing,

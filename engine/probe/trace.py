@@ -4,7 +4,28 @@ cpu fake-tensor trace store what a CUDA run stores. torch is imported inside fun
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from contextlib import AbstractContextManager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Protocol
+
+if TYPE_CHECKING:
+    import torch
+
+
+class StorageTracker(Protocol):
+    """What the probe reads of a `Tracker` (its class is built at run time, so this names its shape)."""
+
+    live: dict[int, int]
+    current: int
+    phase: str
+    act_peaks: dict[str, int]
+    peaks: dict[str, tuple[int, dict[int, int]]]
+
+    def mark(self, tensors: Iterable[Optional[torch.Tensor]]) -> None: ...
+    def serials(self, tensors: Iterable[Optional[torch.Tensor]]) -> set[int]: ...
+    def __enter__(self) -> object: ...
+    def __exit__(self, kind: Optional[type[BaseException]], value: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> object: ...
 
 
 class Tracker:
@@ -15,7 +36,8 @@ class Tracker:
         from torch.utils._pytree import tree_flatten
         import torch
 
-        class Tracker(TorchDispatchMode):
+        # torch is not analysed (follow_imports = skip): TorchDispatchMode reads as Any.
+        class Tracker(TorchDispatchMode):  # type: ignore[misc]
             def __init__(self) -> None:
                 super().__init__()
                 self.ids: dict[int, int] = {}    # storage address -> serial, while live
@@ -47,13 +69,13 @@ class Tracker:
                 if other > self.act_peaks.get(self.phase, -1):
                     self.act_peaks[self.phase] = other
 
-            def mark(self, tensors) -> None:
+            def mark(self, tensors: Iterable[Optional[torch.Tensor]]) -> None:
                 """Count these storages as model states (not activations) from now on."""
                 for k in self.serials(tensors) - self.marked:
                     self.marked.add(k)
                     self.marked_bytes += self.live[k]
 
-            def serials(self, tensors) -> set[int]:
+            def serials(self, tensors: Iterable[Optional[torch.Tensor]]) -> set[int]:
                 keys = {t.untyped_storage()._cdata for t in tensors if t is not None}
                 return {self.ids[k] for k in keys if k in self.ids}
 
@@ -64,7 +86,8 @@ class Tracker:
                     self.marked_bytes -= self.live.get(serial, 0)
                 self.current -= self.live.pop(serial, 0)
 
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            def __torch_dispatch__(self, func: Callable[..., Any], types: tuple[type, ...], args: tuple[Any, ...] = (),
+                                   kwargs: Optional[dict[str, Any]] = None) -> Any:
                 out = func(*args, **(kwargs or {}))
                 for t in tree_flatten(out)[0]:
                     self.track(t)
@@ -73,7 +96,7 @@ class Tracker:
         return Tracker()
 
 
-def unpacked_sequences():
+def unpacked_sequences() -> AbstractContextManager[object]:
     """Tell transformers' mask code each row is one sequence, as the GPU run sees it.
 
     transformers looks for packed sequences in position_ids; on fake tensors it cannot read them,
@@ -92,7 +115,7 @@ def unpacked_sequences():
     return mock.patch.object(masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
 
 
-def cuda_like_dropout():
+def cuda_like_dropout() -> AbstractContextManager[object]:
     """Route dropout to torch.native_dropout, as CUDA does.
 
     On the cpu device F.dropout multiplies by a noise tensor of the input's dtype and saves it
@@ -101,7 +124,7 @@ def cuda_like_dropout():
     from unittest import mock
     import torch
 
-    def dropout(x, p=0.5, training=True, inplace=False):
+    def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> torch.Tensor:
         if not training or p == 0.0:
             return x
         return torch.native_dropout(x, p, True)[0]
@@ -109,7 +132,7 @@ def cuda_like_dropout():
     return mock.patch.object(torch.nn.functional, "dropout", dropout)
 
 
-def enable_checkpointing(model) -> None:
+def enable_checkpointing(model: torch.nn.Module) -> None:
     """Non-reentrant checkpointing of every decoder layer (transformers 5 renamed the method)."""
     kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):

@@ -9,12 +9,15 @@ offload; a host-use cap) on top of the rule base under review. hypothesis is imp
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..policy.parse import from_dict
 from ..policy.rules import Rule
 
 ADDED_RULE_FILE = "<drawn by advise review>"
+
+if TYPE_CHECKING:
+    from hypothesis.strategies import SearchStrategy
 
 
 def added_rule(kind: str, threshold: float = 0.0) -> Rule:
@@ -32,12 +35,12 @@ def added_rule(kind: str, threshold: float = 0.0) -> Rule:
                 tests=(), priority=0, file=ADDED_RULE_FILE, topic="review-added")
 
 
-def added_reject_rules():
+def added_reject_rules() -> SearchStrategy[dict[str, Any]]:
     """A hypothesis strategy of one drawn rule as plain data, {"kind", "threshold"} (see added_rule), so
     that a counterexample stays JSON."""
     from hypothesis import strategies as st
 
-    def drawn(kind: str, thresholds) -> st.SearchStrategy:
+    def drawn(kind: str, thresholds: SearchStrategy[float]) -> SearchStrategy[dict[str, Any]]:
         return st.fixed_dictionaries({"kind": st.just(kind), "threshold": thresholds})
 
     return st.one_of(drawn("gpu-cap", st.sampled_from((0.7, 0.5, 0.3)) | st.floats(0.05, 0.95)),

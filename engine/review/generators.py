@@ -30,7 +30,7 @@ SEQ_LEN = (256, 16384)
 
 
 @st.composite
-def plan_dicts(draw, models: Sequence[Any] | None = None, pin_micro_batch: bool = False) -> dict:
+def plan_dicts(draw: st.DrawFn, models: Sequence[Any] | None = None, pin_micro_batch: bool = False) -> dict[str, Any]:
     """A valid plan mapping over the hardware, training and policy space the review explores.
 
     Choices are weighted towards plans where something fits (hypothesis favours the first and the
@@ -42,7 +42,7 @@ def plan_dicts(draw, models: Sequence[Any] | None = None, pin_micro_batch: bool 
         pin_micro_batch: always pin training.micro_batch_size (monotonicity compares strategies by shape).
     """
     model = draw(st.sampled_from(list(models or (*MODEL_LADDER, *OTHER_MODELS, INLINE_MODEL))))
-    hardware = {"gpu_memory": draw(st.sampled_from((80, 24, 40, 48, 96, 141)) | st.integers(*GPU_GIB)),
+    hardware: dict[str, Any] = {"gpu_memory": draw(st.sampled_from((80, 24, 40, 48, 96, 141)) | st.integers(*GPU_GIB)),
                 "gpus_per_node": draw(st.sampled_from((1, 2, 4, 8))), "nodes": draw(st.integers(1, 4)),
                 "host_memory": draw(st.sampled_from((512, 128, 256, 1024)) | st.integers(*HOST_GIB)),
                 "nvme": draw(st.sampled_from((0, 0, 1000, 4000)))}
@@ -91,9 +91,9 @@ def measured_overrides() -> st.SearchStrategy:
         "measured_ratio": st.sampled_from((0.0, 0.9, 1.12, 1.4)), "fragmentation_seen": st.booleans()})
 
 
-def rule_thresholds(rules: Sequence[Rule]) -> dict[str, list]:
+def rule_thresholds(rules: Sequence[Rule]) -> dict[str, list[object]]:
     """Every literal each fact is compared with in the rule base, by fact name."""
-    found: dict[str, list] = {}
+    found: dict[str, list[object]] = {}
     for r in rules:
         for name, value in literals(r.when):
             found.setdefault(name, []).append(value)
@@ -134,7 +134,7 @@ def fact_sets(rules: Sequence[Rule], drop_some: bool = True, plain_floats: bool 
     pairs = _fact_pairs(rules)
 
     @st.composite
-    def build(draw) -> dict:
+    def build(draw: st.DrawFn) -> dict[str, Any]:
         out = {}
         for name, strategy in values.items():
             if drop_some and draw(st.integers(0, 9)) == 0:
@@ -160,7 +160,7 @@ __all__ = ["plan_dicts", "measured_overrides", "fact_sets", "rule_thresholds", "
 # Written-out plans the review judges besides the generated ones, so that every rule over a plan key
 # the generator does not draw (issue 17: quantised checkpoints, data formats, paged optimizers) is
 # seen firing and mattering; the generated sample (and the plans a seed gives) stays as it was.
-COVERAGE_PLANS: tuple[dict, ...] = (
+COVERAGE_PLANS: tuple[dict[str, Any], ...] = (
     # full fine-tuning of a GPTQ checkpoint: quantised-base-no-full-finetune is the only reject
     {"model": {**INLINE_MODEL, "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128}},
      "hardware": {"gpu_memory": 80, "host_memory": 512}, "training": {"method": "full", "seq_len": 1024}},

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from ..core.errors import MemfitError
 from ..policy.oracle import holds, make_evaluator
@@ -20,8 +20,15 @@ from ..policy.rules import Rule, builtin_rule_files
 from ..policy.verdicts import verdict
 from ..search.feasibility import Feasibility
 from ..search.sweep import sweep
-from .core import Judged, PropertyResult, Violation, ReviewContext, property_result, judge, signature
+from .core import (Check, Judged, PlanDict, Problem, PropertyResult, Violation, ReviewContext, property_result, judge,
+                   signature)
 from .search_properties import search_property_checks
+
+if TYPE_CHECKING:
+    from hypothesis.strategies import DrawFn, SearchStrategy
+
+    from ..memory.estimate import MemoryEstimate
+    from ..plan.schema import Plan
 
 # Examples of the targeted search for a rule that did not fire (or never mattered) in the properties.
 # 150 stopped being enough once the error band came from held-out runs: its wider top also rejects most
@@ -32,7 +39,7 @@ TARGETED_EXAMPLES = 400
 
 # --- properties over generated plans -------------------------------------------------------------
 
-def _within_budget(plan, est) -> bool:
+def _within_budget(plan: Plan, est: MemoryEstimate) -> bool:
     """The review's own budget check, independent of the headroom rules: peak within capacity minus
     the policy headroom on GPU and host, and NVMe within space (generated plans carry no logs, so no
     calibration applies)."""
@@ -41,7 +48,7 @@ def _within_budget(plan, est) -> bool:
             and est.host_peak_gib <= est.host_capacity_gib * (1 - p.host_headroom) and est.nvme_fits)
 
 
-def _feasible_within_budget(ctx: ReviewContext, plan_dict: dict) -> list:
+def _feasible_within_budget(ctx: ReviewContext, plan_dict: PlanDict) -> list[Problem]:
     plan, judged = ctx.judge(plan_dict)
     return [(f"{j.key} is ranked feasible but over budget: GPU {j.facts['gpu_peak_gib']:.1f} of "
              f"{j.facts['gpu_budget_gib']:.1f} GiB, host {j.facts['host_peak_gib']:.0f} of "
@@ -58,7 +65,7 @@ def _rejecters(j: Judged) -> list[str]:
     return [f.rule for f in j.verdict.firings if f.effect == "reject"]
 
 
-def _monotone(ctx: ReviewContext, pair: dict, what: str) -> list:
+def _monotone(ctx: ReviewContext, pair: dict[str, PlanDict], what: str) -> list[Problem]:
     """Feasible keys of pair['larger'] must include (hardware) / be within (workload) pair['smaller']'s."""
     small = {j.key: j for j in ctx.judge(pair["smaller"])[1]}
     large = {j.key: j for j in ctx.judge(pair["larger"])[1]}
@@ -72,7 +79,7 @@ def _monotone(ctx: ReviewContext, pair: dict, what: str) -> list:
     return [(f"{side} {len(lost)} strategy shape(s), e.g. {lost[0]}; rejected by {', '.join(blame)}", blame)]
 
 
-def _order_independent(ctx: ReviewContext, ex: dict) -> list:
+def _order_independent(ctx: ReviewContext, ex: dict[str, Any]) -> list[Problem]:
     ref = ctx.judge(ex["plan"])[1]
     rules = list(ctx.rules)
     random.Random(ex["shuffle"]).shuffle(rules)
@@ -84,7 +91,7 @@ def _order_independent(ctx: ReviewContext, ex: dict) -> list:
     return _diff("shuffled rule order", signature(ref), signature(shuffled))
 
 
-def _diff(what: str, a: list, b: list, fired_at: int = 3) -> list:
+def _diff(what: str, a: Sequence[tuple[Any, ...]], b: Sequence[tuple[Any, ...]], fired_at: int = 3) -> list[Problem]:
     """The first rank where two outputs differ; the rules fired on one side only are named."""
     if a == b:
         return []
@@ -94,7 +101,7 @@ def _diff(what: str, a: list, b: list, fired_at: int = 3) -> list:
     return [(f"{what} changes the output at rank {i + 1}: {x} vs {y}", rules)]
 
 
-def _backend_independent(ctx: ReviewContext, plan_dict: dict) -> list:
+def _backend_independent(ctx: ReviewContext, plan_dict: PlanDict) -> list[Problem]:
     """durable-rules vs the oracle: firing on the same candidates, and sizing the sweep (the
     micro-batches each backend's reject rules choose)."""
     plan, model, candidates = ctx.sweep(plan_dict)
@@ -113,7 +120,7 @@ def _backend_independent(ctx: ReviewContext, plan_dict: dict) -> list:
             + _diff("micro-batch sizing under durable-rules vs the oracle", sized["durable"], sized["python"], 1))
 
 
-def _reuse_independent(ctx: ReviewContext, ex: dict) -> list:
+def _reuse_independent(ctx: ReviewContext, ex: dict[str, Any]) -> list[Problem]:
     reused = make_evaluator(ctx.rules, ctx.backend)
     fresh = make_evaluator(ctx.rules, ctx.backend)
     try:
@@ -126,10 +133,10 @@ def _reuse_independent(ctx: ReviewContext, ex: dict) -> list:
     return _diff("an evaluator reused from another plan", signature(a), signature(b))
 
 
-def _explained(ctx: ReviewContext, ex: dict) -> list:
+def _explained(ctx: ReviewContext, ex: dict[str, Any]) -> list[Problem]:
     _, judged = ctx.judge(ex["plan"], ex["measured"])
     by_id = {r.id: r for r in ctx.rules}
-    problems = []
+    problems: list[Problem] = []
     for j in judged:
         oracle = {r.id for r in ctx.rules if holds(r.when, j.facts)}
         if set(j.fired) != oracle:
@@ -146,19 +153,19 @@ def _explained(ctx: ReviewContext, ex: dict) -> list:
     return problems
 
 
-def _declared_precedence(ctx: ReviewContext, ex: dict) -> list:
+def _declared_precedence(ctx: ReviewContext, ex: dict[str, Any]) -> list[Problem]:
     _, judged = ctx.judge(ex["plan"], ex["measured"])
     return [(f"{j.key}: {c}", [f.rule for f in j.verdict.firings if f.rule in c])
             for j in judged for c in j.verdict.conflicts]
 
 
-def property_checks(ctx: ReviewContext) -> list[tuple[str, Any, Callable]]:
+def property_checks(ctx: ReviewContext) -> list[tuple[str, SearchStrategy[Any], Check]]:
     from hypothesis import strategies as st
 
     from .generators import MODEL_LADDER, SEQ_LEN, measured_overrides, plan_dicts
 
     with_measured = st.fixed_dictionaries({"plan": plan_dicts(), "measured": st.none() | measured_overrides()})
-    props = [
+    props: list[tuple[str, SearchStrategy[Any], Check]] = [
         ("feasible-within-budget", plan_dicts(), lambda d: _feasible_within_budget(ctx, d)),
         ("more-hardware-keeps-feasible", _more_hardware(), lambda p: _monotone(ctx, p, "hardware")),
         ("bigger-workload-keeps-infeasible", _bigger_workload(MODEL_LADDER, SEQ_LEN),
@@ -178,13 +185,13 @@ def property_checks(ctx: ReviewContext) -> list[tuple[str, Any, Callable]]:
     return props
 
 
-def _more_hardware():
+def _more_hardware() -> SearchStrategy[dict[str, PlanDict]]:
     from hypothesis import strategies as st
 
     from .generators import plan_dicts
 
     @st.composite
-    def pairs(draw):
+    def pairs(draw: DrawFn) -> dict[str, PlanDict]:
         small = draw(plan_dicts(pin_micro_batch=True))
         hw = dict(small["hardware"])
         hw["gpu_memory"] += draw(st.sampled_from((40, 0, 16, 64)) | st.integers(0, 64))
@@ -197,13 +204,13 @@ def _more_hardware():
     return pairs()
 
 
-def _bigger_workload(ladder: Sequence[str], seq_range: tuple[int, int]):
+def _bigger_workload(ladder: Sequence[str], seq_range: tuple[int, int]) -> SearchStrategy[dict[str, PlanDict]]:
     from hypothesis import strategies as st
 
     from .generators import plan_dicts
 
     @st.composite
-    def pairs(draw):
+    def pairs(draw: DrawFn) -> dict[str, PlanDict]:
         small = draw(plan_dicts(models=ladder, pin_micro_batch=True))
         i = ladder.index(small["model"])
         training = dict(small["training"])
@@ -215,7 +222,7 @@ def _bigger_workload(ladder: Sequence[str], seq_range: tuple[int, int]):
 
 # --- aggregates over every fact set the properties judged ----------------------------------------
 
-def _effects(fired: Iterable[str], by_id: Mapping[str, Rule]) -> tuple:
+def _effects(fired: Iterable[str], by_id: Mapping[str, Rule]) -> tuple[bool, float, tuple[tuple[str, Any], ...], tuple[str, ...]]:
     v = verdict(list(fired), by_id, {})
     return v.rejected, v.score, tuple(sorted(v.settings.items())), tuple(sorted(f.advice for f in v.firings if f.advice))
 
@@ -229,7 +236,7 @@ def _find(ctx: ReviewContext, wanted: Callable[[Judged], bool], closeness: Calla
 
     from .generators import measured_overrides, plan_dicts
 
-    def hit(ex: dict) -> bool:
+    def hit(ex: dict[str, Any]) -> bool:
         try:
             judged = ctx.judge(ex["plan"], ex["measured"])[1]
         except MemfitError:

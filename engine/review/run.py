@@ -26,17 +26,20 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 from pydantic import BaseModel
 
 from ..core.errors import MemfitError
 from ..policy.oracle import PythonEvaluator, make_evaluator
-from .core import (SHRINK_BUDGET_S, ExampleCounts, Judged, PropertyResult, Violation, ReviewContext,
+from .core import (SHRINK_BUDGET_S, Check, ExampleCounts, Judged, PropertyResult, Violation, ReviewContext,
                           property_result, search_examples, judge, signature)
 from .properties import TARGETED_EXAMPLES, every_rule_fires, no_dead_rules, property_checks
 from ..policy.rules import Rule, load_rules
+
+if TYPE_CHECKING:
+    from hypothesis.strategies import SearchStrategy
 
 __all__ = ["review", "ReviewReport", "differential", "judge", "signature", "Judged", "Mismatch", "Violation",
            "PropertyResult", "ExampleCounts", "DEFAULT_MAX_EXAMPLES", "SHRINK_BUDGET_S", "TARGETED_EXAMPLES"]
@@ -54,7 +57,7 @@ class ReviewReport(BaseModel):
     properties: list[PropertyResult]
     violations: list[Violation]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready mapping (for `advise review --json`)."""
         return self.model_dump(mode="json")
 
@@ -131,7 +134,7 @@ def _write_counterexample(out: Path, name: str, example: Any, message: str) -> l
     return files
 
 
-def _run_property(ctx: ReviewContext, name: str, strategy, check, out: Path) -> PropertyResult:
+def _run_property(ctx: ReviewContext, name: str, strategy: SearchStrategy[Any], check: Check, out: Path) -> PropertyResult:
     t0 = time.monotonic()
     n, example, problems = search_examples(ctx, strategy, check)
     files = _write_counterexample(out, name, example, problems[0][0]) if problems else []

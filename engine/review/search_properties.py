@@ -12,7 +12,7 @@ All three judge with the Python oracle: the backend-independent property compare
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ..advice.outlook import outlooks
 from ..policy.oracle import PythonEvaluator
@@ -20,14 +20,21 @@ from ..search.feasibility import Feasibility
 from ..search.judge import judge
 from ..search.sweep import sweep
 from .added_rules import added_rule
-from .core import ReviewContext
+from .core import Check, Judged, Problem, ReviewContext
+
+if TYPE_CHECKING:
+    from hypothesis.strategies import SearchStrategy
+
+    from ..model.spec import ModelSpec
+    from ..plan.schema import Plan
+    from ..policy.rules import Rule
 
 
-def _rules(ctx: ReviewContext, ex: dict) -> list:
+def _rules(ctx: ReviewContext, ex: dict[str, Any]) -> list[Rule]:
     return [*ctx.rules, added_rule(**ex["added"])]
 
 
-def _judged(plan, model, rules, feasibility: Feasibility | None = None):
+def _judged(plan: Plan, model: ModelSpec, rules: Sequence[Rule], feasibility: Feasibility | None = None) -> list[Judged]:
     own = feasibility is None
     feasibility = feasibility or Feasibility(rules, "python")
     try:
@@ -37,7 +44,7 @@ def _judged(plan, model, rules, feasibility: Feasibility | None = None):
             feasibility.close()
 
 
-def added_reject_keeps_a_fit(ctx: ReviewContext, ex: dict) -> list:
+def added_reject_keeps_a_fit(ctx: ReviewContext, ex: dict[str, Any]) -> list[Problem]:
     plan_dict = {**ex["plan"], "training": {**ex["plan"]["training"], "micro_batch_size": "auto"}}
     plan, model, _ = ctx.sweep(plan_dict)
     rules = _rules(ctx, ex)
@@ -51,7 +58,7 @@ def added_reject_keeps_a_fit(ctx: ReviewContext, ex: dict) -> list:
              f"passes every rule ({len(passing)} candidate(s) at micro-batch 1)", [rules[-1].id])]
 
 
-def proposals_pass_the_rules(ctx: ReviewContext, ex: dict) -> list:
+def proposals_pass_the_rules(ctx: ReviewContext, ex: dict[str, Any]) -> list[Problem]:
     plan, model, _ = ctx.sweep(ex["plan"])
     rules = _rules(ctx, ex)
     problems: list[tuple[str, list[str]]] = []
@@ -77,12 +84,12 @@ def _without_memory_use(facts: Mapping[str, Any]) -> dict[str, Any]:
             "nvme_needed_gib": 0.0, "activation_share": 0.0, "measured_oom": False, "measured_oom_source": ""}
 
 
-def memory_blame_honest(ctx: ReviewContext, ex: dict) -> list:
+def memory_blame_honest(ctx: ReviewContext, ex: dict[str, Any]) -> list[Problem]:
     plan, model, _ = ctx.sweep(ex["plan"])
     rules = _rules(ctx, ex)
     with Feasibility(rules, "python") as feasibility:
         looks = outlooks(plan, model, _judged(plan, model, rules, feasibility), rules, feasibility)
-    problems = []
+    problems: list[Problem] = []
     for look in looks:
         if "not for lack of memory" not in look.text:
             continue
@@ -95,7 +102,7 @@ def memory_blame_honest(ctx: ReviewContext, ex: dict) -> list:
     return problems
 
 
-def search_property_checks(ctx: ReviewContext) -> list[tuple[str, Any, Callable]]:
+def search_property_checks(ctx: ReviewContext) -> list[tuple[str, SearchStrategy[Any], Check]]:
     """(name, hypothesis strategy, check) for the three properties."""
     from hypothesis import strategies as st
 
