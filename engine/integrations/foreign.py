@@ -135,11 +135,11 @@ def _refusal(kind: str, read: ForeignRead, plan: Plan) -> Callable[[Strategy], s
     return lambda s: axolotl.refusal(read.data, s, world)
 
 
-def write_back(read: ForeignRead, plan: Plan, advice: Advice, out_dir: str | Path) -> WriteBack | None:
+def write_back(read: ForeignRead, plan: Plan, advice: Advice, out_dir: str | Path) -> WriteBack:
     """The user's config with memfit's best plan the tool accepts, its DeepSpeed JSON and launch.sh.
 
     Returns:
-        The files; none (and launch None) when nothing fits or the tool refuses every plan that fits.
+        The files; none of them (and launch None) when nothing fits or the tool refuses every plan that fits.
     Raises:
         ValueError: memfit wrote a key the tool's version does not have (a memfit bug).
     """
