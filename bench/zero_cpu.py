@@ -196,10 +196,18 @@ def _step_tracker(model, sample=None):
             self.live_max = 0
             self.keys: set[int] = set()
             self.sampled: dict[str, int] = {}
+            # Bytes of tensors first allocated after backward and before the inner optimizer's step
+            # (phase "optimizer step"; the run sets "inner step" when the inner step starts), live
+            # at once: ZeRO-1/2's step transients (the grad norm's fp64 copies, one gradient at a
+            # time; then the flat 16-bit gradient copy with its fp32 conversion).
+            self.step_new = 0
+            self.step_new_max = 0
 
-        def _free(self, key, n):
+        def _free(self, key, n, in_step=False):
             self.keys.discard(key)
             self.live -= n
+            if in_step:
+                self.step_new -= n
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
@@ -209,7 +217,11 @@ def _step_tracker(model, sample=None):
                     if st._cdata not in self.keys:
                         self.keys.add(st._cdata)
                         self.live += st.nbytes()
-                        weakref.finalize(st, self._free, st._cdata, st.nbytes())
+                        in_step = self.phase == "optimizer step"
+                        if in_step:
+                            self.step_new += st.nbytes()
+                            self.step_new_max = max(self.step_new_max, self.step_new)
+                        weakref.finalize(st, self._free, st._cdata, st.nbytes(), in_step)
             gathered = sum(p.numel() * p.element_size() for p in params if p.data.numel() > 1)
             self.gathered_max = max(self.gathered_max, gathered)
             if gathered > self.gathered_by_phase.get(self.phase, -1):
@@ -221,6 +233,20 @@ def _step_tracker(model, sample=None):
             return out
 
     return StepTracker()
+
+
+def _mark_inner_step(opt, tracker) -> None:
+    """Switch the tracker's phase to "inner step" when DeepSpeed calls its inner optimizer's step, so
+    that the step's own transients before it (stage_1_and_2.py step: flatten, `.to(fp32)`) are
+    measured apart from the torch AdamW temporaries of this bench's "torch_adam" (single-tensor on CPU)."""
+    inner = opt.optimizer
+    previous = inner.step
+
+    def step(*args, **kwargs):
+        tracker.phase = "inner step"
+        return previous(*args, **kwargs)
+
+    inner.step = step
 
 
 def _rank_main(rank: int, world: int, port: int, model: dict, cfg: dict, out_q) -> None:
@@ -261,9 +287,12 @@ def _rank_main(rank: int, world: int, port: int, model: dict, cfg: dict, out_q) 
         if step == STEPS - 1:
             buffers = _buffers_z3(opt, net) if stage == 3 else _buffers_z12(opt)
             tracker.phase = "optimizer step"
+            _mark_inner_step(opt, tracker)
         engine.step()
         losses.append(float(loss.detach().float()))
     tracker.__exit__(None, None, None)
+    if stage in (1, 2) and "fp32_grad_flat" in buffers and not buffers["fp32_grad_flat"]:
+        buffers["step_transient"] = tracker.step_new_max  # DeepSpeedZeroOptimizer's step (not BF16_Optimizer)
     result = {"rank": rank, "losses": losses, "buffers": dict(buffers, **fp32, **scatter, **tracker.sampled), "gathered_max": tracker.gathered_max,
               "gathered_by_phase": tracker.gathered_by_phase,
               "step_live_max": tracker.live_max,
@@ -336,6 +365,9 @@ def memfit_terms(model: dict, world: int, fields: dict, zero: dict, data_types: 
         out["offload_staging_gpu"] = zt.offload_staging_gpu
         out["grad_partition"] = zt.grad_partition
         out["fp32_grad_flat"] = zt.fp32_grad if zt.fp32_grad_persistent else 0.0
+        # The step's transient: its flat 16-bit copy and fp32 conversion alive together, or the norm's
+        # fp64 copy of the largest gradient in the partition if larger (memory/zero.py _stage12).
+        out["step_transient"] = zt.fp32_grad + zt.step_extra
         if zt.fp32_grad_persistent:  # BF16_Optimizer steps a view of its flat (the rank's partition)
             out["fp32_grad"] = n / world * 4
     return out
