@@ -291,8 +291,8 @@ def _rank_main(rank: int, world: int, port: int, model: dict, cfg: dict, out_q) 
         engine.step()
         losses.append(float(loss.detach().float()))
     tracker.__exit__(None, None, None)
-    if stage in (1, 2) and "fp32_grad_flat" in buffers and not buffers["fp32_grad_flat"]:
-        buffers["step_transient"] = tracker.step_new_max  # DeepSpeedZeroOptimizer's step (not BF16_Optimizer)
+    if stage == 3 or not buffers.get("fp32_grad_flat"):
+        buffers["step_transient"] = tracker.step_new_max  # not BF16_Optimizer's step (no flatten there)
     result = {"rank": rank, "losses": losses, "buffers": dict(buffers, **fp32, **scatter, **tracker.sampled), "gathered_max": tracker.gathered_max,
               "gathered_by_phase": tracker.gathered_by_phase,
               "step_live_max": tracker.live_max,
@@ -357,6 +357,7 @@ def memfit_terms(model: dict, world: int, fields: dict, zero: dict, data_types: 
            "optimizer_moments": n / world * 8, "reduce_buckets": zt.reduce_buckets,
            "gathered_params": zt.gathered_params}
     if z == 3:
+        out["step_transient"] = zt.fp32_grad + zt.step_extra  # one sub-group here (memory/zero.py _stage3)
         out["weights_partition"] = n / world * 2
         out["persistent_params"] = zt.persistent_params
         out["reduce_scatter_copy"] = zt.reduce_scatter_copy

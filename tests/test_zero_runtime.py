@@ -55,7 +55,11 @@ def test_zero3_gathers_up_to_the_reuse_distance():
     # persistent norm weights (2 per layer + the final norm, h = 4096 < 10*h each: parameter_offload.py
     # mark_persistent_parameters).
     persistent = (2 * 32 + 1) * 4096 * 2
-    assert e.gpu.zero_buffers_gib == pytest.approx((gathered + L * 2 + 2 * H2 * 2 + persistent) / GIB)
+    # The peak is the step, which also holds the flat bf16 copy of the sub-group's gradients that
+    # _prepare_fp32_grad_for_sub_group converts to fp32 (P/N = 842M < sub_group_size 1e9).
+    assert e.gpu_peak_phase == "optimizer step"
+    flat = 2 * N / 8
+    assert e.gpu.zero_buffers_gib == pytest.approx((gathered + L * 2 + 2 * H2 * 2 + persistent + flat) / GIB)
     # The default 1e9 window holds more than one 4*L: the "ZeRO-3 buffers too small".
     default = estimate_memory(plan(), LLAMA7, full(3))
     assert default.gpu.zero_buffers_gib > e.gpu.zero_buffers_gib
@@ -107,6 +111,11 @@ def test_zero12_step_holds_a_flat_16bit_gradient_copy_or_the_norms_fp64_copy():
     wide = zero_terms(LLAMA7, full(2), 64, N, 2 * N, 2.0)
     assert wide.fp32_grad == pytest.approx(4 * part)
     assert wide.step_extra == pytest.approx(8 * min(L, part) - 4 * part)
+    # ZeRO-3 (_prepare_fp32_grad_for_sub_group: self.flatten(...).to(fp32)): the flat copy of one
+    # sub-group; the norm copies one parameter's partition, 8 B x L/N, below 6 B x P/N here.
+    z3 = zero_terms(LLAMA7, full(3, zero_knobs=ZeroKnobs(sub_group_size=100_000_000)), 8, N, 2 * N, 2.0)
+    assert z3.fp32_grad == pytest.approx(4 * 100_000_000)
+    assert z3.step_extra == pytest.approx(max(2 * 100_000_000, 8 * L / 8 - 4 * 100_000_000))
     # Under optimizer offload neither copy is on the GPU.
     off = estimate_memory(plan(), LLAMA7, full(2, offload_optimizer="cpu"))
     assert off.gpu.zero_buffers_gib == pytest.approx((2 * H2 * 2 + L * 2) / GIB)

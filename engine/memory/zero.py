@@ -209,5 +209,13 @@ def _stage3(facts: ModelSpec, strategy: Strategy, k: dict[str, Any], sizes: tupl
     # each sub-group keeps its own pinned host buffer instead (the host model's 4 B of fp32 gradients).
     # Without fp32 master weights (pure 16-bit training) the partition itself serves.
     fp32 = 0.0 if (opt_off or not mixed) else min(part, k["sub_group_size"]) * 4.0
+    # As in ZeRO-1/2, that fp32 gradient is converted from a new flat copy of the sub-group's 16-bit
+    # gradient views (_prepare_fp32_grad_for_sub_group: self.flatten(self.averaged_gradients[i]).to(..),
+    # a temporary freed at the end of the statement, while grad_partitions_flat_buffer is held). The
+    # norm before it (get_grad_norm_direct: .to(get_norm_dtype()), fp64) copies one parameter's
+    # partition at a time, 8 B x L/N, counted when larger. Under optimizer offload: on the host.
+    flat_copy = 0.0 if opt_off else min(part, k["sub_group_size"]) * (4.0 if k.get("grad_accum_fp32") else w16)
+    norm_copy = 0.0 if opt_off else facts.largest_layer_params * (part / max(n_train, 1)) * 8.0  # L/N
+    extra = max(flat_copy, norm_copy - fp32) if strategy.method == "full" else flat_copy
     return ZeroTerms(gathered, persistent, scatter_copy, gathered_grad, buckets, 0.0, 0.0 if opt_off else grad16,
-                     fp32, False, grad16 if opt_off else 0.0, 0.0)
+                     fp32, False, grad16 if opt_off else 0.0, 0.0, extra)
