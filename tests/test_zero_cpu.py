@@ -48,6 +48,13 @@ def test_memfit_terms_match_deepspeeds_buffers(run):
             # module in use; never below what DeepSpeed gathered, at most the window above it.
             assert got <= want <= got + 1_000_000 * 2, f"{run}: {term}"
             continue
+        if term == "grad_partition" and run == "z2-w2":
+            # grads_in_partition is sized from the whole parameters that fall in the rank's
+            # partition (copy_grads_in_partition sums their numel), so a parameter straddling the
+            # rank boundary counts in full: +1.3 % here (65,408 bf16 elements over 4.89M; docs/accuracy.md
+            # "padded to whole parameters"), memfit's P/N below.
+            assert want <= got <= want * 1.02, f"{run}: {term}"
+            continue
         if term == "reduce_scatter_copy":
             # An upper bound by mechanism: memfit counts a full bucket; stage3.py reduces a bucket
             # when the next gradient would overflow it, so DeepSpeed's copy is short of the bucket by
