@@ -67,6 +67,12 @@ RUNS = {
     "z1-fp32accum-w2": (2, {"zero_stage": 1}, {"data_types": {"grad_accum_dtype": "fp32"}}),
     "z3-dsdefaults-w2": (2, {"zero_stage": 3}, {"reduce_bucket_size": 500_000_000,
                                                 "stage3_param_persistence_threshold": 100_000}),
+    # torch AdamW's foreach path as the inner optimizer (what the HF Trainer hands DeepSpeed when the
+    # config has no "optimizer" block, e.g. LLaMA-Factory's examples/deepspeed/*.json; on CUDA torch
+    # picks foreach by default, on CPU it must be asked for): its _foreach_sqrt copy of the second
+    # moments is measured as inner_step_transient.
+    "z2-foreach-w1": (1, {"zero_stage": 2}, {"foreach": True}),
+    "z3-foreach-w1": (1, {"zero_stage": 3}, {"foreach": True}),
 }
 SEQ, MICRO, STEPS = 64, 2, 3
 
@@ -90,7 +96,9 @@ def ds_config_for(model: dict, world: int, fields: dict, overrides: dict) -> dic
     cfg = deepspeed_config(strategy, plan, resolve_model(plan.model))
     if fields.get("offload_optimizer", "none") == "none":
         cfg["optimizer"]["params"]["torch_adam"] = True  # fused_adam needs a JIT build; same states
-    cfg["zero_optimization"].update({k: v for k, v in overrides.items() if k != "data_types"})
+    if "foreach" in overrides:
+        cfg["optimizer"]["params"]["foreach"] = overrides["foreach"]  # engine.py get_optimizer_configuration
+    cfg["zero_optimization"].update({k: v for k, v in overrides.items() if k not in ("data_types", "foreach")})
     if "data_types" in overrides:
         cfg["data_types"] = overrides["data_types"]
     return cfg
@@ -196,10 +204,23 @@ def _step_tracker(model, sample=None):
             self.live_max = 0
             self.keys: set[int] = set()
             self.sampled: dict[str, int] = {}
+            # Bytes of tensors first allocated after backward and before the inner optimizer's step
+            # (phase "optimizer step"; the run sets "inner step" when the inner step starts), live
+            # at once: ZeRO-1/2's step transients (the grad norm's fp64 copies, one gradient at a
+            # time; then the flat 16-bit gradient copy with its fp32 conversion).
+            self.step_new = 0
+            self.step_new_max = 0
+            self.inner_new = 0      # the same for tensors first allocated inside the inner step
+            self.inner_new_max = 0
+            self.live_by_phase: dict[str, int] = {}
 
-        def _free(self, key, n):
+        def _free(self, key, n, in_step=False, in_inner=False):
             self.keys.discard(key)
             self.live -= n
+            if in_step:
+                self.step_new -= n
+            if in_inner:
+                self.inner_new -= n
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
@@ -209,7 +230,16 @@ def _step_tracker(model, sample=None):
                     if st._cdata not in self.keys:
                         self.keys.add(st._cdata)
                         self.live += st.nbytes()
-                        weakref.finalize(st, self._free, st._cdata, st.nbytes())
+                        in_step = self.phase == "optimizer step"
+                        in_inner = self.phase == "inner step"
+                        if in_step:
+                            self.step_new += st.nbytes()
+                            self.step_new_max = max(self.step_new_max, self.step_new)
+                        if in_inner:
+                            self.inner_new += st.nbytes()
+                            self.inner_new_max = max(self.inner_new_max, self.inner_new)
+                        weakref.finalize(st, self._free, st._cdata, st.nbytes(), in_step, in_inner)
+            self.live_by_phase[self.phase] = max(self.live_by_phase.get(self.phase, 0), self.live)
             gathered = sum(p.numel() * p.element_size() for p in params if p.data.numel() > 1)
             self.gathered_max = max(self.gathered_max, gathered)
             if gathered > self.gathered_by_phase.get(self.phase, -1):
@@ -221,6 +251,20 @@ def _step_tracker(model, sample=None):
             return out
 
     return StepTracker()
+
+
+def _mark_inner_step(opt, tracker) -> None:
+    """Switch the tracker's phase to "inner step" when DeepSpeed calls its inner optimizer's step, so
+    that the step's own transients before it (stage_1_and_2.py step: flatten, `.to(fp32)`) are
+    measured apart from the torch AdamW temporaries of this bench's "torch_adam" (single-tensor on CPU)."""
+    inner = opt.optimizer
+    previous = inner.step
+
+    def step(*args, **kwargs):
+        tracker.phase = "inner step"
+        return previous(*args, **kwargs)
+
+    inner.step = step
 
 
 def _rank_main(rank: int, world: int, port: int, model: dict, cfg: dict, out_q) -> None:
@@ -261,11 +305,16 @@ def _rank_main(rank: int, world: int, port: int, model: dict, cfg: dict, out_q) 
         if step == STEPS - 1:
             buffers = _buffers_z3(opt, net) if stage == 3 else _buffers_z12(opt)
             tracker.phase = "optimizer step"
+            _mark_inner_step(opt, tracker)
         engine.step()
         losses.append(float(loss.detach().float()))
     tracker.__exit__(None, None, None)
+    if stage == 3 or not buffers.get("fp32_grad_flat"):
+        buffers["step_transient"] = tracker.step_new_max  # not BF16_Optimizer's step (no flatten there)
+    if cfg.get("optimizer", {}).get("params", {}).get("foreach"):
+        buffers["inner_step_transient"] = tracker.inner_new_max
     result = {"rank": rank, "losses": losses, "buffers": dict(buffers, **fp32, **scatter, **tracker.sampled), "gathered_max": tracker.gathered_max,
-              "gathered_by_phase": tracker.gathered_by_phase,
+              "gathered_by_phase": tracker.gathered_by_phase, "live_by_phase": tracker.live_by_phase,
               "step_live_max": tracker.live_max,
               "max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     out_q.put(result)
@@ -303,7 +352,7 @@ def run_case(name: str, model_name: str = "small") -> dict:
     measured = dict(r0["buffers"], gathered_params=r0["gathered_max"] if fields["zero_stage"] == 3 else 0)
     return {"name": name, "model": model_name, "world": world, "measured": measured,
             "memfit": memfit_terms(model, world, fields, cfg["zero_optimization"], cfg.get("data_types")),
-            "gathered_by_phase": r0["gathered_by_phase"], "losses": r0["losses"], "max_rss": r0["max_rss"], "step_live_max": r0["step_live_max"]}
+            "gathered_by_phase": r0["gathered_by_phase"], "live_by_phase": r0["live_by_phase"], "losses": r0["losses"], "max_rss": r0["max_rss"], "step_live_max": r0["step_live_max"]}
 
 
 def memfit_terms(model: dict, world: int, fields: dict, zero: dict, data_types: dict | None = None) -> dict:
@@ -323,11 +372,14 @@ def memfit_terms(model: dict, world: int, fields: dict, zero: dict, data_types: 
     zt = zero_terms(facts, s, world, n, n * sb.weights, sb.weights, bf16=True)
     z = fields["zero_stage"]
     off = fields.get("offload_optimizer", "none") != "none"
-    out = {"grad_partition": zt.grad_partition if not off else zt.host_grad16,
+    # memfit assumes DeepSpeed's own fused Adam under ZeRO (in place: no inner-step temporary).
+    out = {"inner_step_transient": 0.0,
+           "grad_partition": zt.grad_partition if not off else zt.host_grad16,
            "fp32_master": n / world * 4, "fp32_grad": (zt.fp32_grad if not off else n / world * 4),
            "optimizer_moments": n / world * 8, "reduce_buckets": zt.reduce_buckets,
            "gathered_params": zt.gathered_params}
     if z == 3:
+        out["step_transient"] = zt.fp32_grad + zt.step_extra  # one sub-group here (memory/zero.py _stage3)
         out["weights_partition"] = n / world * 2
         out["persistent_params"] = zt.persistent_params
         out["reduce_scatter_copy"] = zt.reduce_scatter_copy
@@ -336,6 +388,9 @@ def memfit_terms(model: dict, world: int, fields: dict, zero: dict, data_types: 
         out["offload_staging_gpu"] = zt.offload_staging_gpu
         out["grad_partition"] = zt.grad_partition
         out["fp32_grad_flat"] = zt.fp32_grad if zt.fp32_grad_persistent else 0.0
+        # The step's transient: its flat 16-bit copy and fp32 conversion alive together, or the norm's
+        # fp64 copy of the largest gradient in the partition if larger (memory/zero.py _stage12).
+        out["step_transient"] = zt.fp32_grad + zt.step_extra
         if zt.fp32_grad_persistent:  # BF16_Optimizer steps a view of its flat (the rank's partition)
             out["fp32_grad"] = n / world * 4
     return out

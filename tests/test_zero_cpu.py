@@ -10,7 +10,10 @@ The reuse-window case and reduce_scatter_coalesced's bucket copy are upper bound
 z3-dsdefaults-w2 runs DeepSpeed's own 5e8 bucket and 1e5 persistence threshold, under which the
 small model's attention weights (256 x 256) stay persistent; z1-fp32accum-w2 sets
 data_types.grad_accum_dtype fp32, under which DeepSpeed runs BF16_Optimizer (its whole-model fp32
-gradient flat is compared).
+gradient flat is compared). `step_transient` is what ZeRO-1/2's step allocates before its inner
+optimizer runs, live at once: on one rank the flat 16-bit gradient copy and its fp32 conversion
+(2 + 4 B x 9.7M), on two the grad norm's fp64 copy of the embedding's gradient (8 B x 16000 x 256),
+larger than the 6 B x 4.85M of the half partition.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ def _bench():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("run", ["z2-w1", "z3-w2", "z3-window-w2", "z3-dsdefaults-w2", "z1-fp32accum-w2"])
+@pytest.mark.parametrize("run", ["z2-w1", "z2-w2", "z3-w2", "z3-window-w2", "z3-dsdefaults-w2", "z1-fp32accum-w2"])
 def test_memfit_terms_match_deepspeeds_buffers(run):
     row = _bench().run_case(run, "small")
     assert row["losses"][-1] == row["losses"][-1]  # a real step ran (not NaN)
@@ -44,6 +47,13 @@ def test_memfit_terms_match_deepspeeds_buffers(run):
             # An upper bound by mechanism: kept for reuse <= max_reuse_distance (1e6 here), plus the
             # module in use; never below what DeepSpeed gathered, at most the window above it.
             assert got <= want <= got + 1_000_000 * 2, f"{run}: {term}"
+            continue
+        if term == "grad_partition" and run == "z2-w2":
+            # grads_in_partition is sized from the whole parameters that fall in the rank's
+            # partition (copy_grads_in_partition sums their numel), so a parameter straddling the
+            # rank boundary counts in full: +1.3 % here (65,408 bf16 elements over 4.89M; docs/accuracy.md
+            # "padded to whole parameters"), memfit's P/N below.
+            assert want <= got <= want * 1.02, f"{run}: {term}"
             continue
         if term == "reduce_scatter_copy":
             # An upper bound by mechanism: memfit counts a full bucket; stage3.py reduces a bucket

@@ -9,6 +9,7 @@ from memfit.engine.core.units import GIB
 from memfit.engine.deepspeed.check import knobs_from_config, strategy_from_config
 from memfit.engine.deepspeed.config import deepspeed_config
 from memfit.engine.memory.estimate import estimate_memory
+from memfit.engine.memory.zero import zero_terms
 from memfit.engine.model.spec import resolve_model
 from memfit.engine.plan.load import plan_from_dict
 from memfit.engine.plan.strategy import Strategy, ZeroKnobs
@@ -54,7 +55,11 @@ def test_zero3_gathers_up_to_the_reuse_distance():
     # persistent norm weights (2 per layer + the final norm, h = 4096 < 10*h each: parameter_offload.py
     # mark_persistent_parameters).
     persistent = (2 * 32 + 1) * 4096 * 2
-    assert e.gpu.zero_buffers_gib == pytest.approx((gathered + L * 2 + 2 * H2 * 2 + persistent) / GIB)
+    # The peak is the step, which also holds the flat bf16 copy of the sub-group's gradients that
+    # _prepare_fp32_grad_for_sub_group converts to fp32 (P/N = 842M < sub_group_size 1e9).
+    assert e.gpu_peak_phase == "optimizer step"
+    flat = 2 * N / 8
+    assert e.gpu.zero_buffers_gib == pytest.approx((gathered + L * 2 + 2 * H2 * 2 + persistent + flat) / GIB)
     # The default 1e9 window holds more than one 4*L: the issue's "ZeRO-3 buffers too small".
     default = estimate_memory(plan(), LLAMA7, full(3))
     assert default.gpu.zero_buffers_gib > e.gpu.zero_buffers_gib
@@ -82,10 +87,38 @@ def test_a_model_smaller_than_the_window_stays_gathered():
 def test_zero12_reduce_buckets_are_double_under_overlap_comm():
     # stage_1_and_2.py setup_buckets: buf_0, and buf_1 "to avoid data access conflict when
     # overlap_comm is enabled"; the allgather after the step runs in place (no bucket).
+    # The step's flat 16-bit gradient copy (next test) is in zero_buffers_gib at the step too.
     on = estimate_memory(plan(), LLAMA7, full(2))
     off = estimate_memory(plan(), LLAMA7, full(2, zero_knobs=ZeroKnobs(overlap_comm=False)))
-    assert on.gpu.zero_buffers_gib == pytest.approx(2 * H2 * 2 / GIB)
-    assert off.gpu.zero_buffers_gib == pytest.approx(H2 * 2 / GIB)
+    assert on.gpu_peak_phase == off.gpu_peak_phase == "optimizer step"
+    assert on.gpu.zero_buffers_gib == pytest.approx((2 * H2 * 2 + 2 * N / 8) / GIB)
+    assert off.gpu.zero_buffers_gib == pytest.approx((H2 * 2 + 2 * N / 8) / GIB)
+
+
+def test_zero12_step_holds_a_flat_16bit_gradient_copy_or_the_norms_fp64_copy():
+    # stage_1_and_2.py step: flat_grad_partition = self.flatten(self.averaged_gradients[i]) (a new
+    # bf16 tensor of P/N) exists with grads_in_partition (P/N bf16) and its .to(fp32) (P/N fp32):
+    # the step peak is W + 2P/N + 2P/N + 4P/N + 12P/N (master + moments), 2 B/param of the partition
+    # more than the states. Before it, get_grad_norm_direct copies each gradient to fp64
+    # (zero/utils.py get_norm_dtype): 8 B x min(L, P/N), larger than 6 B x P/N once P/N < 4/3 L.
+    e = estimate_memory(plan(), LLAMA7, full(2))
+    assert e.gpu_peak_gib == pytest.approx((2 * N + (2 + 2 + 4 + 12) * N / 8 + 2 * H2 * 2) / GIB
+                                           + e.gpu.cuda_context_gib + e.gpu.nccl_gib)
+    # 64 GPUs: P/N = 105M < L = 131M; the fp64 copy (8 B x 105M, all of the partition) beats the
+    # 6 B x P/N of the flat copy and its fp32 conversion: the extra over fp32 is 8 - 4 = 4 B x P/N.
+    # (At 64 GPUs forward/backward is the peak, so the step's terms are read off zero_terms.)
+    part = N / 64
+    wide = zero_terms(LLAMA7, full(2), 64, N, 2 * N, 2.0)
+    assert wide.fp32_grad == pytest.approx(4 * part)
+    assert wide.step_extra == pytest.approx(8 * min(L, part) - 4 * part)
+    # ZeRO-3 (_prepare_fp32_grad_for_sub_group: self.flatten(...).to(fp32)): the flat copy of one
+    # sub-group; the norm copies one parameter's partition, 8 B x L/N, below 6 B x P/N here.
+    z3 = zero_terms(LLAMA7, full(3, zero_knobs=ZeroKnobs(sub_group_size=100_000_000)), 8, N, 2 * N, 2.0)
+    assert z3.fp32_grad == pytest.approx(4 * 100_000_000)
+    assert z3.step_extra == pytest.approx(max(2 * 100_000_000, 8 * L / 8 - 4 * 100_000_000))
+    # Under optimizer offload neither copy is on the GPU.
+    off = estimate_memory(plan(), LLAMA7, full(2, offload_optimizer="cpu"))
+    assert off.gpu.zero_buffers_gib == pytest.approx((2 * H2 * 2 + L * 2) / GIB)
 
 
 def test_zero2_keeps_its_gradient_partition_even_on_one_gpu():

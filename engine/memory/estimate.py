@@ -207,13 +207,17 @@ def _gpu_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[GpuBrea
     grads += held_partition
     held_fp32 = grad32 if zt.fp32_grad_persistent else 0.0  # BF16_Optimizer allocates it at init
     fb = weights + opt + held_grads + held_fp32 + buffers + dynamic * (1 + slack_rate)
-    step = weights + opt + grads + grad32 + buffers
+    # ZeRO-1/2's step also holds a flattened 16-bit copy of the partition's gradients while it
+    # converts them to fp32, or before it an fp64 copy of the largest gradient for the norm
+    # (memory/zero.py _stage12): DeepSpeed's own transients, shown with its buffers.
+    step_buffers = buffers + zt.step_extra
+    step = weights + opt + grads + grad32 + step_buffers
     if fb >= step:
         parts = (weights, held_grads, opt + held_fp32, act.stored_bytes + working, logits, buffers,
                  dynamic * slack_rate)
         phase = "forward/backward"
     else:
-        parts = (weights, grads, opt + grad32, 0.0, 0.0, buffers, 0.0)
+        parts = (weights, grads, opt + grad32, 0.0, 0.0, step_buffers, 0.0)
         phase = "optimizer step"
     names = ("weights_gib", "gradients_gib", "optimizer_states_gib", "activations_gib",
              "logits_loss_gib", "zero_buffers_gib", "allocator_slack_gib")

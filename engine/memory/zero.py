@@ -35,6 +35,7 @@ class ZeroTerms:
     fp32_grad_persistent: bool  # True: held through forward/backward (ZeRO-1's BF16_Optimizer path)
     host_grad16: float          # ZeRO-3 + optimizer offload: the 16-bit gradient partition in host RAM
     host_staging: float         # ZeRO-1/2 + optimizer offload: the pinned host staging buffer
+    step_extra: float = 0.0     # ZeRO-1/2 step transients beyond fp32_grad (flat 16-bit copy / fp64 norm copy)
 
     @property
     def gpu_buffers(self) -> float:
@@ -116,7 +117,20 @@ def _stage12(facts: ModelSpec, strategy: Strategy, k: dict[str, Any], part: floa
     # The fp32 gradient of the partition is built at the step (stage_1_and_2.py step:
     # flat_grad_partition.to(fp32)) and freed after it; on the host under offload (counted there).
     fp32 = 0.0 if (opt_off or not mixed) else part * 4.0
-    return ZeroTerms(0.0, 0.0, 0.0, 0.0, buckets, staging, grad_partition, fp32, False, 0.0, staging)
+    # That conversion reads a new flat tensor: step flattens the partition's gradient views
+    # (self.flatten(self.averaged_gradients[i]) = torch._utils._flatten_dense_tensors, a torch.cat
+    # into fresh memory; DeepSpeed 0.14 and 0.19 alike) while grads_in_partition, whose views they
+    # are, is still held; `del flat_grad_partition` frees it only after `.to(fp32)` has built the fp32
+    # copy: the partition's gradients exist twice in 16 bits and once in fp32 (in fp32 training `.to`
+    # returns the flat copy itself). Before that, scaled_global_norm -> get_grad_norm_direct takes each
+    # gradient view's norm on a copy in get_norm_dtype() (zero/utils.py: fp64 where the device has it;
+    # 0.14: g.data.double()), one at a time: 8 B x the largest gradient in the partition. The step's
+    # transient is the larger of the two moments. Under optimizer offload the step reads the pinned
+    # fp32 buffer and takes the norm on the host (no flatten, no copy here).
+    flat_copy = 0.0 if opt_off else part * w16
+    norm_copy = 0.0 if opt_off else min(largest, part) * 8.0
+    extra = max(flat_copy, norm_copy - fp32)
+    return ZeroTerms(0.0, 0.0, 0.0, 0.0, buckets, staging, grad_partition, fp32, False, 0.0, staging, extra)
 
 
 def persistent_params(facts: ModelSpec, strategy: Strategy, threshold: int, n_train: int = 0, lora_rank: int = 16) -> int:
@@ -195,5 +209,13 @@ def _stage3(facts: ModelSpec, strategy: Strategy, k: dict[str, Any], sizes: tupl
     # each sub-group keeps its own pinned host buffer instead (the host model's 4 B of fp32 gradients).
     # Without fp32 master weights (pure 16-bit training) the partition itself serves.
     fp32 = 0.0 if (opt_off or not mixed) else min(part, k["sub_group_size"]) * 4.0
+    # As in ZeRO-1/2, that fp32 gradient is converted from a new flat copy of the sub-group's 16-bit
+    # gradient views (_prepare_fp32_grad_for_sub_group: self.flatten(self.averaged_gradients[i]).to(..),
+    # a temporary freed at the end of the statement, while grad_partitions_flat_buffer is held). The
+    # norm before it (get_grad_norm_direct: .to(get_norm_dtype()), fp64) copies one parameter's
+    # partition at a time, 8 B x L/N, counted when larger. Under optimizer offload: on the host.
+    flat_copy = 0.0 if opt_off else min(part, k["sub_group_size"]) * (4.0 if k.get("grad_accum_fp32") else w16)
+    norm_copy = 0.0 if opt_off else facts.largest_layer_params * (part / max(n_train, 1)) * 8.0  # L/N
+    extra = max(flat_copy, norm_copy - fp32) if strategy.method == "full" else flat_copy
     return ZeroTerms(gathered, persistent, scatter_copy, gathered_grad, buckets, 0.0, 0.0 if opt_off else grad16,
-                     fp32, False, grad16 if opt_off else 0.0, 0.0)
+                     fp32, False, grad16 if opt_off else 0.0, 0.0, extra)
