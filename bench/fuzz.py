@@ -30,7 +30,7 @@ from memfit.engine.core.errors import MemfitError, PlanError  # noqa: E402
 from memfit.engine.core.inputs import load_json, load_yaml  # noqa: E402
 from memfit.engine.core.units import parse_size_gib  # noqa: E402
 from memfit.engine.evidence.logs import parse_log  # noqa: E402
-from memfit.engine.plan.schema import plan_from_dict  # noqa: E402
+from memfit.engine.plan.load import plan_from_dict  # noqa: E402
 
 
 class Recorder:

@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from memfit.engine.model.spec import resolve_model  # noqa: E402
-from memfit.engine.plan.schema import load_plan  # noqa: E402
+from memfit.engine.plan.load import load_plan  # noqa: E402
 from memfit.engine.policy.oracle import make_evaluator  # noqa: E402
 from memfit.engine.review.run import judge  # noqa: E402
 from memfit.engine.policy.rules import load_rules  # noqa: E402
