@@ -1,6 +1,6 @@
 """The error band of a GPU estimate: out-of-sample residuals of its family (band.json).
 
-band.json is computed by bench/band.py from the published runs of held-out sets 1 and 2 (runs memfit
+band.json is computed by bench/band.py from the published runs of held-out sets 1 to 3 (runs memfit
 was not fitted on): per family (method x sharding x offload) the split-conformal quantiles of measured /
 estimated GPU peak at each level (0.8, 0.9), a family too thin for the level pooled into its sharding
 group (single GPU, ZeRO, FSDP, each with or without offload), a thin group into its kind (ZeRO-3 / FSDP
@@ -65,7 +65,7 @@ def strategy_group(s: Strategy) -> str:
     return group + ("/offload" if _fetches_params(s) else "")
 
 
-def band_for(s: Strategy, level: float = 0.9) -> Band:
+def band_for(s: Strategy, level: float = 0.8) -> Band:
     """The residual band of a strategy's family at a coverage level; a family without calibration
     cases falls back to its sharding group, a group to its kind (offload or resident), a kind to all.
 

@@ -220,7 +220,7 @@ class Policy(_Strict):
     max_micro_batch_size: int = Field(64, ge=1, le=2**16, description="upper end of the micro-batch search")
     # A float with a validator, not Literal[0.8, 0.9]: type checkers refuse float literals.
     band_quantile: float = Field(
-        0.9, json_schema_extra={"enum": list(BAND_LEVELS)},
+        0.8, json_schema_extra={"enum": list(BAND_LEVELS)},
         description="coverage of the error band's upper end, which rule gpu-upper-over-capacity compares "
                     "with the card: 0.8 or 0.9 (split-conformal quantiles of out-of-sample residuals)")
 
