@@ -117,7 +117,7 @@ def evaluate(case: dict) -> dict:
     cap = plan.hardware.gpu_memory_gib
     exp = case["expect"]
     ran = exp.get("gpu_fits", True if "gpu_peak_gib" in exp else None)
-    return {"name": case["name"], "family": family(plan, case["name"]),
+    return {"name": case["name"], "family": family(plan, case["name"]), "world_size": plan.hardware.world_size,
             "measured": exp.get("gpu_peak_gib"), "expect_fits": ran,
             "expect_host_fits": exp.get("host_fits", True if "host_peak_gib" in exp else None),
             "measured_host": exp.get("host_peak_gib"), "capacity": cap,

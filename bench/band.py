@@ -62,9 +62,17 @@ def group_of(family: str) -> str:
 
 def kind_of(family: str) -> str:
     """"offload" for a ZeRO-3 or FSDP family with offload (parameters leave the GPU and are fetched
-    back), else "resident". ZeRO-1/2 offload only the optimizer: weights and gradients stay resident."""
+    back), else "resident". ZeRO-1/2 offload only the optimizer: weights and gradients stay resident (so does z0 offload)."""
     parts = family.split("/")
-    return "offload" if parts[2:] == ["offload"] and parts[1] != "z12" else "resident"
+    return "offload" if parts[2:] == ["offload"] and parts[1] in ("z3", "fsdp") else "resident"
+
+
+def band_family(row: dict) -> str:
+    """A scored case's family for the band: ZeRO-1/2 on one GPU is a single-GPU run, as
+    engine/memory/band.py band_strategy treats a strategy."""
+    if row["world_size"] == 1 and "/z12" in row["family"]:
+        return row["family"].replace("/z12", "/z0")
+    return row["family"]
 
 
 def residuals(case_files=CASE_FILES) -> dict[str, list[float]]:
@@ -82,7 +90,7 @@ def residuals(case_files=CASE_FILES) -> dict[str, list[float]]:
         for row in rows:
             estimate = row["tools"]["memfit"][0]
             if row["measured"] and estimate and not row["not_modelled"]:
-                out.setdefault(row["family"], []).append(row["measured"] / estimate)
+                out.setdefault(band_family(row), []).append(row["measured"] / estimate)
     return out
 
 
@@ -196,7 +204,7 @@ def band_verdicts(case_files=CASE_FILES, level: float = DEFAULT_LEVEL) -> dict:
             s = Strategy(method=t.method, zero_stage=t.zero_stage, offload_optimizer=t.offload_optimizer,
                          offload_param=t.offload_param, sharding="fsdp" if group_of(row["family"]) == "fsdp" else "deepspeed")
             gpu, cap, ran = row["tools"]["memfit"][0], row["capacity"], row["expect_fits"]
-            point, upper = gpu <= cap, gpu * band_for(s, level).high <= cap
+            point, upper = gpu <= cap, gpu * band_for(s, level, row["world_size"]).high <= cap
             out["cases"] += 1
             out["right_point"] += point == ran
             out["right_upper"] += upper == ran

@@ -91,6 +91,18 @@ def test_thin_family_pools_into_its_group_then_its_kind():
     assert band_for(unseen).pool == table["groups"]["zero"]["pool"]
 
 
+def test_zero_1_or_2_on_one_gpu_is_a_single_gpu_run_for_the_band():
+    # Nothing is sharded over one rank: its errors are a single-GPU run's, not those of the multi-GPU
+    # ZeRO runs that calibrate the zero group (else ZeRO-1 on one card would look safer than no ZeRO).
+    table = band_table()["levels"]["0.8"]
+    z1 = Strategy(method="lora", zero_stage=1, gradient_checkpointing=True)
+    z0 = Strategy(method="lora", zero_stage=0, gradient_checkpointing=True)
+    assert band_for(z1, 0.8, world_size=1) == band_for(z0, 0.8, world_size=1)
+    assert band_for(z1, 0.8, world_size=2).pool == table["families"].get("lora/z12", table["groups"]["zero"])["pool"]
+    z3 = Strategy(method="lora", zero_stage=3, offload_optimizer="cpu", offload_param="cpu")
+    assert band_for(z3, 0.8, world_size=1) == band_for(z3, 0.8, world_size=8)  # ZeRO-3 still fetches weights
+
+
 @pytest.mark.slow
 def test_shipped_band_equals_the_band_computed_from_the_case_files():
     # Recomputes every calibration case (bench/heldout.py score()): the shipped file cannot go stale.

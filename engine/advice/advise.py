@@ -65,9 +65,9 @@ def hardware_summary(plan: Plan) -> HardwareSummary:
                            readings=readings)
 
 
-def _gpu_band(gpu_peak_gib: float, s: Strategy, level: float) -> GpuBand:
+def _gpu_band(gpu_peak_gib: float, s: Strategy, plan: Plan) -> GpuBand:
     """The estimate times its family's residual quantiles at the policy's level (engine/memory/band.py)."""
-    b = band_for(s, level)
+    b = band_for(s, plan.policy.band_quantile, plan.hardware.world_size)
     return GpuBand(low=round(gpu_peak_gib * b.low, 3), high=round(gpu_peak_gib * b.high, 3), n=b.n, pool=b.pool,
                    level=b.level)
 
@@ -79,12 +79,12 @@ def _breakdown(e: MemoryEstimate) -> dict[str, dict[str, float]]:
             "allocator": {"allocated_gib": round(e.gpu_allocated_gib, 3), "reserved_gib": round(e.gpu_reserved_gib, 3)}}
 
 
-def _memory_report(c: Candidate, level: float) -> MemoryReport:
+def _memory_report(c: Candidate, plan: Plan) -> MemoryReport:
     e = c.estimate
     return MemoryReport(gpu_peak_gib=round(e.gpu_peak_gib, 3), gpu_peak_phase=e.gpu_peak_phase,
                         host_peak_gib=round(e.host_peak_gib, 3), host_peak_phase=e.host_peak_phase,
                         nvme_gib=round(e.nvme_gib, 3), gpu_fits=e.gpu_fits, host_fits=e.host_fits,
-                        breakdown=_breakdown(e), gpu_band=_gpu_band(e.gpu_peak_gib, c.strategy, level))
+                        breakdown=_breakdown(e), gpu_band=_gpu_band(e.gpu_peak_gib, c.strategy, plan))
 
 
 def _ds_config(strategy: Strategy, plan: Plan, model: ModelSpec) -> tuple[dict[str, Any], list[str]]:
@@ -107,7 +107,7 @@ def _common(rank: int, c: Candidate, v: Verdict, plan: Plan) -> dict[str, Any]:
                 offload_optimizer=s.offload_optimizer, offload_param=s.offload_param,
                 gradient_checkpointing=s.gradient_checkpointing, micro_batch_size=s.micro_batch_size,
                 gradient_accumulation_steps=c.estimate.gradient_accumulation_steps, pin_memory=s.pin_memory,
-                gather_16bit_on_save=s.gather_16bit_on_save, score=v.score, memory=_memory_report(c, plan.policy.band_quantile),
+                gather_16bit_on_save=s.gather_16bit_on_save, score=v.score, memory=_memory_report(c, plan),
                 explanation=explanation, rejected_because=list(v.reject_reasons), settings=dict(v.settings))
 
 
@@ -263,7 +263,7 @@ def estimate(plan: Plan | str | Path, *, rules_dirs: Iterable[str | Path] = (), 
         gpu_fits=e.gpu_fits, host_fits=e.host_fits, nvme_fits=e.nvme_fits, gpu_capacity_gib=e.gpu_capacity_gib,
         host_capacity_gib=e.host_capacity_gib, gpu_peak_phase=e.gpu_peak_phase, host_peak_phase=e.host_peak_phase,
         breakdown=_breakdown(e), max_micro_batch_size=max_mb, max_seq_len=max_seq,
-        deepspeed_estimate=ds.model_dump() if ds else None, gpu_band=_gpu_band(e.gpu_peak_gib, s, plan.policy.band_quantile))
+        deepspeed_estimate=ds.model_dump() if ds else None, gpu_band=_gpu_band(e.gpu_peak_gib, s, plan))
 
 
 def estimate_strategy(plan: Plan, model: ModelSpec, strategy: Strategy) -> MemoryEstimate:

@@ -65,13 +65,22 @@ def strategy_group(s: Strategy) -> str:
     return group + ("/offload" if _fetches_params(s) else "")
 
 
-def band_for(s: Strategy, level: float = 0.8) -> Band:
+def band_strategy(s: Strategy, world_size: int) -> Strategy:
+    """The strategy whose calibration family describes this run: ZeRO-1/2 on a single GPU shard
+    nothing, so they are single-GPU runs (stage 0) for the band; their buffers are in the estimate."""
+    if world_size == 1 and s.sharding == "deepspeed" and s.zero_stage in (1, 2):
+        return s.model_copy(update={"zero_stage": 0})
+    return s
+
+
+def band_for(s: Strategy, level: float = 0.8, world_size: int = 0) -> Band:
     """The residual band of a strategy's family at a coverage level; a family without calibration
     cases falls back to its sharding group, a group to its kind (offload or resident), a kind to all.
 
     Args:
         s: the strategy.
         level: the conformal level of the upper end (policy.band_quantile), a level band.json holds.
+        world_size: GPUs of the run; 1 makes ZeRO-1/2 a single-GPU run (band_strategy); 0: not known.
 
     Returns:
         Band(low_ratio, high_ratio, n, pool, level).
@@ -80,6 +89,7 @@ def band_for(s: Strategy, level: float = 0.8) -> Band:
         KeyError: when band.json holds no band at that level (the plan schema allows only shipped levels).
     """
     table = band_table()["levels"][str(level)]
+    s = band_strategy(s, world_size)
     entry = (table["families"].get(strategy_family(s)) or table["groups"].get(strategy_group(s))
              or table["kinds"].get("offload" if _fetches_params(s) else "resident") or table["all"])
     return Band(entry["low"], entry["high"], entry["n"], entry["pool"], level)
