@@ -203,7 +203,7 @@ def estimate_cmd(plan_file: str, as_json: bool, rules_dirs: tuple[str, ...]) -> 
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--max-examples", default=25, show_default=True, type=click.IntRange(1, 100_000),
               help="Generated plans per property.")
-@click.option("--seed", default=0, show_default=True, help="hypothesis seed: the same seed and rules give the same report.")
+@click.option("--seed", default=0, show_default=True, help="hypothesis seed: the same seed, rules and memfit give the same report from the command line (as a library, hypothesis also draws constants from the local modules loaded).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where counterexample plans are written.")
 def review_cmd(rules_dirs: tuple[str, ...], as_json: bool, max_examples: int, seed: int, out_dir: str | None) -> None:
     """Property-test the rule base: examples, then properties over generated plans; exit 1 on any violation."""

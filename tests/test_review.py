@@ -50,14 +50,12 @@ def planted_report(cache_dir, tmp_path_factory):
 
 @pytest.mark.slow  # ~12 s: a full review at the default 25 examples per property
 def test_builtin_rule_base_passes(builtin_report):
-    # Known defect, not fixed yet: after tests/test_[a-m]*.py have run in the same process, the review
-    # finds no generated plan where gpu-over-budget decides alone (the held-out error band's top rejects
-    # first at headrooms up to ~30 %), although `advise review` passes on seeds 0-3 and this test passes
-    # on its own. That one finding is set aside here until the order dependence is found; every other
-    # property and violation still fails the test.
-    known = [v for v in builtin_report.violations if v.property == "no-dead-rules" and v.rules == ["gpu-over-budget"]]
-    others = [v.message for v in builtin_report.violations if v not in known]
-    assert not others, others
+    # Every property and aggregate passes. This once failed only after other test modules had been
+    # imported: hypothesis mixes constants from every local module in sys.modules into what it draws,
+    # so the generated plans depend on what else is loaded, and the targeted search for a plan where
+    # gpu-over-budget decides alone (the band's top usually rejects first) missed with a flat score.
+    # engine/review/closeness.py's continuous score is what makes the search find it either way.
+    assert not builtin_report.violations, [v.message for v in builtin_report.violations]
     assert builtin_report.examples.failed == 0 and builtin_report.examples.passed > 0
 
 

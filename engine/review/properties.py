@@ -20,6 +20,7 @@ from ..policy.rules import Rule, builtin_rule_files
 from ..policy.verdicts import verdict
 from ..search.feasibility import Feasibility
 from ..search.sweep import sweep
+from .closeness import closeness_to_mattering, share_holding
 from .core import (Check, Judged, PlanDict, Problem, PropertyResult, Violation, ReviewContext, property_result, judge,
                    signature)
 from .search_properties import search_property_checks
@@ -255,25 +256,12 @@ def _find(ctx: ReviewContext, wanted: Callable[[Judged], bool], closeness: Calla
     return True
 
 
-def _share_holding(when: Mapping[str, Any], facts: Mapping[str, Any]) -> float:
-    """Fraction of a condition's top-level parts that hold (1.0: it fires)."""
-    parts = when.get("all", [when])
-    return sum(holds(c, facts) for c in parts) / len(parts)
-
-
-def _closeness_to_mattering(j: Judged, rule_id: str) -> float:
-    """0 when the rule fires as the only reject (it matters); minus the other rejects otherwise."""
-    if rule_id not in j.fired:
-        return -100.0
-    return -float(sum(1 for f in j.verdict.firings if f.effect == "reject" and f.rule != rule_id))
-
-
 def every_rule_fires(ctx: ReviewContext) -> PropertyResult:
     t0 = time.monotonic()
     fired = {r for s in ctx.fired_sets for r in s}
     # _find runs at once, so its lambdas see this r (no late-binding default arguments needed).
     never = [r for r in ctx.rules if r.id not in fired and not _find(
-        ctx, lambda j: r.id in j.fired, lambda j: _share_holding(r.when, j.facts))]
+        ctx, lambda j: r.id in j.fired, lambda j: share_holding(r.when, j.facts))]
     return property_result("every-rule-fires", ctx.fact_sets_seen, t0, [Violation(
         property="every-rule-fires", rules=[r.id],
         message=f"{r.file}: {r.id} never fired on {ctx.fact_sets_seen} generated candidates (nor in a targeted "
@@ -301,7 +289,7 @@ def no_dead_rules(ctx: ReviewContext) -> PropertyResult:
             notes.append(f"{r.file}: {r.id} is redundant under your rule(s) {', '.join(shadowing)}: wherever it "
                          f"fires they decide the same (information, not a failure)")
             continue
-        if _find(ctx, lambda j: matters(j.fired, r.id), lambda j: _closeness_to_mattering(j, r.id)):  # run at once
+        if _find(ctx, lambda j: matters(j.fired, r.id), lambda j: closeness_to_mattering(j, r.id, by_id)):  # run at once
             continue
         violations.append(Violation(
             property="no-dead-rules", rules=[r.id],
