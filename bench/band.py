@@ -5,26 +5,30 @@ per family, shipped as engine/memory/band.json.
     .venv/bin/python bench/band.py --check    # exit 1 when the shipped file is stale
     .venv/bin/python bench/band.py --verdicts # GPU verdicts of the calibration cases: point vs band top
 
-Calibration set: the published runs of held-out sets 1 to 3 (bench/heldout/, bench/heldout2/,
-bench/heldout3/) whose technique memfit models (bench/heldout.py's headline) and that printed a GPU
-peak. Each set was collected after a memory model was frozen and scored on it before joining this
-set (set 3 tested the band of tag freeze-s4, computed from sets 1 and 2), so their residuals are the
-spread on runs memfit had not been fitted on. The in-sample cases (bench/cases/) are not used: the point model
-was built on them and their residuals understate its error (docs/accuracy.md shows both). Out-of-memory
-outcomes are not residuals (only a lower bound of one): they test the band (--verdicts, and the newest
-held-out set in bench/heldout.py), they do not set it.
+Calibration set: the published runs of held-out sets 1 to 4 (bench/heldout/ to bench/heldout4/) whose
+technique memfit models (bench/heldout.py's headline) and that printed a GPU peak. Each set was
+collected after a memory model was frozen and scored on it before joining this set (set 3 tested the
+band of tag freeze-s4, set 4 the model of freeze-s5), so their residuals are the spread on runs memfit
+had not been fitted on. The in-sample cases (bench/cases/) are not used: the point model was built on
+them and their residuals understate its error (docs/accuracy.md shows both). Out-of-memory outcomes
+are not residuals (only a lower bound of one): they test the band (--verdicts, and the newest held-out
+set in bench/heldout.py), they do not set it.
 
-Residual: measured / estimated GPU peak per device. Quantiles are split-conformal: at level q the
-upper end is the ceil((n+1) q)-th smallest of n ratios and the lower end the floor((n+1)(1-q))-th,
-which covers a new exchangeable run with probability >= q (Vovk et al., "Algorithmic Learning in a
-Random World", 2005; Lei et al., JASA 2018, split conformal). Defined only when n >= q / (1 - q).
+Residual: measured / estimated GPU peak per device. Quantiles are weighted split-conformal: at level q
+the upper end is the smallest ratio whose weight at or below it, over the total weight plus the new
+run's 1, reaches q, and the lower end mirrors it (Tibshirani, Barber, Candes and Ramdas, "Conformal
+prediction under covariate shift", NeurIPS 2019). Runs of one source move together (a stack, a way of
+measuring, a machine), so a source with m > SOURCE_CAP runs in a pool gives each SOURCE_CAP / m, as
+groups are weighted in Dunn, Wasserman and Ramdas, "Distribution-free prediction sets for two-layer
+hierarchical models" (JASA 2023); with every weight 1 the ends are the ceil((n+1) q)-th and
+floor((n+1)(1-q))-th smallest ratios (Lei et al., JASA 2018).
 
 Pooling, finest first: the family (method x sharding z0 / z12 / z3 / fsdp x offload, as
 bench/accuracy.py family() spells it); its sharding group (single, zero, fsdp, each with or without
 offload: "zero/offload"); its kind (ZeRO-3 and FSDP offload runs pooled, "offload", or every run whose
 weights stay on the GPU, "resident", which includes ZeRO-1/2 optimizer offload); then every case. A pool too thin for the level uses the next one; the
 entry names the pool it used. A pool is thin when either end of its band would be its own most extreme
-ratio (at 0.8 that needs n >= 9, at 0.9 n >= 19): one odd run must not set a band. Its ratios still
+ratio (unweighted, at 0.8 that needs n >= 9, at 0.9 n >= 19): one odd run must not set a band. Its ratios still
 count in the pools above it. A higher level's upper end is never below a lower level's for the same
 family (the lower level's is taken where pooling would make it so). Offload stays apart at every level because its GPU side is the least
 known part of the model: pooling it with resident runs would widen their band and narrow its own.
@@ -45,7 +49,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from heldout import score  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-CASE_FILES = ("bench/heldout/cases.yaml", "bench/heldout2/cases.yaml", "bench/heldout3/cases.yaml")
+CASE_FILES = ("bench/heldout/cases.yaml", "bench/heldout2/cases.yaml", "bench/heldout3/cases.yaml",
+              "bench/heldout4/cases.yaml")
+# The most runs one source may weigh in a pool: held-out set 5 was collected with at most 5 runs per
+# source, so the calibration weighs sources as the fresh sets sample them (set 3 had 30 from one).
+SOURCE_CAP = 5.0
 BAND_FILE = ROOT / "engine" / "memory" / "band.json"
 from memfit.engine.plan.schema import BAND_LEVELS as LEVELS, Policy  # noqa: E402
 
@@ -75,54 +83,94 @@ def band_family(row: dict) -> str:
     return row["family"]
 
 
-def residuals(case_files=CASE_FILES) -> dict[str, list[float]]:
+def source_of(case: dict) -> str:
+    """The source cluster of a case: the first word of its `source` (a repository, a site or a gist).
+
+    Cases from one source share a stack, a measuring habit and often a machine: their errors move
+    together, so they count as one cluster when the band is weighted (SOURCE_CAP)."""
+    return str(case.get("source") or case["name"]).split()[0].rstrip(",;:")
+
+
+def residuals(case_files=CASE_FILES) -> dict[str, list[tuple[float, str]]]:
     """measured / estimated GPU peak of every modelled calibration case with a measured peak, per family.
 
     Args:
         case_files: held-out case YAML files relative to the repository root.
 
     Returns:
-        family -> list of ratios.
+        family -> list of (ratio, source cluster).
     """
-    out: dict[str, list[float]] = {}
+    out: dict[str, list[tuple[float, str]]] = {}
     for f in case_files:
-        rows, _failed = score(yaml.safe_load((ROOT / f).read_text())["cases"])
+        cases = yaml.safe_load((ROOT / f).read_text())["cases"]
+        sources = {c["name"]: source_of(c) for c in cases}
+        rows, _failed = score(cases)
         for row in rows:
             estimate = row["tools"]["memfit"][0]
             if row["measured"] and estimate and not row["not_modelled"]:
-                out.setdefault(band_family(row), []).append(row["measured"] / estimate)
+                out.setdefault(band_family(row), []).append((row["measured"] / estimate, sources[row["name"]]))
     return out
 
 
-def conformal(ratios: list[float], level: float) -> tuple[float, float] | None:
+def source_weights(sources: list[str], cap: float = SOURCE_CAP) -> list[float]:
+    """Each ratio's weight in its pool: 1, or cap / m for a source with m > cap ratios in the pool, so no
+    source weighs more than `cap` runs."""
+    counts = {s: sources.count(s) for s in set(sources)}
+    return [min(1.0, cap / counts[s]) for s in sources]
+
+
+def _cut(ratios: list[float], level: float, weights: list[float] | None = None) -> tuple[int, int] | None:
+    """0-based indices (low, high) into sorted(ratios) of the weighted split-conformal ends, or None.
+
+    The upper end is the `level` quantile of the weighted ratios with the new run's weight (1) put at
+    +infinity (Tibshirani et al., NeurIPS 2019, weighted conformal); the lower end mirrors it. With
+    every weight 1 these are the ceil((n+1) q)-th and floor((n+1)(1-q))-th smallest ratios."""
+    order = sorted(range(len(ratios)), key=lambda i: ratios[i])
+    w = [1.0 if weights is None else weights[i] for i in order]
+    total = sum(w) + 1.0
+    run, high = 0.0, None
+    for k, wk in enumerate(w):
+        run += wk
+        if round(run / total, 9) >= level:
+            high = k
+            break
+    run, low = 0.0, None
+    for k in range(len(w) - 1, -1, -1):
+        run += w[k]
+        if round(run / total, 9) >= level:
+            low = k
+            break
+    return None if high is None or low is None else (low, high)
+
+
+def conformal(ratios: list[float], level: float, weights: list[float] | None = None) -> tuple[float, float] | None:
     """The split-conformal (low, high) ratios at `level`, or None when too few ratios define them.
 
     Args:
         ratios: residual ratios of one pool.
         level: coverage of the upper end, e.g. 0.8.
+        weights: each ratio's weight (source_weights); None weighs every ratio 1.
 
     Returns:
-        (low, high) order statistics, or None when ceil((n+1) level) > n or floor((n+1)(1-level)) < 1.
+        (low, high) ratios, or None when the weight below or above the new run's is short of `level`.
     """
-    xs, n = sorted(ratios), len(ratios)
-    k_low, k_high = _ranks(n, level)
-    if k_high > n or k_low < 1:
+    cut = _cut(ratios, level, weights)
+    if cut is None:
         return None
-    return xs[k_low - 1], xs[k_high - 1]
+    xs = sorted(ratios)
+    return xs[cut[0]], xs[cut[1]]
 
 
-def _ranks(n: int, level: float) -> tuple[int, int]:
-    # round() first: (n + 1) * 0.8 is 8.000000000000002 for n = 9 in floating point
-    return math.floor(round((n + 1) * (1 - level), 9)), math.ceil(round((n + 1) * level, 9))
-
-
-def _entry(ratios: list[float], level: float, pool: str, fallback: dict | None = None) -> dict | None:
+def _entry(pool_residuals: list[tuple[float, str]], level: float, pool: str, fallback: dict | None = None) -> dict | None:
     """The pool's own conformal entry, or the fallback when the pool is thin (an end would be its extreme)."""
-    k_low, k_high = _ranks(len(ratios), level)
-    cut = conformal(ratios, level)
-    if cut is None or k_high >= len(ratios) or k_low <= 1:
+    ratios = [r for r, _ in pool_residuals]
+    weights = source_weights([s for _, s in pool_residuals])
+    cut = _cut(ratios, level, weights)
+    if cut is None or cut[1] >= len(ratios) - 1 or cut[0] <= 0:
         return fallback
-    return {"low": round(cut[0], 4), "high": round(cut[1], 4), "n": len(ratios), "pool": pool}
+    xs = sorted(ratios)
+    return {"low": round(xs[cut[0]], 4), "high": round(xs[cut[1]], 4), "n": len(ratios),
+            "n_weighted": round(sum(weights), 2), "pool": pool}
 
 
 def _monotone(levels: dict[str, dict]) -> dict[str, dict]:
@@ -138,11 +186,11 @@ def _monotone(levels: dict[str, dict]) -> dict[str, dict]:
     return levels
 
 
-def bands(by_family: dict[str, list[float]], level: float) -> dict:
+def bands(by_family: dict[str, list[tuple[float, str]]], level: float) -> dict:
     """The band table at one level: per family, group, kind and over all cases, thin pools falling back.
 
     Args:
-        by_family: family -> ratios, as residuals() returns.
+        by_family: family -> (ratio, source) pairs, as residuals() returns.
         level: conformal coverage of the upper end.
 
     Returns:
@@ -156,8 +204,8 @@ def bands(by_family: dict[str, list[float]], level: float) -> dict:
     overall = _entry(every, level, "all")
     if overall is None:
         raise ValueError(f"too few calibration ratios for a {level} band")
-    by_kind: dict[str, list[float]] = {}
-    by_group: dict[str, list[float]] = {}
+    by_kind: dict[str, list[tuple[float, str]]] = {}
+    by_group: dict[str, list[tuple[float, str]]] = {}
     for fam, rs in by_family.items():
         by_kind.setdefault(kind_of(fam), []).extend(rs)
         by_group.setdefault(group_of(fam), []).extend(rs)
@@ -168,7 +216,7 @@ def bands(by_family: dict[str, list[float]], level: float) -> dict:
     return {"families": families, "groups": groups, "kinds": kinds, "all": overall}
 
 
-def level_tables(by_family: dict[str, list[float]]) -> dict[str, dict]:
+def level_tables(by_family: dict[str, list[tuple[float, str]]]) -> dict[str, dict]:
     """One band table per shipped level, each level's tops at least the lower level's."""
     return _monotone({str(q): bands(by_family, q) for q in LEVELS})
 
@@ -178,7 +226,7 @@ def band_document(case_files=CASE_FILES) -> dict:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     by_family = residuals(case_files)
     return {"computed": datetime.date.today().isoformat(), "commit": commit or "unknown",
-            "case_files": list(case_files), "method": "split conformal, order statistics",
+            "case_files": list(case_files), "method": f"weighted split conformal, no source above {SOURCE_CAP:g} runs per pool",
             "ratio": "measured GPU peak / memfit estimate", "default_level": DEFAULT_LEVEL,
             "levels": level_tables(by_family)}
 
@@ -233,12 +281,12 @@ def main(argv=None) -> int:
         print("engine/memory/band.json is " + ("STALE: run bench/band.py" if stale else "up to date"))
         return 1 if stale else 0
     BAND_FILE.write_text(json.dumps(doc, indent=2) + "\n")
-    print("level  pool               n    low    high   (families, then groups, kinds, all)")
+    print("level  pool               n  n_w     low    high   (families, then groups, kinds, all)")
     for q, table in doc["levels"].items():
         rows = {**table["families"], **{f"[{g}]": e for g, e in table["groups"].items()},
                 **{f"[{k}]": e for k, e in table["kinds"].items()}, "[all]": table["all"]}
         for name, e in rows.items():
-            print(f"{q:5s}  {name:18s} {e['n']:3d}  {e['low']:6.3f} {e['high']:6.3f}  pool {e['pool']}")
+            print(f"{q:5s}  {name:18s} {e['n']:3d} {e['n_weighted']:5.1f}  {e['low']:6.3f} {e['high']:6.3f}  pool {e['pool']}")
     return 0
 
 

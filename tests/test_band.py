@@ -36,6 +36,31 @@ def test_conformal_cut_is_the_order_statistic_of_its_definition():
     assert conformal([1.0, 2.0, 3.0, 4.0], 0.8) == (1.0, 4.0)
 
 
+def test_weighted_cut_follows_its_definition():
+    # Weighted split conformal (Tibshirani et al. 2019): the top is the smallest ratio whose weight at
+    # or below it, over the total weight + 1 for the new run, reaches q; the bottom mirrors it.
+    sys.path.insert(0, str(ROOT / "bench"))
+    from band import conformal, source_weights
+
+    # one source with 10 ratios (1..10) and 4 single-run sources (11..14): with a cap of 5 the big
+    # source weighs 0.5 a ratio, 5 in all; total 5 + 4 + 1 = 10
+    sources = ["a"] * 10 + ["b", "c", "d", "e"]
+    w = source_weights(sources, cap=5)
+    assert w == [0.5] * 10 + [1.0] * 4
+    ratios = [float(i) for i in range(1, 15)]
+    # top at 0.8: cumulative weight reaches 8 (of 10) at 13 (5 through ratio 10, then 1 + 1 + 1); bottom:
+    # from the top down, 14, 13, 12, 11 give 4, then 0.5 per ratio reaches 8 at ratio 3 (4 + 8 x 0.5)
+    assert conformal(ratios, 0.8, w) == (3.0, 13.0)
+    # unweighted, the same 14 ratios: ceil(15 x 0.8) = 12th, floor(15 x 0.2) = 3rd
+    assert conformal(ratios, 0.8) == (3.0, 12.0)
+    # at 0.9 the weighted top needs 9 of 10: 14, as the unweighted ceil(15 x 0.9) = 14th; at 0.95 the
+    # weighted top needs 9.5 of 10, more than the 9 of the ratios: undefined
+    assert conformal(ratios, 0.9, w)[1] == 14.0 == conformal(ratios, 0.9)[1]
+    assert conformal(ratios, 0.95, w) is None
+    # no source above the cap: weights are all 1
+    assert source_weights(["a", "b", "a"], cap=5) == [1.0, 1.0, 1.0]
+
+
 def test_conformal_upper_end_covers_a_new_draw_at_its_level():
     # The guarantee the band rests on: for exchangeable draws, P(new <= upper) >= level. Checked by
     # simulation with a fixed seed on a skewed distribution (log-normal, like ratios of peaks).
@@ -55,7 +80,8 @@ def test_conformal_upper_end_covers_a_new_draw_at_its_level():
 
 def test_band_file_holds_every_level_from_held_out_runs_only():
     table = band_table()
-    assert table["case_files"] == ["bench/heldout/cases.yaml", "bench/heldout2/cases.yaml", "bench/heldout3/cases.yaml"]
+    assert table["case_files"] == ["bench/heldout/cases.yaml", "bench/heldout2/cases.yaml", "bench/heldout3/cases.yaml",
+                                   "bench/heldout4/cases.yaml"]
     assert set(table["levels"]) == {"0.8", "0.9"}
     for level, t in table["levels"].items():
         entries = [*t["families"].values(), *t["groups"].values(), *t["kinds"].values(), t["all"]]
@@ -79,16 +105,16 @@ def test_thin_family_pools_into_its_group_then_its_kind():
     for level in (0.8, 0.9):
         assert band_for(full_z3_offload, level).pool in {"full/z3/offload", "zero/offload", "offload", "all"}
     assert table["kinds"]["offload"]["pool"] in {"offload", "all"}
-    assert b.level == 0.8  # the default level, as policy.band_quantile's default
+    assert b.level == 0.9  # the default level, as policy.band_quantile's default
     # ZeRO-1/2 offload only the optimizer: weights and gradients stay on the GPU, a resident run's GPU side
     z2_offload = Strategy(method="full", zero_stage=2, offload_optimizer="cpu")
     assert strategy_group(z2_offload) == "zero"
-    assert band_for(z2_offload).pool == table["groups"]["zero"]["pool"]
+    assert band_for(z2_offload, 0.8).pool == table["groups"]["zero"]["pool"]
     fsdp = Strategy(method="lora", zero_stage=3, sharding="fsdp")
     assert (strategy_family(fsdp), strategy_group(fsdp)) == ("lora/fsdp", "fsdp")
     unseen = Strategy(method="lora", zero_stage=1, offload_optimizer="cpu")  # no lora/z12/offload peak calibrates
     assert "lora/z12/offload" not in table["families"]
-    assert band_for(unseen).pool == table["groups"]["zero"]["pool"]
+    assert band_for(unseen, 0.8).pool == table["groups"]["zero"]["pool"]
 
 
 def test_zero_1_or_2_on_one_gpu_is_a_single_gpu_run_for_the_band():
@@ -159,14 +185,15 @@ def test_estimate_result_and_memory_report_carry_the_band():
     b = band_for(Strategy(method="qlora", zero_stage=0, gradient_checkpointing=True))
     assert r.gpu_band.low == pytest.approx(r.gpu_peak_gib * b.low, abs=2e-3)
     assert r.gpu_band.high == pytest.approx(r.gpu_peak_gib * b.high, abs=2e-3)
-    assert (r.gpu_band.n, r.gpu_band.pool, r.gpu_band.level) == (b.n, b.pool, 0.8)
+    assert (r.gpu_band.n, r.gpu_band.pool, r.gpu_band.level) == (b.n, b.pool, 0.9)  # the default level
 
 
 def test_policy_band_quantile_picks_the_level():
-    plan = _plan(80)
+    plan = plan_from_dict({**_raw_plan(80), "policy": {"gpu_headroom": 0, "band_quantile": 0.8}}, "narrow.yaml")
     wide = plan_from_dict({**_raw_plan(80), "policy": {"gpu_headroom": 0, "band_quantile": 0.9}}, "wide.yaml")
     s = Strategy(method="qlora", zero_stage=0, gradient_checkpointing=True)
     r80, r90 = estimate(plan), estimate(wide)
+    assert r80.gpu_band.level == 0.8
     assert r90.gpu_band.level == 0.9
     assert r90.gpu_band.high == pytest.approx(r90.gpu_peak_gib * band_for(s, 0.9).high, abs=2e-3)
     assert r90.gpu_band.high >= r80.gpu_band.high

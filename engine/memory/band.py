@@ -73,7 +73,7 @@ def band_strategy(s: Strategy, world_size: int) -> Strategy:
     return s
 
 
-def band_for(s: Strategy, level: float = 0.8, world_size: int = 0) -> Band:
+def band_for(s: Strategy, level: float = 0.9, world_size: int = 0) -> Band:
     """The residual band of a strategy's family at a coverage level; a family without calibration
     cases falls back to its sharding group, a group to its kind (offload or resident), a kind to all.
 
