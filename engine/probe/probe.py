@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ..core.errors import ProbeError
+from .build import LoraTargets, build_model, make_optimizer, materialise
 from .trace import StorageTracker, Tracker, cuda_like_dropout, enable_checkpointing, unpacked_sequences
 
 if TYPE_CHECKING:  # torch is not analysed (follow_imports = skip): its types read as Any
@@ -28,7 +29,6 @@ if TYPE_CHECKING:  # torch is not analysed (follow_imports = skip): its types re
     from ..plan.strategy import Strategy
 
 Progress = Callable[[int, int, str], None]
-LoraTargets = Union[str, Sequence[str]]  # peft's target_modules: "all-linear" or module names
 PHASES = ("setup", "forward", "backward", "optimizer")
 _CATEGORIES = ("params", "grads", "optimizer", "activations")
 _DTYPES = {"bf16": "bfloat16", "pure_bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -58,62 +58,6 @@ class ProbeResult:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
-def _build_model(config: Mapping[str, Any], layers: int, attention: str, dtype: torch.dtype, method: str,
-                 lora_rank: int, lora_targets: LoraTargets, lora_dropout: float) -> torch.nn.Module:
-    """The architecture on the meta device, with `layers` decoder layers (and peft adapters)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    cfg = {k: v for k, v in dict(config).items() if k not in ("torch_dtype", "dtype", "architectures")}
-    if "model_type" not in cfg:
-        raise ProbeError("probe: the model config has no model_type (e.g. llama, qwen2)")
-    # bloom (and other GPT-style configs) name the layer count n_layer; transformers maps
-    # num_hidden_layers onto it, so set the key the config itself uses.
-    cfg["n_layer" if "n_layer" in cfg else "num_hidden_layers"] = layers
-    if isinstance(cfg.get("layer_types"), list):
-        cfg["layer_types"] = cfg["layer_types"][:layers]
-    try:
-        hf_config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
-    except (ValueError, KeyError) as exc:
-        raise ProbeError(f"probe: transformers cannot build this config: {exc}") from None
-    hf_config.use_cache = False
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, attn_implementation=attention)
-    if method in ("lora", "qlora"):
-        from peft import LoraConfig, get_peft_model
-        # On meta: get_peft_model on fake parameters fails (sources.md §3).
-        lora = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=lora_dropout,
-                          target_modules=lora_targets, task_type="CAUSAL_LM")
-        model = get_peft_model(model, lora)
-    return model
-
-
-def _materialise(model: torch.nn.Module, tie: bool) -> None:
-    """Swap meta parameters and buffers for (fake) cpu tensors, keeping dtypes and tied weights."""
-    import torch
-
-    # torch.empty (not empty_like) so no meta tensor reaches FakeTensorMode as an input.
-    model._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device="cpu"))
-    if tie:  # _apply converts a shared Parameter once per owning module: tie it again.
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        out = base.get_output_embeddings()
-        if out is not None:
-            out.weight = base.get_input_embeddings().weight
-
-
-def _make_optimizer(optimizer: str, params: list[torch.nn.Parameter], notes: list[str]) -> torch.optim.Optimizer:
-    import torch
-
-    if optimizer == "sgd":
-        return torch.optim.SGD(params, lr=1e-4, momentum=0.9)
-    if optimizer == "adafactor" and hasattr(torch.optim, "Adafactor"):
-        return torch.optim.Adafactor(params, lr=1e-4)
-    if optimizer != "adamw":
-        notes.append(f"optimizer {optimizer} traced as torch AdamW (its own kernels are not available here)")
-    # foreach=True is torch's default on CUDA; its temporaries belong in the optimizer-step peak.
-    return torch.optim.AdamW(params, lr=1e-4, foreach=True)
-
-
 def _trace_step(model_args: tuple[Mapping[str, Any], int, str, torch.dtype, str, int, LoraTargets, float], *, seq_len: int, micro_batch: int, gradient_checkpointing: bool,
                 optimizer: str, fake: bool, notes: list[str], tick: Callable[[str], None]) -> dict[str, Any]:
     """Run one step with `layers` decoder layers under the tracker; return its measurements."""
@@ -122,12 +66,12 @@ def _trace_step(model_args: tuple[Mapping[str, Any], int, str, torch.dtype, str,
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     config = model_args[0]
-    model = _build_model(*model_args)
+    model = build_model(*model_args)
     tie = bool(dict(config).get("tie_word_embeddings", False))
     fake_mode = FakeTensorMode(allow_non_fake_inputs=False) if fake else contextlib.nullcontext()
     tracker: StorageTracker = Tracker()
     with fake_mode, tracker, unpacked_sequences(), cuda_like_dropout():
-        _materialise(model, tie)
+        materialise(model, tie)
         if gradient_checkpointing:
             enable_checkpointing(model)
         model.train()
@@ -135,7 +79,7 @@ def _trace_step(model_args: tuple[Mapping[str, Any], int, str, torch.dtype, str,
         tracker.mark(model.parameters())
         for p in params:  # a gradient stops being an activation once it lands in .grad
             p.register_post_accumulate_grad_hook(lambda q: tracker.mark([q.grad]))
-        opt = _make_optimizer(optimizer, params, notes)
+        opt = make_optimizer(optimizer, params, notes)
         ids = torch.zeros((micro_batch, seq_len), dtype=torch.long)
         tracker.phase = "forward"
         loss = model(input_ids=ids, labels=ids).loss
