@@ -14,7 +14,7 @@ Three moments compete for the GPU peak:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .activations import activation_bytes
@@ -38,6 +38,8 @@ class FsdpTerms:
     host: dict[str, float]
     host_phase: str
     accumulation_steps: int
+    # Every moment's terms, the peak's included (bench/fsdp_cpu.py compares each with a traced run).
+    gpu_phases: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def shard_group(strategy: Strategy, gpus_per_node: int, world: int) -> int:
@@ -161,7 +163,7 @@ def fsdp_terms(plan: Plan, facts: ModelSpec, strategy: Strategy, slack: float, f
     phases = {"forward/backward": start, "end of backward": end, "optimizer step": step}
     gpu_phase = max(phases, key=lambda k: sum(phases[k].values()))
     host, host_phase = _host(plan, facts, strategy, shards, n, layer_p, d, model_compute, n_train)
-    return FsdpTerms(phases[gpu_phase], gpu_phase, host, host_phase, accum)
+    return FsdpTerms(phases[gpu_phase], gpu_phase, host, host_phase, accum, phases)
 
 
 def pinned_bytes(nbytes: float) -> float:
