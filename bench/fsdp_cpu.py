@@ -135,7 +135,8 @@ def _rank_main(rank: int, world: int, port: int, model_cfg: dict, run: tuple, ou
             tracker.__exit__(None, None, None)
         losses.append(float(loss.detach().float()))
     out = {"rank": rank, "losses": losses, "peaks": {k: {"total": v[0], **v[1]} for k, v in tracker.peaks.items()},
-           "buffer_peaks": {k: {"buffers": v[0], **v[1]} for k, v in tracker.buffer_peaks.items()}}
+           "buffer_peaks": {k: {"buffers": v[0], **v[1]} for k, v in tracker.buffer_peaks.items()},
+           "category_max": tracker.category_max}
     out_q.put(out)
     dist.barrier()
     dist.destroy_process_group()
@@ -160,8 +161,8 @@ def memfit_phases(model_cfg: dict, run: tuple) -> dict:
 def compare(measured: dict, buffers: dict, memfit: dict) -> list[dict]:
     """Rows (phase, term, traced bytes, memfit bytes): the traced peak of forward+backward against
     memfit's larger forward/backward moment, the step's peak against memfit's step, FSDP's own
-    transient bytes at their largest anywhere in forward+backward against memfit's larger
-    zero_buffers, and the step's peak against memfit's peak."""
+    gradients and transient bytes at their largest anywhere in forward+backward against memfit's
+    larger gradients + zero_buffers, and the step's peak against memfit's peak."""
     moments = ("forward/backward", "end of backward")
     fb_name = max(moments, key=lambda k: sum(memfit[k].values()))
     fb = max((measured[p] for p in ("forward", "backward") if p in measured), key=lambda m: m["total"])
@@ -181,8 +182,9 @@ def compare(measured: dict, buffers: dict, memfit: dict) -> list[dict]:
         }
         rows += [{"phase": phase, "term": k, "measured": a, "memfit": b} for k, (a, b) in pairs.items()]
     worst = max((buffers[p]["buffers"] for p in ("forward", "backward") if p in buffers), default=0)
-    rows.append({"phase": "forward+backward, any moment", "term": "unsharded params + grads + comm buffers",
-                 "measured": worst, "memfit": max(memfit[k]["zero_buffers_gib"] for k in moments)})
+    rows.append({"phase": "forward+backward, any moment", "term": "grads + unsharded params + comm buffers",
+                 "measured": worst,
+                 "memfit": max(memfit[k]["zero_buffers_gib"] + memfit[k]["gradients_gib"] for k in moments)})
     rows.append({"phase": "peak of the step", "term": "total", "measured": max(v["total"] for v in measured.values()),
                  "memfit": max(sum(v.values()) for v in memfit.values())})
     return rows
@@ -221,7 +223,7 @@ def run_case(name: str, model_name: str = "small") -> dict:
     r0 = next(r for r in results if r["rank"] == 0)
     memfit = memfit_phases(model_cfg, run)
     return {"name": name, "model": model_name, "world": run[0], "peaks": r0["peaks"], "memfit": memfit,
-            "buffer_peaks": r0["buffer_peaks"],
+            "buffer_peaks": r0["buffer_peaks"], "category_max": r0["category_max"],
             "rows": compare(r0["peaks"], r0["buffer_peaks"], memfit), "losses": r0["losses"]}
 
 

@@ -98,6 +98,7 @@ def make_tracker(objects):
             self.phase = "setup"
             self.peaks: dict[str, tuple[int, dict[str, int]]] = {}
             self.buffer_peaks: dict[str, tuple[int, dict[str, int]]] = {}
+            self.category_max: dict[str, dict[str, int]] = {}  # phase -> each category's own maximum
             self.ctx = "other"  # the label of storages allocated now (comm_buffers inside collectives)
             self.labels: dict[int, str] = {}
 
@@ -147,10 +148,16 @@ def make_tracker(objects):
             now, parts = self.current(), self.breakdown()
             if now > self.peaks.get(self.phase, (-1,))[0]:
                 self.peaks[self.phase] = (now, parts)
-            # FSDP's own transient bytes at any moment, peak or not: what memfit's zero_buffers counts.
-            buffers = sum(parts[c] for c in ("params_unsharded", "mp_shard", "grads_unsharded", "comm_buffers"))
+            # FSDP's gradients and transient bytes at any moment, peak or not: memfit's gradients +
+            # zero_buffers. With the sharded gradients, because FSDP's reduce allocates the next
+            # sharded gradient (its cast back to fp32) before it is assigned to the parameter.
+            buffers = sum(parts[c] for c in ("params_unsharded", "mp_shard", "grads_unsharded", "comm_buffers",
+                                             "grads_sharded"))
             if buffers > self.buffer_peaks.get(self.phase, (-1,))[0]:
                 self.buffer_peaks[self.phase] = (buffers, parts)
+            most = self.category_max.setdefault(self.phase, dict.fromkeys(CATEGORIES, 0))
+            for c, v in parts.items():
+                most[c] = max(most[c], v)
             return out
 
     return FsdpTracker()
