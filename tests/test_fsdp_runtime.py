@@ -1,7 +1,7 @@
 """memfit's FSDP terms (engine/memory/fsdp.py) against a traced real FSDP step (bench/fsdp_cpu.py), on the
 smallest model: a random-weight 2-layer Llama (hidden 256, vocab 4096: 3.68M parameters, a root unit of
 2.10M and two decoder layers of 0.79M), bf16 mixed precision with bf16 reduction, torch AdamW
-(foreach), two ranks on CPU/gloo, FSDP2 and FSDP1 FULL_SHARD. The trace of rank 0's second step is
+(foreach), on CPU/gloo: FSDP2 and FSDP1 FULL_SHARD on two ranks, FSDP2 on one. The trace of rank 0's second step is
 the ground truth; memfit's terms are compared with it per term.
 
 Tolerance 1 % where memfit's term and torch allocate the same bytes by construction (every dimension
@@ -44,7 +44,7 @@ def _rows(run):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["fsdp2-w2", "fsdp1-w2"])
+@pytest.mark.parametrize("name", ["fsdp2-w2", "fsdp1-w2", "fsdp2-w1"])
 def test_memfit_fsdp_terms_match_a_traced_step(name):
     run = _run(name)
     assert run["losses"][-1] == run["losses"][-1]  # a real step ran (not NaN)
@@ -65,16 +65,20 @@ def test_memfit_fsdp_terms_match_a_traced_step(name):
     for key in exact:
         got, want = rows[key]
         assert want == pytest.approx(got, rel=0.01), f"{name}: {key}: traced {got / MIB:.2f}, memfit {want / MIB:.2f} MiB"
-    # The step's foreach temporary is one fp32 copy of the rank's second moments, 4 B x P / 2.
-    n = ROOT_P + 2 * LAYER_P
-    assert rows[("optimizer step", "optimizer states (+ step temporaries)")][0] == pytest.approx(12 * n / 2, rel=0.01)
-    # FSDP's transient bytes, at their largest anywhere in forward/backward: memfit counts more (the
-    # root's whole unsharded gradient from the start of backward, where autograd holds only
-    # lm_head's until the embedding's backward, the last op; and the root and one layer still
-    # gathered at the end of backward, which post_backward reshards before its reduce-scatter), but
-    # never less, and not above 1.4x on this model (FSDP1 1.38x, FSDP2 1.18x traced).
-    got, want = rows[("forward+backward, any moment", "unsharded params + grads + comm buffers")]
-    assert got <= want <= 1.4 * got, f"{name}: traced {got / MIB:.2f}, memfit {want / MIB:.2f} MiB"
+    # States and the step's foreach temporary: m, v and one copy of v, fp32, of the rank's 1/world.
+    n, world = ROOT_P + 2 * LAYER_P, run["world"]
+    assert rows[("optimizer step", "optimizer states (+ step temporaries)")][0] == pytest.approx(12 * n / world, rel=0.01)
+    # FSDP's gradients and transient bytes (unsharded parameters and gradients, FSDP2's all-gather and
+    # reduce-scatter flat buffers, FSDP1's _mp_shard), at their largest anywhere in forward/backward,
+    # against memfit's larger moment of gradients + zero_buffers: memfit counts more (the root's
+    # whole unsharded gradient from the start of backward, where autograd holds only lm_head's until
+    # the embedding's backward, the last op; a layer's reduce buffers at the end, where the trace's
+    # largest is the root's; and the root and one layer still gathered then, which FSDP2's
+    # _fsdp_param_group.py post_backward reshards before foreach_reduce), never less: an upper bound,
+    # at most 1.75x on this model (traced: FSDP1 1.71x, FSDP2 1.56x, FSDP2 on one rank 1.27x; before
+    # memfit counted FSDP2's one-rank copies it was 0.64x there).
+    got, want = rows[("forward+backward, any moment", "grads + unsharded params + comm buffers")]
+    assert got <= want <= 1.75 * got, f"{name}: traced {got / MIB:.2f}, memfit {want / MIB:.2f} MiB"
     # The peak of the whole step: memfit's is never below the trace (no moment it misses).
     got, want = rows[("peak of the step", "total")]
     assert got <= want <= 1.25 * got, f"{name}: peak traced {got / MIB:.2f}, memfit {want / MIB:.2f} MiB"
@@ -87,7 +91,7 @@ def test_the_trace_shows_the_units_memfit_counts_in_flight():
     # one in backward and the one BACKWARD_PRE prefetches: _runtime_utils.py _prefetch_handle) are
     # unsharded at once, in bf16: memfit's _in_flight for FSDP1 FULL_SHARD.
     run = _run("fsdp1-w2")
-    backward = run["buffer_peaks"]["backward"]
+    backward = run["category_max"]["backward"]
     assert backward["params_unsharded"] == pytest.approx((ROOT_P + 2 * LAYER_P) * 2, rel=0.01)
     # In forward at the loss, only the root is still gathered (every layer resharded after its forward).
     assert run["peaks"]["forward"]["params_unsharded"] == pytest.approx(ROOT_P * 2, rel=0.01)

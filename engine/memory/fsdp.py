@@ -140,9 +140,15 @@ def fsdp_terms(plan: Plan, facts: ModelSpec, strategy: Strategy, slack: float, f
     accum = accumulation_steps(t.global_batch_size, strategy.micro_batch_size, hw.world_size)
     held = on_gpu["grads"] if accum > 1 else 0.0
     # Unsharded gradients: the root's lives from lm_head's backward to the embedding's (one unit);
-    # a layer's until its reduce-scatter. NO_SHARD all-reduces the gradient in place.
-    root_grad = root_p * train_share * d["grad_compute"] if n > 1 else 0.0
-    layer_grad = layer_p * train_share * d["grad_compute"] if n > 1 else 0.0
+    # a layer's until its reduce-scatter. NO_SHARD all-reduces the gradient in place; FSDP1 runs
+    # NO_SHARD on one GPU (_init_utils.py _init_process_group_state). FSDP2 has no such switch: on a
+    # one-rank mesh it still copies each unit into separate unsharded parameters
+    # (_fsdp_param_group.py wait_for_unshard, world_size == 1 branch) and reduces through
+    # _fsdp_collectives.py foreach_reduce, which allocates the flat input and output for any world
+    # size (traced on CPU: bench/fsdp_cpu.py fsdp2-w1).
+    copies = n > 1 or strategy.fsdp_version == 2
+    root_grad = root_p * train_share * d["grad_compute"] if copies else 0.0
+    layer_grad = layer_p * train_share * d["grad_compute"] if copies else 0.0
     flight = _in_flight(strategy, unit, root, model_compute)
     # Reduce-scatter buffers for a layer's gradient: the sharded output (FSDP1 _get_reduce_scatter_tensors)
     # and, in FSDP2, the flat input the gradients are copied into first (foreach_reduce_scatter_copy_in).
@@ -155,7 +161,7 @@ def fsdp_terms(plan: Plan, facts: ModelSpec, strategy: Strategy, slack: float, f
              "allocator_slack_gib": (act.stored_bytes + act.logits_loss_bytes) * slack}
     end = {"weights_gib": on_gpu["params"], "gradients_gib": on_gpu["grads"],
            "optimizer_states_gib": on_gpu["opt"], "activations_gib": act.working_bytes, "logits_loss_gib": 0.0,
-           "zero_buffers_gib": (root + unit if n > 1 else 0.0) + root_grad + layer_grad + reduce_buf,
+           "zero_buffers_gib": (root + unit if copies else 0.0) + root_grad + layer_grad + reduce_buf,
            "allocator_slack_gib": act.working_bytes * slack}
     step = {"weights_gib": on_gpu["params"], "gradients_gib": on_gpu["grads"],
             "optimizer_states_gib": on_gpu["opt"] + on_gpu["temp"], "activations_gib": 0.0, "logits_loss_gib": 0.0,
