@@ -163,7 +163,7 @@ def compare(measured: dict, buffers: dict, memfit: dict) -> list[dict]:
     memfit's larger forward/backward moment, the step's peak against memfit's step, FSDP's own
     gradients and transient bytes at their largest anywhere in forward+backward against memfit's
     larger gradients + zero_buffers, and the step's peak against memfit's peak."""
-    moments = ("forward/backward", "end of backward")
+    moments = [k for k in memfit if k != "optimizer step"]  # FSDP2 adds "start of forward"
     fb_name = max(moments, key=lambda k: sum(memfit[k].values()))
     fb = max((measured[p] for p in ("forward", "backward") if p in measured), key=lambda m: m["total"])
     rows = []

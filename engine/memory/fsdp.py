@@ -5,12 +5,15 @@ FullyShardedDataParallelPlugin); docs/explanation/memory-model.md lists every te
 Units are wrapped per decoder layer (accelerate's TRANSFORMER_BASED_WRAP); what no layer owns
 (embeddings, lm_head, final norm) is the root unit.
 
-Three moments compete for the GPU peak:
+Three moments (four under FSDP2) compete for the GPU peak:
 - start of backward: shards + optimizer states + the root unit and two layer units unsharded (FSDP1's
   `_FreeEventQueue` allows two all-gathers in flight; FSDP2 adds its all-gather output buffer) or,
   under SHARD_GRAD_OP, every unit (not resharded after forward) + activations + the loss peak;
 - end of backward: + all sharded gradients, the root's unsharded gradient and one layer's working set;
-- optimizer step: shards + gradients + states + torch AdamW's foreach temporaries.
+- optimizer step: shards + gradients + states + torch AdamW's foreach temporaries;
+- FSDP2 on more than one GPU, start of forward: the root and the first layer gathered, each with its
+  flat all-gather output still held (_fsdp2_forward_start).
+bench/fsdp_cpu.py traces real FSDP steps on CPU/gloo against these moments.
 """
 from __future__ import annotations
 
@@ -167,9 +170,22 @@ def fsdp_terms(plan: Plan, facts: ModelSpec, strategy: Strategy, slack: float, f
             "optimizer_states_gib": on_gpu["opt"] + on_gpu["temp"], "activations_gib": 0.0, "logits_loss_gib": 0.0,
             "zero_buffers_gib": 0.0, "allocator_slack_gib": 0.0}
     phases = {"forward/backward": start, "end of backward": end, "optimizer step": step}
+    if strategy.fsdp_version == 2 and n > 1 and strategy.effective_fsdp_sharding in ("FULL_SHARD", "HYBRID_SHARD"):
+        phases["start of forward"] = _fsdp2_forward_start(start, root, unit)
     gpu_phase = max(phases, key=lambda k: sum(phases[k].values()))
     host, host_phase = _host(plan, facts, strategy, shards, n, layer_p, d, model_compute, n_train)
     return FsdpTerms(phases[gpu_phase], gpu_phase, host, host_phase, accum, phases)
+
+
+def _fsdp2_forward_start(start: dict[str, float], root: float, unit: float) -> dict[str, float]:
+    """FSDP2's first layer copy-out in forward: the root gathered, and the root's flat all-gather
+    output still held. _fsdp_param_group.py wait_for_unshard keeps the previous group's all-gather
+    result (`prev_all_gather_state`, bound for the whole call) until this group's copy-out is done
+    ("free after the next copy-out", world size > 1 only), so the root (gathered + its flat
+    output) and the first layer (the same two) are live at once, before any activation
+    (traced on CPU: bench/fsdp_cpu.py fsdp2-lora-w2, 11.17 MiB = 2 x (root + layer))."""
+    return dict(start, activations_gib=0.0, logits_loss_gib=0.0, allocator_slack_gib=0.0,
+                zero_buffers_gib=2 * (root + unit))
 
 
 def pinned_bytes(nbytes: float) -> float:
