@@ -5,16 +5,19 @@ FullyShardedDataParallelPlugin); docs/explanation/memory-model.md lists every te
 Units are wrapped per decoder layer (accelerate's TRANSFORMER_BASED_WRAP); what no layer owns
 (embeddings, lm_head, final norm) is the root unit.
 
-Three moments compete for the GPU peak:
+Three moments (four under FSDP2) compete for the GPU peak:
 - start of backward: shards + optimizer states + the root unit and two layer units unsharded (FSDP1's
   `_FreeEventQueue` allows two all-gathers in flight; FSDP2 adds its all-gather output buffer) or,
   under SHARD_GRAD_OP, every unit (not resharded after forward) + activations + the loss peak;
 - end of backward: + all sharded gradients, the root's unsharded gradient and one layer's working set;
-- optimizer step: shards + gradients + states + torch AdamW's foreach temporaries.
+- optimizer step: shards + gradients + states + torch AdamW's foreach temporaries;
+- FSDP2 on more than one GPU, start of forward: the root and the first layer gathered, each with its
+  flat all-gather output still held (_fsdp2_forward_start).
+bench/fsdp_cpu.py traces real FSDP steps on CPU/gloo against these moments.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .activations import activation_bytes
@@ -38,6 +41,8 @@ class FsdpTerms:
     host: dict[str, float]
     host_phase: str
     accumulation_steps: int
+    # Every moment's terms, the peak's included (bench/fsdp_cpu.py compares each with a traced run).
+    gpu_phases: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def shard_group(strategy: Strategy, gpus_per_node: int, world: int) -> int:
@@ -138,9 +143,15 @@ def fsdp_terms(plan: Plan, facts: ModelSpec, strategy: Strategy, slack: float, f
     accum = accumulation_steps(t.global_batch_size, strategy.micro_batch_size, hw.world_size)
     held = on_gpu["grads"] if accum > 1 else 0.0
     # Unsharded gradients: the root's lives from lm_head's backward to the embedding's (one unit);
-    # a layer's until its reduce-scatter. NO_SHARD all-reduces the gradient in place.
-    root_grad = root_p * train_share * d["grad_compute"] if n > 1 else 0.0
-    layer_grad = layer_p * train_share * d["grad_compute"] if n > 1 else 0.0
+    # a layer's until its reduce-scatter. NO_SHARD all-reduces the gradient in place; FSDP1 runs
+    # NO_SHARD on one GPU (_init_utils.py _init_process_group_state). FSDP2 has no such switch: on a
+    # one-rank mesh it still copies each unit into separate unsharded parameters
+    # (_fsdp_param_group.py wait_for_unshard, world_size == 1 branch) and reduces through
+    # _fsdp_collectives.py foreach_reduce, which allocates the flat input and output for any world
+    # size (traced on CPU: bench/fsdp_cpu.py fsdp2-w1).
+    copies = n > 1 or strategy.fsdp_version == 2
+    root_grad = root_p * train_share * d["grad_compute"] if copies else 0.0
+    layer_grad = layer_p * train_share * d["grad_compute"] if copies else 0.0
     flight = _in_flight(strategy, unit, root, model_compute)
     # Reduce-scatter buffers for a layer's gradient: the sharded output (FSDP1 _get_reduce_scatter_tensors)
     # and, in FSDP2, the flat input the gradients are copied into first (foreach_reduce_scatter_copy_in).
@@ -153,15 +164,28 @@ def fsdp_terms(plan: Plan, facts: ModelSpec, strategy: Strategy, slack: float, f
              "allocator_slack_gib": (act.stored_bytes + act.logits_loss_bytes) * slack}
     end = {"weights_gib": on_gpu["params"], "gradients_gib": on_gpu["grads"],
            "optimizer_states_gib": on_gpu["opt"], "activations_gib": act.working_bytes, "logits_loss_gib": 0.0,
-           "zero_buffers_gib": (root + unit if n > 1 else 0.0) + root_grad + layer_grad + reduce_buf,
+           "zero_buffers_gib": (root + unit if copies else 0.0) + root_grad + layer_grad + reduce_buf,
            "allocator_slack_gib": act.working_bytes * slack}
     step = {"weights_gib": on_gpu["params"], "gradients_gib": on_gpu["grads"],
             "optimizer_states_gib": on_gpu["opt"] + on_gpu["temp"], "activations_gib": 0.0, "logits_loss_gib": 0.0,
             "zero_buffers_gib": 0.0, "allocator_slack_gib": 0.0}
     phases = {"forward/backward": start, "end of backward": end, "optimizer step": step}
+    if strategy.fsdp_version == 2 and n > 1 and strategy.effective_fsdp_sharding in ("FULL_SHARD", "HYBRID_SHARD"):
+        phases["start of forward"] = _fsdp2_forward_start(start, root, unit)
     gpu_phase = max(phases, key=lambda k: sum(phases[k].values()))
     host, host_phase = _host(plan, facts, strategy, shards, n, layer_p, d, model_compute, n_train)
-    return FsdpTerms(phases[gpu_phase], gpu_phase, host, host_phase, accum)
+    return FsdpTerms(phases[gpu_phase], gpu_phase, host, host_phase, accum, phases)
+
+
+def _fsdp2_forward_start(start: dict[str, float], root: float, unit: float) -> dict[str, float]:
+    """FSDP2's first layer copy-out in forward: the root gathered, and the root's flat all-gather
+    output still held. _fsdp_param_group.py wait_for_unshard keeps the previous group's all-gather
+    result (`prev_all_gather_state`, bound for the whole call) until this group's copy-out is done
+    ("free after the next copy-out", world size > 1 only), so the root (gathered + its flat
+    output) and the first layer (the same two) are live at once, before any activation
+    (traced on CPU: bench/fsdp_cpu.py fsdp2-lora-w2, 11.17 MiB = 2 x (root + layer))."""
+    return dict(start, activations_gib=0.0, logits_loss_gib=0.0, allocator_slack_gib=0.0,
+                zero_buffers_gib=2 * (root + unit))
 
 
 def pinned_bytes(nbytes: float) -> float:
