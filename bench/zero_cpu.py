@@ -26,11 +26,11 @@ is no caching allocator, no CUDA context, no NCCL buffer and no pinned-memory ro
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import socket
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gloo_ranks import cases_main, spawn_ranks  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -330,24 +330,10 @@ def run_case(name: str, model_name: str = "small") -> dict:
     Raises:
         RuntimeError: a rank failed (its exit code is named).
     """
-    import torch.multiprocessing as mp
-
     world, fields, overrides = RUNS[name]
     model = MODELS[model_name]
     cfg = ds_config_for(model, world, fields, overrides)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_rank_main, args=(r, world, port, model, cfg, q)) for r in range(world)]
-    for p in procs:
-        p.start()
-    results = [q.get(timeout=900) for _ in procs]
-    for p in procs:
-        p.join(timeout=120)
-        if p.exitcode not in (0, None):
-            raise RuntimeError(f"{name}: a rank exited with {p.exitcode}")
+    results = spawn_ranks(name, _rank_main, world, (model, cfg), timeout=900)
     r0 = next(r for r in results if r["rank"] == 0)
     measured = dict(r0["buffers"], gathered_params=r0["gathered_max"] if fields["zero_stage"] == 3 else 0)
     return {"name": name, "model": model_name, "world": world, "measured": measured,
@@ -411,20 +397,7 @@ def render(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=sorted(MODELS), default="small")
-    ap.add_argument("--runs", nargs="*", default=list(RUNS))
-    ap.add_argument("--json", help="also write the rows here")
-    args = ap.parse_args(argv)
-    rows = []
-    for name in args.runs:
-        rows.append(run_case(name, args.model))
-        print(f"done {name}: losses {rows[-1]['losses']}", file=sys.stderr, flush=True)
-    print(render(rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
-    return 0
+    return cases_main(__doc__, MODELS, RUNS, run_case, render, argv)
 
 
 if __name__ == "__main__":
