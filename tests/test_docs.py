@@ -5,6 +5,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from memfit.engine.policy.vocabulary import facts_reference_markdown
 from memfit.engine.advice.schema_export import schema_texts
 
@@ -30,6 +32,7 @@ def test_every_shipped_yaml_opens_with_a_comment():
         assert first.startswith("#"), f"{f.name} must open with a comment saying what it is for"
 
 
+@pytest.mark.slow  # ~2 s: advises every example plan
 def test_every_example_plan_loads_and_advises():
     from memfit.engine import advise
 

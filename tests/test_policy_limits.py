@@ -88,6 +88,7 @@ def test_at_the_limits_loads():
     assert [r.id for r in check_sources([("ok.yaml", _file(text))])] == ["a", "b"]
 
 
+@pytest.mark.slow  # ~3 s: loads a rule base past the limit
 def test_too_many_rules():
     text = "".join(_rule_text(id=f"r{i}") for i in range(limits.MAX_RULES + 1))
     with pytest.raises(RuleError, match=r"2001 rules in the rule base \(limit 2000\); last file big.yaml"):

@@ -126,6 +126,7 @@ def test_differential_helper_reports_nothing_on_rule_examples():
     assert differential(BUILTIN, [t["facts"] for r in BUILTIN for t in r.tests]) == []
 
 
+@pytest.mark.slow  # ~2 s: 200 fact sets through durable-rules
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 @given(fact_sets(BUILTIN, drop_some=False, plain_floats=True))
 def test_durable_matches_oracle_on_complete_facts(facts):
@@ -137,12 +138,14 @@ def test_durable_matches_oracle_on_complete_facts(facts):
 OPERATOR_RULES = [_rule(f"op-{i}", cond) for i, (cond, _, _) in enumerate(OPERATOR_TABLE)]
 
 
+@pytest.mark.slow  # ~3 s: 200 fact sets through durable-rules
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 @given(fact_sets(OPERATOR_RULES, drop_some=False, plain_floats=True))
 def test_durable_matches_oracle_on_every_operator(facts):
     _assert_same(OPERATOR_RULES, facts)
 
 
+@pytest.mark.slow  # ~3 s: 200 fact sets through durable-rules
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 @given(fact_sets(OPERATOR_RULES, drop_some=True, plain_floats=False))
 def test_durable_matches_oracle_with_missing_facts(facts):
