@@ -91,7 +91,6 @@ class CachingAllocator:
     reserved: int = 0
     peak_reserved: int = 0
     allocated: int = 0
-    peak_allocated: int = 0
     segments: int = 0
     _free: dict[bool, list[tuple[int, int, int]]] = field(default_factory=lambda: {True: [], False: []})
     _by_key: dict[tuple[int, int, int], Block] = field(default_factory=dict)
@@ -146,7 +145,6 @@ class CachingAllocator:
             self._insert(rest)
         block.allocated = True
         self.allocated += block.size
-        self.peak_allocated = max(self.peak_allocated, self.allocated)
         return block
 
     def free(self, block: Block) -> None:
