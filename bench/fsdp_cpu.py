@@ -34,6 +34,12 @@ MODELS = {
     "small": {"model_type": "llama", "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 2,
               "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 4096,
               "tie_word_embeddings": False, "max_position_embeddings": 256},
+    # The small model's layers with a 256-token vocabulary, trained at 1024 tokens (SEQ_OF): the logits
+    # are small and the activations large, so the last decoder layer's backward, on top of every
+    # stored activation, sets the peak of backward rather than the loss.
+    "small-long": {"model_type": "llama", "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 2,
+                   "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 256,
+                   "tie_word_embeddings": False, "max_position_embeddings": 1024},
     # 30M parameters: 4 layers of hidden 512, a larger share in the layers.
     "medium": {"model_type": "llama", "hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 4,
                "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 8192,
@@ -52,12 +58,18 @@ RUNS = {
     "fsdp1-sgo-w2": (2, 1, "SHARD_GRAD_OP", "full", False),
 }
 SEQ, MICRO, RANK = 64, 2, 8
+SEQ_OF = {"small-long": 1024}  # tokens per sample where a model is not traced at SEQ
+
+
+def seq_of(model: dict) -> int:
+    """The sequence length a model is traced at: SEQ_OF by name, else SEQ."""
+    return next((n for name, n in SEQ_OF.items() if MODELS[name] == model), SEQ)
 
 
 def plan_for(model: dict, world: int, method: str, gc: bool) -> dict:
     """The memfit plan of a run: bf16 mixed precision, AdamW, one micro-batch per step."""
     return {"model": dict(model), "hardware": {"gpu_memory": 80, "gpus_per_node": world, "host_memory": 64},
-            "training": {"method": method, "seq_len": SEQ, "micro_batch_size": MICRO, "precision": "bf16",
+            "training": {"method": method, "seq_len": seq_of(model), "micro_batch_size": MICRO, "precision": "bf16",
                          "optimizer": "adamw", "gradient_checkpointing": gc, "attention": "sdpa",
                          "sharding": "fsdp", "lora": {"rank": RANK, "dropout": 0.0, "target_modules": "all-linear"}}}
 
@@ -119,7 +131,7 @@ def _rank_main(rank: int, world: int, port: int, model_cfg: dict, run: tuple, ou
     fsdp_trace.label_collectives(tracker, version)
     losses = []
     for step in range(2):
-        ids = torch.randint(0, model_cfg["vocab_size"], (MICRO, SEQ))
+        ids = torch.randint(0, model_cfg["vocab_size"], (MICRO, seq_of(model_cfg)))
         last = step == 1 and rank == 0
         if last:
             tracker.register_structures()

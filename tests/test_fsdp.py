@@ -92,6 +92,34 @@ def test_units_in_flight_at_the_start_of_backward():
     assert sgo.gpu["zero_buffers_gib"] == pytest.approx(2 * facts.total_params + 2 * root)
 
 
+LLAMA7B_LORA = {"model": "meta-llama/Llama-2-7b-hf",
+                "hardware": {"gpu_memory": 40, "gpus_per_node": 4, "host_memory": 256},
+                "training": {"method": "lora", "seq_len": 2048, "micro_batch_size": 4, "global_batch_size": 16,
+                             "precision": "pure_bf16", "gradient_checkpointing": True, "attention": "eager",
+                             "lora": {"rank": 8, "alpha": 32, "target_modules": ["q_proj", "v_proj"]},
+                             "zero_stage": 3, "offload_optimizer": "none", "offload_param": "none",
+                             "sharding": "fsdp1"}}
+
+
+def test_start_of_backward_holds_every_stored_activation_and_the_last_layers_working_set():
+    # The last decoder layer's backward (its recompute under checkpointing) runs while every other
+    # layer's stored activations are still live; without FSDP memfit adds them (ActivationBytes
+    # peak_bytes), and FSDP does not change activations. Eager attention at 4 x 2048 makes the layer's
+    # working set (fp32 softmax of 4 x 32 x 2048^2 scores) larger than the loss peak, so it sets the
+    # moment.
+    from memfit.engine.memory.activations import activation_bytes
+    from memfit.engine.memory.fsdp import fsdp_terms
+
+    plan = plan_from_dict(LLAMA7B_LORA)
+    facts = resolve_model(plan.model)
+    t = plan.training
+    act = activation_bytes(facts, t.seq_len, 4, t.attention, "lora", True, t.precision, lora_rank=8,
+                           lora_targets=t.lora.target_modules, lora_dropout=t.lora.dropout)
+    assert act.working_bytes > act.logits_loss_bytes
+    start = fsdp_terms(plan, facts, _fsdp(method="lora", micro_batch_size=4), 0.0).gpu_phases["forward/backward"]
+    assert start["activations_gib"] + start["logits_loss_gib"] == pytest.approx(act.stored_bytes + act.working_bytes)
+
+
 def test_pinned_host_blocks_round_up_to_powers_of_two():
     # ATen/core/CachingHostAllocator.h: PowerOf2Ceil(size)
     assert pinned_bytes(1) == 1 and pinned_bytes(1024) == 1024 and pinned_bytes(1025) == 2048

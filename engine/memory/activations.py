@@ -36,6 +36,13 @@ class ActivationBytes:
         """The loss peak (start of backward) and a layer's backward peak happen at different times."""
         return self.stored_bytes + max(self.working_bytes, self.logits_loss_bytes)
 
+    def peak_split(self) -> tuple[float, float]:
+        """peak_bytes as (activations, logits and loss): the larger of the working set and the loss
+        peak goes to its own term, the other is 0, so a breakdown names what sets the peak."""
+        if self.working_bytes >= self.logits_loss_bytes:
+            return self.stored_bytes + self.working_bytes, 0.0
+        return self.stored_bytes, self.logits_loss_bytes
+
 
 def _head_widths(facts: ModelSpec) -> tuple[int, int]:
     """(query width a*head_dim, key/value width kv*head_dim): qwen3 and gemma2 set head_dim apart

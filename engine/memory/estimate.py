@@ -199,9 +199,8 @@ def _gpu_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[GpuBrea
     nccl = NCCL_GIB * GIB if world > 1 else 0.0
     # The loss peak (start of backward) and a layer's backward working set come at different moments:
     # stored activations plus the larger of the two (ActivationBytes.peak_bytes).
-    working = act.working_bytes if act.working_bytes >= act.logits_loss_bytes else 0.0
-    logits = act.logits_loss_bytes if act.logits_loss_bytes > act.working_bytes else 0.0
-    dynamic = act.stored_bytes + working + logits
+    activations, logits = act.peak_split()
+    dynamic = activations + logits
     # BF16_Optimizer (fp32_grad_persistent) zeroes its bf16 .grad tensors instead of freeing them.
     held_grads = (grads if (accum > 1 or strategy.zero_stage >= 2 or zt.fp32_grad_persistent) else 0.0) + held_partition
     grads += held_partition
@@ -213,7 +212,7 @@ def _gpu_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[GpuBrea
     step_buffers = buffers + zt.step_extra
     step = weights + opt + grads + grad32 + step_buffers
     if fb >= step:
-        parts = (weights, held_grads, opt + held_fp32, act.stored_bytes + working, logits, buffers,
+        parts = (weights, held_grads, opt + held_fp32, activations, logits, buffers,
                  dynamic * slack_rate)
         phase = "forward/backward"
     else:

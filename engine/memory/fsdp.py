@@ -8,7 +8,8 @@ Units are wrapped per decoder layer (accelerate's TRANSFORMER_BASED_WRAP); what 
 Three moments (four under FSDP2) compete for the GPU peak:
 - start of backward: shards + optimizer states + the root unit and two layer units unsharded (FSDP1's
   `_FreeEventQueue` allows two all-gathers in flight; FSDP2 adds its all-gather output buffer) or,
-  under SHARD_GRAD_OP, every unit (not resharded after forward) + activations + the loss peak;
+  under SHARD_GRAD_OP, every unit (not resharded after forward) + the stored activations + the
+  larger of the loss peak and the last layer's backward working set;
 - end of backward: + all sharded gradients, the root's unsharded gradient and one layer's working set;
 - optimizer step: shards + gradients + states + torch AdamW's foreach temporaries;
 - FSDP2 on more than one GPU, start of forward: the root and the first layer gathered, each with its
@@ -158,10 +159,13 @@ def fsdp_terms(plan: Plan, facts: ModelSpec, strategy: Strategy, slack: float, f
     reduce_buf = layer_grad / n + (layer_grad if strategy.fsdp_version == 2 else 0.0)
     constants = quant_state_bytes(facts, strategy.method)
     on_gpu["params"] += constants
+    # Start of backward: every stored activation is still live while the loss peaks and then while the
+    # last decoder layer recomputes and runs its backward (ActivationBytes.peak_split, as without FSDP).
+    stored, loss = act.peak_split()
     start = {"weights_gib": on_gpu["params"], "gradients_gib": held, "optimizer_states_gib": on_gpu["opt"],
-             "activations_gib": act.stored_bytes, "logits_loss_gib": act.logits_loss_bytes,
+             "activations_gib": stored, "logits_loss_gib": loss,
              "zero_buffers_gib": flight + root_grad,
-             "allocator_slack_gib": (act.stored_bytes + act.logits_loss_bytes) * slack}
+             "allocator_slack_gib": (stored + loss) * slack}
     end = {"weights_gib": on_gpu["params"], "gradients_gib": on_gpu["grads"],
            "optimizer_states_gib": on_gpu["opt"], "activations_gib": act.working_bytes, "logits_loss_gib": 0.0,
            "zero_buffers_gib": (root + unit if copies else 0.0) + root_grad + layer_grad + reduce_buf,
