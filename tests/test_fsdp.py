@@ -101,6 +101,31 @@ LLAMA7B_LORA = {"model": "meta-llama/Llama-2-7b-hf",
                              "sharding": "fsdp1"}}
 
 
+def test_without_the_rate_limiter_every_unit_is_held():
+    # FSDP1 limit_all_gathers=False (_runtime_utils.py _unshard skips _FreeEventQueue): every unit's
+    # gathered block is held in bf16, 2 B per parameter of the meta-device count, instead of the root
+    # and two layers. Published: llama-cookbook pull request 41 switched the limiter on for exactly
+    # this run (Llama 2 7B LoRA q/v, 4 x A100, pure bf16, 4 x 2048) and reserved fell by 13.31 "GB",
+    # of which 0.98 GiB were fp32 logits the same change stopped keeping (8192 x 32000 x 4 B): the
+    # rest is 11.42 (GB = 1e9) to 12.33 GiB; memfit's difference must fall in it, within 5 %.
+    from memfit.engine.memory.fsdp import fsdp_terms
+
+    on = plan_from_dict(LLAMA7B_LORA)
+    off = plan_from_dict({**LLAMA7B_LORA, "training": {**LLAMA7B_LORA["training"], "fsdp_limit_all_gathers": False}})
+    facts = resolve_model(on.model)
+    s = _fsdp(method="lora", micro_batch_size=4)
+    held_on, held_off = (fsdp_terms(p, facts, s, 0.0).gpu_phases["forward/backward"]["zero_buffers_gib"] for p in (on, off))
+    adapters = 32 * 2 * 8 * (4096 + 4096)  # 32 layers x (q, v) x rank 8 x (A: 4096 in + B: 4096 out)
+    assert held_off == pytest.approx(2 * (facts.total_params + adapters), rel=1e-9)  # no trainable root: no root grad
+    layer, root = unit_params(facts)
+    assert held_on == pytest.approx(2 * (root + 2 * layer), rel=1e-3)  # + two layers' adapters
+    logits = 8192 * 32000 * 4
+    assert 0.95 * (13.31e9 - logits) <= held_off - held_on <= 1.05 * (13.31 * 2**30 - logits)
+    # FSDP2 has no such flag: the setting changes nothing there.
+    v2 = _fsdp(method="lora", micro_batch_size=4, fsdp_version=2)
+    assert fsdp_terms(off, facts, v2, 0.0).gpu == fsdp_terms(on, facts, v2, 0.0).gpu
+
+
 def test_start_of_backward_holds_every_stored_activation_and_the_last_layers_working_set():
     # The last decoder layer's backward (its recompute under checkpointing) runs while every other
     # layer's stored activations are still live; without FSDP memfit adds them (ActivationBytes

@@ -197,6 +197,10 @@ class Training(_Strict):
     kbit_upcast: bool | None = Field(None, description="QLoRA: non-quantised parameters upcast to fp32 (peft "
                                                        "prepare_model_for_kbit_training); default: the framework's")
     expandable_segments: bool = Field(False, description="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True")
+    fsdp_limit_all_gathers: bool = Field(
+        True, description="FSDP1's rate limiter (FullyShardedDataParallel limit_all_gathers, default true since "
+                          "torch 2.1 and in accelerate); false lets the CPU issue every all-gather ahead of the GPU, "
+                          "so up to the whole unsharded model is held (FSDP1 only)")
     sharding: Literal["auto", "deepspeed", "fsdp", "fsdp1", "fsdp2", "any", "none"] = Field(
         "auto", description="sharding engine: auto = deepspeed; fsdp = PyTorch FSDP (either version), fsdp1 | fsdp2 "
                             "pin the version; any = both engines, ranked by the rules; none = no sharding (ZeRO-0)")
