@@ -138,6 +138,42 @@ def summary(rows: list[dict]) -> dict:
             "right_advice": sum(_advice_fits(r) == r["expect_fits"] for r in rows if r["expect_fits"] is not None)}
 
 
+def measure_kind(measure: str) -> str:
+    """Which of memfit's figures a case's number is comparable with, from its `measure` text:
+    'allocated' (torch.cuda.max_memory_allocated, or torchtune's peak active: live tensors, no
+    allocator slack, no CUDA context), 'reserved' (max_memory_reserved: segments, no CUDA context),
+    else 'device' (nvidia-smi, or a tool not stated: the whole device, memfit's GPU peak). A text that
+    says the statistic is not known is 'device'."""
+    s = measure.lower()
+    if any(k in s for k in ("does not say", "not say which", "not stated whether", "how it was read is not stated")):
+        return "device"
+    if any(k in s for k in ("max_memory_reserved", "peak reserved", "memory reserved")):
+        return "reserved"
+    if any(k in s for k in ("max_memory_allocated", "peak allocated", "peak_memory_active", "mem_alloc")):
+        return "allocated"
+    return "device"
+
+
+def matched(row: dict) -> float:
+    """memfit's figure of the kind the case measured (measure_kind)."""
+    kind = measure_kind(row.get("measure", ""))
+    return {"allocated": row["memfit_allocated"], "reserved": row["memfit_reserved"]}.get(kind, row["tools"]["memfit"][0])
+
+
+def matched_line(label: str, rows: list[dict]) -> str:
+    """Median errors with each peak compared with memfit's figure of its own kind (a second view: the
+    headline, the verdicts and the band compare memfit's whole-device peak)."""
+    peaks = [r for r in rows if r["measured"]]
+    if not peaks:
+        return f"{label}: no measured peaks"
+    errors = [matched(r) / r["measured"] - 1 for r in peaks]
+    kinds = [measure_kind(r.get("measure", "")) for r in peaks]
+    counts = ", ".join(f"{k} {kinds.count(k)}" for k in ("allocated", "reserved", "device"))
+    return (f"{label}: median |error| {statistics.median(map(abs, errors)):.1%}, median signed "
+            f"{statistics.median(errors):+.1%} over {len(errors)} GPU peaks ({sum(abs(e) <= 0.10 for e in errors)} "
+            f"within 10%; compared as {counts})")
+
+
 def _advice_fits(r: dict) -> bool:
     est = r["tools"]["memfit"][0]
     return est <= 0.8 * r["capacity"] and (r.get("band_high") is None or r["band_high"] <= r["capacity"])
@@ -181,6 +217,8 @@ def main(argv=None) -> int:
     print(_line("  of which DeepSpeed / single GPU", summary([r for r in head if r["family"].split("/")[1:2] != ["fsdp"]])))
     print(_line("not modelled (scored apart)", summary([r for r in rows if r["not_modelled"]])))
     print(_line("all scored", summary(rows)))
+    print(matched_line("headline, measure-matched", head))
+    print(matched_line("  of which FSDP, measure-matched", [r for r in head if r["family"].split("/")[1:2] == ["fsdp"]]))
     if args.by_source:
         for stack in sorted({_stack(r["name"], cases) for r in head}):
             print(_line(f"  headline, stack {stack}", summary([r for r in head if _stack(r["name"], cases) == stack])))

@@ -1,0 +1,35 @@
+"""bench/heldout.py's measure-matched view: which of memfit's figures a published number is compared
+with, from the case's own `measure` text (texts as the held-out files write them)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from heldout import matched, measure_kind  # noqa: E402
+
+
+@pytest.mark.parametrize("text, kind", [
+    ("'Peak memory' column: litgpt prints torch.cuda.max_memory_allocated() / 1e9 as 'GB'", "allocated"),
+    ("torchtune peak_memory_active (column header 'Peak Memory Active (GiB)')", "allocated"),
+    ("swift's logged 'memory': torch.cuda.max_memory_reserved() / 2^30 summed over visible devices", "reserved"),
+    ("peak reserved, llama-recipes MemoryTrace: byte2gb(x) = int(x / 2**30)", "reserved"),
+    # the source names torch counters but not which one: the whole device
+    ("torchtune utils.get_memory_stats: the table does not say whether peak active, allocated or reserved", "device"),
+    ("per-GPU GPU memory in the script's header comment ('GiB'); how it was read is not stated (swift logs "
+     "torch.cuda.max_memory_reserved)", "device"),
+    ("user report, nvidia-smi-style per-GPU figure ('G')", "device"),
+    ("", "device"),
+])
+def test_measure_kind_reads_the_statistic_the_source_names(text, kind):
+    assert measure_kind(text) == kind
+
+
+def test_matched_takes_memfits_figure_of_that_kind():
+    row = {"measure": "peak allocated (max_memory_allocated / 1e9)", "memfit_allocated": 10.0, "memfit_reserved": 11.0,
+           "tools": {"memfit": (12.25, None)}}
+    assert matched(row) == 10.0
+    assert matched({**row, "measure": "torch.cuda.max_memory_reserved, rank-local"}) == 11.0
+    assert matched({**row, "measure": "nvidia-smi"}) == 12.25
