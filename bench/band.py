@@ -5,10 +5,10 @@ per family, shipped as engine/memory/band.json.
     .venv/bin/python bench/band.py --check    # exit 1 when the shipped file is stale
     .venv/bin/python bench/band.py --verdicts # GPU verdicts of the calibration cases: point vs band top
 
-Calibration set: the published runs of held-out sets 1 to 4 (bench/heldout/ to bench/heldout4/) whose
+Calibration set: the published runs of held-out sets 1 to 5 (bench/heldout/ to bench/heldout5/) whose
 technique memfit models (bench/heldout.py's headline) and that printed a GPU peak. Each set was
 collected after a memory model was frozen and scored on it before joining this set (set 3 tested the
-band of tag freeze-s4, set 4 the model of freeze-s5), so their residuals are the spread on runs memfit
+band of tag freeze-s4, set 4 the model of freeze-s5, set 5 that of freeze-s6), so their residuals are the spread on runs memfit
 had not been fitted on. The in-sample cases (bench/cases/) are not used: the point model was built on
 them and their residuals understate its error (docs/accuracy.md shows both). Out-of-memory outcomes
 are not residuals (only a lower bound of one): they test the band (--verdicts, and the newest held-out
@@ -49,7 +49,7 @@ from heldout import score  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CASE_FILES = ("bench/heldout/cases.yaml", "bench/heldout2/cases.yaml", "bench/heldout3/cases.yaml",
-              "bench/heldout4/cases.yaml")
+              "bench/heldout4/cases.yaml", "bench/heldout5/cases.yaml")
 # The most runs one source may weigh in a pool: held-out set 5 was collected with at most 5 runs per
 # source, so the calibration weighs sources as the fresh sets sample them (set 3 had 30 from one).
 SOURCE_CAP = 5.0
@@ -235,7 +235,8 @@ def band_verdicts(case_files=CASE_FILES, level: float = DEFAULT_LEVEL) -> dict:
     and by the band's upper end (what gpu-upper-over-capacity adds to a plan that keeps no headroom).
 
     Returns:
-        {"cases", "right_point", "right_upper", "unsafe_point", "unsafe_upper"}.
+        {"cases", "right_point", "right_upper", "unsafe_point", "unsafe_upper"} and, where any,
+        "unsafe_upper_cases": each run that ran out of memory under the band's top (estimate / card).
     """
     from memfit.engine import plan_from_dict
     from memfit.engine.core.errors import MemfitError
@@ -262,6 +263,8 @@ def band_verdicts(case_files=CASE_FILES, level: float = DEFAULT_LEVEL) -> dict:
             out["right_upper"] += upper == ran
             out["unsafe_point"] += point and not ran
             out["unsafe_upper"] += upper and not ran
+            if upper and not ran:
+                out.setdefault("unsafe_upper_cases", []).append(f"{row['name']} ({gpu / cap:.0%} of the card)")
     return out
 
 

@@ -81,7 +81,7 @@ def test_conformal_upper_end_covers_a_new_draw_at_its_level():
 def test_band_file_holds_every_level_from_held_out_runs_only():
     table = band_table()
     assert table["case_files"] == ["bench/heldout/cases.yaml", "bench/heldout2/cases.yaml", "bench/heldout3/cases.yaml",
-                                   "bench/heldout4/cases.yaml"]
+                                   "bench/heldout4/cases.yaml", "bench/heldout5/cases.yaml"]
     assert set(table["levels"]) == {"0.8", "0.9"}
     for level, t in table["levels"].items():
         entries = [*t["families"].values(), *t["groups"].values(), *t["kinds"].values(), t["all"]]
@@ -103,7 +103,8 @@ def test_thin_family_pools_into_its_group_then_its_kind():
     # offload runs are never pooled with resident runs alone: their GPU side is the least known part of
     # the model, so a thin offload pool falls back to every run (which includes the offload ones)
     for level in (0.8, 0.9):
-        assert band_for(full_z3_offload, level).pool in {"full/z3/offload", "zero/offload", "offload", "all"}
+        # (the pool may carry the remark ", top raised to level 0.8's": monotone tops, bench/band.py)
+        assert band_for(full_z3_offload, level).pool.split(",")[0] in {"full/z3/offload", "zero/offload", "offload", "all"}
     assert table["kinds"]["offload"]["pool"] in {"offload", "all"}
     assert b.level == 0.9  # the default level, as policy.band_quantile's default
     # ZeRO-1/2 offload only the optimizer: weights and gradients stay on the GPU, a resident run's GPU side
@@ -112,8 +113,8 @@ def test_thin_family_pools_into_its_group_then_its_kind():
     assert band_for(z2_offload, 0.8).pool == table["groups"]["zero"]["pool"]
     fsdp = Strategy(method="lora", zero_stage=3, sharding="fsdp")
     assert (strategy_family(fsdp), strategy_group(fsdp)) == ("lora/fsdp", "fsdp")
-    unseen = Strategy(method="lora", zero_stage=1, offload_optimizer="cpu")  # no lora/z12/offload peak calibrates
-    assert "lora/z12/offload" not in table["families"]
+    unseen = Strategy(method="qlora", zero_stage=1, offload_optimizer="cpu")  # no qlora/z12/offload peak calibrates
+    assert "qlora/z12/offload" not in table["families"]
     assert band_for(unseen, 0.8).pool == table["groups"]["zero"]["pool"]
 
 
