@@ -145,6 +145,31 @@ def test_start_of_backward_holds_every_stored_activation_and_the_last_layers_wor
     assert start["activations_gib"] + start["logits_loss_gib"] == pytest.approx(act.stored_bytes + act.working_bytes)
 
 
+def test_qlora_root_unit_gathers_in_bf16():
+    # QLoRA stores only the decoder layers' Linear weights in 4 bit; the embeddings, lm_head and final
+    # norm (FSDP's root unit) stay bf16. First principles for Llama 2 70B (vocab 32000, hidden 8192,
+    # untied): the root gathers (2 x 32000 x 8192 + 8192) x 2 B, the meta-device count's shapes.
+    from memfit.engine.memory.fsdp import fsdp_terms
+
+    plan = plan_from_dict({"model": "meta-llama/Llama-2-70b-hf",
+                           "hardware": {"gpu_memory": 24, "gpus_per_node": 2, "host_memory": 256},
+                           "training": {"method": "qlora", "seq_len": 512, "micro_batch_size": 1, "precision": "bf16",
+                                        "gradient_checkpointing": True, "attention": "flash_attention_2",
+                                        "lora": {"rank": 32, "target_modules": "all-linear"}, "zero_stage": 3,
+                                        "offload_optimizer": "none", "offload_param": "none", "sharding": "fsdp1"}})
+    facts = resolve_model(plan.model)
+    layer, root = unit_params(facts)
+    assert root == 2 * 32000 * 8192 + 8192
+    t = fsdp_terms(plan, facts, _fsdp(method="qlora", micro_batch_size=1), 0.0)
+    held = t.gpu_phases["forward/backward"]["zero_buffers_gib"]
+    # held = root + 2 layers; a layer is its 4-bit Linear weights (0.5 B a parameter: all but its two
+    # 8192-wide norms) plus bf16 adapters, r 32 on q, k, v, o, gate, up, down: 32 x (2 x (8192 + 8192)
+    # + 2 x (8192 + 1024) + 3 x (8192 + 28672)) = 5.18M parameters, 1.2 % of the layer's bytes at 2 B.
+    layer_bytes = (held - 2 * root) / 2
+    adapters = 32 * (2 * (8192 + 8192) + 2 * (8192 + 1024) + 3 * (8192 + 28672))
+    assert layer_bytes == pytest.approx(0.5 * (layer - 2 * 8192) + 2 * 2 * 8192 + 2 * adapters, rel=1e-3)
+
+
 def test_pinned_host_blocks_round_up_to_powers_of_two():
     # ATen/core/CachingHostAllocator.h: PowerOf2Ceil(size)
     assert pinned_bytes(1) == 1 and pinned_bytes(1024) == 1024 and pinned_bytes(1025) == 2048

@@ -110,6 +110,17 @@ def unlimited_gathers(plan: Plan, strategy: Strategy) -> bool:
     return strategy.fsdp_version == 1 and not plan.training.fsdp_limit_all_gathers
 
 
+def _unit_bytes(facts: ModelSpec, method: str, model_compute: float, layer_p: float, root_p: float) -> tuple[float, float]:
+    """(bytes of one gathered decoder layer, bytes of the gathered root unit). Under QLoRA the root
+    (embeddings, lm_head, final norm) is not quantised (quantizable_params: decoder Linear weights
+    only; bitsandbytes skips lm_head), so it gathers at 2 bytes a parameter while the layers hold the
+    4-bit weights; elsewhere every unit has the model's one compute dtype."""
+    if method != "qlora":
+        return model_compute * layer_p / facts.total_params, model_compute * root_p / facts.total_params
+    root = root_p * 2.0
+    return (model_compute - root) / max(facts.num_layers, 1), root
+
+
 def _in_flight(strategy: Strategy, unit_bytes: float, root_bytes: float, model_bytes: float,
                unlimited: bool = False) -> float:
     """Unsharded parameters on the GPU at the start of backward."""
@@ -146,7 +157,7 @@ def fsdp_terms(plan: Plan, facts: ModelSpec, strategy: Strategy, slack: float, f
     frozen = _frozen_bytes(facts, strategy.method, t.precision)
     model_compute = frozen + n_train * d["compute"]
     layer_p, root_p = unit_params(facts)
-    unit, root = model_compute * layer_p / facts.total_params, model_compute * root_p / facts.total_params
+    unit, root = _unit_bytes(facts, strategy.method, model_compute, layer_p, root_p)
     train_share = n_train / facts.total_params if strategy.method == "full" else 0.0
     shards = {"params": (frozen + n_train * d["param_shard"]) / n, "grads": n_train * d["grad_shard"] / n,
               "opt": n_train * d["moments"] / n, "temp": n_train * d["foreach_temp"] / n}
