@@ -170,6 +170,34 @@ def test_qlora_root_unit_gathers_in_bf16():
     assert layer_bytes == pytest.approx(0.5 * (layer - 2 * 8192) + 2 * 2 * 8192 + 2 * adapters, rel=1e-3)
 
 
+def test_qlora_under_fsdp_checkpoints_a_bf16_residual_stream():
+    # peft's k-bit upcast (fp32 norms, hence an fp32 residual stream) cannot happen under FSDP: one dtype
+    # per FlatParameter. Each checkpointed layer then saves its bf16 input, s x b x h x 2 B: 2048 x 2 x
+    # 8192 x 2 = 64 MiB for Llama 2 70B at micro-batch 2, what `advise probe` traces per layer on this
+    # shape; the single-GPU HF Trainer stack upcasts and saves twice that.
+    from memfit.engine.memory.activations import activation_bytes
+    from memfit.engine.memory.fsdp import fsdp_terms
+    from memfit.engine.plan.stack import resolve_stack
+
+    plan = plan_from_dict({"model": "meta-llama/Llama-2-70b-hf",
+                           "hardware": {"gpu_memory": 24, "gpus_per_node": 2, "host_memory": 256},
+                           "training": {"method": "qlora", "seq_len": 2048, "micro_batch_size": 2,
+                                        "precision": "pure_bf16", "gradient_checkpointing": True, "attention": "sdpa",
+                                        "lora": {"rank": 64, "target_modules": "all-linear"}, "zero_stage": 3,
+                                        "offload_optimizer": "cpu", "offload_param": "cpu", "sharding": "fsdp1"}})
+    facts = resolve_model(plan.model)
+    t = plan.training
+    upcast = activation_bytes(facts, 2048, 2, "sdpa", "qlora", True, t.precision, lora_rank=64,
+                              lora_targets="all-linear", stack=resolve_stack(plan, facts))
+    start = fsdp_terms(plan, facts, _fsdp(method="qlora", micro_batch_size=2, offload_param="cpu",
+                                          offload_optimizer="cpu"), 0.0).gpu_phases["forward/backward"]
+    per_layer = 2048 * 2 * 8192 * 2
+    assert per_layer == 64 * 2**20
+    # the FSDP moment holds 80 bf16 checkpoints where the upcast stack holds 80 fp32 ones
+    fsdp_activations = start["activations_gib"] + start["logits_loss_gib"]
+    assert upcast.peak_bytes - fsdp_activations == pytest.approx(80 * per_layer, rel=1e-6)
+
+
 def test_pinned_host_blocks_round_up_to_powers_of_two():
     # ATen/core/CachingHostAllocator.h: PowerOf2Ceil(size)
     assert pinned_bytes(1) == 1 and pinned_bytes(1024) == 1024 and pinned_bytes(1025) == 2048

@@ -18,7 +18,7 @@ bench/fsdp_cpu.py traces real FSDP steps on CPU/gloo against these moments.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from .activations import activation_bytes
@@ -30,6 +30,7 @@ from ..plan.stack import resolve_stack
 if TYPE_CHECKING:
     from ..model.spec import ModelSpec
     from ..plan.schema import Plan
+    from ..plan.stack import Stack
     from ..plan.strategy import Strategy
 
 
@@ -110,6 +111,15 @@ def unlimited_gathers(plan: Plan, strategy: Strategy) -> bool:
     return strategy.fsdp_version == 1 and not plan.training.fsdp_limit_all_gathers
 
 
+def _sharded_stack(plan: Plan, facts: ModelSpec, method: str) -> Stack:
+    """The training stack (loss implementation, offloading: plan/stack.py) as FSDP runs it. QLoRA's
+    k-bit upcast cannot happen under FSDP (_frozen_bytes: one dtype per FlatParameter, and FSDP2 too
+    wants one original dtype per group), so the norms stay bf16 and so does the residual stream each
+    checkpointed layer saves: the activations take kbit_upcast false, as the weights already do."""
+    stack = resolve_stack(plan, facts)
+    return replace(stack, kbit_upcast=False) if method == "qlora" else stack
+
+
 def _unit_bytes(facts: ModelSpec, method: str, model_compute: float, layer_p: float, root_p: float) -> tuple[float, float]:
     """(bytes of one gathered decoder layer, bytes of the gathered root unit). Under QLoRA the root
     (embeddings, lm_head, final norm) is not quantised (quantizable_params: decoder Linear weights
@@ -166,7 +176,7 @@ def fsdp_terms(plan: Plan, facts: ModelSpec, strategy: Strategy, slack: float, f
     act = activation_bytes(facts, t.seq_len, strategy.micro_batch_size, t.attention, strategy.method,
                            strategy.gradient_checkpointing, t.precision, lora_rank=t.lora.rank,
                            lora_targets=t.lora.target_modules, lora_dropout=t.lora.dropout,
-                           stack=resolve_stack(plan, facts))  # loss implementation, offloading (plan/stack.py)
+                           stack=_sharded_stack(plan, facts, strategy.method))
     accum = accumulation_steps(t.global_batch_size, strategy.micro_batch_size, hw.world_size)
     held = on_gpu["grads"] if accum > 1 else 0.0
     # Unsharded gradients: the root's lives from lm_head's backward to the embedding's (one unit);
