@@ -56,6 +56,9 @@ RUNS = {
     "fsdp1-w2": (2, 1, "FULL_SHARD", "full", False),
     "fsdp1-gc-w2": (2, 1, "FULL_SHARD", "full", True),
     "fsdp1-sgo-w2": (2, 1, "SHARD_GRAD_OP", "full", False),
+    # LoRA with the adapters inside each decoder layer's FlatParameter (use_orig_params, wrapped by layer
+    # class only: litgpt's FSDPStrategy, accelerate without peft's wrap policy)
+    "fsdp1-lora-w2": (2, 1, "FULL_SHARD", "lora", False),
 }
 SEQ, MICRO, RANK = 64, 2, 8
 SEQ_OF = {"small-long": 1024}  # tokens per sample where a model is not traced at SEQ
@@ -66,12 +69,17 @@ def seq_of(model: dict) -> int:
     return next((n for name, n in SEQ_OF.items() if MODELS[name] == model), SEQ)
 
 
-def plan_for(model: dict, world: int, method: str, gc: bool) -> dict:
-    """The memfit plan of a run: bf16 mixed precision, AdamW, one micro-batch per step."""
+def plan_for(model: dict, world: int, method: str, gc: bool, version: int = 2) -> dict:
+    """The memfit plan of a run: bf16 mixed precision, AdamW, one micro-batch per step. FSDP1 LoRA runs
+    all in bf16 with the adapters inside the layers' FlatParameters (_rank_main): pure_bf16, layer wrap."""
+    in_layer = version == 1 and method == "lora"
+    training = {"method": method, "seq_len": seq_of(model), "micro_batch_size": MICRO,
+                "precision": "pure_bf16" if in_layer else "bf16", "optimizer": "adamw", "gradient_checkpointing": gc,
+                "attention": "sdpa", "sharding": "fsdp", "lora": {"rank": RANK, "dropout": 0.0, "target_modules": "all-linear"}}
+    if in_layer:
+        training["fsdp_lora_wrap"] = "layer"
     return {"model": dict(model), "hardware": {"gpu_memory": 80, "gpus_per_node": world, "host_memory": 64},
-            "training": {"method": method, "seq_len": seq_of(model), "micro_batch_size": MICRO, "precision": "bf16",
-                         "optimizer": "adamw", "gradient_checkpointing": gc, "attention": "sdpa",
-                         "sharding": "fsdp", "lora": {"rank": RANK, "dropout": 0.0, "target_modules": "all-linear"}}}
+            "training": training}
 
 
 def _shard(model, version: int, sharding: str):
@@ -118,7 +126,10 @@ def _rank_main(rank: int, world: int, port: int, model_cfg: dict, run: tuple, ou
     # LoRA: the frozen base in bf16 (memfit's FSDP LoRA assumption), peft upcasts the adapters to fp32.
     spec = {"model_config": model_cfg, "method": method, "lora_rank": RANK, "gradient_checkpointing": gc,
             "precision": "pure_bf16" if method == "lora" else "bf16"}
-    net = _shard(_model(spec), version, sharding)
+    model = _model(spec)
+    if version == 1 and method == "lora":
+        model.to(torch.bfloat16)  # adapters and base in one FlatParameter need one dtype (litgpt's bf16-true)
+    net = _shard(model, version, sharding)
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-3, foreach=True)
     objects = fsdp_trace.fsdp2_objects if version == 2 else fsdp_trace.fsdp1_objects
 
@@ -162,7 +173,7 @@ def memfit_phases(model_cfg: dict, run: tuple) -> dict:
     from memfit.engine.plan.strategy import Strategy
 
     world, version, sharding, method, gc = run
-    plan = plan_from_dict(plan_for(model_cfg, world, method, gc), "fsdp_cpu")
+    plan = plan_from_dict(plan_for(model_cfg, world, method, gc, version), "fsdp_cpu")
     s = Strategy(method=method, sharding="fsdp", fsdp_version=version, fsdp_sharding=sharding,
                  zero_stage={"FULL_SHARD": 3, "SHARD_GRAD_OP": 2}[sharding],
                  gradient_checkpointing=gc, micro_batch_size=MICRO)

@@ -198,6 +198,22 @@ def test_qlora_under_fsdp_checkpoints_a_bf16_residual_stream():
     assert upcast.peak_bytes - fsdp_activations == pytest.approx(80 * per_layer, rel=1e-6)
 
 
+def test_lora_inside_layer_units_grads_cover_every_layer_under_fsdp1_only():
+    # training.fsdp_lora_wrap: layer (traced on CPU in tests/test_fsdp_runtime.py). Llama 2 7B on 4 GPUs,
+    # pure bf16: the sharded gradient is every decoder layer's parameters and the adapters, 2 B each,
+    # over 4 ranks; the root (embeddings, lm_head: no adapter) has none. FSDP2 is unchanged.
+    from memfit.engine.memory.fsdp import fsdp_terms
+
+    shared = plan_from_dict({**LLAMA7B_LORA, "training": {**LLAMA7B_LORA["training"], "fsdp_lora_wrap": "layer"}})
+    facts = resolve_model(shared.model)
+    layer, _ = unit_params(facts)
+    adapters = 32 * 2 * 8 * (4096 + 4096)
+    step = fsdp_terms(shared, facts, _fsdp(method="lora", micro_batch_size=4), 0.0).gpu_phases["optimizer step"]
+    assert step["gradients_gib"] == pytest.approx((32 * layer + adapters) * 2 / 4, rel=1e-9)
+    v2 = _fsdp(method="lora", micro_batch_size=4, fsdp_version=2)
+    assert fsdp_terms(shared, facts, v2, 0.0).gpu == fsdp_terms(plan_from_dict(LLAMA7B_LORA), facts, v2, 0.0).gpu
+
+
 def test_pinned_host_blocks_round_up_to_powers_of_two():
     # ATen/core/CachingHostAllocator.h: PowerOf2Ceil(size)
     assert pinned_bytes(1) == 1 and pinned_bytes(1024) == 1024 and pinned_bytes(1025) == 2048

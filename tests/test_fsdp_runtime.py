@@ -129,3 +129,22 @@ def test_the_last_layers_backward_on_top_of_every_stored_activation(name):
     run = _bench().run_case(name, "small-long")
     got, want = _rows(run)[("peak of the step", "total")]
     assert got <= want <= 1.05 * got, f"{name}: peak traced {got / MIB:.2f}, memfit {want / MIB:.2f} MiB"
+
+
+@pytest.mark.slow
+def test_fsdp1_lora_inside_the_layer_units_keeps_a_gradient_for_every_layer_weight():
+    # training.fsdp_lora_wrap: layer. The adapters share each decoder layer's FlatParameter
+    # (use_orig_params), so the traced sharded gradient at the step is the whole of every layer, frozen
+    # weights included, in bf16 over 2 ranks: first principles, 2 x (LAYER_P + adapters) x 2 B / 2, the
+    # adapters being r 8 on q, k, v, o (8 x (256 + 256) each) and gate, up, down (8 x (256 + 688) each).
+    # memfit's term is that number; before the plan key it counted the adapters alone (0.15 MiB).
+    run = _run("fsdp1-lora-w2")
+    rank = _bench().RANK
+    adapters = 4 * rank * (256 + 256) + 3 * rank * (256 + 688)
+    expect = 2 * (LAYER_P + adapters) * 2 // 2
+    got, want = _rows(run)[("optimizer step", "sharded grads")]
+    assert got == pytest.approx(expect, rel=0.001)
+    assert want == pytest.approx(expect, rel=0.001)
+    got, want = _rows(run)[("peak of the step", "total")]
+    assert got <= want <= 1.3 * got, f"peak traced {got / MIB:.2f}, memfit {want / MIB:.2f} MiB"
+

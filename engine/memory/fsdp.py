@@ -99,6 +99,17 @@ def unit_params(facts: ModelSpec) -> tuple[float, float]:
     return layer, facts.total_params - layer * facts.num_layers
 
 
+def lora_in_layer_units(plan: Plan, strategy: Strategy) -> bool:
+    """FSDP1 LoRA with the adapters inside each decoder layer's FlatParameter (training.fsdp_lora_wrap:
+    layer). With use_orig_params the FlatParameter requires grad when any of its parameters does, so
+    autograd fills its whole gradient, frozen weights included, and FSDP reduce-scatters and keeps the
+    whole sharded gradient (torch's FSDP docs: mixing frozen and non-frozen parameters in one
+    instance gives "higher than expected gradient memory usage"). Traced on CPU: bench/fsdp_cpu.py
+    fsdp1-lora-w2, where the sharded gradients are every layer's parameters x 2 B / 2 ranks.
+    FSDP2 shards per parameter and gives frozen ones no gradient."""
+    return strategy.fsdp_version == 1 and strategy.method == "lora" and plan.training.fsdp_lora_wrap == "layer"
+
+
 def unlimited_gathers(plan: Plan, strategy: Strategy) -> bool:
     """FSDP1 without its rate limiter (limit_all_gathers=False). _runtime_utils.py _unshard waits on
     _FreeEventQueue (two frees in flight, _limiter_utils.py) only when the flag is set; without it
@@ -169,7 +180,11 @@ def fsdp_terms(plan: Plan, facts: ModelSpec, strategy: Strategy, slack: float, f
     layer_p, root_p = unit_params(facts)
     unit, root = _unit_bytes(facts, strategy.method, model_compute, layer_p, root_p)
     train_share = n_train / facts.total_params if strategy.method == "full" else 0.0
-    shards = {"params": (frozen + n_train * d["param_shard"]) / n, "grads": n_train * d["grad_shard"] / n,
+    in_layer = lora_in_layer_units(plan, strategy)
+    base = 4.0 if t.precision == "fp32" else 2.0  # the one dtype of a layer's FlatParameter, adapters included
+    grad_params = (layer_p * facts.num_layers + n_train) if in_layer else n_train
+    shards = {"params": (frozen + n_train * d["param_shard"]) / n,
+              "grads": grad_params * (base if in_layer else d["grad_shard"]) / n,
               "opt": n_train * d["moments"] / n, "temp": n_train * d["foreach_temp"] / n}
     offload = strategy.offload_param != "none"
     on_gpu = {k: (0.0 if offload else v) for k, v in shards.items()}
@@ -188,7 +203,8 @@ def fsdp_terms(plan: Plan, facts: ModelSpec, strategy: Strategy, slack: float, f
     # size (traced on CPU: bench/fsdp_cpu.py fsdp2-w1).
     copies = n > 1 or strategy.fsdp_version == 2
     root_grad = root_p * train_share * d["grad_compute"] if copies else 0.0
-    layer_grad = layer_p * train_share * d["grad_compute"] if copies else 0.0
+    layer_grad = 0.0 if not copies else ((layer_p + n_train / max(facts.num_layers, 1)) * base if in_layer
+                                          else layer_p * train_share * d["grad_compute"])
     unlimited = unlimited_gathers(plan, strategy) and strategy.effective_fsdp_sharding != "NO_SHARD"
     flight = _in_flight(strategy, unit, root, model_compute, unlimited)
     # Reduce-scatter buffers for a layer's gradient: the sharded output (FSDP1 _get_reduce_scatter_tensors)

@@ -197,6 +197,11 @@ class Training(_Strict):
     kbit_upcast: bool | None = Field(None, description="QLoRA: non-quantised parameters upcast to fp32 (peft "
                                                        "prepare_model_for_kbit_training); default: the framework's")
     expandable_segments: bool = Field(False, description="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True")
+    fsdp_lora_wrap: Literal["separate", "layer"] = Field(
+        "separate", description="FSDP1 LoRA: separate = the adapters in units of their own (peft's "
+                                "fsdp_auto_wrap_policy, which transformers' Trainer applies); layer = inside each "
+                                "decoder layer's FlatParameter (use_orig_params, wrap by layer class only: litgpt, "
+                                "custom loops), whose gradient then covers the frozen weights too")
     fsdp_limit_all_gathers: bool = Field(
         True, description="FSDP1's rate limiter (FullyShardedDataParallel limit_all_gathers, default true since "
                           "torch 2.1 and in accelerate); false lets the CPU issue every all-gather ahead of the GPU, "
