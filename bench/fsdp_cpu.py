@@ -29,17 +29,16 @@ from gloo_ranks import cases_main, spawn_ranks  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# 3.9M parameters, 2 decoder layers of 0.79M and a 2.1M root unit (embeddings + lm_head + norm).
+_SMALL = {"model_type": "llama", "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 2,
+          "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 4096,
+          "tie_word_embeddings": False, "max_position_embeddings": 256}
 MODELS = {
-    # 3.9M parameters, 2 decoder layers of 0.79M and a 2.1M root unit (embeddings + lm_head + norm).
-    "small": {"model_type": "llama", "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 2,
-              "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 4096,
-              "tie_word_embeddings": False, "max_position_embeddings": 256},
+    "small": _SMALL,
     # The small model's layers with a 256-token vocabulary, trained at 1024 tokens (SEQ_OF): the logits
     # are small and the activations large, so the last decoder layer's backward, on top of every
     # stored activation, sets the peak of backward rather than the loss.
-    "small-long": {"model_type": "llama", "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 2,
-                   "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 256,
-                   "tie_word_embeddings": False, "max_position_embeddings": 1024},
+    "small-long": {**_SMALL, "vocab_size": 256, "max_position_embeddings": 1024},
     # 30M parameters: 4 layers of hidden 512, a larger share in the layers.
     "medium": {"model_type": "llama", "hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 4,
                "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 8192,
