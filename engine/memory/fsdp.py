@@ -118,8 +118,10 @@ def unlimited_gathers(plan: Plan, strategy: Strategy) -> bool:
     cannot be reused until the GPU has run that unit: when the GPU lags the CPU, the usual case for
     large layers, every unit of the pass is held at once. llama-cookbook pull request 41 measured the
     switch on Llama 2 7B (4 x A100, pure bf16): reserved fell by 13.31 GB, the whole unsharded model in
-    bf16 (12.55 GiB) plus the fp32 logits the same change stopped keeping (0.98 GiB)."""
-    return strategy.fsdp_version == 1 and not plan.training.fsdp_limit_all_gathers
+    bf16 (12.55 GiB) plus the fp32 logits the same change stopped keeping (0.98 GiB). NO_SHARD
+    gathers nothing."""
+    return (strategy.fsdp_version == 1 and not plan.training.fsdp_limit_all_gathers
+            and strategy.effective_fsdp_sharding != "NO_SHARD")
 
 
 def _sharded_stack(plan: Plan, facts: ModelSpec, method: str) -> Stack:
@@ -143,7 +145,7 @@ def _unit_bytes(facts: ModelSpec, method: str, model_compute: float, layer_p: fl
 
 
 def _in_flight(strategy: Strategy, unit_bytes: float, root_bytes: float, model_bytes: float,
-               unlimited: bool = False) -> float:
+               unlimited: bool) -> float:
     """Unsharded parameters on the GPU at the start of backward."""
     if strategy.effective_fsdp_sharding == "NO_SHARD":
         return 0.0  # the parameters are the full copy already counted in the shard
@@ -203,10 +205,16 @@ def fsdp_terms(plan: Plan, facts: ModelSpec, strategy: Strategy, slack: float, f
     # size (traced on CPU: bench/fsdp_cpu.py fsdp2-w1).
     copies = n > 1 or strategy.fsdp_version == 2
     root_grad = root_p * train_share * d["grad_compute"] if copies else 0.0
-    layer_grad = 0.0 if not copies else ((layer_p + n_train / max(facts.num_layers, 1)) * base if in_layer
-                                          else layer_p * train_share * d["grad_compute"])
-    unlimited = unlimited_gathers(plan, strategy) and strategy.effective_fsdp_sharding != "NO_SHARD"
+    if not copies:
+        layer_grad = 0.0
+    elif in_layer:  # the whole layer's FlatParameter, adapters included
+        layer_grad = (layer_p + n_train / max(facts.num_layers, 1)) * base
+    else:
+        layer_grad = layer_p * train_share * d["grad_compute"]
+    unlimited = unlimited_gathers(plan, strategy)
     flight = _in_flight(strategy, unit, root, model_compute, unlimited)
+    # Gathered at the end of backward: the root and the last unit, or every unit without the limiter.
+    gathered_end = model_compute if unlimited else (root + unit if copies else 0.0)
     # Reduce-scatter buffers for a layer's gradient: the sharded output (FSDP1 _get_reduce_scatter_tensors)
     # and, in FSDP2, the flat input the gradients are copied into first (foreach_reduce_scatter_copy_in).
     reduce_buf = layer_grad / n + (layer_grad if strategy.fsdp_version == 2 else 0.0)
@@ -214,15 +222,14 @@ def fsdp_terms(plan: Plan, facts: ModelSpec, strategy: Strategy, slack: float, f
     on_gpu["params"] += constants
     # Start of backward: every stored activation is still live while the loss peaks and then while the
     # last decoder layer recomputes and runs its backward (ActivationBytes.peak_split, as without FSDP).
-    stored, loss = act.peak_split()
+    activations, loss = act.peak_split()
     start = {"weights_gib": on_gpu["params"], "gradients_gib": held, "optimizer_states_gib": on_gpu["opt"],
-             "activations_gib": stored, "logits_loss_gib": loss,
+             "activations_gib": activations, "logits_loss_gib": loss,
              "zero_buffers_gib": flight + root_grad,
-             "allocator_slack_gib": (stored + loss) * slack}
+             "allocator_slack_gib": (activations + loss) * slack}
     end = {"weights_gib": on_gpu["params"], "gradients_gib": on_gpu["grads"],
            "optimizer_states_gib": on_gpu["opt"], "activations_gib": act.working_bytes, "logits_loss_gib": 0.0,
-           "zero_buffers_gib": (model_compute if unlimited else root + unit if copies else 0.0)
-                               + root_grad + layer_grad + reduce_buf,
+           "zero_buffers_gib": gathered_end + root_grad + layer_grad + reduce_buf,
            "allocator_slack_gib": act.working_bytes * slack}
     step = {"weights_gib": on_gpu["params"], "gradients_gib": on_gpu["grads"],
             "optimizer_states_gib": on_gpu["opt"] + on_gpu["temp"], "activations_gib": 0.0, "logits_loss_gib": 0.0,
