@@ -164,7 +164,11 @@ def test_higher_stage_and_offload_never_raise_gpu(c, stage):
     lower = _est(c, stage=stage)
     for higher in range(stage + 1, 4):
         e = _est(c, stage=higher)
-        assert _states(e) <= _states(lower) + held_bound(e, c)
+        # Each breakdown is its peak phase's: the forward/backward phase holds no step-time gradients,
+        # so states compare like with like only within one phase; across phases the lower stage's
+        # peak bounds its optimizer-step states (the peak is the larger phase).
+        same_phase = e.gpu_peak_phase == lower.gpu_peak_phase
+        assert _states(e) <= (_states(lower) if same_phase else lower.gpu_peak_gib) + held_bound(e, c)
         assert e.gpu_peak_gib <= lower.gpu_peak_gib + e.gpu.zero_buffers_gib + held_bound(e, c) + 1e-9
     if stage >= 1:
         assert _est(c, stage=stage, opt="cpu").gpu_peak_gib <= _est(c, stage=stage).gpu_peak_gib + 1e-9

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from .activations import activation_bytes
 from .allocator import fragmentation
+from .autocast import autocast_copies, fp32_base, with_copies
 from .data import data_host_terms
 from .fsdp import fsdp_terms
 from .states import frozen_weight_bytes, state_bytes, trainable_params
@@ -168,7 +169,7 @@ def _gpu_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[GpuBrea
     n_train = trainable_params(facts, strategy.method, t.lora.rank, t.lora.target_modules, t.lora.modules_to_save)
     w_div, g_div, o_div = _shards(strategy, world)
     whole_weights = (frozen_weight_bytes(facts, strategy.method, t.precision, t.lora.quantization_config,
-                                         kbit_upcast=stack.kbit_upcast)
+                                         kbit_upcast=stack.kbit_upcast, base_fp32=fp32_base(plan, strategy))
                      + n_train * sb.weights)
     weights = whole_weights / w_div
     if strategy.offload_param != "none":
@@ -193,6 +194,8 @@ def _gpu_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[GpuBrea
     act = activation_bytes(facts, t.seq_len, strategy.micro_batch_size, t.attention, strategy.method,
                            strategy.gradient_checkpointing, t.precision, lora_rank=lora.rank,
                            lora_targets=lora.target_modules, lora_dropout=lora.dropout, stack=stack)
+    act = with_copies(act, autocast_copies(facts, plan, strategy, stack), facts.num_layers,
+                      strategy.gradient_checkpointing)
     accum = accumulation_steps(t.global_batch_size, strategy.micro_batch_size, world)
     slack_rate = fragmentation(stack.fixed_shapes, stack.expandable_segments)
     context = CUDA_CONTEXT_GIB * GIB
@@ -231,8 +234,9 @@ def _host_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[HostBr
     node_share = ranks / hw.world_size  # this node's share of ZeRO-partitioned states
     sb = state_bytes(t.precision, t.optimizer, facts.hidden_size)
     n_train = trainable_params(facts, strategy.method, t.lora.rank, t.lora.target_modules, t.lora.modules_to_save)
+    base_fp32 = fp32_base(plan, strategy)
     weight_bytes = (frozen_weight_bytes(facts, strategy.method, t.precision, t.lora.quantization_config,
-                                        kbit_upcast=stack.kbit_upcast)
+                                        kbit_upcast=stack.kbit_upcast, base_fp32=base_fp32)
                     + n_train * sb.weights)
     opt_host = opt_nvme = params_host = params_nvme = swap = 0.0
     # DeepSpeed's own host buffers under optimizer offload: ZeRO-3's 16-bit gradient partition,
@@ -265,7 +269,7 @@ def _host_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[HostBr
                              and strategy.gather_16bit_on_save) else 0.0
     if strategy.zero_stage == 3:
         load = ckpt16  # rank 0 loads the whole state dict under zero.Init (sources.md §4)
-    elif t.precision == "fp32":
+    elif base_fp32 and (t.precision == "fp32" or strategy.method != "full"):
         load = ranks * facts.total_params * 4.0  # each rank converts its copy to fp32
     else:
         load = 0.0  # memory-mapped safetensors, no private copy without a dtype change

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from .activations import activation_bytes
 from .data import data_host_terms
-from .states import QLORA_BYTES_PER_PARAM, state_bytes, trainable_params
+from .states import QLORA_BYTES_PER_PARAM, fp32_base, state_bytes, trainable_params
 from ..core.ds_defaults import accumulation_steps
 from ..plan.stack import resolve_stack
 
@@ -71,14 +71,15 @@ def _dtypes(precision: str, optimizer: str, hidden: int, fused: bool) -> dict[st
     }
 
 
-def _frozen_bytes(facts: ModelSpec, method: str, precision: str) -> float:
-    """Frozen base weights that FSDP shards. QLoRA under FSDP stores the packed 4-bit weights in a
-    bf16 carrier (bnb_4bit_quant_storage) and every other weight in bf16 too: a FlatParameter must
-    have one dtype (_flat_param.py _validate_tensors_to_flatten), so peft's fp32 upcast of the norms
-    cannot happen (TRL skips prepare_model_for_kbit_training for sharded QLoRA)."""
+def _frozen_bytes(facts: ModelSpec, method: str, fp32: bool) -> float:
+    """Frozen base weights that FSDP shards, or gathers (`fp32`: held in fp32). QLoRA under FSDP
+    stores the packed 4-bit weights in a bf16 carrier (bnb_4bit_quant_storage) and every other weight
+    in bf16 too: a FlatParameter must have one dtype (_flat_param.py _validate_tensors_to_flatten), so
+    peft's fp32 upcast of the norms cannot happen (TRL skips prepare_model_for_kbit_training for
+    sharded QLoRA)."""
     if method == "full":
         return 0.0
-    w = 4.0 if precision == "fp32" else 2.0
+    w = 4.0 if fp32 else 2.0
     if method == "lora":
         return facts.total_params * w
     quantized = facts.quantizable_params()
@@ -177,13 +178,19 @@ def fsdp_terms(plan: Plan, facts: ModelSpec, strategy: Strategy, slack: float, f
     n = shard_group(strategy, hw.gpus_per_node, hw.world_size)
     d = _dtypes(t.precision, t.optimizer, facts.hidden_size, fused_optimizer)
     n_train = trainable_params(facts, strategy.method, t.lora.rank, t.lora.target_modules, t.lora.modules_to_save)
-    frozen = _frozen_bytes(facts, strategy.method, t.precision)
-    model_compute = frozen + n_train * d["compute"]
+    # A base loaded in fp32 (training.load_dtype) stays fp32 in its shards; MixedPrecision gathers
+    # it in param_dtype, 16-bit unless the precision is fp32.
+    shard_fp32 = fp32_base(plan, strategy)
+    frozen = _frozen_bytes(facts, strategy.method, shard_fp32)
+    model_compute = _frozen_bytes(facts, strategy.method, t.precision == "fp32") + n_train * d["compute"]
     layer_p, root_p = unit_params(facts)
     unit, root = _unit_bytes(facts, strategy.method, model_compute, layer_p, root_p)
     train_share = n_train / facts.total_params if strategy.method == "full" else 0.0
     in_layer = lora_in_layer_units(plan, strategy)
-    base = 4.0 if t.precision == "fp32" else 2.0  # the one dtype of a layer's FlatParameter, adapters included
+    # The one dtype of a layer's FlatParameter, adapters included: its sharded gradient is cast back
+    # to it; the unsharded gradient is in the compute dtype.
+    base = 4.0 if shard_fp32 else 2.0
+    base_compute = 4.0 if t.precision == "fp32" else 2.0
     grad_params = (layer_p * facts.num_layers + n_train) if in_layer else n_train
     shards = {"params": (frozen + n_train * d["param_shard"]) / n,
               "grads": grad_params * (base if in_layer else d["grad_shard"]) / n,
@@ -208,7 +215,7 @@ def fsdp_terms(plan: Plan, facts: ModelSpec, strategy: Strategy, slack: float, f
     if not copies:
         layer_grad = 0.0
     elif in_layer:  # the whole layer's FlatParameter, adapters included
-        layer_grad = (layer_p + n_train / max(facts.num_layers, 1)) * base
+        layer_grad = (layer_p + n_train / max(facts.num_layers, 1)) * base_compute
     else:
         layer_grad = layer_p * train_share * d["grad_compute"]
     unlimited = unlimited_gathers(plan, strategy)
@@ -306,4 +313,4 @@ def _host(plan: Plan, facts: ModelSpec, strategy: Strategy, shards: dict[str, fl
 
 
 def _load_frozen(plan: Plan, facts: ModelSpec, strategy: Strategy) -> float:
-    return _frozen_bytes(facts, strategy.method, plan.training.precision)
+    return _frozen_bytes(facts, strategy.method, fp32_base(plan, strategy))

@@ -17,6 +17,8 @@ from .quant import base_format, quantized_base_bytes
 
 if TYPE_CHECKING:
     from ..model.spec import ModelSpec
+    from ..plan.schema import Plan
+    from ..plan.strategy import Strategy
 
 # bitsandbytes NF4 with double quantisation: 4 bits per weight, an 8-bit absmax per 64-weight block
 # and an fp32 constant per 256 blocks: 4 + 8/64 + 32/(64*256) = 4.127 bits (QLoRA paper, sec. 2);
@@ -100,8 +102,30 @@ def state_bytes(precision: str, optimizer: str, hidden_size: int) -> StateBytes:
     )
 
 
+def casts_module(strategy: Strategy) -> bool:
+    """Whether the engine itself casts the module to the step's precision (no fp32 weights remain):
+    DeepSpeed from ZeRO-1 on. memfit's ZeRO-0 is the plain trainer path (no DeepSpeed engine)."""
+    return strategy.sharding == "deepspeed" and strategy.zero_stage >= 1
+
+
+def fp32_base(plan: Plan, strategy: Strategy) -> bool:
+    """Whether the frozen, non-quantised base weights are held in fp32.
+
+    Args:
+        plan: the checked Plan (training.precision, training.load_dtype).
+        strategy: the candidate (DeepSpeed's cast from ZeRO-1 on overrides the load dtype).
+    Returns:
+        True under precision fp32, or with load_dtype fp32 unless DeepSpeed casts the module.
+    """
+    t = plan.training
+    if t.precision == "fp32":
+        return True
+    return t.load_dtype == "fp32" and not casts_module(strategy)
+
+
 def frozen_weight_bytes(facts: ModelSpec, method: str, precision: str,
-                        quantization: Mapping[str, Any] | None = None, kbit_upcast: bool = True) -> float:
+                        quantization: Mapping[str, Any] | None = None, kbit_upcast: bool = True,
+                        base_fp32: bool | None = None) -> float:
     """Bytes of the frozen weights: the base model under LoRA/QLoRA, plus any frozen extra tower.
 
     `frozen_extra_params` (a multimodal wrapper's vision tower and projector, engine/model/meta.py) stays
@@ -115,19 +139,23 @@ def frozen_weight_bytes(facts: ModelSpec, method: str, precision: str,
         kbit_upcast: whether the stack calls peft's prepare_model_for_kbit_training (the framework's
             default, engine/plan/frameworks.yaml); it upcasts the non-quantised parameters to fp32 only
             for the formats peft upcasts (QuantFormat.upcasts_rest).
+        base_fp32: the non-quantised frozen weights are held in fp32 (memory/autocast.py fp32_base:
+            precision fp32, or training.load_dtype fp32 outside DeepSpeed); None: precision fp32.
     Returns:
         Bytes of every frozen parameter (memory/quant.py has the layouts).
     Raises:
         ModelSpecError: an unsupported or malformed quantization_config.
     """
-    w = BYTES_PER_DTYPE["fp32"] if precision == "fp32" else BYTES_PER_DTYPE["bf16"]
+    fp32 = precision == "fp32" if base_fp32 is None else base_fp32
+    w = BYTES_PER_DTYPE["fp32"] if fp32 else BYTES_PER_DTYPE["bf16"]
     extra = getattr(facts, "frozen_extra_params", 0) * w
     if method == "full":
         return extra
     fmt = base_format(facts, method, quantization)
     if fmt is None:
         return facts.total_params * w + extra
-    return quantized_base_bytes(facts, fmt, upcast=kbit_upcast and fmt.upcasts_rest) + extra
+    # Loaded in fp32, the parameters a format leaves unquantised stay fp32 without any upcast.
+    return quantized_base_bytes(facts, fmt, upcast=(kbit_upcast and fmt.upcasts_rest) or fp32) + extra
 
 
 def modules_to_save_params(facts: ModelSpec, modules: Sequence[str]) -> int:

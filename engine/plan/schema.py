@@ -179,6 +179,11 @@ class Training(_Strict):
     global_batch_size: int | None = Field(None, ge=1, le=2**24)
     precision: Literal["auto", "bf16", "fp16", "fp32", "pure_bf16"] = Field(
         "auto", description="auto: bf16 where the GPU supports it, else fp16 with loss scaling")
+    load_dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="dtype the base weights are loaded and kept in (from_pretrained's dtype; litgpt's "
+                            "bf16-mixed: fp32); auto: fp32 under precision fp32, else 16-bit. fp32 with a 16-bit "
+                            "precision means autocast over fp32 weights (LoRA/QLoRA frozen base, FSDP shards); "
+                            "DeepSpeed from ZeRO-1 on casts the model and ignores it")
     optimizer: Literal["adamw", "adamw_fused", "adamw_8bit", "paged_adamw", "paged_adamw_8bit", "lion", "lion_8bit",
                        "adafactor", "sgd"] = Field(
         "adamw", description="adamw: torch AdamW (foreach); adamw_fused: fused=True; *_8bit and paged_*: "
@@ -209,6 +214,17 @@ class Training(_Strict):
     sharding: Literal["auto", "deepspeed", "fsdp", "fsdp1", "fsdp2", "any", "none"] = Field(
         "auto", description="sharding engine: auto = deepspeed; fsdp = PyTorch FSDP (either version), fsdp1 | fsdp2 "
                             "pin the version; any = both engines, ranked by the rules; none = no sharding (ZeRO-0)")
+
+    @model_validator(mode="after")
+    def _load_dtype_agrees(self) -> "Training":
+        # pure_bf16 means bf16 weights with no autocast, fp32 means fp32 weights: a load dtype that
+        # says otherwise describes a different run.
+        if self.load_dtype == "fp32" and self.precision == "pure_bf16":
+            raise ValueError("load_dtype: fp32 contradicts precision: pure_bf16 (bf16 weights); for fp32 "
+                             "weights under bf16 autocast use precision: bf16")
+        if self.load_dtype in ("bf16", "fp16") and self.precision == "fp32":
+            raise ValueError(f"load_dtype: {self.load_dtype} contradicts precision: fp32 (fp32 weights)")
+        return self
 
     @field_validator("micro_batch_size")
     @classmethod
