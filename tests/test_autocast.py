@@ -136,3 +136,22 @@ def test_trace_matches_the_copies_term():
     # layer's q, k, v included: a small over-count (1/num_layers of the attention projections at most).
     norms = 2 * h * CFG["num_hidden_layers"] * 2
     assert per_layer * CFG["num_hidden_layers"] + head == traced + norms + first_qkv * 2
+
+
+def test_fsdp_shards_an_fp32_base_in_fp32_and_gathers_it_in_16_bits():
+    """First principles: FSDP LoRA over a base loaded in fp32 keeps fp32 shards (4 B / ranks) and
+    MixedPrecision gathers each unit in bf16, so only the sharded weights grow; no autocast copy is
+    counted (the gathered weights are already bf16)."""
+    def plan(load_dtype):
+        return plan_from_dict({"model": "meta-llama/Llama-2-7b-hf",
+                               "hardware": {"gpu_memory": 80, "gpus_per_node": 4, "host_memory": 256},
+                               "training": {"method": "lora", "seq_len": 2048, "micro_batch_size": 1,
+                                            "precision": "bf16", "load_dtype": load_dtype,
+                                            "gradient_checkpointing": True, "sharding": "fsdp1"}})
+    fsdp = Strategy(method="lora", zero_stage=3, gradient_checkpointing=True, micro_batch_size=1, sharding="fsdp")
+    auto, fp32 = plan("auto"), plan("fp32")
+    facts = plan_model(auto)
+    a, b = estimate_memory(auto, facts, fsdp), estimate_memory(fp32, facts, fsdp)
+    assert b.gpu.weights_gib - a.gpu.weights_gib == pytest.approx(facts.total_params * 2 / 4 / 2**30)
+    assert b.gpu.zero_buffers_gib == pytest.approx(a.gpu.zero_buffers_gib)  # units gathered in bf16 either way
+    assert b.gpu.activations_gib == pytest.approx(a.gpu.activations_gib)

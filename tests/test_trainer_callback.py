@@ -225,6 +225,31 @@ def test_the_plan_reads_the_adamw_implementation_from_training_arguments():
         assert "kbit_upcast" not in t  # full fine-tuning: nothing quantised
 
 
+def test_the_plan_reads_an_fp32_base_under_autocast_as_load_dtype_fp32():
+    # from_pretrained's default dtype is float32: with bf16=True the Trainer autocasts over fp32 frozen
+    # weights (memory/autocast.py); a base cast to bf16 is the 16-bit load (load_dtype left to auto).
+    import peft
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
+
+    from memfit.engine.integrations.trainer_plan import plan_from_trainer
+
+    base = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=512))
+    model = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    hw = {"gpu_memory": 80, "host_memory": 64}
+    args = TrainingArguments(output_dir="/tmp/memfit-unused", report_to="none", use_cpu=True, bf16=True)
+    plan, _, notes = plan_from_trainer(args, model, None, hardware=hw, seq_len=128)
+    assert (plan["training"]["method"], plan["training"]["load_dtype"]) == ("lora", "fp32")
+    assert any("load_dtype fp32" in n for n in notes)
+    model.to(torch.bfloat16)
+    assert "load_dtype" not in plan_from_trainer(args, model, None, hardware=hw, seq_len=128)[0]["training"]
+    plain = TrainingArguments(output_dir="/tmp/memfit-unused", report_to="none", use_cpu=True)
+    model.to(torch.float32)  # fp32 weights without autocast: precision fp32 says it already
+    t = plan_from_trainer(plain, model, None, hardware=hw, seq_len=128)[0]["training"]
+    assert (t["precision"], "load_dtype" in t) == ("fp32", False)
+
+
 def test_preflight_of_an_fsdp_run_estimates_the_fsdp_strategy():
     # fsdp=True with cpu_offload: FSDP1 (accelerate's default version) FULL_SHARD with CPUOffload,
     # TrainingArguments' defaults (batch 8 per device, no checkpointing): the key names exactly that.
