@@ -409,3 +409,24 @@ def test_adamw_step_temporaries_traced():
     assert 2 * 2 * max(sizes) <= single <= 2 * 2 * max(sizes) + 2 * min(sizes) * 2
     fused, _ = _step_temporary_bytes(fused=True)
     assert fused == 0
+
+
+@pytest.mark.parametrize("pins, reason", [
+    ({"zero_stage": 0, "sharding": "fsdp2"}, "FSDP2 has no stage 0"),  # fully_shard has no NO_SHARD
+    ({"zero_stage": 2, "sharding": "fsdp2", "offload_optimizer": "cpu", "offload_param": "cpu"},
+     "only when it reshards after forward"),
+])
+def test_pins_that_leave_no_candidate_are_a_plan_error_naming_the_keys(tmp_path, capsys, pins, reason):
+    """A plan whose pinned keys FSDP cannot run gets a message naming them and exit 2 (it was an
+    internal IndexError in advise), and `advise estimate` refuses the FSDP2 stage 0 the same way."""
+    plan = {**MISTRAL, "training": {**MISTRAL["training"], "offload_optimizer": "none", "offload_param": "none",
+                                    **pins}}
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "leave no candidate strategy" in err and reason in err and "sharding: fsdp2" in err
+    assert "Traceback" not in err and "internal error" not in err
+    if pins["zero_stage"] == 0:
+        assert main(["estimate", str(path)]) == 2
+        assert "FSDP2 has no stage 0" in capsys.readouterr().err

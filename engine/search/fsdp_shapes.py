@@ -81,11 +81,15 @@ def pinned_sharding(plan: Plan) -> dict[str, Any]:
         return {}
     if t.sharding not in ("fsdp1", "fsdp2"):
         raise ValueError(f"training.sharding: is '{t.sharding}'; advise estimate needs deepspeed, fsdp1 or fsdp2")
-    names = [n for n, z in FSDP_EQUIVALENT_STAGE.items() if z == t.zero_stage and n != "HYBRID_SHARD"]
+    version = int(t.sharding[-1])
+    # FSDP2 has no NO_SHARD (fully_shard always shards; replication is DDP): as _shardings offers it.
+    names = [n for n, z in FSDP_EQUIVALENT_STAGE.items() if z == t.zero_stage and n != "HYBRID_SHARD"
+             and (version == 1 or n != "NO_SHARD")]
     if not names:
-        raise ValueError(f"training.zero_stage: FSDP has no stage {t.zero_stage} (3 = FULL_SHARD, 2 = SHARD_GRAD_OP, "
-                         "0 = NO_SHARD)")
-    return {"sharding": "fsdp", "fsdp_version": int(t.sharding[-1]), "fsdp_sharding": names[0]}
+        have = "3 = FULL_SHARD, 2 = SHARD_GRAD_OP, 0 = NO_SHARD" if version == 1 else \
+            "3 = reshard_after_forward true (FULL_SHARD), 2 = false (SHARD_GRAD_OP); no NO_SHARD"
+        raise ValueError(f"training.zero_stage: FSDP{version} has no stage {t.zero_stage} ({have})")
+    return {"sharding": "fsdp", "fsdp_version": version, "fsdp_sharding": names[0]}
 
 
 def engine_facts(plan: Plan, strategy: Strategy) -> dict[str, Any]:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from .candidates import micro_batch_limit, strategy_shapes
 from .feasibility import Feasibility, largest_passing
-from .fsdp_shapes import engine_facts
+from .fsdp_shapes import engine_facts, pinned_sharding
+from ..core.errors import PlanError
 from ..policy.vocabulary import CandidateFacts
 from ..memory.band import band_for
 from ..memory.data import data_host_terms
@@ -93,8 +94,30 @@ def sweep(plan: Plan, model: ModelSpec, feasibility: Feasibility, evidence: Evid
     """
     probe = PlanProbe(plan, model, feasibility, evidence)
     sized = [probe.size(s) for s in strategy_shapes(plan)]
+    if not sized:
+        raise PlanError(_no_candidate(plan))
     cross = cross_facts(probe, sized)
     return [probe.candidate(s, cross) for s in sized]
+
+
+_PINNABLE = ("method", "zero_stage", "offload_optimizer", "offload_param", "gradient_checkpointing", "sharding")
+
+
+def _no_candidate(plan: Plan) -> str:
+    """Why the pinned training keys leave nothing to search, naming the keys (and FSDP's own limits)."""
+    t = plan.training
+    pins = ", ".join(f"{k}: {getattr(t, k)}" for k in _PINNABLE if getattr(t, k) != "auto")
+    why = ""
+    if t.sharding in ("fsdp1", "fsdp2") and t.zero_stage != "auto":
+        try:
+            pinned_sharding(plan)
+        except ValueError as exc:
+            why = f": {exc}"
+    if not why and str(t.sharding).startswith("fsdp") and "nvme" in (t.offload_optimizer, t.offload_param):
+        why = ": FSDP offloads to CPU only"
+    elif not why and str(t.sharding).startswith("fsdp") and "cpu" in (t.offload_optimizer, t.offload_param):
+        why = ": FSDP offloads parameters and optimizer together, and only when it reshards after forward (zero_stage 3)"
+    return f"{plan.source}: training: the pinned keys ({pins}) leave no candidate strategy{why}"
 
 
 def cross_facts(probe: PlanProbe, sized: Iterable[Strategy]) -> dict[str, bool]:
