@@ -244,8 +244,8 @@ class Policy(_Strict):
     host_headroom: float = Field(0.25, ge=0, lt=1, description="fraction of host RAM kept free")
     max_micro_batch_size: int = Field(64, ge=1, le=2**16, description="upper end of the micro-batch search")
     # A float with a validator, not Literal[0.8, 0.9]: type checkers refuse float literals.
-    # 0.9 since tag freeze-s6: on the 276 calibration verdicts of sets 1-8 it leaves 6 runs that ran out
-    # of memory called "fits" against 0.8's 11 (bench/band.py --verdicts); fewest unsafe fits first.
+    # 0.9 since tag freeze-s6: on the 316 calibration verdicts of sets 1-9 it leaves 6 runs that ran out
+    # of memory called "fits" against 0.8's 9 (bench/band.py --verdicts); fewest unsafe fits first.
     band_quantile: float = Field(
         0.9, json_schema_extra={"enum": list(BAND_LEVELS)},
         description="coverage of the error band's upper end, which rule gpu-upper-over-capacity compares "
