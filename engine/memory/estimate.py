@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 
 from .activations import activation_bytes
 from .allocator import fragmentation
-from .autocast import autocast_copies, fp32_base, with_copies
+from .autocast import autocast_copies, with_copies
 from .data import data_host_terms
 from .fsdp import fsdp_terms
-from .states import frozen_weight_bytes, state_bytes, trainable_params
+from .states import fp32_base, frozen_weight_bytes, state_bytes, trainable_params
 from .zero import zero_terms
 from ..core.units import GIB
 from ..plan.stack import resolve_stack
