@@ -155,3 +155,21 @@ def test_fsdp_shards_an_fp32_base_in_fp32_and_gathers_it_in_16_bits():
     assert b.gpu.weights_gib - a.gpu.weights_gib == pytest.approx(facts.total_params * 2 / 4 / 2**30)
     assert b.gpu.zero_buffers_gib == pytest.approx(a.gpu.zero_buffers_gib)  # units gathered in bf16 either way
     assert b.gpu.activations_gib == pytest.approx(a.gpu.activations_gib)
+
+
+def test_a_quantised_checkpoint_base_copies_only_its_lm_head():
+    """LoRA over a GPTQ checkpoint: the packed linears dequantise inside their kernels, so only the
+    16-bit lm_head could be an fp32 weight under autocast. peft leaves a GPTQ model's other weights in
+    16 bits (no copy); loaded in fp32 the lm_head is fp32 and its copy, 2 B x vocab x hidden, is saved."""
+    cfg = {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+           "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+           "tie_word_embeddings": False,
+           "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False}}
+
+    def copies(**training):
+        plan = plan_from_dict({"model": cfg, "hardware": {"gpu_memory": 24, "host_memory": 64},
+                               "training": {"method": "lora", "precision": "bf16", **training}})
+        return autocast_copies(resolve_model(cfg), plan, LORA, resolve_stack(plan))
+
+    assert copies() == (0.0, 0.0)
+    assert copies(load_dtype="fp32") == (0.0, 2.0 * 128256 * 4096)

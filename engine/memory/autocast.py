@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from .activations import ActivationBytes
 from .fsdp import unit_params
+from .quant import base_format
 from .states import casts_module, fp32_base
 
 if TYPE_CHECKING:
@@ -53,14 +54,15 @@ def autocast_copies(facts: ModelSpec, plan: Plan, strategy: Strategy, stack: Sta
     if strategy.method == "full" or not autocast or strategy.sharding == "fsdp" or casts_module(strategy):
         return 0.0, 0.0
     head_params = facts.embedding_params if facts.tie_word_embeddings else facts.lm_head_params
-    if strategy.method == "lora":
-        if not fp32_base(plan, strategy):
-            return 0.0, 0.0
+    fp32 = fp32_base(plan, strategy)
+    fmt = base_format(facts, strategy.method, plan.training.lora.quantization_config)
+    if fmt is None:  # a 16-bit LoRA base: every linear is fp32 or none is
         layer, _ = unit_params(facts)
-        return layer * COPY_BYTES, head_params * COPY_BYTES
-    # QLoRA: the decoder layers' linears are 4-bit (bitsandbytes dequantises them inside its own
-    # autograd function); the lm_head is never quantised and is fp32 after the k-bit upcast.
-    upcast = stack.kbit_upcast or plan.training.load_dtype == "fp32"
+        return (layer * COPY_BYTES, head_params * COPY_BYTES) if fp32 else (0.0, 0.0)
+    # A quantised base (QLoRA, or LoRA over a GPTQ/AWQ checkpoint): the decoder layers' linears are
+    # packed and dequantised inside their own kernels; the lm_head is never quantised, and is fp32
+    # after the k-bit upcast (for the formats peft upcasts, as frozen_weight_bytes counts it) or an fp32 load.
+    upcast = (stack.kbit_upcast and fmt.upcasts_rest) or fp32
     return 0.0, head_params * COPY_BYTES if upcast else 0.0
 
 

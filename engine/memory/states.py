@@ -139,8 +139,8 @@ def frozen_weight_bytes(facts: ModelSpec, method: str, precision: str,
         kbit_upcast: whether the stack calls peft's prepare_model_for_kbit_training (the framework's
             default, engine/plan/frameworks.yaml); it upcasts the non-quantised parameters to fp32 only
             for the formats peft upcasts (QuantFormat.upcasts_rest).
-        base_fp32: the non-quantised frozen weights are held in fp32 (memory/autocast.py fp32_base:
-            precision fp32, or training.load_dtype fp32 outside DeepSpeed); None: precision fp32.
+        base_fp32: the non-quantised frozen weights are held in fp32 (fp32_base: precision fp32, or
+            training.load_dtype fp32 unless DeepSpeed casts the module); None: precision fp32.
     Returns:
         Bytes of every frozen parameter (memory/quant.py has the layouts).
     Raises:
