@@ -80,14 +80,16 @@ def _optimizer(args: TrainingArguments) -> str:
 
 
 def _stack(args: TrainingArguments, base: PreTrainedModel, method: str, notes: list[str]) -> dict[str, Any]:
-    """Stack keys the run itself shows: Liger's loss, an fp32 base under autocast, QLoRA's upcast (the AdamW implementation is the
-    optimizer's name: adamw_torch_fused reads as adamw_fused, integrations/optimizers.py)."""
+    """Stack keys the run itself shows: Liger's loss, an fp32 base under autocast, QLoRA's upcast (the
+    AdamW implementation is the optimizer's name: adamw_torch_fused reads as adamw_fused,
+    integrations/optimizers.py)."""
     out: dict[str, Any] = {}
     if getattr(args, "use_liger_kernel", False):  # Trainer applies Liger's kernels, fused linear cross-entropy
         out["loss"] = {"implementation": "fused_linear"}
         notes.append("use_liger_kernel: Liger's fused linear cross-entropy (training.loss fused_linear)")
     dtype = str(getattr(base, "dtype", ""))
-    if method != "qlora" and dtype == "torch.float32" and (getattr(args, "bf16", False) or getattr(args, "fp16", False)):
+    autocast = getattr(args, "bf16", False) or getattr(args, "fp16", False)
+    if method != "qlora" and dtype == "torch.float32" and autocast:
         # from_pretrained without a 16-bit dtype under bf16/fp16: the Trainer autocasts over fp32 weights
         # (memory/autocast.py); DeepSpeed from ZeRO-1 casts the model itself and ignores the key.
         out["load_dtype"] = "fp32"

@@ -269,7 +269,7 @@ def _host_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[HostBr
                              and strategy.gather_16bit_on_save) else 0.0
     if strategy.zero_stage == 3:
         load = ckpt16  # rank 0 loads the whole state dict under zero.Init (sources.md §4)
-    elif base_fp32 and (t.precision == "fp32" or strategy.method != "full"):
+    elif base_fp32:
         load = ranks * facts.total_params * 4.0  # each rank converts its copy to fp32
     else:
         load = 0.0  # memory-mapped safetensors, no private copy without a dtype change

@@ -109,7 +109,7 @@ def casts_module(strategy: Strategy) -> bool:
 
 
 def fp32_base(plan: Plan, strategy: Strategy) -> bool:
-    """Whether the frozen, non-quantised base weights are held in fp32.
+    """Whether the loaded, non-quantised weights (the frozen base under LoRA/QLoRA) are held in fp32.
 
     Args:
         plan: the checked Plan (training.precision, training.load_dtype).

@@ -113,9 +113,10 @@ def _no_candidate(plan: Plan) -> str:
             pinned_sharding(plan)
         except ValueError as exc:
             why = f": {exc}"
-    if not why and str(t.sharding).startswith("fsdp") and "nvme" in (t.offload_optimizer, t.offload_param):
+    fsdp = t.sharding.startswith("fsdp")
+    if not why and fsdp and "nvme" in (t.offload_optimizer, t.offload_param):
         why = ": FSDP offloads to CPU only"
-    elif not why and str(t.sharding).startswith("fsdp") and "cpu" in (t.offload_optimizer, t.offload_param):
+    elif not why and fsdp and "cpu" in (t.offload_optimizer, t.offload_param):
         why = ": FSDP offloads parameters and optimizer together, and only when it reshards after forward (zero_stage 3)"
     return f"{plan.source}: training: the pinned keys ({pins}) leave no candidate strategy{why}"
 
