@@ -4,6 +4,7 @@ per family, shipped as engine/memory/band.json.
     .venv/bin/python bench/band.py            # rewrite engine/memory/band.json
     .venv/bin/python bench/band.py --check    # exit 1 when the shipped file is stale
     .venv/bin/python bench/band.py --verdicts # GPU verdicts of the calibration cases: point vs band top
+    .venv/bin/python bench/band.py --cross-validate  # leave one set out: errors with and without the centre
 
 Calibration set: the published runs of held-out sets 1 to 9 (bench/heldout/ to bench/heldout9/) whose
 technique memfit models (bench/heldout.py's headline) and that printed a GPU peak. Each set was
@@ -39,6 +40,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +58,8 @@ CASE_FILES = ("bench/heldout/cases.yaml", "bench/heldout2/cases.yaml", "bench/he
 # The most runs one source may weigh in a pool: held-out set 5 was collected with at most 5 runs per
 # source, so the calibration weighs sources as the fresh sets sample them (set 3 had 30 from one).
 SOURCE_CAP = 5.0
+# The fewest runs a sharding group needs for a centre of its own; a thinner group takes the pooled one.
+MIN_CENTRE = 10
 BAND_FILE = ROOT / "engine" / "memory" / "band.json"
 from memfit.engine.plan.schema import BAND_LEVELS as LEVELS, Policy  # noqa: E402
 
@@ -108,7 +112,7 @@ def residuals(case_files=CASE_FILES) -> dict[str, list[tuple[float, str]]]:
         sources = {c["name"]: source_of(c) for c in cases}
         rows, _failed = score(cases)
         for row in rows:
-            estimate = row["tools"]["memfit"][0]
+            estimate = row["memfit_modelled"]  # the named terms: the centre is calibrated on them
             if row["measured"] and estimate and not row["not_modelled"]:
                 out.setdefault(band_family(row), []).append((row["measured"] / estimate, sources[row["name"]]))
     return out
@@ -218,6 +222,41 @@ def bands(by_family: dict[str, list[tuple[float, str]]], level: float) -> dict:
     return {"families": families, "groups": groups, "kinds": kinds, "all": overall}
 
 
+def weighted_median(ratios: list[float], weights: list[float]) -> float:
+    """The smallest ratio whose weight at or below it reaches half the total weight."""
+    order = sorted(range(len(ratios)), key=lambda i: ratios[i])
+    total, run = sum(weights), 0.0
+    for i in order:
+        run += weights[i]
+        if round(run / total, 9) >= 0.5:
+            return ratios[i]
+    raise ValueError("no ratios")
+
+
+def centres(by_family: dict[str, list[tuple[float, str]]]) -> dict:
+    """The calibrated centre: per sharding group with at least MIN_CENTRE runs, and over every run, the
+    source-weighted median of measured / modelled peak (engine/memory/band.py centre_for reads it).
+
+    A group rather than a family: leave-one-set-out over sets 1-9 (docs/accuracy.md) scored per-family
+    centres no better than per-group ones, and a family holds as few as one run."""
+    def median_of(pool: list[tuple[float, str]]) -> float:
+        return round(weighted_median([r for r, _ in pool], source_weights([s for _, s in pool])), 4)
+
+    every = [r for rs in by_family.values() for r in rs]
+    by_group: dict[str, list[tuple[float, str]]] = {}
+    for fam, rs in by_family.items():
+        by_group.setdefault(group_of(fam), []).extend(rs)
+    groups = {g: median_of(rs) for g, rs in sorted(by_group.items()) if len(rs) >= MIN_CENTRE}
+    return {"groups": groups, "all": median_of(every), "n": {g: len(rs) for g, rs in sorted(by_group.items())}}
+
+
+def around(by_family: dict[str, list[tuple[float, str]]], centre: dict) -> dict[str, list[tuple[float, str]]]:
+    """The residuals around the calibrated estimate: each ratio divided by its group's centre."""
+    def c(fam: str) -> float:
+        return centre["groups"].get(group_of(fam), centre["all"])
+    return {fam: [(r / c(fam), s) for r, s in rs] for fam, rs in by_family.items()}
+
+
 def level_tables(by_family: dict[str, list[tuple[float, str]]]) -> dict[str, dict]:
     """One band table per shipped level, each level's tops at least the lower level's."""
     return _monotone({str(q): bands(by_family, q) for q in LEVELS})
@@ -227,10 +266,12 @@ def band_document(case_files=CASE_FILES) -> dict:
     """The whole band.json content: provenance plus one band table per level."""
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     by_family = residuals(case_files)
+    centre = centres(by_family)
     return {"computed": datetime.date.today().isoformat(), "commit": commit or "unknown",
             "case_files": list(case_files), "method": f"weighted split conformal, no source above {SOURCE_CAP:g} runs per pool",
-            "ratio": "measured GPU peak / memfit estimate", "default_level": DEFAULT_LEVEL,
-            "levels": level_tables(by_family)}
+            "ratio": "measured GPU peak / memfit estimate (the modelled terms times the centre)",
+            "centre": centre, "default_level": DEFAULT_LEVEL,
+            "levels": level_tables(around(by_family, centre))}
 
 
 def band_verdicts(case_files=CASE_FILES, level: float = DEFAULT_LEVEL) -> dict:
@@ -271,18 +312,54 @@ def band_verdicts(case_files=CASE_FILES, level: float = DEFAULT_LEVEL) -> dict:
     return out
 
 
+def cross_validate(case_files=CASE_FILES) -> dict:
+    """Leave one set out: each set's errors under the centres calibrated on the other sets, against its
+    errors with no centre (error = estimate / measured - 1, as bench/heldout.py scores).
+
+    Returns:
+        {"sets": {file: {"n", "none": (median |e|, median e), "centred": (...)}}, "pooled": same over all}.
+    """
+    per_set = {f: residuals((f,)) for f in case_files}
+
+    def stats(errors: list[float]) -> tuple[float, float, int]:
+        return (round(statistics.median(map(abs, errors)), 4), round(statistics.median(errors), 4),
+                sum(abs(e) <= 0.10 for e in errors))
+
+    out, every_none, every_centred = {"sets": {}}, [], []
+    for f in case_files:
+        rest: dict[str, list[tuple[float, str]]] = {}
+        for g in case_files:
+            if g != f:
+                for fam, rs in per_set[g].items():
+                    rest.setdefault(fam, []).extend(rs)
+        centre = centres(rest)
+        none = [1 / r - 1 for rs in per_set[f].values() for r, _ in rs]
+        centred = [centre["groups"].get(group_of(fam), centre["all"]) / r - 1
+                   for fam, rs in per_set[f].items() for r, _ in rs]
+        every_none += none
+        every_centred += centred
+        out["sets"][f] = {"n": len(none), "none": stats(none), "centred": stats(centred)}
+    out["pooled"] = {"n": len(every_none), "none": stats(every_none), "centred": stats(every_centred)}
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="compare with the shipped file, write nothing")
     ap.add_argument("--verdicts", action="store_true", help="GPU verdicts by point estimate vs band top, write nothing")
+    ap.add_argument("--cross-validate", action="store_true",
+                    help="leave one set out: errors with and without the centre, write nothing")
     args = ap.parse_args(argv)
+    if args.cross_validate:
+        print(json.dumps(cross_validate(), indent=2))
+        return 0
     if args.verdicts:
         print(json.dumps({str(q): band_verdicts(level=q) for q in LEVELS}, indent=2))
         return 0
     doc = band_document()
     if args.check:
         shipped = json.loads(BAND_FILE.read_text())
-        stale = shipped.get("levels") != doc["levels"]
+        stale = shipped.get("levels") != doc["levels"] or shipped.get("centre") != doc["centre"]
         print("engine/memory/band.json is " + ("STALE: run bench/band.py" if stale else "up to date"))
         return 1 if stale else 0
     BAND_FILE.write_text(json.dumps(doc, indent=2) + "\n")

@@ -26,7 +26,7 @@ COLOURS = {"weights": "#0072B2", "gradients": "#E69F00", "optimizer_states": "#0
            "cuda_context": "#616161", "nccl": "#BDBDBD", "process_baseline": "#616161",
            "offloaded_optimizer": "#009E73", "offloaded_params": "#0072B2", "offload_slack": "#9E9E9E",
            "nvme_swap_buffers": "#56B4E9", "checkpoint_load": "#E69F00", "save_gather": "#D55E00",
-           "dataset": "#CC79A7"}
+           "dataset": "#CC79A7", "calibration": "#D7CCC8"}
 
 
 def colour(part: str) -> str:

@@ -136,11 +136,41 @@ def test_zero_1_or_2_on_one_gpu_is_a_single_gpu_run_for_the_band():
 def test_shipped_band_equals_the_band_computed_from_the_case_files():
     # Recomputes every calibration case (bench/heldout.py score()): the shipped file cannot go stale.
     sys.path.insert(0, str(ROOT / "bench"))
-    from band import level_tables, residuals
+    from band import around, centres, level_tables, residuals
 
     shipped = json.loads((ROOT / "engine" / "memory" / "band.json").read_text())
     by_family = residuals()
-    assert shipped["levels"] == level_tables(by_family), "run bench/band.py"
+    centre = centres(by_family)
+    assert shipped["centre"] == centre, "run bench/band.py"
+    assert shipped["levels"] == level_tables(around(by_family, centre)), "run bench/band.py"
+
+
+def test_weighted_median_follows_its_definition():
+    # The smallest ratio whose weight at or below it reaches half the total: with weights 1 the lower
+    # median; a source capped to half weight moves it.
+    sys.path.insert(0, str(ROOT / "bench"))
+    from band import weighted_median
+
+    assert weighted_median([1.3, 0.9, 1.1, 1.0], [1, 1, 1, 1]) == 1.0
+    assert weighted_median([1.3, 0.9, 1.1], [1, 1, 1]) == 1.1
+    assert weighted_median([0.9, 1.0, 1.2, 1.2, 1.2], [1, 1, 0.25, 0.25, 0.25]) == 1.0
+
+
+def test_the_estimate_is_the_modelled_terms_times_the_group_centre():
+    # engine/memory/band.py centre_for: the group's centre from band.json scales every named term; one
+    # GPU under ZeRO-1/2 is a single-GPU run, as for the band.
+    centre = band_table()["centre"]
+    for training, world, group in (({"method": "lora", "zero_stage": 0}, 1, "single"),
+                                   ({"method": "lora", "zero_stage": 2}, 1, "single"),
+                                   ({"method": "full", "zero_stage": 3}, 2, "zero"),
+                                   ({"method": "full", "zero_stage": 3, "sharding": "fsdp2"}, 2, "fsdp")):
+        plan = plan_from_dict({"model": "Qwen/Qwen2.5-0.5B", "hardware": {"gpu_memory": 80, "gpus_per_node": world, "host_memory": 512},
+                               "training": {**training, "offload_optimizer": "none", "offload_param": "none",
+                                            "gradient_checkpointing": True, "micro_batch_size": 1}})
+        e = estimate(plan)
+        c = centre["groups"].get(group, centre["all"])
+        assert e.breakdown["calibration"]["centre"] == pytest.approx(c, abs=1e-4), group
+        assert e.gpu_peak_gib == pytest.approx(e.breakdown["calibration"]["modelled_gib"] * c, rel=1e-3), group
 
 
 def test_new_rule_fires_on_a_hand_built_fact_set():

@@ -46,8 +46,9 @@ def test_pure_bf16_full_shard_step_is_ten_bytes_per_param_over_the_ranks():
     e = estimate_memory(plan, facts, _fsdp())
     assert e.gpu_peak_phase == "optimizer step"
     expected = 10 * facts.total_params / 2 / GIB + e.gpu.cuda_context_gib + e.gpu.nccl_gib
-    assert e.gpu_peak_gib == pytest.approx(expected, rel=1e-9)
-    assert abs(e.gpu_peak_gib / 34.24 - 1) < 0.05
+    # the named terms (the calibrated centre scales them afterwards: memory/band.py centre_for)
+    assert e.gpu_modelled_gib == pytest.approx(expected, rel=1e-9)
+    assert abs(e.gpu_modelled_gib / 34.24 - 1) < 0.05
 
 
 def test_fused_adamw_has_no_foreach_copy_and_deepspeed_model_differs():

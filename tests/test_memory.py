@@ -37,7 +37,7 @@ def test_full_adamw_mixed_step_is_20_bytes_per_param():
     assert e.gpu.weights_gib == pytest.approx(2 * n / GIB)
     assert e.gpu.gradients_gib == pytest.approx(2 * n / GIB)
     assert e.gpu.optimizer_states_gib == pytest.approx(16 * n / GIB)
-    assert e.gpu_peak_gib == pytest.approx(20 * n / GIB + CUDA_CONTEXT_GIB)
+    assert e.gpu_modelled_gib == pytest.approx(20 * n / GIB + CUDA_CONTEXT_GIB)
     assert not e.gpu_fits  # 125.5 GiB of states on an 80 GiB card
 
 
@@ -49,7 +49,7 @@ def test_pure_bf16_adamw_step_keeps_a_copy_of_the_second_moments():
     p = plan(precision="pure_bf16")
     e = estimate_memory(p, LLAMA7, Strategy(method="full", zero_stage=0, gradient_checkpointing=True))
     assert e.gpu_peak_phase == "optimizer step"
-    assert e.gpu_peak_gib == pytest.approx(10 * LLAMA7.total_params / GIB + CUDA_CONTEXT_GIB)
+    assert e.gpu_modelled_gib == pytest.approx(10 * LLAMA7.total_params / GIB + CUDA_CONTEXT_GIB)
 
 
 def test_zero3_shards_states_by_world_size():
@@ -168,12 +168,15 @@ def test_higher_stage_and_offload_never_raise_gpu(c, stage):
         # so states compare like with like only within one phase; across phases the lower stage's
         # peak bounds its optimizer-step states (the peak is the larger phase).
         same_phase = e.gpu_peak_phase == lower.gpu_peak_phase
-        assert _states(e) <= (_states(lower) if same_phase else lower.gpu_peak_gib) + held_bound(e, c)
-        assert e.gpu_peak_gib <= lower.gpu_peak_gib + e.gpu.zero_buffers_gib + held_bound(e, c) + 1e-9
+        # The named terms (gpu_modelled_gib): each group's calibrated centre scales them afterwards, so
+        # across groups the calibrated peaks can cross by the ratio of two centres (memory/band.py).
+        assert _states(e) <= (_states(lower) if same_phase else lower.gpu_modelled_gib) + held_bound(e, c)
+        assert e.gpu_modelled_gib <= lower.gpu_modelled_gib + e.gpu.zero_buffers_gib + held_bound(e, c) + 1e-9
     if stage >= 1:
-        assert _est(c, stage=stage, opt="cpu").gpu_peak_gib <= _est(c, stage=stage).gpu_peak_gib + 1e-9
+        assert _est(c, stage=stage, opt="cpu").gpu_modelled_gib <= _est(c, stage=stage).gpu_modelled_gib + 1e-9
     if stage == 3:
-        assert _est(c, stage=3, opt="cpu", param="cpu").gpu_peak_gib <= _est(c, stage=3, opt="cpu").gpu_peak_gib + 1e-9
+        assert (_est(c, stage=3, opt="cpu", param="cpu").gpu_modelled_gib
+                <= _est(c, stage=3, opt="cpu").gpu_modelled_gib + 1e-9)
 
 
 @settings(max_examples=60, deadline=None)

@@ -143,8 +143,8 @@ def test_allocator_rate_depends_on_the_data_shape_and_the_fit_uses_reserved():
     assert b.gpu_reserved_gib > a.gpu_reserved_gib
     dynamic = b.gpu.activations_gib + b.gpu.logits_loss_gib
     assert b.gpu.allocator_slack_gib == pytest.approx(dynamic * fragmentation(False, False))
-    # the peak (and so the verdict) is reserved + context, not allocated
-    assert b.gpu_peak_gib == pytest.approx(b.gpu_reserved_gib + b.gpu.cuda_context_gib)
+    # the peak (and so the verdict) is reserved + context, not allocated, all scaled by the centre
+    assert b.gpu_peak_gib == pytest.approx(b.gpu_reserved_gib + b.gpu.cuda_context_gib * b.gpu_centre)
 
 
 def test_chunked_loss_lowers_the_estimate_by_the_loss_term():

@@ -76,7 +76,10 @@ def _breakdown(e: MemoryEstimate) -> dict[str, dict[str, float]]:
     """GPU and host terms, plus the allocator's view: allocated (tensors) and reserved (segments, what ends a run)."""
     return {"gpu": {k: round(v, 3) for k, v in e.gpu.as_dict().items()},
             "host": {k: round(v, 3) for k, v in e.host.as_dict().items()},
-            "allocator": {"allocated_gib": round(e.gpu_allocated_gib, 3), "reserved_gib": round(e.gpu_reserved_gib, 3)}}
+            "allocator": {"allocated_gib": round(e.gpu_allocated_gib, 3), "reserved_gib": round(e.gpu_reserved_gib, 3)},
+            # the named terms' sum and the held-out centre that scales it (memory/band.py centre_for)
+            "calibration": {"modelled_gib": round(e.gpu_modelled_gib, 3),
+                            "centre": round(e.gpu_centre, 4)}}
 
 
 def _memory_report(c: Candidate, plan: Plan) -> MemoryReport:
