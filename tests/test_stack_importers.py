@@ -61,7 +61,18 @@ def test_llamafactory_liger_unsloth_gc_and_packing(tmp_path):
     s = resolve_stack(plan_of(read))
     assert (s.framework, s.loss_implementation, s.activation_offloading, s.packing) == \
         ("llamafactory", "fused_linear", True, True)
+    # model_utils/liger_kernel.py apply_liger_kernel keeps apply_liger_kernel_to_*'s rms_norm and swiglu on
+    assert s.liger_kernels is True
     assert not any("use_unsloth_gc" in w or "enable_liger_kernel" in w for w in read.warnings)
+
+
+def test_axolotl_liger_plugin_layer_kernels(ax_root):
+    # examples/llama-3/3b-fp8-fsdp2.yaml: LigerPlugin with liger_rms_norm, liger_glu_activation and
+    # liger_fused_linear_cross_entropy true
+    s = resolve_stack(plan_of(read_foreign("examples/llama-3/3b-fp8-fsdp2.yaml", HW)))
+    assert (s.liger_kernels, s.loss_implementation) == (True, "fused_linear")
+    plain = resolve_stack(plan_of(read_foreign("examples/mistral/mistral-qlora-fsdp.yml", HW)))
+    assert plain.liger_kernels is False
 
 
 def test_llamafactory_defaults_and_pretraining_packs(tmp_path):

@@ -266,3 +266,17 @@ def test_preflight_of_an_fsdp_run_estimates_the_fsdp_strategy():
     pre = preflight(plan)
     assert pre.strategy.key == "full/fsdp1-full/offload/nogc/mb8"
     assert pre.message.startswith("memfit preflight: full/fsdp1-full/offload/nogc/mb8 fits")
+
+
+def test_use_liger_kernel_reads_as_liger_layer_kernels_and_the_fused_loss():
+    # Trainer._apply_liger_kernel_to_instance calls Liger's _apply_liger_kernel_to_instance with its
+    # defaults: RMSNorm, SwiGLU and RoPE kernels and the fused linear cross-entropy.
+    from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
+
+    from memfit.engine.integrations.trainer_plan import plan_from_trainer
+
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=512))
+    args = TrainingArguments(output_dir="/tmp/memfit-unused", report_to="none", use_cpu=True, use_liger_kernel=True)
+    t = plan_from_trainer(args, model, None, hardware={"gpu_memory": 80, "host_memory": 64}, seq_len=128)[0]["training"]
+    assert (t["kernels"], t["loss"]) == ("liger", {"implementation": "fused_linear"})

@@ -159,6 +159,10 @@ def _stack(ax: dict[str, Any], out: ForeignRead) -> tuple[dict[str, Any], dict[s
     loss = _loss(ax, out)
     if loss:
         training["loss"] = loss
+    if "LigerPlugin" in _plugins(ax) and ax.get("liger_rms_norm") and ax.get("liger_glu_activation"):
+        # integrations/liger: liger_rms_norm and liger_glu_activation patch the decoder layers' modules.
+        training["kernels"] = "liger"
+        out.notes.append("liger_rms_norm, liger_glu_activation: Liger's layer kernels (training.kernels liger)")
     gc, ao = ax.get("gradient_checkpointing"), ax.get("activation_offloading")
     if ao or gc in ("offload", "offload_disk"):
         # activation_offloading: TRL's offloader (torchtune's OffloadActivations); gradient_checkpointing:

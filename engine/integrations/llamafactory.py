@@ -187,6 +187,9 @@ def _stack(lf: dict[str, Any], out: ForeignRead) -> tuple[dict[str, Any], dict[s
     if lf.get("use_unsloth"):
         # model/model_utils/unsloth.py loads through FastLanguageModel with use_gradient_checkpointing="unsloth".
         out.notes.append("use_unsloth: unsloth's loader and defaults (training.framework unsloth)")
+    if lf.get("enable_liger_kernel"):
+        # apply_liger_kernel calls apply_liger_kernel_to_<model_type> with its rms_norm, swiglu and rope on.
+        training["kernels"] = "liger"
     if lf.get("enable_liger_kernel") and lf.get("stage", "sft") in ("pt", "sft"):
         # model/model_utils/liger_kernel.py apply_liger_kernel: fused linear cross-entropy, except for stages
         # that need the logits (require_logits: not pt/sft), which get Liger's plain cross-entropy.

@@ -86,7 +86,9 @@ def _stack(args: TrainingArguments, base: PreTrainedModel, method: str, notes: l
     out: dict[str, Any] = {}
     if getattr(args, "use_liger_kernel", False):  # Trainer applies Liger's kernels, fused linear cross-entropy
         out["loss"] = {"implementation": "fused_linear"}
-        notes.append("use_liger_kernel: Liger's fused linear cross-entropy (training.loss fused_linear)")
+        out["kernels"] = "liger"
+        notes.append("use_liger_kernel: Liger's layer kernels and fused linear cross-entropy "
+                     "(training.kernels liger, training.loss fused_linear)")
     dtype = str(getattr(base, "dtype", ""))
     autocast = getattr(args, "bf16", False) or getattr(args, "fp16", False)
     if method != "qlora" and dtype == "torch.float32" and autocast:

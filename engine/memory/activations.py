@@ -125,7 +125,7 @@ def _mlp_width(facts: ModelSpec) -> float:
 
 def layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str, dtype_bytes: float = 2.0, *,
                 method: str = "full", lora_rank: int = 16, lora_targets: str | Sequence[str] = "all-linear",
-                lora_dropout: float = 0.0) -> float:
+                lora_dropout: float = 0.0, liger: bool = False, residual_bytes: float = 2.0) -> float:
     """Bytes one decoder layer stores for backward without checkpointing.
 
     Full fine-tuning, SDPA: s*b*[16*h + 4*q + 4*kv + 8*I + 4*a + 8] with q = a*head_dim and kv =
@@ -149,6 +149,8 @@ def layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str
         attention: sdpa | flash_attention_2 | eager.
         dtype_bytes: bytes per activation element (2 for bf16/fp16).
         method, lora_rank, lora_targets, lora_dropout: full | lora | qlora and the adapter settings.
+        liger: Liger's RMSNorm and SwiGLU kernels replace transformers' modules (_liger_saving).
+        residual_bytes: bytes per element of the residual stream (4 under QLoRA's k-bit upcast).
     Returns:
         Bytes per decoder layer.
     """
@@ -175,12 +177,40 @@ def layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str
         per_token = 8 * h + attn + 6 * inter + 8 + adapters
     else:
         per_token = 16 * h + attn + 8 * inter + 8
+    if liger and getattr(facts, "model_type", "llama") in LIGER_LAYERS:
+        per_token -= _liger_saving(h, inter, lora, residual_bytes)
     if getattr(facts, "model_type", "llama") == "bloom":
         per_token, eager = _bloom_per_token(facts, lora, adapters), True
     total = s * b * per_token * dtype_bytes / 2.0
     if eager:
         total += 6 * a * s * s * b * dtype_bytes / 2.0
     return total
+
+
+# Model types whose decoder layers Liger patches with its RMSNorm and SwiGLU (liger_kernel/transformers/
+# monkey_patch.py apply_liger_kernel_to_*) and whose layer memfit counts with Llama's two-norm formula.
+# Gemma's four norms and GeGLU, phi3's fused gate_up and the rest keep transformers' count.
+LIGER_LAYERS = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "granite"})
+
+
+def _liger_saving(h: int, inter: float, lora: bool, residual_bytes: float) -> float:
+    """Bytes per token one decoder layer's Liger kernels save against transformers' modules.
+
+    LigerRMSNormFunction (liger_kernel/ops/rms_norm.py) saves its input X in its own dtype, the weight
+    and an fp32 rstd per row, where LlamaRMSNorm keeps an fp32 copy of X (4h) and, when the weight
+    trains, the normalised 16-bit tensor the weight multiplies (2h): 4h saved per norm (full), 2h
+    (LoRA), nothing when the residual stream is already fp32 (QLoRA's k-bit upcast), two norms a layer.
+    LigerSiLUMulFunction (ops/swiglu.py) saves gate and up only and writes its gradients into them,
+    where transformers keeps silu(gate) too (2I). LigerRopeFunction (ops/rope.py) saves cos and sin,
+    as transformers' rotation does: no change.
+    """
+    return 2 * _liger_norm_saving(lora, residual_bytes) * h + 2 * inter
+
+
+def _liger_norm_saving(lora: bool, residual_bytes: float) -> float:
+    """Bytes per element of h one RMSNorm saves under Liger (_liger_saving): transformers' fp32 copy and,
+    when the weight trains, its normalised 16-bit tensor, less the input Liger keeps in its own dtype."""
+    return max((4 + (0 if lora else 2)) - residual_bytes, 0.0)
 
 
 def _bloom_per_token(facts: ModelSpec, lora: bool, adapters: float) -> float:
@@ -199,14 +229,18 @@ def _bloom_per_token(facts: ModelSpec, lora: bool, adapters: float) -> float:
     return base + adapters if lora else base + 6 * h + 2 * inter
 
 
-def _backward_transient(facts: ModelSpec, s: int, b: int, attention: str, method: str) -> float:
+def _backward_transient(facts: ModelSpec, s: int, b: int, attention: str, method: str,
+                        liger: bool = False) -> float:
     """Fitted to the probe: tensors a layer's backward allocates on top of what it stored.
 
     The largest of: gradients through the MLP (3h + 4I per token), the fp32 gradients through the
-    down_proj adapter for LoRA (8I), the fp32 softmax gradient of eager attention (4*a*s).
+    down_proj adapter for LoRA (8I), the fp32 softmax gradient of eager attention (4*a*s). Liger's
+    SwiGLU backward writes the gate and up gradients into the tensors it saved (ops/swiglu.py
+    swiglu_backward returns a and b): 2I less through the MLP.
     """
     h, a, inter = facts.hidden_size, facts.num_attention_heads, _mlp_width(facts)
-    terms = [3 * h + 4 * inter]
+    liger = liger and getattr(facts, "model_type", "llama") in LIGER_LAYERS
+    terms = [3 * h + (2 if liger else 4) * inter]
     if method in ("lora", "qlora"):
         terms.append(8 * inter)
     if attention == "eager":
@@ -254,11 +288,17 @@ def activation_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention
     """
     s, b, h = seq_len, micro_batch, facts.hidden_size
     dtype_bytes = 4.0 if precision == "fp32" else 2.0
+    upcast = method == "qlora" and (stack.kbit_upcast if stack else True)
     one_layer = layer_bytes(facts, s, b, attention, dtype_bytes, method=method, lora_rank=lora_rank,
-                            lora_targets=lora_targets, lora_dropout=lora_dropout)
-    transient = _backward_transient(facts, s, b, attention, method)
+                            lora_targets=lora_targets, lora_dropout=lora_dropout,
+                            liger=bool(stack and stack.liger_kernels), residual_bytes=4.0 if upcast else 2.0)
+    liger = bool(stack and stack.liger_kernels)
+    transient = _backward_transient(facts, s, b, attention, method, liger)
     # Final RMSNorm: fp32 copy (4h), plus the bf16 normalised tensor and output (4h) when it trains.
-    final_norm = s * b * (4 if method in ("lora", "qlora") else 8) * h * dtype_bytes / 2.0
+    lora = method in ("lora", "qlora")
+    final_per_h = (4 if lora else 8) - (_liger_norm_saving(lora, 4.0 if upcast else 2.0)
+                                        if liger and getattr(facts, "model_type", "llama") in LIGER_LAYERS else 0.0)
+    final_norm = s * b * final_per_h * h * dtype_bytes / 2.0
     n = facts.num_layers
     if gradient_checkpointing:
         # Each layer keeps only its input; backward recomputes one layer at a time (the final

@@ -197,6 +197,10 @@ class Training(_Strict):
     framework: Literal["hf-trainer", "trl", "axolotl", "llamafactory", "torchtune", "unsloth"] = Field(
         "hf-trainer", description="training stack whose defaults apply (engine/plan/frameworks.yaml)")
     loss: Loss = Loss()
+    kernels: Literal["none", "liger"] = Field(
+        "none", description="liger: Liger's RMSNorm, SwiGLU and RoPE kernels in the decoder layers (HF Trainer "
+                            "use_liger_kernel, axolotl's LigerPlugin, LLaMA-Factory enable_liger_kernel); they save "
+                            "less for backward than transformers' modules. Liger's loss is training.loss")
     activation_offloading: bool | None = Field(None, description="checkpointed layer inputs in pinned host memory; "
                                                                  "default: the framework's")
     kbit_upcast: bool | None = Field(None, description="QLoRA: non-quantised parameters upcast to fp32 (peft "

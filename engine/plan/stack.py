@@ -31,6 +31,7 @@ class Stack:
     logits_dtype: str          # fp32 (the loss upcasts) | bf16 (the loss reads 16-bit logits)
     softcapping: bool          # final-logit softcapping (Gemma-2) applied before the loss
     activation_offloading: bool
+    liger_kernels: bool        # Liger's RMSNorm / SwiGLU / RoPE in the decoder layers (training.kernels)
     kbit_upcast: bool          # QLoRA: non-quantised parameters (and the residual stream) in fp32
     packing: bool
     padding: str               # auto | longest | max_length
@@ -92,6 +93,7 @@ def resolve_stack(plan: Plan, facts: Any = None) -> Stack:
         logits_dtype=_given(opts.logits_dtype, loss["logits_dtype"]),
         softcapping=softcap,
         activation_offloading=bool(_given(t.activation_offloading, base["activation_offloading"])),
+        liger_kernels=t.kernels == "liger",
         kbit_upcast=bool(_given(t.kbit_upcast, base["kbit_upcast"])),
         packing=bool(_given(d.packing, base["packing"])),
         padding=d.padding,
