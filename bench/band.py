@@ -6,11 +6,11 @@ per family, shipped as engine/memory/band.json.
     .venv/bin/python bench/band.py --verdicts # GPU verdicts of the calibration cases: point vs band top
     .venv/bin/python bench/band.py --cross-validate  # leave one set out: errors with and without the centre
 
-Calibration set: the published runs of held-out sets 1 to 9 (bench/heldout/ to bench/heldout9/) whose
+Calibration set: the published runs of held-out sets 1 to 11 (bench/heldout/ to bench/heldout11/) whose
 technique memfit models (bench/heldout.py's headline) and that printed a GPU peak. Each set was
 collected after a memory model was frozen and scored on it before joining this set (set 3 tested the
 band of tag freeze-s4, set 4 the model of freeze-s5, set 5 that of freeze-s6, set 6 that of freeze-s7, set 7 that of freeze-s8,
-set 8 that of freeze-s9, set 9 that of freeze-s10), so their residuals are the spread on runs memfit
+set 8 that of freeze-s9, set 9 that of freeze-s10, sets 10 and 11 that of freeze-s11), so their residuals are the spread on runs memfit
 had not been fitted on. The in-sample cases (bench/cases/) are not used: the point model was built on
 them and their residuals understate its error (docs/accuracy.md shows both). Out-of-memory outcomes
 are not residuals (only a lower bound of one): they test the band (--verdicts, and the newest held-out
@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CASE_FILES = ("bench/heldout/cases.yaml", "bench/heldout2/cases.yaml", "bench/heldout3/cases.yaml",
               "bench/heldout4/cases.yaml", "bench/heldout5/cases.yaml", "bench/heldout6/cases.yaml",
               "bench/heldout7/cases.yaml", "bench/heldout8/cases.yaml",
-              "bench/heldout9/cases.yaml")
+              "bench/heldout9/cases.yaml", "bench/heldout10/cases.yaml", "bench/heldout11/cases.yaml")
 # The most runs one source may weigh in a pool: held-out set 5 was collected with at most 5 runs per
 # source, so the calibration weighs sources as the fresh sets sample them (set 3 had 30 from one).
 SOURCE_CAP = 5.0
