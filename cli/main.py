@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 # otherwise spend ~25 s on retries (sources.md §4).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# advise loads no pydantic plugins, and pydantic looks for them in every installed distribution's entry
+# points when it builds its first model (pydantic/plugin/_loader.py get_plugins): 0.1-0.2 s of CPU in
+# an environment that also holds torch, transformers and deepspeed, on a cold path timed against 0.5 s.
+# A value the user set (an empty one turns plugins back on) is kept.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 
 class _DefaultToPlan(click.Group):
