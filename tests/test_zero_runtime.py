@@ -189,3 +189,20 @@ def test_zero3_gradient_partition_takes_the_accumulation_dtype():
     e32 = estimate_memory(p, LLAMA7, strategy_from_config({**base, "data_types": {"grad_accum_dtype": "float32"}}, p))
     assert e16.gpu.gradients_gib == pytest.approx(2 * N / 8 / GIB)
     assert e32.gpu.gradients_gib == pytest.approx(4 * N / 8 / GIB)
+
+
+def test_zero3_optimizer_offload_boundary_copies_the_partition_to_the_gpu():
+    # stage3.py partition_grads -> _offload_grad_partition_at_boundary, while the largest parameter's
+    # full 16-bit gradient (2 L) still exists: its reduced partition copied to the GPU (2 L/N), the
+    # fp64 norm of each chunk of at most 2.5e8 elements (_constant_buffered_norm2: 8 B each), then the
+    # fp32 copy for the host (4 L/N) after the fp64 chunk is freed. L = Llama-2-7B's embedding or
+    # lm_head (L above); on 8 GPUs L/N = 16.4M, so the fp64 chunk (8 B) is the larger.
+    with_off = zero_terms(LLAMA7, full(3, offload_optimizer="cpu", offload_param="cpu"), 8, N, 2 * N, 2.0)
+    resident = zero_terms(LLAMA7, full(3), 8, N, 2 * N, 2.0)
+    assert resident.gathered_grad == pytest.approx(2 * L)
+    assert with_off.gathered_grad == pytest.approx(2 * L + (2 + 8) * L / 8)
+    # LoRA: the largest trainable tensor is an adapter, no full gradient term either way.
+    adapters = Strategy(method="lora", zero_stage=3, offload_optimizer="cpu", offload_param="none",
+                        gradient_checkpointing=True, micro_batch_size=1)
+    lora = zero_terms(LLAMA7, adapters, 8, 20_000_000, 2 * N, 2.0)
+    assert lora.gathered_grad == 0.0

@@ -169,6 +169,28 @@ def persistent_params(facts: ModelSpec, strategy: Strategy, threshold: int, n_tr
     return small
 
 
+# stage3.py _constant_buffered_norm2: the fp64 norm is taken over chunks of at most this many elements.
+NORM_CHUNK = 250_000_000
+
+
+def boundary_offload_bytes(partition_elems: float, w16: float) -> float:
+    """ZeRO-3 + optimizer offload, at the accumulation boundary: GPU bytes of one parameter's offload.
+
+    stage3.py partition_grads -> _offload_grad_partition_at_boundary, while the parameter's full 16-bit
+    gradient still exists (param.grad is freed after it): the reduced partition is copied to the GPU
+    (grad_buffer.to(grad_partition.device), 16-bit), its norm is taken on an fp64 copy of each chunk
+    (_constant_buffered_norm2: part.data.double()), then .to(fp32) builds the copy sent to the host
+    buffer, after the fp64 chunk is gone.
+
+    Args:
+        partition_elems: the elements of the largest trainable parameter's partition on one rank.
+        w16: bytes per 16-bit gradient element.
+    Returns:
+        The bytes live at once: the 16-bit copy plus the larger of the fp64 chunk and the fp32 copy.
+    """
+    return partition_elems * w16 + max(8.0 * min(partition_elems, NORM_CHUNK), 4.0 * partition_elems)
+
+
 def _stage3(facts: ModelSpec, strategy: Strategy, k: dict[str, Any], sizes: tuple[float, int, int], weights_bytes: float,
             w16: float, opt_off: bool, mixed: bool) -> ZeroTerms:
     part, n_train, lora_rank = sizes
@@ -187,6 +209,8 @@ def _stage3(facts: ModelSpec, strategy: Strategy, k: dict[str, Any], sizes: tupl
     # reduce_ready_partitions_and_remove_grads -> __add_grad_to_ipg_bucket; one larger than the bucket
     # is reduced from param.grad itself): DeepSpeed's own 4*L term counts it (estimate_zero3_model_states_mem_needs).
     gathered_grad = facts.largest_layer_params * w16 if strategy.method == "full" else 0.0
+    if opt_off and strategy.method == "full":
+        gathered_grad += boundary_offload_bytes(facts.largest_layer_params * part / max(n_train, 1), w16)
     # stage3.py _setup_for_real_optimizer: one ipg bucket of reduce_bucket_size per communication dtype
     # (contiguous_gradients), on the GPU even with offload.
     buckets = k["reduce_bucket_size"] * w16 if k["contiguous_gradients"] else 0.0
@@ -213,7 +237,8 @@ def _stage3(facts: ModelSpec, strategy: Strategy, k: dict[str, Any], sizes: tupl
     # gradient views (_prepare_fp32_grad_for_sub_group: self.flatten(self.averaged_gradients[i]).to(..),
     # a temporary freed at the end of the statement, while grad_partitions_flat_buffer is held). The
     # norm before it (get_grad_norm_direct: .to(get_norm_dtype()), fp64) copies one parameter's
-    # partition at a time, 8 B x L/N, counted when larger. Under optimizer offload: on the host.
+    # partition at a time, 8 B x L/N, counted when larger. Under optimizer offload the step reuses the
+    # norms taken at the boundary (boundary_offload_bytes, counted with gathered_grad): no copy here.
     flat_copy = 0.0 if opt_off else min(part, k["sub_group_size"]) * (4.0 if k.get("grad_accum_fp32") else w16)
     norm_copy = 0.0 if opt_off else facts.largest_layer_params * (part / max(n_train, 1)) * 8.0  # L/N
     extra = max(flat_copy, norm_copy - fp32) if strategy.method == "full" else flat_copy
