@@ -177,7 +177,7 @@ def layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str
         per_token = 8 * h + attn + 6 * inter + 8 + adapters
     else:
         per_token = 16 * h + attn + 8 * inter + 8
-    if liger and getattr(facts, "model_type", "llama") in LIGER_LAYERS:
+    if liger and _liger_patches(facts):
         per_token -= _liger_saving(h, inter, lora, residual_bytes)
     if getattr(facts, "model_type", "llama") == "bloom":
         per_token, eager = _bloom_per_token(facts, lora, adapters), True
@@ -191,6 +191,10 @@ def layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str
 # monkey_patch.py apply_liger_kernel_to_*) and whose layer memfit counts with Llama's two-norm formula.
 # Gemma's four norms and GeGLU, phi3's fused gate_up and the rest keep transformers' count.
 LIGER_LAYERS = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "granite"})
+
+
+def _liger_patches(facts: ModelSpec) -> bool:
+    return getattr(facts, "model_type", "llama") in LIGER_LAYERS
 
 
 def _liger_saving(h: int, inter: float, lora: bool, residual_bytes: float) -> float:
@@ -239,8 +243,7 @@ def _backward_transient(facts: ModelSpec, s: int, b: int, attention: str, method
     swiglu_backward returns a and b): 2I less through the MLP.
     """
     h, a, inter = facts.hidden_size, facts.num_attention_heads, _mlp_width(facts)
-    liger = liger and getattr(facts, "model_type", "llama") in LIGER_LAYERS
-    terms = [3 * h + (2 if liger else 4) * inter]
+    terms = [3 * h + (2 if liger and _liger_patches(facts) else 4) * inter]
     if method in ("lora", "qlora"):
         terms.append(8 * inter)
     if attention == "eager":
@@ -288,17 +291,16 @@ def activation_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention
     """
     s, b, h = seq_len, micro_batch, facts.hidden_size
     dtype_bytes = 4.0 if precision == "fp32" else 2.0
-    upcast = method == "qlora" and (stack.kbit_upcast if stack else True)
-    one_layer = layer_bytes(facts, s, b, attention, dtype_bytes, method=method, lora_rank=lora_rank,
-                            lora_targets=lora_targets, lora_dropout=lora_dropout,
-                            liger=bool(stack and stack.liger_kernels), residual_bytes=4.0 if upcast else 2.0)
+    residual = 4.0 if method == "qlora" and (stack.kbit_upcast if stack else True) else 2.0
     liger = bool(stack and stack.liger_kernels)
+    one_layer = layer_bytes(facts, s, b, attention, dtype_bytes, method=method, lora_rank=lora_rank,
+                            lora_targets=lora_targets, lora_dropout=lora_dropout, liger=liger, residual_bytes=residual)
     transient = _backward_transient(facts, s, b, attention, method, liger)
-    # Final RMSNorm: fp32 copy (4h), plus the bf16 normalised tensor and output (4h) when it trains.
+    # Final RMSNorm: fp32 copy (4h), plus the bf16 normalised tensor and output (4h) when it trains;
+    # Liger's keeps its input instead (_liger_norm_saving).
     lora = method in ("lora", "qlora")
-    final_per_h = (4 if lora else 8) - (_liger_norm_saving(lora, 4.0 if upcast else 2.0)
-                                        if liger and getattr(facts, "model_type", "llama") in LIGER_LAYERS else 0.0)
-    final_norm = s * b * final_per_h * h * dtype_bytes / 2.0
+    saved = _liger_norm_saving(lora, residual) if liger and _liger_patches(facts) else 0.0
+    final_norm = s * b * ((4 if lora else 8) - saved) * h * dtype_bytes / 2.0
     n = facts.num_layers
     if gradient_checkpointing:
         # Each layer keeps only its input; backward recomputes one layer at a time (the final
