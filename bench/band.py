@@ -239,7 +239,7 @@ def centres(by_family: dict[str, list[tuple[float, str]]]) -> dict:
     """The calibrated centre: per sharding group with at least MIN_CENTRE runs, and over every run, the
     source-weighted median of measured / modelled peak (engine/memory/band.py centre_for reads it).
 
-    A group rather than a family: leave-one-set-out over sets 1-9 (docs/accuracy.md) scored per-family
+    A group rather than a family: leave-one-set-out over sets 1-9 (docs/explanation/memory-model.md) scored per-family
     centres no better than per-group ones, and a family holds as few as one run."""
     def median_of(pool: list[tuple[float, str]]) -> float:
         return round(weighted_median([r for r, _ in pool], source_weights([s for _, s in pool])), 4)
@@ -252,11 +252,14 @@ def centres(by_family: dict[str, list[tuple[float, str]]]) -> dict:
     return {"groups": groups, "all": median_of(every), "n": {g: len(rs) for g, rs in sorted(by_group.items())}}
 
 
+def centre_of(centre: dict, family: str) -> float:
+    """A family's centre: its group's, else the pooled one (engine/memory/band.py centre_for)."""
+    return centre["groups"].get(group_of(family), centre["all"])
+
+
 def around(by_family: dict[str, list[tuple[float, str]]], centre: dict) -> dict[str, list[tuple[float, str]]]:
     """The residuals around the calibrated estimate: each ratio divided by its group's centre."""
-    def c(fam: str) -> float:
-        return centre["groups"].get(group_of(fam), centre["all"])
-    return {fam: [(r / c(fam), s) for r, s in rs] for fam, rs in by_family.items()}
+    return {fam: [(r / centre_of(centre, fam), s) for r, s in rs] for fam, rs in by_family.items()}
 
 
 def level_tables(by_family: dict[str, list[tuple[float, str]]]) -> dict[str, dict]:
@@ -336,8 +339,7 @@ def cross_validate(case_files=CASE_FILES) -> dict:
                     rest.setdefault(fam, []).extend(rs)
         centre = centres(rest)
         none = [1 / r - 1 for rs in per_set[f].values() for r, _ in rs]
-        centred = [centre["groups"].get(group_of(fam), centre["all"]) / r - 1
-                   for fam, rs in per_set[f].items() for r, _ in rs]
+        centred = [centre_of(centre, fam) / r - 1 for fam, rs in per_set[f].items() for r, _ in rs]
         every_none += none
         every_centred += centred
         out["sets"][f] = {"n": len(none), "none": stats(none), "centred": stats(centred)}
