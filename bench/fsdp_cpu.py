@@ -21,6 +21,7 @@ units are gathered at once here than memfit counts for a GPU).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -58,6 +59,11 @@ RUNS = {
     # LoRA with the adapters inside each decoder layer's FlatParameter (use_orig_params, wrapped by layer
     # class only: litgpt's FSDPStrategy, accelerate without peft's wrap policy)
     "fsdp1-lora-w2": (2, 1, "FULL_SHARD", "lora", False),
+    # Two micro-batches per optimizer step, the first under no_sync as transformers' Trainer runs them
+    # (accelerator.no_sync: FSDP1 `no_sync()`, FSDP2 `set_requires_gradient_sync(False)`); the sixth
+    # field is the accumulation.
+    "fsdp1-ga2-w2": (2, 1, "FULL_SHARD", "full", False, 2),
+    "fsdp2-ga2-w2": (2, 2, "FULL_SHARD", "full", False, 2),
 }
 SEQ, MICRO, RANK = 64, 2, 8
 SEQ_OF = {"small-long": 1024}  # tokens per sample where a model is not traced at SEQ
@@ -68,11 +74,18 @@ def seq_of(model: dict) -> int:
     return next((n for name, n in SEQ_OF.items() if MODELS[name] == model), SEQ)
 
 
-def plan_for(model: dict, world: int, method: str, gc: bool, version: int = 2) -> dict:
-    """The memfit plan of a run: bf16 mixed precision, AdamW, one micro-batch per step. FSDP1 LoRA runs
+def accumulation(run: tuple) -> int:
+    """Micro-batches per optimizer step of a RUNS entry (its optional sixth field; 1 without)."""
+    return run[5] if len(run) > 5 else 1
+
+
+def plan_for(model: dict, world: int, method: str, gc: bool, version: int = 2, accum: int = 1) -> dict:
+    """The memfit plan of a run: bf16 mixed precision, AdamW, `accum` micro-batches per step (the global
+    batch says so; memfit's frameworks default to no_sync, as the trace runs them). FSDP1 LoRA runs
     all in bf16 with the adapters inside the layers' FlatParameters (_rank_main): pure_bf16, layer wrap."""
     in_layer = version == 1 and method == "lora"
     training = {"method": method, "seq_len": seq_of(model), "micro_batch_size": MICRO,
+                "global_batch_size": MICRO * world * accum,
                 "precision": "pure_bf16" if in_layer else "bf16", "optimizer": "adamw", "gradient_checkpointing": gc,
                 "attention": "sdpa", "sharding": "fsdp", "lora": {"rank": RANK, "dropout": 0.0, "target_modules": "all-linear"}}
     if in_layer:
@@ -119,7 +132,8 @@ def _rank_main(rank: int, world: int, port: int, model_cfg: dict, run: tuple, ou
 
     import fsdp_trace
 
-    _, version, sharding, method, gc = run
+    _, version, sharding, method, gc = run[:5]
+    accum = accumulation(run)
     torch.manual_seed(0)
     dist.init_process_group("gloo")
     # LoRA: the frozen base in bf16 (memfit's FSDP LoRA assumption), peft upcasts the adapters to fp32.
@@ -141,15 +155,17 @@ def _rank_main(rank: int, world: int, port: int, model_cfg: dict, run: tuple, ou
     fsdp_trace.label_collectives(tracker, version)
     losses = []
     for step in range(2):
-        ids = torch.randint(0, model_cfg["vocab_size"], (MICRO, seq_of(model_cfg)))
         last = step == 1 and rank == 0
         if last:
             tracker.register_structures()
             tracker.__enter__()
-        tracker.phase = "forward"
-        loss = net(input_ids=ids, labels=ids).loss
-        tracker.phase = "backward"
-        loss.backward()
+        for micro in range(accum):
+            ids = torch.randint(0, model_cfg["vocab_size"], (MICRO, seq_of(model_cfg)))
+            with _no_sync(net, version, micro < accum - 1):
+                tracker.phase = "forward"
+                loss = net(input_ids=ids, labels=ids).loss
+                tracker.phase = "backward"
+                loss.backward()
         tracker.phase = "optimizer step"
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -164,6 +180,22 @@ def _rank_main(rank: int, world: int, port: int, model_cfg: dict, run: tuple, ou
     dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def _no_sync(net, version: int, skip: bool):
+    """accelerate's Accelerator.no_sync for the micro-batches that do not end a step (`skip`)."""
+    if not skip:
+        yield
+    elif version == 1:
+        with net.no_sync():
+            yield
+    else:
+        net.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            net.set_requires_gradient_sync(True)
+
+
 def memfit_phases(model_cfg: dict, run: tuple) -> dict:
     """memfit's terms at each of its three moments (bytes), without context, NCCL and slack."""
     from memfit.engine.memory.fsdp import fsdp_terms
@@ -171,8 +203,8 @@ def memfit_phases(model_cfg: dict, run: tuple) -> dict:
     from memfit.engine.plan.load import plan_from_dict
     from memfit.engine.plan.strategy import Strategy
 
-    world, version, sharding, method, gc = run
-    plan = plan_from_dict(plan_for(model_cfg, world, method, gc, version), "fsdp_cpu")
+    world, version, sharding, method, gc = run[:5]
+    plan = plan_from_dict(plan_for(model_cfg, world, method, gc, version, accumulation(run)), "fsdp_cpu")
     s = Strategy(method=method, sharding="fsdp", fsdp_version=version, fsdp_sharding=sharding,
                  zero_stage={"FULL_SHARD": 3, "SHARD_GRAD_OP": 2}[sharding],
                  gradient_checkpointing=gc, micro_batch_size=MICRO)

@@ -2,7 +2,7 @@
 smallest model: a random-weight 2-layer Llama (hidden 256, vocab 4096: 3.68M parameters, a root unit of
 2.10M and two decoder layers of 0.79M), bf16 mixed precision with bf16 reduction, torch AdamW
 (foreach), on CPU/gloo: FSDP2 and FSDP1 FULL_SHARD on two ranks, FSDP2 on one, FSDP2 LoRA (r 8,
-bf16 base) on two. The trace of rank 0's second step is
+bf16 base) on two, and both versions with two micro-batches a step under no_sync. The trace of rank 0's second step is
 the ground truth; memfit's terms are compared with it per term.
 
 Tolerance 1 % where memfit's term and torch allocate the same bytes by construction (every dimension
@@ -148,3 +148,42 @@ def test_fsdp1_lora_inside_the_layer_units_keeps_a_gradient_for_every_layer_weig
     got, want = _rows(run)[("peak of the step", "total")]
     assert got <= want <= 1.3 * got, f"peak traced {got / MIB:.2f}, memfit {want / MIB:.2f} MiB"
 
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fsdp1-ga2-w2", "fsdp2-ga2-w2"])
+def test_no_sync_accumulation_keeps_every_unsharded_gradient(name):
+    # Two micro-batches per step, the first under no_sync, as transformers' Trainer runs them. In the
+    # second micro-batch's forward and backward every parameter's unsharded gradient is live and no
+    # sharded one: first principles, every parameter x 2 B (bf16, accelerate's reduce_dtype), not
+    # divided by the world size. Traced on rank 0; memfit's held gradients are that number.
+    run = _run(name)
+    full_bf16 = (ROOT_P + 2 * LAYER_P) * 2
+    for phase in ("forward", "backward"):
+        peak = run["peaks"][phase]
+        assert peak["grads_unsharded"] == pytest.approx(full_bf16, rel=0.01), phase
+        assert peak["grads_sharded"] == 0, phase
+    assert run["memfit"]["forward/backward"]["gradients_gib"] == pytest.approx(full_bf16, rel=0.01)
+    got, want = _rows(run)[("peak of the step", "total")]
+    assert got <= want <= 1.3 * got, f"{name}: peak traced {got / MIB:.2f}, memfit {want / MIB:.2f} MiB"
+
+
+def test_sync_each_batch_holds_only_the_sharded_gradients():
+    # With sync_each_batch (accelerate's GradientAccumulationPlugin, torchtune's loop) each micro-batch
+    # is reduce-scattered: what waits for the next is the sharded gradient, fp32 under MixedPrecision
+    # (_runtime_utils.py _cast_grad_to_param_dtype), over 2 ranks. Fast: no run.
+    from memfit.engine.memory.fsdp import fsdp_terms
+    from memfit.engine.model.spec import resolve_model
+    from memfit.engine.plan.load import plan_from_dict
+    from memfit.engine.plan.strategy import Strategy
+
+    fsdp_cpu = _bench()
+    raw = fsdp_cpu.plan_for(fsdp_cpu.MODELS["small"], 2, "full", False, 2, accum=2)
+    s = Strategy(method="full", sharding="fsdp", fsdp_version=2, fsdp_sharding="FULL_SHARD", zero_stage=3,
+                 gradient_checkpointing=False, micro_batch_size=fsdp_cpu.MICRO)
+    held = {}
+    for sync in (True, False):
+        plan = plan_from_dict({**raw, "training": {**raw["training"], "sync_each_batch": sync}}, "t")
+        held[sync] = fsdp_terms(plan, resolve_model(plan.model), s, slack=0.0).gpu_phases["forward/backward"]["gradients_gib"]
+    assert held[True] == pytest.approx((ROOT_P + 2 * LAYER_P) * 4 / 2, rel=1e-6)
+    assert held[False] == pytest.approx((ROOT_P + 2 * LAYER_P) * 2, rel=1e-6)

@@ -197,12 +197,14 @@ def fsdp_terms(plan: Plan, facts: ModelSpec, strategy: Strategy, slack: float, f
               "opt": n_train * d["moments"] / n, "temp": n_train * d["foreach_temp"] / n}
     offload = strategy.offload_param != "none"
     on_gpu = {k: (0.0 if offload else v) for k, v in shards.items()}
+    stack = _sharded_stack(plan, facts, strategy.method)
     act = activation_bytes(facts, t.seq_len, strategy.micro_batch_size, t.attention, strategy.method,
                            strategy.gradient_checkpointing, t.precision, lora_rank=t.lora.rank,
                            lora_targets=t.lora.target_modules, lora_dropout=t.lora.dropout,
-                           stack=_sharded_stack(plan, facts, strategy.method))
+                           stack=stack)
     accum = accumulation_steps(t.global_batch_size, strategy.micro_batch_size, hw.world_size)
-    held = on_gpu["grads"] if accum > 1 else 0.0
+    held = _held_gradients(accum, stack.sync_each_batch, n, on_gpu["grads"],
+                           grad_params * (base_compute if in_layer else d["grad_compute"]))
     # Unsharded gradients: the root's lives from lm_head's backward to the embedding's (one unit);
     # a layer's until its reduce-scatter. NO_SHARD all-reduces the gradient in place; FSDP1 runs
     # NO_SHARD on one GPU (_init_utils.py _init_process_group_state). FSDP2 has no such switch: on a
@@ -247,6 +249,25 @@ def fsdp_terms(plan: Plan, facts: ModelSpec, strategy: Strategy, slack: float, f
     gpu_phase = max(phases, key=lambda k: sum(phases[k].values()))
     host, host_phase = _host(plan, facts, strategy, shards, n, layer_p, d, model_compute, n_train)
     return FsdpTerms(phases[gpu_phase], gpu_phase, host, host_phase, accum, phases)
+
+
+def _held_gradients(accum: int, sync_each_batch: bool, n: int, sharded: float, unsharded: float) -> float:
+    """Gradients already on the GPU when a micro-batch's backward starts.
+
+    One micro-batch per step: none (the optimizer's zero_grad freed them). With accumulation and a
+    reduce-scatter after every micro-batch: the sharded gradients. Under no_sync, the training loop
+    of transformers' Trainer (every micro-batch but the last: accelerator.no_sync, which calls FSDP1's
+    `no_sync` or FSDP2's `set_requires_gradient_sync(False)`) and of litgpt (fabric.no_backward_sync):
+    FSDP1 keeps each FlatParameter's unsharded gradient (_runtime_utils.py _post_backward_hook returns
+    before the reduce-scatter when `_sync_gradients` is false) and FSDP2 its unsharded_param.grad, in
+    the compute dtype (accelerate sets reduce_dtype = param_dtype, so FSDP2 does not upcast them:
+    _fsdp_param.py to_accumulated_grad_if_needed). Every unit's full gradient is then on every GPU
+    when the last micro-batch starts, and no sharded gradient yet. accelerate's docs name the cost:
+    sync_each_batch=True "may reduce memory requirements when using gradient accumulation".
+    """
+    if accum <= 1:
+        return 0.0
+    return sharded if sync_each_batch or n == 1 else unsharded
 
 
 def _fsdp2_forward_start(start: dict[str, float], root: float, unit: float) -> dict[str, float]:

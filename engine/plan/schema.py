@@ -206,6 +206,11 @@ class Training(_Strict):
     kbit_upcast: bool | None = Field(None, description="QLoRA: non-quantised parameters upcast to fp32 (peft "
                                                        "prepare_model_for_kbit_training); default: the framework's")
     expandable_segments: bool = Field(False, description="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True")
+    sync_each_batch: bool | None = Field(
+        None, description="FSDP with gradient accumulation: true = gradients reduce-scattered after every "
+                          "micro-batch (accelerate's gradient_accumulation_kwargs sync_each_batch, torchtune); "
+                          "false = no_sync, the unsharded gradients kept until the last micro-batch (HF "
+                          "Trainer's default); default: the framework's")
     fsdp_lora_wrap: Literal["separate", "layer"] = Field(
         "separate", description="FSDP1 LoRA: separate = the adapters in units of their own (peft's "
                                 "fsdp_auto_wrap_policy, which transformers' Trainer applies); layer = inside each "

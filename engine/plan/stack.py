@@ -36,6 +36,7 @@ class Stack:
     packing: bool
     padding: str               # auto | longest | max_length
     expandable_segments: bool
+    sync_each_batch: bool      # FSDP gradient accumulation: reduce-scatter every micro-batch (else no_sync)
 
     @property
     def fixed_shapes(self) -> bool:
@@ -98,4 +99,5 @@ def resolve_stack(plan: Plan, facts: Any = None) -> Stack:
         packing=bool(_given(d.packing, base["packing"])),
         padding=d.padding,
         expandable_segments=t.expandable_segments,
+        sync_each_batch=bool(_given(t.sync_each_batch, base["sync_each_batch"])),
     )
