@@ -180,11 +180,12 @@ def _advice_fits(r: dict) -> bool:
 
 
 def _line(label: str, s: dict) -> str:
-    if not s["peaks"]:
-        return (f"{label}: no measured peaks; verdicts right {s['right']}/{s['verdicts']}, "
-                f"at the band's top {s['right_band']}/{s['verdicts']}")
-    return (f"{label}: median |error| {s['median_abs']:.1%}, median signed {s['median_signed']:+.1%} over "
-            f"{s['peaks']} GPU peaks ({s['within_10']} within 10%); verdicts right {s['right']}/{s['verdicts']}, "
+    # The verdict counts are printed whether or not the set has peaks: a set of outcomes only is where
+    # a "fits" on an out-of-memory run shows.
+    head = (f"no measured peaks" if not s["peaks"] else
+            f"median |error| {s['median_abs']:.1%}, median signed {s['median_signed']:+.1%} over "
+            f"{s['peaks']} GPU peaks ({s['within_10']} within 10%)")
+    return (f"{label}: {head}; verdicts right {s['right']}/{s['verdicts']}, "
             f"'fits' where the run ran out of memory: {len(s['unsafe'])} {s['unsafe'] or ''}; at the band's top: "
             f"right {s['right_band']}/{s['verdicts']}, unsafe {len(s['unsafe_band'])}; with the default 20% headroom: "
             f"right {s['right_policy']}/{s['verdicts']}, unsafe {len(s['unsafe_policy'])}; advise's default (both): "
