@@ -84,7 +84,9 @@ def test_band_file_holds_every_level_from_held_out_runs_only():
                                    "bench/heldout4/cases.yaml", "bench/heldout5/cases.yaml",
                                    "bench/heldout6/cases.yaml", "bench/heldout7/cases.yaml",
                                    "bench/heldout8/cases.yaml", "bench/heldout9/cases.yaml",
-                                   "bench/heldout10/cases.yaml", "bench/heldout11/cases.yaml"]
+                                   "bench/heldout10/cases.yaml", "bench/heldout11/cases.yaml",
+                                   "bench/heldout12/cases.yaml", "bench/heldout13/cases.yaml",
+                                   "bench/heldout14/cases.yaml"]
     assert set(table["levels"]) == {"0.8", "0.9"}
     for level, t in table["levels"].items():
         entries = [*t["families"].values(), *t["groups"].values(), *t["kinds"].values(), t["all"]]
