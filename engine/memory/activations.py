@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
+from .arch_scale import arch_scale
 from .loss import loss_bytes, standard_loss_bytes
 
 if TYPE_CHECKING:
@@ -125,7 +126,8 @@ def _mlp_width(facts: ModelSpec) -> float:
 
 def layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str, dtype_bytes: float = 2.0, *,
                 method: str = "full", lora_rank: int = 16, lora_targets: str | Sequence[str] = "all-linear",
-                lora_dropout: float = 0.0, liger: bool = False, residual_bytes: float = 2.0) -> float:
+                lora_dropout: float = 0.0, liger: bool = False, residual_bytes: float = 2.0,
+                arch_scaled: bool = True) -> float:
     """Bytes one decoder layer stores for backward without checkpointing.
 
     Full fine-tuning, SDPA: s*b*[16*h + 4*q + 4*kv + 8*I + 4*a + 8] with q = a*head_dim and kv =
@@ -151,6 +153,8 @@ def layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str
         method, lora_rank, lora_targets, lora_dropout: full | lora | qlora and the adapter settings.
         liger: Liger's RMSNorm and SwiGLU kernels replace transformers' modules (_liger_saving).
         residual_bytes: bytes per element of the residual stream (4 under QLoRA's k-bit upcast).
+        arch_scaled: scale the per-token bytes by the probe's ratio for model types unlike Llama
+            (arch_scale.py); False gives the bare closed form (bench/arch_scale.py measures against it).
     Returns:
         Bytes per decoder layer.
     """
@@ -181,6 +185,8 @@ def layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str
         per_token -= _liger_saving(h, inter, lora, residual_bytes)
     if getattr(facts, "model_type", "llama") == "bloom":
         per_token, eager = _bloom_per_token(facts, lora, adapters), True
+    if arch_scaled:
+        per_token *= arch_scale(getattr(facts, "model_type", "llama"), method)
     total = s * b * per_token * dtype_bytes / 2.0
     if eager:
         total += 6 * a * s * s * b * dtype_bytes / 2.0
