@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import statistics
 import subprocess
@@ -49,7 +50,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from heldout import score  # noqa: E402
+from heldout import as_plan_case, score  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CASE_FILES = ("bench/heldout/cases.yaml", "bench/heldout2/cases.yaml", "bench/heldout3/cases.yaml",
@@ -102,25 +103,43 @@ def source_of(case: dict) -> str:
     return str(case.get("source") or case["name"]).split()[0].rstrip(",;:")
 
 
-def residuals(case_files=CASE_FILES) -> dict[str, list[tuple[float, str]]]:
+def framework_of(case: dict) -> str:
+    """The training stack a case's plan runs (training.framework as bench/heldout.py writes the plan)."""
+    training = as_plan_case(case)["plan"].get("training") or {}
+    return str(training.get("framework") or "hf-trainer")
+
+
+def residuals(case_files=CASE_FILES, by_stack: bool = False) -> dict[str, list[tuple[float, str]]]:
     """measured / estimated GPU peak of every modelled calibration case with a measured peak, per family.
 
     Args:
         case_files: held-out case YAML files relative to the repository root.
+        by_stack: key each family by stack too ("qlora/z0@unsloth"): the stack pools of bands().
 
     Returns:
-        family -> list of (ratio, source cluster).
+        family (or family@stack) -> list of (ratio, source cluster).
     """
     out: dict[str, list[tuple[float, str]]] = {}
     for f in case_files:
-        cases = yaml.safe_load((ROOT / f).read_text())["cases"]
-        sources = {c["name"]: source_of(c) for c in cases}
-        rows, _failed = score(cases)
-        for row in rows:
-            estimate = row["memfit_modelled"]  # the named terms: the centre is calibrated on them
-            if row["measured"] and estimate and not row["not_modelled"]:
-                out.setdefault(band_family(row), []).append((row["measured"] / estimate, sources[row["name"]]))
+        for family, stack, ratio, source in _scored(f):
+            out.setdefault(family + (f"@{stack}" if by_stack else ""), []).append((ratio, source))
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _scored(case_file: str) -> tuple[tuple[str, str, float, str], ...]:
+    """(family, stack, measured / modelled, source) of each modelled case of one file with a peak,
+    scored once per process (the family and the stack pools read the same runs)."""
+    cases = yaml.safe_load((ROOT / case_file).read_text())["cases"]
+    by_name = {c["name"]: c for c in cases}
+    rows, _failed = score(cases)
+    out = []
+    for row in rows:
+        estimate = row["memfit_modelled"]  # the named terms: the centre is calibrated on them
+        if row["measured"] and estimate and not row["not_modelled"]:
+            case = by_name[row["name"]]
+            out.append((band_family(row), framework_of(case), row["measured"] / estimate, source_of(case)))
+    return tuple(out)
 
 
 def source_weights(sources: list[str], cap: float = SOURCE_CAP) -> list[float]:
@@ -188,7 +207,7 @@ def _monotone(levels: dict[str, dict]) -> dict[str, dict]:
     """Raise each level's upper ends to at least the next lower level's, entry by entry."""
     order = sorted(levels, key=float)
     for lower, upper in zip(order, order[1:]):
-        for section in ("families", "groups", "kinds"):
+        for section in ("families", "groups", "kinds", "stacks"):
             for name, e in levels[upper][section].items():
                 below = levels[lower][section].get(name)
                 if below and below["high"] > e["high"]:
@@ -197,16 +216,21 @@ def _monotone(levels: dict[str, dict]) -> dict[str, dict]:
     return levels
 
 
-def bands(by_family: dict[str, list[tuple[float, str]]], level: float) -> dict:
-    """The band table at one level: per family, group, kind and over all cases, thin pools falling back.
+def bands(by_family: dict[str, list[tuple[float, str]]], level: float,
+          by_stack: dict[str, list[tuple[float, str]]] | None = None) -> dict:
+    """The band table at one level: per family, group, kind and over all cases, thin pools falling back,
+    and per family and stack where that pool is thick enough on its own.
 
     Args:
         by_family: family -> (ratio, source) pairs, as residuals() returns.
         level: conformal coverage of the upper end.
+        by_stack: family@stack -> pairs (residuals(by_stack=True)); a thin one is left out, so the
+            engine falls back to the family over every stack.
 
     Returns:
-        {"families": {family: entry}, "groups": {group: entry}, "kinds": {kind: entry}, "all": entry};
-        an entry is {"low", "high", "n", "pool"}, pool the family, group, kind or "all" whose ratios it used.
+        {"families": {family: entry}, "groups": {group: entry}, "kinds": {kind: entry}, "all": entry,
+        "stacks": {family@stack: entry}}; an entry is {"low", "high", "n", "pool"}, pool the family,
+        group, kind or "all" whose ratios it used.
 
     Raises:
         ValueError: when even all the ratios together are too few for the level.
@@ -224,7 +248,8 @@ def bands(by_family: dict[str, list[tuple[float, str]]], level: float) -> dict:
     groups = {g: _entry(rs, level, g, kinds["offload" if g.endswith("/offload") else "resident"])
               for g, rs in sorted(by_group.items())}
     families = {fam: _entry(rs, level, fam, groups[group_of(fam)]) for fam, rs in sorted(by_family.items())}
-    return {"families": families, "groups": groups, "kinds": kinds, "all": overall}
+    stacks = {key: e for key, rs in sorted((by_stack or {}).items()) if (e := _entry(rs, level, key))}
+    return {"families": families, "groups": groups, "kinds": kinds, "all": overall, "stacks": stacks}
 
 
 def weighted_median(ratios: list[float], weights: list[float]) -> float:
@@ -256,8 +281,9 @@ def centres(by_family: dict[str, list[tuple[float, str]]]) -> dict:
 
 
 def centre_of(centre: dict, family: str) -> float:
-    """A family's centre: its group's, else the pooled one (engine/memory/band.py centre_for)."""
-    return centre["groups"].get(group_of(family), centre["all"])
+    """A family's centre: its group's, else the pooled one (engine/memory/band.py centre_for); a
+    family@stack key takes its family's."""
+    return centre["groups"].get(group_of(family.split("@")[0]), centre["all"])
 
 
 def around(by_family: dict[str, list[tuple[float, str]]], centre: dict) -> dict[str, list[tuple[float, str]]]:
@@ -265,9 +291,10 @@ def around(by_family: dict[str, list[tuple[float, str]]], centre: dict) -> dict[
     return {fam: [(r / centre_of(centre, fam), s) for r, s in rs] for fam, rs in by_family.items()}
 
 
-def level_tables(by_family: dict[str, list[tuple[float, str]]]) -> dict[str, dict]:
+def level_tables(by_family: dict[str, list[tuple[float, str]]],
+                 by_stack: dict[str, list[tuple[float, str]]] | None = None) -> dict[str, dict]:
     """One band table per shipped level, each level's tops at least the lower level's."""
-    return _monotone({str(q): bands(by_family, q) for q in LEVELS})
+    return _monotone({str(q): bands(by_family, q, by_stack) for q in LEVELS})
 
 
 def band_document(case_files=CASE_FILES) -> dict:
@@ -279,7 +306,8 @@ def band_document(case_files=CASE_FILES) -> dict:
             "case_files": list(case_files), "method": f"weighted split conformal, no source above {SOURCE_CAP:g} runs per pool",
             "ratio": "measured GPU peak / memfit estimate (the modelled terms times the centre)",
             "centre": centre, "default_level": DEFAULT_LEVEL,
-            "levels": level_tables(around(by_family, centre))}
+            "levels": level_tables(around(by_family, centre),
+                                   around(residuals(case_files, by_stack=True), centre))}
 
 
 def band_verdicts(case_files=CASE_FILES, level: float = DEFAULT_LEVEL) -> dict:
@@ -309,7 +337,8 @@ def band_verdicts(case_files=CASE_FILES, level: float = DEFAULT_LEVEL) -> dict:
             s = Strategy(method=t.method, zero_stage=t.zero_stage, offload_optimizer=t.offload_optimizer,
                          offload_param=t.offload_param, sharding="fsdp" if group_of(row["family"]) == "fsdp" else "deepspeed")
             gpu, cap, ran = row["tools"]["memfit"][0], row["capacity"], row["expect_fits"]
-            point, upper = gpu <= cap, gpu * band_for(s, level, row["world_size"]).high <= cap
+            top = band_for(s, level, row["world_size"], framework_of(cases[row["name"]])).high
+            point, upper = gpu <= cap, gpu * top <= cap
             out["cases"] += 1
             out["right_point"] += point == ran
             out["right_upper"] += upper == ran

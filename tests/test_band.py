@@ -146,7 +146,24 @@ def test_shipped_band_equals_the_band_computed_from_the_case_files():
     by_family = residuals()
     centre = centres(by_family)
     assert shipped["centre"] == centre, "run bench/band.py"
-    assert shipped["levels"] == level_tables(around(by_family, centre)), "run bench/band.py"
+    by_stack = around(residuals(by_stack=True), centre)
+    assert shipped["levels"] == level_tables(around(by_family, centre), by_stack), "run bench/band.py"
+
+
+def test_a_stack_with_a_thick_pool_of_its_own_takes_its_band():
+    # Set 16's 26 Unsloth runs (one stack, 22 notebooks) form qlora/z0@unsloth; an HF Trainer QLoRA
+    # plan reads qlora/z0@hf-trainer, a stack without a pool of its own the family over every stack.
+    from memfit.engine.memory.band import band_table
+
+    table = band_table()["levels"]["0.9"]
+    s = Strategy(method="qlora", zero_stage=0, gradient_checkpointing=True)
+    assert band_for(s, 0.9, framework="unsloth").pool == table["stacks"]["qlora/z0@unsloth"]["pool"] == "qlora/z0@unsloth"
+    assert band_for(s, 0.9, framework="hf-trainer").pool == "qlora/z0@hf-trainer"
+    assert band_for(s, 0.9, framework="torchtune").pool == table["families"]["qlora/z0"]["pool"]
+    assert band_for(s, 0.9).pool == table["families"]["qlora/z0"]["pool"]
+    # Each stack pool holds only its own stack's runs: together they are at most the family's.
+    n_stacks = sum(e["n"] for k, e in band_table()["levels"]["0.8"]["stacks"].items() if k.startswith("qlora/z0@"))
+    assert n_stacks <= band_table()["levels"]["0.8"]["families"]["qlora/z0"]["n"]
 
 
 def test_weighted_median_follows_its_definition():
@@ -205,7 +222,7 @@ def test_search_rejects_a_candidate_whose_band_top_exceeds_the_card():
     # Capacity between the point estimate and the band's top (estimate x the family's upper conformal
     # ratio from band.json): the point estimate fits, the band says runs like it peaked above the card.
     peak = estimate(_plan(80)).gpu_peak_gib
-    high = band_for(Strategy(method="qlora", zero_stage=0, gradient_checkpointing=True)).high
+    high = band_for(Strategy(method="qlora", zero_stage=0, gradient_checkpointing=True), framework="hf-trainer").high
     assert high > 1.0  # held-out qlora/z0 runs measured above the estimate at the upper quantile
     tight = _plan(peak * (1 + high) / 2)
     assert estimate(tight).gpu_peak_gib < tight.hardware.gpu_memory_gib  # point estimate under capacity
@@ -219,7 +236,7 @@ def test_search_rejects_a_candidate_whose_band_top_exceeds_the_card():
 
 def test_estimate_result_and_memory_report_carry_the_band():
     r = estimate(_plan(80))
-    b = band_for(Strategy(method="qlora", zero_stage=0, gradient_checkpointing=True))
+    b = band_for(Strategy(method="qlora", zero_stage=0, gradient_checkpointing=True), framework="hf-trainer")
     assert r.gpu_band.low == pytest.approx(r.gpu_peak_gib * b.low, abs=2e-3)
     assert r.gpu_band.high == pytest.approx(r.gpu_peak_gib * b.high, abs=2e-3)
     assert (r.gpu_band.n, r.gpu_band.pool, r.gpu_band.level) == (b.n, b.pool, 0.9)  # the default level
@@ -232,7 +249,7 @@ def test_policy_band_quantile_picks_the_level():
     r80, r90 = estimate(plan), estimate(wide)
     assert r80.gpu_band.level == 0.8
     assert r90.gpu_band.level == 0.9
-    assert r90.gpu_band.high == pytest.approx(r90.gpu_peak_gib * band_for(s, 0.9).high, abs=2e-3)
+    assert r90.gpu_band.high == pytest.approx(r90.gpu_peak_gib * band_for(s, 0.9, framework="hf-trainer").high, abs=2e-3)
     assert r90.gpu_band.high >= r80.gpu_band.high
 
 

@@ -67,7 +67,7 @@ def hardware_summary(plan: Plan) -> HardwareSummary:
 
 def _gpu_band(gpu_peak_gib: float, s: Strategy, plan: Plan) -> GpuBand:
     """The estimate times its family's residual quantiles at the policy's level (engine/memory/band.py)."""
-    b = band_for(s, plan.policy.band_quantile, plan.hardware.world_size)
+    b = band_for(s, plan.policy.band_quantile, plan.hardware.world_size, plan.training.framework)
     return GpuBand(low=round(gpu_peak_gib * b.low, 3), high=round(gpu_peak_gib * b.high, 3), n=b.n, pool=b.pool,
                    level=b.level)
 

@@ -74,14 +74,18 @@ def band_strategy(s: Strategy, world_size: int) -> Strategy:
     return s
 
 
-def band_for(s: Strategy, level: float = 0.9, world_size: int = 0) -> Band:
-    """The residual band of a strategy's family at a coverage level; a family without calibration
-    cases falls back to its sharding group, a group to its kind (offload or resident), a kind to all.
+def band_for(s: Strategy, level: float = 0.9, world_size: int = 0, framework: str | None = None) -> Band:
+    """The residual band of a strategy's family at a coverage level. The family's runs on the plan's
+    training stack come first (band.json "stacks", where that pool is thick enough: one stack's
+    template of runs must not set another's band); then the family over every stack; a family
+    without calibration cases falls back to its sharding group, a group to its kind (offload or
+    resident), a kind to all.
 
     Args:
         s: the strategy.
         level: the conformal level of the upper end (policy.band_quantile), a level band.json holds.
         world_size: GPUs of the run; 1 makes ZeRO-1/2 a single-GPU run (band_strategy); 0: not known.
+        framework: the plan's training.framework; None skips the stack pools.
 
     Returns:
         Band(low_ratio, high_ratio, n, pool, level).
@@ -91,7 +95,8 @@ def band_for(s: Strategy, level: float = 0.9, world_size: int = 0) -> Band:
     """
     table = band_table()["levels"][str(level)]
     s = band_strategy(s, world_size)
-    entry = (table["families"].get(strategy_family(s)) or table["groups"].get(strategy_group(s))
+    stacked = table.get("stacks", {}).get(f"{strategy_family(s)}@{framework}") if framework else None
+    entry = (stacked or table["families"].get(strategy_family(s)) or table["groups"].get(strategy_group(s))
              or table["kinds"].get("offload" if _fetches_params(s) else "resident") or table["all"])
     return Band(entry["low"], entry["high"], entry["n"], entry["pool"], level)
 

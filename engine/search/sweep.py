@@ -151,7 +151,7 @@ def _measures(plan: Plan, model: ModelSpec, s: Strategy, e: MemoryEstimate, ev: 
     gpu_peak = e.gpu_peak_gib * scale
     # The band's upper end after any measured calibration scale: the conformal quantile, at the
     # policy's level, of the out-of-sample residuals of this family (engine/memory/band.json; bench/band.py).
-    gpu_upper = gpu_peak * band_for(s, pol.band_quantile, hw.world_size).high
+    gpu_upper = gpu_peak * band_for(s, pol.band_quantile, hw.world_size, t.framework).high
     data = data_host_terms(plan, s.micro_batch_size)
     paged = t.optimizer in PAGED_OPTIMIZERS
     own_quant = checkpoint_quantization(model)
