@@ -46,6 +46,10 @@ def test_what_it_would_take_does_not_blame_memory_for_a_precision_rejection():
     a = advise(plan)
     assert a.best is None
     assert all("not for lack of memory" in line and "bf16" in line for line in a.what_it_would_take)
+    # Full fine-tuning of a 7B on four 32 GB cards also misses on memory (its closest candidate's band
+    # top is over the card), but bf16 rejects every full plan: more GPUs would not make it fit.
+    (full,) = [line for line in a.what_it_would_take if line.startswith("full:")]
+    assert "not for lack of memory alone" in full and "nodes of this kind" not in full
 
 
 def test_estimate_of_the_published_failure_says_host_does_not_fit():
