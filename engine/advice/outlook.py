@@ -68,11 +68,14 @@ def outlooks(plan: Plan, model: ModelSpec, judged: Sequence[Judged], rules: Sequ
         # decides it whatever memory would be bought: say that, not what more GPUs would take.
         blocking = [f.message for f in rejecting if not is_memory_rule(by_id[f.rule])
                     and all(any(g.rule == f.rule and g.effect == "reject" for g in j.verdict.firings) for j in ranked)]
-        if not memory or blocking:
-            reasons = "; ".join(dict.fromkeys(blocking) if memory else closest.verdict.reject_reasons)
-            alone = " alone" if memory else ""
-            out.append(Outlook(method, closest, (), (),
-                               f"{method}: nothing fits, and not for lack of memory{alone}: {reasons}."))
+        if not memory:
+            reasons = "; ".join(closest.verdict.reject_reasons)
+            out.append(Outlook(method, closest, (), (), f"{method}: nothing fits, and not for lack of memory: {reasons}."))
+            continue
+        if blocking:  # memory misses too, so "not for lack of memory" would not be true (advise review)
+            reasons = "; ".join(dict.fromkeys(blocking))
+            out.append(Outlook(method, closest, (), (), f"{method}: nothing fits, whatever the memory: every {method} "
+                                                        f"plan is rejected because {reasons} (the closest misses on memory too)."))
             continue
         proposals = tuple(_bigger_hardware(plan, model, method, feasibility))
         out.append(Outlook(method, closest, memory, proposals, _closest_line(method, closest, plan) + _options(proposals)))
