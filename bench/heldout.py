@@ -182,7 +182,7 @@ def _advice_fits(r: dict) -> bool:
 def _line(label: str, s: dict) -> str:
     # The verdict counts are printed whether or not the set has peaks: a set of outcomes only is where
     # a "fits" on an out-of-memory run shows.
-    head = (f"no measured peaks" if not s["peaks"] else
+    head = ("no measured peaks" if not s["peaks"] else
             f"median |error| {s['median_abs']:.1%}, median signed {s['median_signed']:+.1%} over "
             f"{s['peaks']} GPU peaks ({s['within_10']} within 10%)")
     return (f"{label}: {head}; verdicts right {s['right']}/{s['verdicts']}, "
