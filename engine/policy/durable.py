@@ -219,7 +219,10 @@ class DurableEvaluator:
         c.sink.clear()
         try:
             try:
-                message = {k: _durable_number(v) for k, v in facts.items()}
+                # Only the facts some rule reads: durable-rules serialises the message on assertion and
+                # parses it again for every rule that fires, so an unread fact is pure cost (the
+                # sizing view reads 17 of ~64 facts; bench/cold_path.py).
+                message = {k: _durable_number(facts[k]) for k in c.reads if k in facts}
                 message.update({ABSENT_MARK + k: True for k in c.reads if k not in facts})
                 c.host.assert_fact(c.name, {**message, "sid": sid})
             except Exception as exc:  # durable raises MessageNotHandled when nothing matches
