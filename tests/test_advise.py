@@ -74,3 +74,20 @@ def _yaml(path):
     import yaml
 
     return yaml.safe_load(path.read_text())
+
+
+def test_a_model_built_whole_is_counted_and_the_advice_says_how_to_avoid_it():
+    # A custom loop that calls deepspeed.initialize on a plainly loaded model (training.zero_init:
+    # false): each ZeRO-3 candidate's GPU peak includes the whole 16-bit model (deepspeed
+    # runtime/engine.py _configure_distributed_model moves it onto the device before partitioning)
+    # and rule zero-3-model-built-whole says how to build it partitioned; ZeRO-0..2 are unaffected.
+    plan = {"model": "Qwen/Qwen2.5-7B", "hardware": {"gpu_memory": 80, "gpus_per_node": 4, "host_memory": 512},
+            "training": {"method": "full", "zero_stage": 3, "offload_optimizer": "cpu", "offload_param": "cpu",
+                         "seq_len": 1024, "global_batch_size": 8}}
+    whole = advise(plan_from_dict({**plan, "training": {**plan["training"], "zero_init": False}}, "whole.yaml"))
+    built = advise(plan_from_dict(plan, "init.yaml"))
+    (c,) = [c for c in whole.candidates if c.feasible][:1]
+    assert c.memory.gpu_peak_phase == "initialisation"
+    assert any(e.rule == "zero-3-model-built-whole" and "zero.Init" in (e.advice or "") for e in c.explanation)
+    assert all(e.rule != "zero-3-model-built-whole" for b in built.candidates for e in b.explanation)
+    assert built.best.memory.gpu_peak_gib < c.memory.gpu_peak_gib

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from memfit.engine.memory.estimate import CUDA_CONTEXT_GIB, estimate_memory
+from memfit.engine.memory.estimate import CUDA_CONTEXT_GIB, NCCL_GIB, estimate_memory
 from memfit.engine.model.spec import resolve_model
 from memfit.engine.plan.load import plan_from_dict
 from memfit.engine.plan.strategy import Strategy
@@ -58,6 +58,51 @@ def test_zero3_shards_states_by_world_size():
     e = estimate_memory(p, LLAMA7, Strategy(method="full", zero_stage=3, gradient_checkpointing=True))
     n = LLAMA7.total_params
     assert e.gpu.weights_gib == pytest.approx(2 * n / 8 / GIB)
+
+
+HW8 = {"gpu_memory": 80, "gpus_per_node": 8, "host_memory": 1024}
+FULL_OFFLOAD_Z3 = Strategy(method="full", zero_stage=3, offload_optimizer="cpu", offload_param="cpu",
+                           gradient_checkpointing=True)
+
+
+def test_zero3_model_built_whole_is_on_every_gpu_once():
+    # Without zero.Init, deepspeed.initialize casts the module to bf16 and moves it whole onto the GPU
+    # before ZeRO-3 partitions it (deepspeed/runtime/engine.py _configure_distributed_model:
+    # module.to(device) unless the parameters carry ds_id): 2 B/param on every GPU, plus the CUDA
+    # context and NCCL's buffers. With full offload nothing else comes close, so that moment is the peak.
+    n = LLAMA7.total_params
+    e = estimate_memory(plan(zero_init=False, hardware=dict(HW8)), LLAMA7, FULL_OFFLOAD_Z3)
+    assert e.gpu_peak_phase == "initialisation"
+    assert e.gpu.weights_gib == pytest.approx(2 * n / GIB)
+    assert e.gpu_modelled_gib == pytest.approx(2 * n / GIB + CUDA_CONTEXT_GIB + NCCL_GIB)
+    # Built under zero.Init (the HF Trainer's default): the parameters live on the host from the start.
+    partitioned = estimate_memory(plan(hardware=dict(HW8)), LLAMA7, FULL_OFFLOAD_Z3)
+    assert partitioned.gpu_peak_phase != "initialisation"
+    assert partitioned.gpu.weights_gib == 0.0
+
+
+def test_only_zero_init_loads_the_checkpoint_on_rank_0():
+    # Under zero.Init rank 0 reads the whole 16-bit state dict into host RAM and scatters it
+    # (sources.md §4); a model built whole memory-maps the safetensors on every rank instead, as
+    # without ZeRO-3 (no private copy without a dtype change).
+    s = Strategy(method="full", zero_stage=3, gradient_checkpointing=True, gather_16bit_on_save=False)
+    partitioned = estimate_memory(plan(hardware=dict(HW8)), LLAMA7, s)
+    assert partitioned.host_peak_phase == "model loading"
+    assert partitioned.host.checkpoint_load_gib == pytest.approx(2 * LLAMA7.total_params / GIB)
+    whole = estimate_memory(plan(zero_init=False, hardware=dict(HW8)), LLAMA7, s)
+    assert whole.host_peak_phase != "model loading" and whole.host.checkpoint_load_gib == 0.0
+
+
+def test_qlora_under_zero3_is_built_whole():
+    # transformers' from_pretrained never builds a quantised model under zero.Init (modeling_utils.py:
+    # needs_zero3_init = is_deepspeed_zero3_enabled() and not _is_quantized): each of the 8 GPUs holds
+    # the same whole NF4 model as a single GPU does, once, before the partitioning.
+    whole = estimate_memory(plan(method="qlora"), LLAMA7, Strategy(method="qlora", zero_stage=0,
+                                                                   gradient_checkpointing=True))
+    e = estimate_memory(plan(method="qlora", hardware=dict(HW8)), LLAMA7,
+                        Strategy(method="qlora", zero_stage=3, gradient_checkpointing=True))
+    assert e.gpu_peak_phase == "initialisation"
+    assert e.gpu.weights_gib == pytest.approx(whole.gpu.weights_gib)
 
 
 def test_motivating_case_host_terms():

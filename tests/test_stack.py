@@ -33,7 +33,8 @@ def _facts(plan):
 
 
 def test_every_framework_has_every_default_and_a_source():
-    keys = {"kbit_upcast", "loss", "activation_offloading", "lora_dtype", "packing", "sync_each_batch", "source"}
+    keys = {"kbit_upcast", "loss", "activation_offloading", "lora_dtype", "packing", "sync_each_batch", "zero_init",
+            "source"}
     table = framework_table()
     assert set(table) == set(FRAMEWORKS)
     for name, row in table.items():

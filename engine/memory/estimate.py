@@ -6,6 +6,8 @@ Composition (docs/explanation/memory-model.md has every term with its source):
   context (+ NCCL buffers with more than one GPU).
 - GPU, optimizer-step phase: weights + optimizer states + all gradients + the fp32 gradient partition +
   ZeRO buffers + context. The peak is the larger phase; ZeRO shards model states, never activations.
+- GPU, initialisation: under ZeRO-3 on a model built whole (no zero.Init, or QLoRA), the whole model
+  plus context, once, before the partitioning (built_whole); it is the peak when it is the largest.
 - Host per node: per-process baseline + offloaded states (+ measured offload slack) + the data set,
   during training (+ the 16-bit gather at save under ZeRO-3); or, while loading, the checkpoint on
   rank 0 (ZeRO-3) / dtype conversions per rank. The peak is the larger phase.
@@ -24,7 +26,7 @@ from .fsdp import fsdp_terms
 from .states import fp32_base, frozen_weight_bytes, state_bytes, trainable_params
 from .zero import zero_terms
 from ..core.units import GIB
-from ..plan.stack import resolve_stack
+from ..plan.stack import Stack, resolve_stack
 from ..core.ds_defaults import (OPT_NVME_BUFFERS, PARAM_NVME_BUFFER_SIZE, PARAM_NVME_BUFFERS, SUB_GROUP_SIZE,
                                accumulation_steps)
 
@@ -181,6 +183,16 @@ def _shards(strategy: Strategy, world: int) -> tuple[int, int, int]:
     return (world if z >= 3 else 1), (world if z >= 2 else 1), (world if z >= 1 else 1)
 
 
+def built_whole(strategy: Strategy, stack: Stack) -> bool:
+    """ZeRO-3 on a model that is not built inside deepspeed.zero.Init (`training.zero_init: false`, or
+    QLoRA: transformers' from_pretrained never builds a quantised model under it, modeling_utils.py
+    `needs_zero3_init`). deepspeed.initialize then moves the whole module onto the GPU before ZeRO-3
+    partitions it (deepspeed/runtime/engine.py _configure_distributed_model: `module.to(device)`
+    unless the parameters already carry a ds_id), so every GPU holds the whole model once."""
+    return (strategy.sharding != "fsdp" and strategy.zero_stage == 3
+            and (not stack.zero_init or strategy.method == "qlora"))
+
+
 def _gpu_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[GpuBreakdown, str, int]:
     t, world = plan.training, plan.hardware.world_size
     stack = resolve_stack(plan, facts)
@@ -233,7 +245,12 @@ def _gpu_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[GpuBrea
     # (memory/zero.py _stage12): DeepSpeed's own transients, shown with its buffers.
     step_buffers = buffers + zt.step_extra
     step = weights + opt + grads + grad32 + step_buffers
-    if fb >= step:
+    # A model built whole under ZeRO-3 is on every GPU whole once, before the partitioning.
+    init = whole_weights if built_whole(strategy, stack) else 0.0
+    if init > max(fb, step):
+        parts = (init, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        phase = "initialisation"
+    elif fb >= step:
         parts = (weights, held_grads, opt + held_fp32, activations, logits, buffers,
                  dynamic * slack_rate)
         phase = "forward/backward"
@@ -286,7 +303,7 @@ def _host_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[HostBr
     ckpt16 = facts.total_params * 2.0
     save_gather = ckpt16 if (strategy.zero_stage == 3 and strategy.method == "full"
                              and strategy.gather_16bit_on_save) else 0.0
-    if strategy.zero_stage == 3:
+    if strategy.zero_stage == 3 and not built_whole(strategy, stack):
         load = ckpt16  # rank 0 loads the whole state dict under zero.Init (sources.md §4)
     elif base_fp32:
         load = ranks * facts.total_params * 4.0  # each rank converts its copy to fp32

@@ -211,6 +211,12 @@ class Training(_Strict):
                           "micro-batch (accelerate's gradient_accumulation_kwargs sync_each_batch, torchtune); "
                           "false = no_sync, the unsharded gradients kept until the last micro-batch (HF "
                           "Trainer's default); default: the framework's")
+    zero_init: bool | None = Field(
+        None, description="ZeRO-3: the model is built inside deepspeed.zero.Init, each rank creating only its "
+                          "partition (the HF Trainer when TrainingArguments carry the DeepSpeed config before "
+                          "from_pretrained; accelerate's zero3_init_flag); false = built whole, so DeepSpeed "
+                          "moves the whole 16-bit model onto every GPU before partitioning it (a loop calling "
+                          "deepspeed.initialize on a plain from_pretrained model); default: the framework's")
     fsdp_lora_wrap: Literal["separate", "layer"] = Field(
         "separate", description="FSDP1 LoRA: separate = the adapters in units of their own (peft's "
                                 "fsdp_auto_wrap_policy, which transformers' Trainer applies); layer = inside each "

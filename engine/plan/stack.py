@@ -37,6 +37,7 @@ class Stack:
     padding: str               # auto | longest | max_length
     expandable_segments: bool
     sync_each_batch: bool      # FSDP gradient accumulation: reduce-scatter every micro-batch (else no_sync)
+    zero_init: bool            # ZeRO-3: the model is built partitioned (deepspeed.zero.Init), not whole
 
     @property
     def fixed_shapes(self) -> bool:
@@ -100,4 +101,5 @@ def resolve_stack(plan: Plan, facts: Any = None) -> Stack:
         padding=d.padding,
         expandable_segments=t.expandable_segments,
         sync_each_batch=bool(_given(t.sync_each_batch, base["sync_each_batch"])),
+        zero_init=bool(_given(t.zero_init, base["zero_init"])),
     )

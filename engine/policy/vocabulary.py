@@ -95,6 +95,7 @@ class CandidateFacts(BaseModel):
     fsdp_version: int = Field(0, description="FSDP 1 (flat parameters) or 2 (fully_shard, DTensor); 0 for DeepSpeed")
     fsdp_sharding: str = Field("", description="FULL_SHARD | SHARD_GRAD_OP | HYBRID_SHARD | NO_SHARD; '' for DeepSpeed")
     engines_compared: bool = Field(False, description="the search holds both engines (training.sharding: any)")
+    zero_init: bool = Field(True, description="ZeRO-3 builds the model partitioned (deepspeed.zero.Init; training.zero_init or the framework's default); false: the whole model lands on every GPU before the partitioning")
     deepspeed_feasible: bool = Field(False, description="some DeepSpeed candidate passes every reject rule")
     fsdp_feasible: bool = Field(False, description="some FSDP candidate passes every reject rule")
 

@@ -190,4 +190,7 @@ COVERAGE_PLANS: tuple[dict[str, Any], ...] = (
      "training": {"method": "lora", "seq_len": 1024}, "data": {"dataset_size": 200, "format": "arrow_mmap"}},
     {"model": INLINE_MODEL, "hardware": {"gpu_memory": 80, "gpus_per_node": 8, "host_memory": 512},
      "training": {"method": "lora", "seq_len": 1024}, "data": {"dataset_size": 10, "format": "in_memory"}},
+    # ZeRO-3 on a model built outside zero.Init (a loop calling deepspeed.initialize on it)
+    {"model": INLINE_MODEL, "hardware": {"gpu_memory": 80, "gpus_per_node": 4, "host_memory": 512},
+     "training": {"method": "full", "seq_len": 1024, "zero_stage": 3, "zero_init": False}},
 )
