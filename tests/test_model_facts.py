@@ -117,6 +117,21 @@ def test_phi3_fused_layers():
     assert f.total_params == 3_821_079_552  # microsoft/Phi-3-mini model card: 3.8B
 
 
+@pytest.mark.parametrize("ours, theirs, lora_r16", [
+    ("unsloth/Phi-3-mini-4k-instruct", "microsoft/Phi-3-mini-4k-instruct", 29_884_416),
+    ("unsloth/Phi-3-medium-4k-instruct", "microsoft/Phi-3-medium-4k-instruct", 65_536_000)])
+def test_unsloths_llama_format_phi3_splits_the_fused_layers(ours, theirs, lora_r16):
+    # Unsloth's Phi-3 uploads are Llama-format conversions: qkv_proj and gate_up_proj split into
+    # Llama's projections, so the total is Phi-3's and LoRA on the seven Llama names is what Unsloth's
+    # notebooks print as "Number of trainable parameters" for r 16 (bench/heldout16/README.md).
+    from memfit.engine.memory.states import trainable_params
+
+    split, fused = mf.resolve_model(ours), mf.resolve_model(theirs)
+    assert (split.model_type, split.total_params) == ("llama", fused.total_params)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert trainable_params(split, "lora", 16, targets, []) == lora_r16
+
+
 def test_gemma2_ties_and_four_norms():
     h, L, V = 2304, 26, 256000
     f = mf.resolve_model("google/gemma-2-2b")
