@@ -22,7 +22,7 @@ from ..memory.states import PAGED_OPTIMIZERS, modules_to_save_params
 from ..core.units import GIB
 from ..memory.estimate import MemoryEstimate, estimate_memory
 from ..evidence.match import Evidence
-from ..plan.stack import framework_table
+from ..plan.stack import resolve_stack
 from ..plan.strategy import Strategy
 
 if TYPE_CHECKING:
@@ -195,7 +195,7 @@ def _measures(plan: Plan, model: ModelSpec, s: Strategy, e: MemoryEstimate, ev: 
         data_format=data.format, dataloader_workers=plan.data.dataloader_workers,
         dataset_private_gib=data.dataset_private / GIB, dataset_page_cache_gib=data.page_cache / GIB,
         host_free_gib=e.host_capacity_gib - e.host_peak_gib,
-        zero_init=framework_table()[t.framework]["zero_init"] if t.zero_init is None else t.zero_init,
+        zero_init=resolve_stack(plan, model).zero_init,
         **engine_facts(plan, s),
     )
 
