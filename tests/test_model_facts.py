@@ -132,6 +132,17 @@ def test_unsloths_llama_format_phi3_splits_the_fused_layers(ours, theirs, lora_r
     assert trainable_params(split, "lora", 16, targets, []) == lora_r16
 
 
+def test_lora_on_the_output_layer_when_named():
+    # peft wraps lm_head when target_modules names it (a Linear of hidden x vocabulary): r x (h + V)
+    # more adapter weights; "all-linear" never reaches it (peft's check_target_module_exists skips the
+    # output layer).
+    f = mf.resolve_model("mistralai/Mistral-7B-Instruct-v0.1")
+    layers = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert (f.lora_trainable_params(64, [*layers, "lm_head"]) - f.lora_trainable_params(64, layers)
+            == 64 * (4096 + 32000))
+    assert f.lora_trainable_params(64, "all-linear") == f.lora_trainable_params(64, layers)
+
+
 def test_gemma2_ties_and_four_norms():
     h, L, V = 2304, 26, 256000
     f = mf.resolve_model("google/gemma-2-2b")

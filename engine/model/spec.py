@@ -104,7 +104,8 @@ class ModelSpec:
             target_modules: "all-linear" (every Linear in the decoder layers, never lm_head, as peft
                 does; for MoE also the router and fused experts) or names matched as peft does:
                 equal to, or a dotted suffix of, the module path ("q_proj", "self_attn.q_proj",
-                "query_key_value"), or a transformers-4 name peft converts (Mixtral w1/w2/w3/gate).
+                "query_key_value"), or a transformers-4 name peft converts (Mixtral w1/w2/w3/gate);
+                "lm_head" adapts the output layer (hidden x vocabulary).
         Returns:
             Trainable parameter count.
         Raises:
@@ -131,16 +132,19 @@ class ModelSpec:
         if target_modules == "all-linear":
             return [x for x in self.linear_layers if x.all_linear]
         targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+        # The output layer is a Linear too: peft adapts it when named ("lm_head"), never under "all-linear".
+        layers = [*self.linear_layers, arch.LinearLayer(name="lm_head", in_features=self.hidden_size,
+                                                        out_features=self.vocab_size, count=1, all_linear=False)]
 
         def hit(x: arch.LinearLayer, t: str) -> bool:
             return x.name == t or x.name.endswith("." + t) or t in x.aliases
 
-        missing = [t for t in targets if not any(hit(x, t) for x in self.linear_layers)]
+        missing = [t for t in targets if not any(hit(x, t) for x in layers)]
         if missing:
-            names = ", ".join(x.name.rsplit(".", 1)[-1] for x in self.linear_layers)
+            names = ", ".join(x.name.rsplit(".", 1)[-1] for x in layers)
             raise ModelSpecError(f"{self.name}: LoRA target_modules {missing} match no Linear layer "
                                   f"of this {self.model_type} model; its Linear layers are: {names}")
-        chosen = [x for x in self.linear_layers if any(hit(x, t) for t in targets)]
+        chosen = [x for x in layers if any(hit(x, t) for t in targets)]
         for x in chosen:
             named = [a for a in x.aliases if a in targets]
             if len(x.aliases) > 1 and named and len(named) < len(x.aliases):
