@@ -170,7 +170,7 @@ def _measures(plan: Plan, model: ModelSpec, s: Strategy, e: MemoryEstimate, ev: 
         modules_to_save_b=(modules_to_save_params(model, t.lora.modules_to_save) / 1e9
                            if s.method != "full" else 0.0),
         optimizer_paged=paged, paged_optimizer_gib=g.optimizer_states_gib if paged else 0.0,
-        gpu_peak_gib=gpu_peak, gpu_capacity_gib=e.gpu_capacity_gib,
+        gpu_peak_gib=gpu_peak, gpu_peak_phase=e.gpu_peak_phase, gpu_capacity_gib=e.gpu_capacity_gib,
         gpu_usage=gpu_peak / e.gpu_capacity_gib, gpu_headroom=gpu_headroom,
         gpu_peak_upper_gib=gpu_upper, gpu_usage_upper=gpu_upper / e.gpu_capacity_gib,
         gpu_budget=1 - gpu_headroom,
