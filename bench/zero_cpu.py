@@ -60,6 +60,10 @@ RUNS = {
     "z3-offload-w2": (2, {"zero_stage": 3, "offload_optimizer": "cpu"}, {}),
     "z3-offload-all-w2": (2, {"zero_stage": 3, "offload_optimizer": "cpu", "offload_param": "cpu"}, {}),
     "z1-offload-w2": (2, {"zero_stage": 1, "offload_optimizer": "cpu"}, {}),
+    # ZeRO-1 without overlap_comm (DeepSpeed's own default below stage 3): the gradient hooks leave the
+    # gradients alone and reduce_gradients reduces them after backward, so full 16-bit gradients are
+    # live at once; with memfit's overlap_comm the hooks move each one into a bucket as it appears.
+    "z1-nooverlap-w2": (2, {"zero_stage": 1}, {"overlap_comm": False}),
     # DeepSpeed's own defaults for the buckets and the persistence threshold (what a hand-written
     # config without "auto" gets): a 1e5 threshold keeps the small model's biases-free norms resident
     # and a 5e8 bucket takes the whole model (its flat copy in reduce_scatter_coalesced too).

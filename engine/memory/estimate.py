@@ -8,6 +8,9 @@ Composition (docs/explanation/memory-model.md has every term with its source):
   ZeRO buffers + context. The peak is the larger phase; ZeRO shards model states, never activations.
 - GPU, initialisation: under ZeRO-3 on a model built whole (no zero.Init, or QLoRA), the whole model
   plus context, once, before the partitioning (built_whole); it is the peak when it is the largest.
+- GPU, end of backward (ZeRO-1): the reduction runs inside engine.backward, so the step holds no
+  full gradients; before it, the full 16-bit gradients (without overlap_comm) or those too large for
+  a bucket (with overlap_comm + contiguous_gradients, as memfit writes) are live, without activations.
 - Host per node: per-process baseline + offloaded states (+ measured offload slack) + the data set,
   during training (+ the 16-bit gather at save under ZeRO-3); or, while loading, the checkpoint on
   rank 0 (ZeRO-3) / dtype conversions per rank. The peak is the larger phase.
@@ -244,12 +247,22 @@ def _gpu_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[GpuBrea
     # converts them to fp32, or before it an fp64 copy of the largest gradient for the norm
     # (memory/zero.py _stage12): DeepSpeed's own transients, shown with its buffers.
     step_buffers = buffers + zt.step_extra
+    end = 0.0
+    if strategy.zero_stage == 1 and not zt.fp32_grad_persistent:
+        # ZeRO-1 (memory/zero.py _stage1_backward_grads): the reduction inside engine.backward leaves
+        # no full 16-bit gradients for the step; what is live before it is counted at the end of
+        # backward, when the activations are gone.
+        grads = held_partition
+        end = weights + opt + held_fp32 + held_partition + zt.backward_grads + buffers
     step = weights + opt + grads + grad32 + step_buffers
     # A model built whole under ZeRO-3 is on every GPU whole once, before the partitioning.
     init = whole_weights if built_whole(strategy, stack) else 0.0
     if init > max(fb, step):
         parts = (init, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
         phase = "initialisation"
+    elif end > max(fb, step):
+        parts = (weights, held_partition + zt.backward_grads, opt + held_fp32, 0.0, 0.0, buffers, 0.0)
+        phase = "end of backward"
     elif fb >= step:
         parts = (weights, held_grads, opt + held_fp32, activations, logits, buffers,
                  dynamic * slack_rate)

@@ -36,6 +36,9 @@ class ZeroTerms:
     host_grad16: float          # ZeRO-3 + optimizer offload: the 16-bit gradient partition in host RAM
     host_staging: float         # ZeRO-1/2 + optimizer offload: the pinned host staging buffer
     step_extra: float = 0.0     # ZeRO-1/2 step transients beyond fp32_grad (flat 16-bit copy / fp64 norm copy)
+    # ZeRO-1 (DeepSpeedZeroOptimizer): the 16-bit gradients live at the end of backward, before the
+    # reduction moves them into the buckets; none is held in full at the step (_stage1_backward_grads).
+    backward_grads: float = 0.0
 
     @property
     def gpu_buffers(self) -> float:
@@ -79,7 +82,7 @@ def zero_terms(facts: ModelSpec, strategy: Strategy, world: int, n_train: int, w
         return _stage3(facts, strategy, k, (part, n_train, lora_rank), weights_bytes, w16, opt_off, mixed)
     if z == 1 and bf16 and mixed and k.get("grad_accum_fp32") and not opt_off:
         return _bf16_optimizer(n_train)
-    return _stage12(facts, strategy, k, part, w16, opt_off, mixed)
+    return _stage12(facts, strategy, k, (part, n_train), w16, opt_off, mixed)
 
 
 def _bf16_optimizer(n_train: int) -> ZeroTerms:
@@ -94,8 +97,9 @@ def _bf16_optimizer(n_train: int) -> ZeroTerms:
     return ZeroTerms(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, n_train * 4.0, True, 0.0, 0.0)
 
 
-def _stage12(facts: ModelSpec, strategy: Strategy, k: dict[str, Any], part: float, w16: float, opt_off: bool,
-             mixed: bool) -> ZeroTerms:
+def _stage12(facts: ModelSpec, strategy: Strategy, k: dict[str, Any], sizes: tuple[float, int], w16: float,
+             opt_off: bool, mixed: bool) -> ZeroTerms:
+    part, n_train = sizes
     # stage_1_and_2.py setup_buckets: one reduce_bucket_size buffer, a second one under overlap_comm
     # ("double buffers to avoid data access conflict"); only with contiguous_gradients. The allgather
     # after the step runs in place on the flat 16-bit buffer (runtime/utils.py all_gather_dp_groups ->
@@ -130,7 +134,38 @@ def _stage12(facts: ModelSpec, strategy: Strategy, k: dict[str, Any], part: floa
     flat_copy = 0.0 if opt_off else part * w16
     norm_copy = 0.0 if opt_off else min(largest, part) * 8.0
     extra = max(flat_copy, norm_copy - fp32)
-    return ZeroTerms(0.0, 0.0, 0.0, 0.0, buckets, staging, grad_partition, fp32, False, 0.0, staging, extra)
+    backward = _stage1_backward_grads(facts, strategy, k, n_train, w16) if strategy.zero_stage == 1 else 0.0
+    return ZeroTerms(0.0, 0.0, 0.0, 0.0, buckets, staging, grad_partition, fp32, False, 0.0, staging, extra,
+                     backward)
+
+
+def _stage1_backward_grads(facts: ModelSpec, strategy: Strategy, k: dict[str, Any], n_train: int, w16: float) -> float:
+    """ZeRO-1's 16-bit gradients live at once at the end of backward (an accumulation boundary), bytes.
+
+    engine.backward runs the reduction before it returns (allreduce_gradients -> reduce_gradients), and
+    stage_1_and_2.py reduce_independent_p_g_buckets_and_remove_grads copies each gradient into the ipg
+    bucket and points param.grad at that copy (`grad_reduc.data = new_grad_tensor.data.view_as(...)`),
+    so the step holds none in full (traced on CPU: bench/zero_cpu.py z1-w2, z1-nooverlap-w2 and z2-w2
+    allocate the same bytes in the optimizer step). Before that: without overlap_comm (DeepSpeed's
+    default below stage 3) the gradient hook leaves the gradients alone and reduce_gradients walks
+    them after backward, all of them live; with overlap_comm and contiguous_gradients (what memfit
+    writes) the hook (process_gradients) moves each into a bucket as it appears, and only a gradient
+    of more elements than reduce_bucket_size bypasses the bucket (extra_large_param_to_reduce) and
+    stays until the epilogue.
+    """
+    if not (k["overlap_comm"] and k["contiguous_gradients"]):
+        return n_train * w16
+    return _bypass_elements(facts, strategy, int(k["reduce_bucket_size"])) * w16
+
+
+def _bypass_elements(facts: ModelSpec, strategy: Strategy, bucket: int) -> int:
+    """Trainable elements in tensors larger than the reduce bucket (full fine-tuning: Linear weights,
+    the embedding and an untied LM head; LoRA's adapter matrices are far smaller than any bucket)."""
+    if strategy.method != "full":
+        return 0
+    lm_head = 0 if facts.tie_word_embeddings else facts.lm_head_params
+    big = sum(x.weight_params for x in facts.linear_layers if x.in_features * x.out_features > bucket)
+    return big + sum(n for n in (facts.embedding_params, lm_head) if n > bucket)
 
 
 def persistent_params(facts: ModelSpec, strategy: Strategy, threshold: int, n_train: int = 0, lora_rank: int = 16) -> int:

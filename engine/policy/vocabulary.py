@@ -46,7 +46,7 @@ class CandidateFacts(BaseModel):
     gpu_peak_gib: float = Field(description="estimated peak GPU memory per device")
     gpu_capacity_gib: float = Field(description="GPU memory per device")
     gpu_usage: float = Field(description="gpu_peak_gib / gpu_capacity_gib")
-    gpu_peak_phase: str = Field("forward/backward", description="the moment of the GPU peak: forward/backward | optimizer step | initialisation (ZeRO-3 on a model built whole) | FSDP's end of backward")
+    gpu_peak_phase: str = Field("forward/backward", description="the moment of the GPU peak: forward/backward | optimizer step | initialisation (ZeRO-3 on a model built whole) | end of backward (FSDP; ZeRO-1's gradients that bypass the bucket)")
     gpu_peak_upper_gib: float = Field(description="gpu_peak_gib x the upper conformal residual ratio of the strategy's family at policy.band_quantile (engine/memory/band.json, bench/band.py)")
     gpu_usage_upper: float = Field(description="gpu_peak_upper_gib / gpu_capacity_gib (above 1.0: the band's upper end exceeds the card)")
     gpu_headroom: float = Field(description="policy: fraction of GPU memory kept free")
