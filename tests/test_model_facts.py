@@ -308,6 +308,8 @@ def test_closed_form_matches_meta_device(model_id):
     ("Qwen/Qwen3-0.6B", 8, "all-linear"),
     ("mistralai/Mixtral-8x7B-v0.1", 8, "all-linear"),  # router + fused experts at 2r (peft 0.21)
     ("mistralai/Mixtral-8x7B-v0.1", 16, ["w1", "w3", "w2"]),
+    # peft's lora.Embedding on the input embedding and a Linear adapter on the output layer
+    ("mistralai/Mistral-7B-v0.1", 8, ["q_proj", "v_proj", "embed_tokens", "lm_head"]),
 ])
 def test_lora_count_matches_peft_on_meta(model_id, rank, targets):
     f = mf.resolve_model(model_id)

@@ -133,8 +133,14 @@ class ModelSpec:
             return [x for x in self.linear_layers if x.all_linear]
         targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
         # The output layer is a Linear too: peft adapts it when named ("lm_head"), never under "all-linear".
-        layers = [*self.linear_layers, arch.LinearLayer(name="lm_head", in_features=self.hidden_size,
-                                                        out_features=self.vocab_size, count=1, all_linear=False)]
+        # The input embedding takes peft's lora.Embedding when named ("embed_tokens"): lora_embedding_A
+        # is r x vocab and lora_embedding_B hidden x r, so it counts as a vocab-in, hidden-out layer
+        # (its adapter output, tokens x r, is too small to store as an activation term).
+        layers = [*self.linear_layers,
+                  arch.LinearLayer(name="lm_head", in_features=self.hidden_size, out_features=self.vocab_size,
+                                   count=1, all_linear=False),
+                  arch.LinearLayer(name="embed_tokens", in_features=self.vocab_size,
+                                   out_features=self.hidden_size, count=1, kind="embedding", all_linear=False)]
 
         def hit(x: arch.LinearLayer, t: str) -> bool:
             return x.name == t or x.name.endswith("." + t) or t in x.aliases
