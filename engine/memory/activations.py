@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-from .arch_scale import arch_scale
+from .arch_terms import layer_per_token
 from .loss import loss_bytes, standard_loss_bytes
 
 if TYPE_CHECKING:
@@ -124,10 +124,18 @@ def _mlp_width(facts: ModelSpec) -> float:
     return facts.intermediate_size
 
 
+def adapter_bytes_per_token(facts: ModelSpec, lora_rank: int, lora_targets: str | Sequence[str],
+                            lora_dropout: float) -> float:
+    """What peft's adapters of one decoder layer keep per token: each adapted Linear of input width d
+    keeps its input cast to the fp32 adapter dtype (4d) and lora_A's fp32 rank-r output (4r); dropout
+    > 0 adds its 1-byte mask (d). Probe-checked on every family (tests/test_activations.py,
+    tests/test_arch_terms.py)."""
+    return sum(4 * d + 4 * lora_rank + (d if lora_dropout > 0 else 0) for d in _lora_widths(facts, lora_targets))
+
+
 def layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str, dtype_bytes: float = 2.0, *,
                 method: str = "full", lora_rank: int = 16, lora_targets: str | Sequence[str] = "all-linear",
-                lora_dropout: float = 0.0, liger: bool = False, residual_bytes: float = 2.0,
-                arch_scaled: bool = True) -> float:
+                lora_dropout: float = 0.0, liger: bool = False, residual_bytes: float = 2.0) -> float:
     """Bytes one decoder layer stores for backward without checkpointing.
 
     Full fine-tuning, SDPA: s*b*[16*h + 4*q + 4*kv + 8*I + 4*a + 8] with q = a*head_dim and kv =
@@ -142,8 +150,9 @@ def layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str
     (4 + 4*kv/a)*h, and each adapted linear of input width d adds its fp32 input copy (4d) and the
     fp32 rank-r output of lora_A (4r); dropout > 0 adds a 1-byte mask per adapter input element;
     under eager the attention output is not saved (2q less: only a trained o_proj would save it).
-    gemma2 and bloom have their own norm and layer terms (_family_bytes, _bloom_per_token).
-    Scaled by dtype_bytes/2 for fp32 activations (not probe-checked).
+    gemma2 and bloom have their own norm and layer terms (_family_bytes, _bloom_per_token). Model types
+    built unlike Llama (gpt_neox, opt, gpt2, phi, gemma...) take the probe-fitted terms of their frozen
+    or trained layer (arch_terms.py) plus the same adapters. Scaled by dtype_bytes/2 for fp32 activations (not probe-checked).
 
     Args:
         facts: ModelSpec-like (hidden_size, num_attention_heads, num_kv_heads, intermediate_size...).
@@ -153,14 +162,19 @@ def layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str
         method, lora_rank, lora_targets, lora_dropout: full | lora | qlora and the adapter settings.
         liger: Liger's RMSNorm and SwiGLU kernels replace transformers' modules (_liger_saving).
         residual_bytes: bytes per element of the residual stream (4 under QLoRA's k-bit upcast).
-        arch_scaled: scale the per-token bytes by the probe's ratio for model types unlike Llama
-            (arch_scale.py); False gives the bare closed form (bench/arch_scale.py measures against it).
     Returns:
         Bytes per decoder layer.
     """
     s, b = seq_len, micro_batch
     h, a, inter = facts.hidden_size, facts.num_attention_heads, _mlp_width(facts)
     qw, kvw = _head_widths(facts)
+    lora = method in ("lora", "qlora")
+    adapters = adapter_bytes_per_token(facts, lora_rank, lora_targets, lora_dropout) if lora else 0.0
+    fitted = layer_per_token(getattr(facts, "model_type", "llama"), method, attention,
+                             {"h": h, "q": qw, "kv": kvw, "I": inter, "a": a, "1": 1.0, "as": a * s, "s": s,
+                              "kv_eager": qw if 1 < facts.num_kv_heads < a else kvw})
+    if fitted is not None:
+        return s * b * (fitted + adapters) * dtype_bytes / 2.0
     eager = attention == "eager"
     kv_width = qw if eager else kvw              # eager's repeat_kv keeps full-head copies
     lse = 0.0 if eager else 4 * a                # SDPA/flash keep an fp32 logsumexp per head
@@ -168,16 +182,12 @@ def layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str
     mla = getattr(facts, "mla_activation_width", 0)  # deepseek MLA: q/k/v/out and latent widths differ from h
     if mla:
         attn = 2 * mla + lse
-    lora = method in ("lora", "qlora")
     attn += _family_bytes(facts, attention, trains_weights=not lora, seq_len=s)
     if eager and lora and not mla:
         # Eager's attention output is a plain matmul result that only o_proj would save; a frozen
         # o_proj saves none (its adapter keeps an fp32 copy, counted below). SDPA saves its output.
         attn -= 2 * qw
-    adapters = 0.0
     if lora:
-        widths = _lora_widths(facts, lora_targets)
-        adapters = sum(4 * d + 4 * lora_rank + (d if lora_dropout > 0 else 0) for d in widths)
         per_token = 8 * h + attn + 6 * inter + 8 + adapters
     else:
         per_token = 16 * h + attn + 8 * inter + 8
@@ -185,8 +195,6 @@ def layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str
         per_token -= _liger_saving(h, inter, lora, residual_bytes)
     if getattr(facts, "model_type", "llama") == "bloom":
         per_token, eager = _bloom_per_token(facts, lora, adapters), True
-    if arch_scaled:
-        per_token *= arch_scale(getattr(facts, "model_type", "llama"), method)
     total = s * b * per_token * dtype_bytes / 2.0
     if eager:
         total += 6 * a * s * s * b * dtype_bytes / 2.0

@@ -1,0 +1,47 @@
+"""Probe-fitted bytes per token for decoder layers the closed form does not describe (arch_terms.json).
+
+engine/memory/activations.py counts a decoder layer with Llama's structure (RMSNorm with fp32 copies,
+separate q/k/v, gated MLP), checked to 1 % against the probe for the families it was written for.
+Other architectures (LayerNorm, plain MLPs, fused qkv, parallel residuals) keep other tensors; what
+they keep is still a sum of widths (h, the query and key/value widths, I, the heads, and the heads
+times the sequence for eager scores), so bench/arch_terms.py solves each model type's coefficients
+from probe traces at several shapes and ships them. A model type not in the file keeps the closed form.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+from typing import Mapping
+
+
+@lru_cache(maxsize=1)
+def _terms() -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    text = resources.files("memfit.engine.memory").joinpath("arch_terms.json").read_text(encoding="utf-8")
+    terms: dict[str, dict[str, dict[str, dict[str, float]]]] = json.loads(text)["terms"]
+    return terms
+
+
+def fitted_types() -> frozenset[str]:
+    """The model types with probe-fitted terms."""
+    return frozenset(_terms())
+
+
+def layer_per_token(model_type: str, method: str, attention: str, widths: Mapping[str, float]) -> float | None:
+    """Bytes per token one decoder layer keeps for backward, without LoRA adapters, 16-bit activations.
+
+    Args:
+        model_type: the config's model_type.
+        method: full | lora | qlora (QLoRA takes LoRA's terms: the probe cannot trace bitsandbytes; the
+            frozen layer is the same).
+        attention: sdpa | flash_attention_2 (SDPA's terms: both keep no score matrix) | eager.
+        widths: h, q (a*head_dim), kv (kv_heads*head_dim), kv_eager (the k/v width eager attention
+            keeps: q once repeat_kv copies them to every head, 1 < kv heads < heads), I, a, "1" and "as" (heads x tokens).
+    Returns:
+        The sum of coefficient x width, or None for a model type without fitted terms.
+    """
+    row = _terms().get(model_type)
+    if row is None:
+        return None
+    terms = row["full" if method == "full" else "lora"]["eager" if attention == "eager" else "sdpa"]
+    return sum(c * widths[k] for k, c in terms.items())
