@@ -268,20 +268,52 @@ def _backward_transient(facts: ModelSpec, s: int, b: int, attention: str, method
 def stored_layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str, method: str,
                        gradient_checkpointing: bool, precision: str, *, lora_rank: int = 16,
                        lora_targets: str | Sequence[str] = "all-linear", lora_dropout: float = 0.0,
-                       kbit_upcast: bool = True) -> float:
+                       kbit_upcast: bool = True, checkpoint_policy: str = "full") -> float:
     """Bytes one decoder layer keeps for backward at the end of forward (a probe's per-layer term).
 
-    Args: as activation_bytes; kbit_upcast: QLoRA's non-quantised parameters are fp32 (Stack.kbit_upcast).
+    Args: as activation_bytes; kbit_upcast: QLoRA's non-quantised parameters are fp32 (Stack.kbit_upcast);
+        checkpoint_policy: full | selective_op (Stack.checkpoint_policy, _selective_op_bytes).
     Returns:
         With checkpointing, the layer's saved input (s*b*h, fp32 for QLoRA with the k-bit upcast: see
-        activation_bytes); without, everything layer_bytes counts.
+        activation_bytes), and under selective_op what the policy saves; without, everything layer_bytes
+        counts.
     """
     dtype_bytes = 4.0 if precision == "fp32" else 2.0
     if gradient_checkpointing:
         input_bytes = 4.0 if (method == "qlora" and kbit_upcast) else dtype_bytes
-        return seq_len * micro_batch * facts.hidden_size * input_bytes
+        saved = _selective_op_bytes(facts, dtype_bytes) if checkpoint_policy == "selective_op" else 0.0
+        return seq_len * micro_batch * (facts.hidden_size * input_bytes + saved)
     return layer_bytes(facts, seq_len, micro_batch, attention, dtype_bytes, method=method, lora_rank=lora_rank,
                        lora_targets=lora_targets, lora_dropout=lora_dropout)
+
+
+def _selective_op_bytes(facts: ModelSpec, dtype_bytes: float) -> float:
+    """Bytes per token a layer under per-op selective checkpointing keeps besides its input.
+
+    torchtitan's SelectiveAC (torchtitan/distributed/activation_checkpoint.py, its default AC mode) runs
+    each decoder layer under torch.utils.checkpoint with a policy that must-saves the outputs of the
+    attention kernels and of the compute-intensive ops, except every second plain matmul of the layer
+    (aten.mm; a count per layer and per forward, so wq, wv, w1 and w2 of a Llama layer are kept and
+    wk, wo and w3 recomputed). A Linear with a bias runs addmm, which is kept and not counted.
+    Counted here: the Linears of the layer in the order its module registers them
+    (ModelSpec.linear_layers: Llama's q, k, v, o, gate, up, down is also the order they run), each kept
+    one keeping its output (out_features wide), and SDPA's output (the query width) with its fp32
+    logsumexp per head. LoRA adapters' own matmuls, which also count, are not modelled.
+    """
+    linears = [(float(x.out_features), bool(x.bias)) for x in getattr(facts, "linear_layers", ())
+               if x.kind == "linear"]
+    if not linears:  # Llama's seven bias-free projections when the model's Linears are not known
+        qw, kvw = _head_widths(facts)
+        h, inter = facts.hidden_size, _mlp_width(facts)
+        linears = [(w, False) for w in (qw, kvw, kvw, h, inter, inter, h)]
+    kept, plain = 0.0, 0
+    for width, bias in linears:
+        if not bias:
+            plain += 1
+        if bias or plain % 2 == 1:
+            kept += width
+    qw = _head_widths(facts)[0]
+    return dtype_bytes * (kept + qw) + 4 * facts.num_attention_heads
 
 
 def activation_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str, method: str,
@@ -322,7 +354,8 @@ def activation_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention
         # prepare_model_for_kbit_training casts the norms to fp32, and an fp32 norm weight times a
         # bf16 tensor is fp32, so the residual stream (each layer's saved input) is fp32.
         per_layer = stored_layer_bytes(facts, s, b, attention, method, True, precision,
-                                       kbit_upcast=stack.kbit_upcast if stack else True)
+                                       kbit_upcast=stack.kbit_upcast if stack else True,
+                                       checkpoint_policy=stack.checkpoint_policy if stack else "full")
         working = one_layer + transient - final_norm
     else:
         per_layer, working = one_layer, transient

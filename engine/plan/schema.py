@@ -206,6 +206,11 @@ class Training(_Strict):
     kbit_upcast: bool | None = Field(None, description="QLoRA: non-quantised parameters upcast to fp32 (peft "
                                                        "prepare_model_for_kbit_training); default: the framework's")
     expandable_segments: bool = Field(False, description="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True")
+    checkpoint_policy: Literal["full", "selective_op"] = Field(
+        "full", description="what a checkpointed decoder layer keeps for backward: full = only its input (HF "
+                            "gradient_checkpointing, torchtune, torchtitan's 'full'); selective_op = also the "
+                            "outputs of attention and of every other matmul (torchtitan's per-op selective AC, "
+                            "its default); only with gradient checkpointing on")
     sync_each_batch: bool | None = Field(
         None, description="FSDP with gradient accumulation: true = gradients reduce-scattered after every "
                           "micro-batch (accelerate's gradient_accumulation_kwargs sync_each_batch, torchtune); "

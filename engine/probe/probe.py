@@ -59,7 +59,8 @@ class ProbeResult:
 
 
 def _trace_step(model_args: tuple[Mapping[str, Any], int, str, torch.dtype, str, int, LoraTargets, float], *, seq_len: int, micro_batch: int, gradient_checkpointing: bool,
-                optimizer: str, fake: bool, notes: list[str], tick: Callable[[str], None]) -> dict[str, Any]:
+                optimizer: str, fake: bool, notes: list[str], tick: Callable[[str], None],
+                checkpoint_policy: str = "full") -> dict[str, Any]:
     """Run one step with `layers` decoder layers under the tracker; return its measurements."""
     import contextlib
     import torch
@@ -73,7 +74,7 @@ def _trace_step(model_args: tuple[Mapping[str, Any], int, str, torch.dtype, str,
     with fake_mode, tracker, unpacked_sequences(), cuda_like_dropout():
         materialise(model, tie)
         if gradient_checkpointing:
-            enable_checkpointing(model)
+            enable_checkpointing(model, checkpoint_policy)
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         tracker.mark(model.parameters())
@@ -146,7 +147,7 @@ def probe(config: Mapping[str, Any], *, seq_len: int, micro_batch: int, method: 
           gradient_checkpointing: bool = False, attention: str = "sdpa", precision: str = "bf16",
           optimizer: str = "adamw", lora_rank: int = 16, lora_targets: LoraTargets = "all-linear",
           layers_traced: int | None = None, progress: Progress | None = None,
-          lora_dropout: float = 0.0, _fake: bool = True) -> ProbeResult:
+          lora_dropout: float = 0.0, checkpoint_policy: str = "full", _fake: bool = True) -> ProbeResult:
     """Trace one training step of the real architecture on fake tensors and measure its memory.
 
     Args:
@@ -154,6 +155,7 @@ def probe(config: Mapping[str, Any], *, seq_len: int, micro_batch: int, method: 
         seq_len, micro_batch: tokens per sequence and sequences per step.
         method: full | lora | qlora (qlora is traced as LoRA on bf16 weights: no bitsandbytes here).
         gradient_checkpointing: non-reentrant checkpointing of every decoder layer.
+        checkpoint_policy: full | selective_op (trace.selective_op_context: torchtitan's per-op rule).
         attention: sdpa | eager | flash_attention_2 (traced as sdpa: flash kernels need CUDA).
         precision: bf16 | pure_bf16 | fp16 | fp32, the dtype weights and activations are traced in.
         optimizer: adamw | sgd | adafactor (others traced as AdamW, with a note).
@@ -194,7 +196,7 @@ def probe(config: Mapping[str, Any], *, seq_len: int, micro_batch: int, method: 
         try:
             runs[layers] = _trace_step(args, seq_len=seq_len, micro_batch=micro_batch,
                                        gradient_checkpointing=gradient_checkpointing,
-                                       optimizer=optimizer, fake=_fake, notes=notes,
+                                       checkpoint_policy=checkpoint_policy, optimizer=optimizer, fake=_fake, notes=notes,
                                        tick=lambda ph: tick(f"{layers} layers: {ph}"))  # called during this step only
         except (RuntimeError, NotImplementedError, TypeError, AssertionError, ValueError) as exc:
             raise ProbeError(f"probe: tracing {dict(config).get('model_type')} with {layers} "
@@ -239,4 +241,4 @@ def probe_plan(plan: Plan, strategy: Strategy | None = None, progress: Progress 
                  method=pick("method", "full"), gradient_checkpointing=pick("gradient_checkpointing", False),
                  attention=t.attention, precision=t.precision, optimizer=t.optimizer,
                  lora_rank=t.lora.rank, lora_targets=t.lora.target_modules, lora_dropout=t.lora.dropout,
-                 progress=progress)
+                 checkpoint_policy=t.checkpoint_policy, progress=progress)

@@ -39,7 +39,7 @@ def probe_report(plan: Plan, progress: Progress | None = None) -> ProbeReport:
     ckpt = t.gradient_checkpointing if t.gradient_checkpointing != "auto" else False
     formula = stored_layer_bytes(facts, t.seq_len, mb, t.attention, "lora" if method == "qlora" else method, ckpt,
                                  t.precision, lora_rank=t.lora.rank, lora_targets=t.lora.target_modules,
-                                 lora_dropout=t.lora.dropout)
+                                 lora_dropout=t.lora.dropout, checkpoint_policy=t.checkpoint_policy)
     return ProbeReport(model=facts.name, method=method, seq_len=t.seq_len, micro_batch=mb,
                        num_layers=facts.num_layers, gradient_checkpointing=ckpt, formula_layer_bytes=formula,
                        result=probe_plan(plan, progress=progress))

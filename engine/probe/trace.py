@@ -132,9 +132,40 @@ def cuda_like_dropout() -> AbstractContextManager[object]:
     return mock.patch.object(torch.nn.functional, "dropout", dropout)
 
 
-def enable_checkpointing(model: torch.nn.Module) -> None:
-    """Non-reentrant checkpointing of every decoder layer (transformers 5 renamed the method)."""
-    kwargs = {"use_reentrant": False}
+def selective_op_context() -> Any:
+    """The checkpoint contexts of per-op selective checkpointing, torchtitan's rule (its SelectiveAC in
+    torchtitan/distributed/activation_checkpoint.py): inside each checkpointed layer, keep the outputs
+    of the attention kernels and of the compute-intensive ops, except every second plain matmul (mm,
+    counted per layer and per forward, the recompute counting apart); recompute the rest. A new policy, with fresh counts, per layer call."""
+    import torch
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    aten = torch.ops.aten
+    matmuls = {aten.mm.default, aten.linear.default}  # the ones that alternate
+    # Kept always: the other compute-intensive ops (a Linear with a bias runs addmm; eager attention bmm).
+    kept = {aten.addmm.default, aten.bmm.default, aten.baddbmm.default}
+    attention = {getattr(aten, name).default for name in (
+        "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_attention_math") if hasattr(aten, name)}
+    counts = {False: 0, True: 0}
+
+    def policy(ctx: Any, func: Any, *args: Any, **kwargs: Any) -> Any:
+        if func in matmuls:
+            counts[ctx.is_recompute] += 1
+            odd = counts[ctx.is_recompute] % 2 == 1
+            return CheckpointPolicy.MUST_SAVE if odd else CheckpointPolicy.PREFER_RECOMPUTE
+        return CheckpointPolicy.MUST_SAVE if func in attention or func in kept else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy)
+
+
+def enable_checkpointing(model: torch.nn.Module, policy: str = "full") -> None:
+    """Non-reentrant checkpointing of every decoder layer (transformers 5 renamed the method); policy
+    selective_op adds selective_op_context."""
+    kwargs: dict[str, Any] = {"use_reentrant": False}
+    if policy == "selective_op":
+        kwargs["context_fn"] = selective_op_context
     if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
