@@ -73,8 +73,8 @@ def not_modelled(case: dict, unmodelled: set[str] = NOT_MODELLED) -> list[str]:
 
 def as_plan_case(case: dict) -> dict:
     """The case with the facts the plan format expresses moved into the plan: FSDP and its version, the
-    training stack, the loss, activation offloading, packing, paged optimizers. A key the case's plan
-    already sets is kept."""
+    training stack, the loss, activation offloading, packing, paged optimizers, torchtitan's selective
+    checkpointing. A key the case's plan already sets is kept."""
     out = copy.deepcopy(case)
     training = out["plan"].setdefault("training", {})
     if case.get("sharding") == "fsdp":
@@ -96,6 +96,10 @@ def as_plan_case(case: dict) -> dict:
     for tech, optim in (("paged_optimizer_8bit", "paged_adamw_8bit"), ("paged_optimizer_32bit", "paged_adamw")):
         if tech in used:
             training.setdefault("optimizer", optim)
+    # Since freeze-s20: every case tagged so (sets 9, 22, 23) ran torchtitan's per-op selective AC
+    # (activation_checkpoint mode selective, option op), which its collector wrote as full checkpointing.
+    if "selective_activation_checkpointing" in used and training.get("gradient_checkpointing") is True:
+        training.setdefault("checkpoint_policy", "selective_op")
     return out
 
 

@@ -33,3 +33,15 @@ def test_matched_takes_memfits_figure_of_that_kind():
     assert matched(row) == 10.0
     assert matched({**row, "measure": "torch.cuda.max_memory_reserved, rank-local"}) == 11.0
     assert matched({**row, "measure": "nvidia-smi"}) == 12.25
+
+
+def test_selective_checkpointing_tag_becomes_the_plan_key():
+    # bench/heldout.py as_plan_case: torchtitan's per-op selective AC, tagged by the collectors of sets
+    # 9, 22 and 23, is training.checkpoint_policy selective_op where the plan checkpoints at all.
+    from heldout import as_plan_case
+
+    case = {"techniques": ["selective_activation_checkpointing"],
+            "plan": {"training": {"gradient_checkpointing": True}}}
+    assert as_plan_case(case)["plan"]["training"]["checkpoint_policy"] == "selective_op"
+    case["plan"]["training"]["gradient_checkpointing"] = False
+    assert "checkpoint_policy" not in as_plan_case(case)["plan"]["training"]
