@@ -89,7 +89,9 @@ def test_band_file_holds_every_level_from_held_out_runs_only():
                                    "bench/heldout14/cases.yaml", "bench/heldout15/cases.yaml",
                                    "bench/heldout16/cases.yaml", "bench/heldout17/cases.yaml",
                                    "bench/heldout18/cases.yaml", "bench/heldout19/cases.yaml",
-                                   "bench/heldout20/cases.yaml", "bench/heldout21/cases.yaml"]
+                                   "bench/heldout20/cases.yaml", "bench/heldout21/cases.yaml",
+                                   "bench/heldout22/cases.yaml", "bench/heldout23/cases.yaml",
+                                   "bench/heldout24/cases.yaml"]
     assert set(table["levels"]) == {"0.8", "0.9"}
     for level, t in table["levels"].items():
         entries = [*t["families"].values(), *t["groups"].values(), *t["kinds"].values(), t["all"]]
