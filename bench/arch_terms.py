@@ -53,6 +53,14 @@ VARIANTS = ({"kv": 2}, {"kv": 4, "head_dim": 128}, {"head_dim": 32})
 COLUMNS = ("h", "q", "kv", "kv_eager", "I", "a", "1", "as", "s")
 LORA_RANK = 16
 MAX_RESIDUAL = 0.005
+# Each type's dropout keys: on the attention probabilities (kept, with its mask, only by eager attention:
+# SDPA's CUDA kernels drop inside the kernel and keep only its RNG state) and on the hidden states.
+DROPOUT_KEYS = {"gpt_neox": (["attention_dropout"], ["hidden_dropout"]), "opt": (["attention_dropout"], ["dropout"]),
+                "gpt_bigcode": (["attn_pdrop"], ["resid_pdrop"]), "starcoder2": (["attention_dropout"], ["residual_dropout"]),
+                "gpt2": (["attn_pdrop"], ["resid_pdrop"]), "phi": (["attention_dropout"], ["resid_pdrop"]),
+                "stablelm": (["attention_dropout"], ["hidden_dropout"]), "olmo": (["attention_dropout"], []),
+                "gemma": (["attention_dropout"], [])}
+DROPOUT_P = 0.1
 
 
 def config(model_type: str, h: int, inter: int, heads: int, kv: int | None = None, head_dim: int | None = None) -> dict:
@@ -129,6 +137,45 @@ def traced_per_token(model_type: str, method: str, attention: str) -> list[tuple
     return rows
 
 
+def dropout_rows(model_type: str, method: str, kind: str) -> list[tuple[dict[str, float], float]]:
+    """(widths, bytes per token that `kind` dropout at DROPOUT_P adds to one eager layer) at SHAPES."""
+    from memfit.engine.model.spec import resolve_model
+    from memfit.engine.probe.probe import probe
+
+    keys = DROPOUT_KEYS[model_type][0 if kind == "attention" else 1]
+    rows = []
+    for h, inter, heads, tokens in SHAPES:
+        cfg = config(model_type, h, inter, heads)
+        traced = []
+        for p in (0.0, DROPOUT_P):
+            facts = resolve_model({**cfg, **{k: p for k in keys}})
+            traced.append(probe(facts.config, seq_len=tokens, micro_batch=1, method=method,
+                                attention="eager").activation_bytes_per_layer / tokens)
+        rows.append((_widths(facts, tokens), traced[1] - traced[0]))
+    return rows
+
+
+def fit_dropout(rows: list[tuple[dict[str, float], float]], kind: str) -> dict[str, float]:
+    """The dropout's terms: over heads x tokens for attention dropout, over h, I and 1 for hidden dropout."""
+    import numpy as np
+
+    cols = ["as"] if kind == "attention" else ["h", "I", "1"]
+    x = np.array([[w[c] for c in cols] for w, _ in rows], dtype=float)
+    y = np.array([t for _, t in rows], dtype=float)
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    if np.max(np.abs(x @ coef - y)) > MAX_RESIDUAL * max(1.0, float(np.max(np.abs(y)))):
+        raise SystemExit(f"{kind} dropout: the linear terms do not explain a trace")
+    return {c: round(float(v), 4) for c, v in zip(cols, coef) if abs(v) > 1e-6}
+
+
+def dropout_defaults(model_type: str) -> dict[str, float]:
+    """The config class's default of each dropout key (transformers fills what a config.json leaves out)."""
+    import transformers
+
+    cfg = transformers.CONFIG_MAPPING[model_type]()
+    return {k: float(getattr(cfg, k, 0.0) or 0.0) for k in sum(DROPOUT_KEYS[model_type], [])}
+
+
 def fit(rows: list[tuple[dict[str, float], float]], attention: str) -> tuple[dict[str, float], float]:
     """Coefficients per width (a width equal to h at every shape is folded into h) and the largest
     relative residual."""
@@ -160,6 +207,11 @@ def table() -> dict:
                     raise SystemExit(f"{t} {m} {attn}: the linear terms leave {residual:.2%} of a trace unexplained")
                 terms[t][m][attn] = coef
                 worst = max(worst, residual)
+            for kind, keys in zip(("attention", "hidden"), DROPOUT_KEYS[t]):
+                if keys:
+                    terms[t][m][f"{kind}_dropout"] = fit_dropout(dropout_rows(t, m, kind), kind)
+        terms[t]["dropout_keys"] = {"attention": DROPOUT_KEYS[t][0], "hidden": DROPOUT_KEYS[t][1],
+                                    "defaults": dropout_defaults(t)}
     return {"shapes": [list(s) for s in SHAPES], "variants": list(VARIANTS), "lora_rank": LORA_RANK,
             "torch": torch.__version__.split("+")[0], "transformers": transformers.__version__,
             "max_residual": round(worst, 6), "terms": terms}

@@ -36,9 +36,9 @@ def test_closed_form_families_keep_the_closed_form():
 
 def test_every_fitted_type_has_both_methods_and_attentions():
     for model_type, row in _terms().items():
-        assert set(row) == {"full", "lora"}, model_type
-        for method in row.values():
-            assert set(method) == {"sdpa", "eager"}, model_type
+        assert set(row) == {"full", "lora", "dropout_keys"}, model_type
+        for method in (row["full"], row["lora"]):
+            assert {"sdpa", "eager", "attention_dropout"} <= set(method), model_type
             # Eager keeps every head's score matrix: a term in heads x tokens; SDPA keeps none.
             assert method["eager"].get("as", 0) > 0 and "as" not in method["sdpa"], model_type
 
@@ -90,3 +90,34 @@ def test_shipped_terms_are_the_fit_of_fresh_traces():
     coef, residual = bench.fit(bench.traced_per_token("gpt_neox", "lora", "sdpa"), "sdpa")
     assert coef == _terms()["gpt_neox"]["lora"]["sdpa"]
     assert residual < bench.MAX_RESIDUAL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ["gpt2", "opt", "gpt_bigcode", "gpt_neox"])
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_dropout_terms_match_a_fresh_eager_trace(model_type, method):
+    # Every dropout of the type at 0.2 (the fit traced 0.1: a mask's size does not depend on the
+    # rate) at the unseen shape, eager attention, where the probe's cpu trace keeps what CUDA keeps.
+    # SDPA with dropout cannot be checked here: on cpu it falls back to the math kernel, which keeps
+    # the probabilities that CUDA's kernels drop inside the kernel.
+    from memfit.engine.probe.probe import probe
+
+    bench, u = _bench(), UNSEEN
+    cfg = bench.config(model_type, u["h"], u["inter"], u["heads"])
+    cfg.update({k: 0.2 for k in sum(bench.DROPOUT_KEYS[model_type], [])})
+    facts = resolve_model(cfg)
+    traced = probe(facts.config, seq_len=u["tokens"], micro_batch=1, method=method,
+                   attention="eager").activation_bytes_per_layer
+    formula = layer_bytes(facts, u["tokens"], 1, "eager", method=method)
+    assert formula == pytest.approx(traced, rel=TOLERANCE)
+
+
+def test_a_config_without_dropout_keys_takes_the_class_defaults():
+    # GPT-2's config class defaults attn_pdrop and resid_pdrop to 0.1 (transformers GPT2Config): a
+    # config.json that leaves them out keeps 3 bytes per head and key (eager) and 2 per hidden unit more.
+    from memfit.engine.memory.arch_terms import dropout_per_token
+
+    widths = {"h": 768, "I": 3072, "a": 12, "as": 12 * 1024, "1": 1.0}
+    assert dropout_per_token("gpt2", "full", "eager", {}, widths) == 3 * 12 * 1024 + 2 * 768
+    assert dropout_per_token("gpt2", "full", "sdpa", {}, widths) == 2 * 768
+    assert dropout_per_token("gpt2", "full", "eager", {"attn_pdrop": 0.0, "resid_pdrop": 0.0}, widths) == 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-from .arch_terms import layer_per_token
+from .arch_terms import dropout_per_token, layer_per_token
 from .loss import loss_bytes, standard_loss_bytes
 
 if TYPE_CHECKING:
@@ -170,11 +170,13 @@ def layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str
     qw, kvw = _head_widths(facts)
     lora = method in ("lora", "qlora")
     adapters = adapter_bytes_per_token(facts, lora_rank, lora_targets, lora_dropout) if lora else 0.0
-    fitted = layer_per_token(getattr(facts, "model_type", "llama"), method, attention,
-                             {"h": h, "q": qw, "kv": kvw, "I": inter, "a": a, "1": 1.0, "as": a * s, "s": s,
-                              "kv_eager": qw if 1 < facts.num_kv_heads < a else kvw})
+    mtype = getattr(facts, "model_type", "llama")
+    widths = {"h": h, "q": qw, "kv": kvw, "I": inter, "a": a, "1": 1.0, "as": a * s, "s": s,
+              "kv_eager": qw if 1 < facts.num_kv_heads < a else kvw}
+    fitted = layer_per_token(mtype, method, attention, widths)
     if fitted is not None:
-        return s * b * (fitted + adapters) * dtype_bytes / 2.0
+        dropout = dropout_per_token(mtype, method, attention, dict(getattr(facts, "config", None) or {}), widths)
+        return s * b * (fitted + dropout + adapters) * dtype_bytes / 2.0
     eager = attention == "eager"
     kv_width = qw if eager else kvw              # eager's repeat_kv keeps full-head copies
     lse = 0.0 if eager else 4 * a                # SDPA/flash keep an fp32 logsumexp per head

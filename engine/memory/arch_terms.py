@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from importlib import resources
-from typing import Mapping
+from typing import Any, Mapping
 
 
 @lru_cache(maxsize=1)
-def _terms() -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+def _terms() -> dict[str, dict[str, Any]]:
     text = resources.files("memfit.engine.memory").joinpath("arch_terms.json").read_text(encoding="utf-8")
-    terms: dict[str, dict[str, dict[str, dict[str, float]]]] = json.loads(text)["terms"]
+    terms: dict[str, dict[str, Any]] = json.loads(text)["terms"]
     return terms
 
 
@@ -43,5 +43,37 @@ def layer_per_token(model_type: str, method: str, attention: str, widths: Mappin
     row = _terms().get(model_type)
     if row is None:
         return None
-    terms = row["full" if method == "full" else "lora"]["eager" if attention == "eager" else "sdpa"]
-    return sum(c * widths[k] for k, c in terms.items())
+    terms: dict[str, float] = row["full" if method == "full" else "lora"]["eager" if attention == "eager" else "sdpa"]
+    return float(sum(c * widths[k] for k, c in terms.items()))
+
+
+def dropout_per_token(model_type: str, method: str, attention: str, config: Mapping[str, object],
+                      widths: Mapping[str, float]) -> float:
+    """Bytes per token the model's own dropouts add to one decoder layer (0 for a type without terms).
+
+    Dropout keeps a 1-byte mask per element it drops from (and, where the next op saves its output,
+    that too); the probe measures what each kind adds (bench/arch_terms.py): dropout on the attention
+    probabilities only under eager attention (SDPA's CUDA kernels drop inside the kernel and keep only
+    its RNG state), dropout on the hidden states under both. A key the config leaves out takes its
+    config class's default (GPT-2's and GPT-BigCode's are 0.1, OPT's `dropout` is 0.1).
+    """
+    row = _terms().get(model_type)
+    if row is None:
+        return 0.0
+    keys = row["dropout_keys"]
+    defaults: Mapping[str, float] = keys["defaults"]
+    terms = row["full" if method == "full" else "lora"]
+    total = 0.0
+    for kind in ("attention", "hidden"):
+        if kind == "attention" and attention != "eager":
+            continue
+        if any(_rate(config.get(k), defaults.get(k, 0.0)) > 0 for k in keys[kind]):
+            total += sum(c * widths[k] for k, c in terms[f"{kind}_dropout"].items())
+    return float(total)
+
+
+def _rate(value: object, default: float) -> float:
+    """A config's dropout rate; absent or null takes the class default (what transformers does)."""
+    if value is None:
+        return default
+    return float(value) if isinstance(value, (int, float)) else default
