@@ -174,3 +174,18 @@ def test_hf_flavor_filled_by_transformers_equals_concrete(shape, precision, monk
     # HF TrainingArguments defaults (lr 5e-5, betas 0.9/0.999, eps 1e-8, wd 0, max_grad_norm 1) are
     # what the concrete flavor writes, so the two must be identical.
     assert filled == deepspeed_config(strategy(*shape), plan, FACTS)
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_plan_knobs_pass_the_schema_and_deepspeed(stage, monkeypatch):
+    # training.deepspeed's values go into zero_optimization as DeepSpeed spells them; its own config
+    # class (deepspeed/runtime/zero/config.py via DeepSpeedConfig) must accept them.
+    plan = plan_from_dict({"model": LLAMA7B, "hardware": {"gpu_memory": 80, "host_memory": 512, "gpus_per_node": 8},
+                           "training": {"deepspeed": {"reduce_bucket_size": 2e8, "overlap_comm": False,
+                                                      "stage3_max_live_parameters": 3e8, "sub_group_size": 1e8}}})
+    cfg = deepspeed_config(strategy(stage), plan, FACTS)
+    jsonschema.validate(cfg, deepspeed_schema())
+    zero = _ds_config_for_world(cfg, 8, monkeypatch).zero_config
+    assert zero.reduce_bucket_size == 200_000_000 and zero.overlap_comm is False
+    if stage == 3:
+        assert zero.max_live_parameters == 300_000_000 and zero.sub_group_size == 100_000_000

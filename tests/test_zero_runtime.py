@@ -239,3 +239,33 @@ def test_zero3_optimizer_offload_boundary_copies_the_partition_to_the_gpu():
                         gradient_checkpointing=True, micro_batch_size=1)
     lora = zero_terms(LLAMA7, adapters, 8, 20_000_000, 2 * N, 2.0)
     assert lora.gathered_grad == 0.0
+
+
+def test_plan_knobs_size_the_estimate_and_go_into_the_json():
+    # training.deepspeed carries the run's own zero_optimization knobs. Llama-2-7B's largest gradient
+    # (embed_tokens, 32000 x 4096 = 131M elements) is under a 5e8 bucket, so nothing bypasses it at
+    # the end of ZeRO-1's backward, where memfit's h^2 bucket lets 2 B x BYPASS wait (test above).
+    knobs = {"reduce_bucket_size": 5e8, "overlap_comm": True}
+    p = plan(deepspeed=knobs)
+    by_plan = estimate_memory(p, LLAMA7, full(1))
+    by_strategy = estimate_memory(plan(), LLAMA7, full(1, zero_knobs=ZeroKnobs(reduce_bucket_size=500_000_000,
+                                                                               overlap_comm=True)))
+    assert by_plan == by_strategy
+    assert by_plan.gpu_peak_gib < estimate_memory(plan(), LLAMA7, full(1)).gpu_peak_gib
+    # ... and the config memfit writes runs with them, in both flavors, and reads back to the same estimate.
+    for flavor in ("concrete", "hf"):
+        zero = deepspeed_config(full(1), p, LLAMA7, flavor)["zero_optimization"]
+        assert zero["reduce_bucket_size"] == 500_000_000 and zero["overlap_comm"] is True
+    p = plan(deepspeed=knobs, gradient_checkpointing=True)  # the reader takes checkpointing from the plan
+    zero = deepspeed_config(full(1), p, LLAMA7)["zero_optimization"]
+    read = strategy_from_config({"zero_optimization": zero, "train_micro_batch_size_per_gpu": 1}, p)
+    assert estimate_memory(p, LLAMA7, read).gpu_peak_gib == pytest.approx(by_plan.gpu_peak_gib)
+
+
+def test_stage3_plan_knobs_only_at_stage_3_and_config_knobs_win():
+    p = plan(deepspeed={"stage3_max_live_parameters": 1e8, "reduce_bucket_size": 2e8})
+    assert "stage3_max_live_parameters" not in deepspeed_config(full(2), p, LLAMA7)["zero_optimization"]
+    assert deepspeed_config(full(3), p, LLAMA7)["zero_optimization"]["stage3_max_live_parameters"] == 100_000_000
+    # A strategy read from a config (advise check) keeps that config's knobs, whatever the plan says.
+    own = full(1, zero_knobs=ZeroKnobs(reduce_bucket_size=H2, overlap_comm=True))
+    assert estimate_memory(p, LLAMA7, own) == estimate_memory(plan(), LLAMA7, own)

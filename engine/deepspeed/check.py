@@ -24,7 +24,7 @@ from ..memory.estimate import estimate_memory
 from ..model.spec import plan_model
 from ..plan.schema import Plan
 from ..plan.load import load_plan
-from ..plan.strategy import Strategy, ZeroKnobs
+from ..plan.strategy import DS_KNOB_KEYS, Strategy, ZeroKnobs
 from .accepted import NOT_READ, PYDANTIC_SECTIONS, accepted_keys, deepspeed_schema, without
 
 __all__ = ["Finding", "CheckResult", "check", "check_config", "deepspeed_schema", "load_config",
@@ -194,12 +194,7 @@ def assumptions(cfg: dict[str, Any], plan: Plan, strategy: Strategy, why: str = 
     return out
 
 
-# The config keys that size DeepSpeed's buffers (deepspeed/runtime/zero/config.py aliases) -> ZeroKnobs.
-_KNOB_KEYS = {"reduce_bucket_size": "reduce_bucket_size", "stage3_prefetch_bucket_size": "prefetch_bucket_size",
-              "stage3_param_persistence_threshold": "param_persistence_threshold",
-              "stage3_max_live_parameters": "max_live_parameters", "stage3_max_reuse_distance": "max_reuse_distance",
-              "sub_group_size": "sub_group_size", "overlap_comm": "overlap_comm",
-              "contiguous_gradients": "contiguous_gradients"}
+_KNOB_KEYS = DS_KNOB_KEYS  # plan/strategy.py: the keys that size DeepSpeed's buffers
 # DeepSpeed's own defaults for what a config leaves out (zero/config.py DeepSpeedZeroConfig); "auto" is
 # filled by the HF Trainer from the hidden size, the rule memfit writes, so it stays None here.
 _DS_DEFAULTS = {"reduce_bucket_size": DS_REDUCE_BUCKET, "prefetch_bucket_size": DS_PREFETCH_BUCKET,

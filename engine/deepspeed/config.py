@@ -97,11 +97,23 @@ def _zero(strategy: Strategy, plan: Plan, facts: Any, hf: bool, pin_memory: bool
                     stage3_max_live_parameters=MAX_LIVE_PARAMETERS, stage3_max_reuse_distance=MAX_REUSE_DISTANCE,
                     sub_group_size=SUB_GROUP_SIZE,
                     stage3_gather_16bit_weights_on_model_save=gather_16bit_on_save)
+    zero.update(_plan_knobs(plan, stage))
     if strategy.offload_optimizer != "none":
         zero["offload_optimizer"] = _offload_optimizer(strategy.offload_optimizer, plan, pin_memory)
     if stage == 3 and strategy.offload_param != "none":
         zero["offload_param"] = _offload_param(strategy.offload_param, plan, facts, pin_memory)
     return zero
+
+
+def _plan_knobs(plan: Plan, stage: int) -> dict[str, Any]:
+    """The zero_optimization values the plan sets itself (`training.deepspeed`), for the stages that
+    read them: the stage3_ keys and sub_group_size only at stage 3 (DeepSpeed ignores them below)."""
+    out: dict[str, Any] = {}
+    for key, value in plan.training.deepspeed.model_dump().items():
+        if value is None or ((key.startswith("stage3_") or key == "sub_group_size") and stage != 3):
+            continue
+        out[key] = value if isinstance(value, bool) else int(value)
+    return out
 
 
 def _optimizer(plan: Plan, hf: bool, learning_rate: float) -> dict[str, Any] | None:

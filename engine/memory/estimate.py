@@ -30,6 +30,7 @@ from .states import fp32_base, frozen_weight_bytes, state_bytes, trainable_param
 from .zero import zero_terms
 from ..core.units import GIB
 from ..plan.stack import Stack, resolve_stack
+from ..plan.strategy import knobs_from_plan
 from ..core.ds_defaults import (OPT_NVME_BUFFERS, PARAM_NVME_BUFFER_SIZE, PARAM_NVME_BUFFERS, SUB_GROUP_SIZE,
                                accumulation_steps)
 
@@ -158,6 +159,7 @@ def estimate_memory(plan: Plan, facts: ModelSpec, strategy: Strategy) -> MemoryE
     if strategy.sharding == "fsdp":  # PyTorch FSDP: its own terms (memory/fsdp.py)
         gpu, gpu_phase, accum, host, host_phase, nvme = _fsdp_peaks(plan, facts, strategy)
     else:
+        strategy = with_plan_knobs(strategy, plan)
         gpu, gpu_phase, accum = _gpu_peak(plan, facts, strategy)
         host, host_phase, nvme = _host_peak(plan, facts, strategy)
     hw = plan.hardware
@@ -178,6 +180,15 @@ def estimate_memory(plan: Plan, facts: ModelSpec, strategy: Strategy) -> MemoryE
         gradient_accumulation_steps=accum,
         gpu=gpu, host=host,
     )
+
+
+def with_plan_knobs(strategy: Strategy, plan: Plan) -> Strategy:
+    """The strategy with the DeepSpeed knobs the plan sets (`training.deepspeed`); knobs the strategy
+    already carries (read from a config by `advise check`) win, and ZeRO-0 has none."""
+    if strategy.zero_knobs is not None or strategy.zero_stage == 0:
+        return strategy
+    knobs = knobs_from_plan(plan.training.deepspeed.model_dump())
+    return strategy if knobs is None else strategy.model_copy(update={"zero_knobs": knobs})
 
 
 def _shards(strategy: Strategy, world: int) -> tuple[int, int, int]:

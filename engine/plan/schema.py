@@ -172,6 +172,30 @@ class Loss(_Strict):
     softcapping: Union[bool, Auto] = Field("auto", description="final-logit softcapping; auto: from the model config")
 
 
+class DeepSpeedKnobs(_Strict):
+    """The zero_optimization knobs a run sets itself, in DeepSpeed's own key names; a key left out takes
+    the value memfit writes (engine/core/ds_defaults.py zero_knobs: hidden-size buckets, overlap_comm
+    and contiguous_gradients on). memfit estimates with them and writes them into its JSON."""
+
+    reduce_bucket_size: float | None = Field(None, ge=1, le=2.0**40, description="elements (2e8, 5e8 ...)")
+    overlap_comm: bool | None = None
+    contiguous_gradients: bool | None = None
+    stage3_prefetch_bucket_size: float | None = Field(None, ge=0, le=2.0**40)
+    stage3_param_persistence_threshold: float | None = Field(None, ge=0, le=2.0**40)
+    stage3_max_live_parameters: float | None = Field(None, ge=0, le=2.0**40)
+    stage3_max_reuse_distance: float | None = Field(None, ge=0, le=2.0**40)
+    sub_group_size: float | None = Field(None, ge=1, le=2.0**40)
+
+    @field_validator("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold",
+                     "stage3_max_live_parameters", "stage3_max_reuse_distance", "sub_group_size", mode="before")
+    @classmethod
+    def _whole_elements(cls, v: object) -> object:
+        # YAML reads 2e8 as a float; a count of elements must still be whole. Booleans are not counts.
+        if isinstance(v, bool) or (isinstance(v, float) and v != int(v)):
+            raise ValueError("must be a whole number of elements")
+        return float(v) if isinstance(v, int) else v
+
+
 class Training(_Strict):
     method: Union[Method, Auto] = "auto"
     seq_len: int = Field(2048, ge=1, le=2**24)
@@ -206,6 +230,9 @@ class Training(_Strict):
     kbit_upcast: bool | None = Field(None, description="QLoRA: non-quantised parameters upcast to fp32 (peft "
                                                        "prepare_model_for_kbit_training); default: the framework's")
     expandable_segments: bool = Field(False, description="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True")
+    deepspeed: DeepSpeedKnobs = Field(
+        default_factory=DeepSpeedKnobs, description="zero_optimization knobs the run sets itself (DeepSpeed's "
+                                                    "names: reduce_bucket_size, overlap_comm, stage3_...)")
     checkpoint_policy: Literal["full", "selective_op"] = Field(
         "full", description="what a checkpointed decoder layer keeps for backward: full = only its input (HF "
                             "gradient_checkpointing, torchtune, torchtitan's 'full'); selective_op = also the "

@@ -40,6 +40,23 @@ class ZeroKnobs(BaseModel):
     grad_accum_fp32: Optional[bool] = None
 
 
+# DeepSpeed's zero_optimization keys that size its buffers (deepspeed/runtime/zero/config.py aliases)
+# -> ZeroKnobs fields: read from a config by `advise check`, from `training.deepspeed` in a plan.
+DS_KNOB_KEYS = {"reduce_bucket_size": "reduce_bucket_size", "stage3_prefetch_bucket_size": "prefetch_bucket_size",
+                "stage3_param_persistence_threshold": "param_persistence_threshold",
+                "stage3_max_live_parameters": "max_live_parameters", "stage3_max_reuse_distance": "max_reuse_distance",
+                "sub_group_size": "sub_group_size", "overlap_comm": "overlap_comm",
+                "contiguous_gradients": "contiguous_gradients"}
+
+
+def knobs_from_plan(block: dict[str, object]) -> ZeroKnobs | None:
+    """The knobs a plan's `training.deepspeed` sets (DeepSpeed's key names), None when it sets none; a
+    key left out stays None, the value memfit writes."""
+    given = {DS_KNOB_KEYS[k]: (v if isinstance(v, bool) else int(v))  # type: ignore[call-overload]
+             for k, v in block.items() if v is not None and k in DS_KNOB_KEYS}
+    return ZeroKnobs(**given) if given else None
+
+
 class Strategy(BaseModel):
     """A concrete strategy. Plan-wide settings (precision, optimizer, seq_len...) stay on the Plan."""
 
