@@ -194,7 +194,6 @@ def assumptions(cfg: dict[str, Any], plan: Plan, strategy: Strategy, why: str = 
     return out
 
 
-_KNOB_KEYS = DS_KNOB_KEYS  # plan/strategy.py: the keys that size DeepSpeed's buffers
 # DeepSpeed's own defaults for what a config leaves out (zero/config.py DeepSpeedZeroConfig); "auto" is
 # filled by the HF Trainer from the hidden size, the rule memfit writes, so it stays None here.
 _DS_DEFAULTS = {"reduce_bucket_size": DS_REDUCE_BUCKET, "prefetch_bucket_size": DS_PREFETCH_BUCKET,
@@ -212,7 +211,7 @@ def knobs_from_config(zero: dict[str, Any], data_types: Any = None) -> ZeroKnobs
     grad_accum_fp32 (engine.py get_data_types; runtime/config.py DtypeEnum's fp32 spellings).
     """
     out: dict[str, Any] = {}
-    for key, name in _KNOB_KEYS.items():
+    for key, name in DS_KNOB_KEYS.items():
         value = zero.get(key, _DS_DEFAULTS.get(name))
         if isinstance(value, bool) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
             out[name] = bool(value) if name in ("overlap_comm", "contiguous_gradients") else int(value)

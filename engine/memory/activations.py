@@ -152,7 +152,8 @@ def layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str
     under eager the attention output is not saved (2q less: only a trained o_proj would save it).
     gemma2 and bloom have their own norm and layer terms (_family_bytes, _bloom_per_token). Model types
     built unlike Llama (gpt_neox, opt, gpt2, phi, gemma...) take the probe-fitted terms of their frozen
-    or trained layer (arch_terms.py) plus the same adapters. Scaled by dtype_bytes/2 for fp32 activations (not probe-checked).
+    or trained layer and their dropout (arch_terms.py) plus the same adapters. Scaled by dtype_bytes/2
+    for fp32 activations (not probe-checked).
 
     Args:
         facts: ModelSpec-like (hidden_size, num_attention_heads, num_kv_heads, intermediate_size...).
@@ -175,7 +176,7 @@ def layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str
               "kv_eager": qw if 1 < facts.num_kv_heads < a else kvw}
     fitted = layer_per_token(mtype, method, attention, widths)
     if fitted is not None:
-        dropout = dropout_per_token(mtype, method, attention, dict(getattr(facts, "config", None) or {}), widths)
+        dropout = dropout_per_token(mtype, method, attention, getattr(facts, "config", None) or {}, widths)
         return s * b * (fitted + dropout + adapters) * dtype_bytes / 2.0
     eager = attention == "eager"
     kv_width = qw if eager else kvw              # eager's repeat_kv keeps full-head copies

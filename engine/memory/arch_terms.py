@@ -36,14 +36,16 @@ def layer_per_token(model_type: str, method: str, attention: str, widths: Mappin
             frozen layer is the same).
         attention: sdpa | flash_attention_2 (SDPA's terms: both keep no score matrix) | eager.
         widths: h, q (a*head_dim), kv (kv_heads*head_dim), kv_eager (the k/v width eager attention
-            keeps: q once repeat_kv copies them to every head, 1 < kv heads < heads), I, a, "1" and "as" (heads x tokens).
+            keeps: q once repeat_kv copies them to every head, 1 < kv heads < heads), I, a, "1", "as"
+            (heads x tokens) and "s" (tokens).
     Returns:
         The sum of coefficient x width, or None for a model type without fitted terms.
     """
     row = _terms().get(model_type)
     if row is None:
         return None
-    terms: dict[str, float] = row["full" if method == "full" else "lora"]["eager" if attention == "eager" else "sdpa"]
+    by_attention = row["full" if method == "full" else "lora"]
+    terms: dict[str, float] = by_attention["eager" if attention == "eager" else "sdpa"]
     return float(sum(c * widths[k] for k, c in terms.items()))
 
 

@@ -136,7 +136,8 @@ def selective_op_context() -> Any:
     """The checkpoint contexts of per-op selective checkpointing, torchtitan's rule (its SelectiveAC in
     torchtitan/distributed/activation_checkpoint.py): inside each checkpointed layer, keep the outputs
     of the attention kernels and of the compute-intensive ops, except every second plain matmul (mm,
-    counted per layer and per forward, the recompute counting apart); recompute the rest. A new policy, with fresh counts, per layer call."""
+    counted per layer and per forward, the recompute counting apart); recompute the rest. A new
+    policy, with fresh counts, per layer call."""
     import torch
     from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
