@@ -47,12 +47,14 @@ NOW_MODELLED = {"liger_flce", "cut_cross_entropy", "unsloth", "paged_optimizer_8
                 "activation_offloading", "loss chunked_ce", "loss liger_fused_linear_ce"}
 NOT_MODELLED = NOT_MODELLED_AT_START - NOW_MODELLED
 FRAMEWORKS = {"hf-trainer", "trl", "axolotl", "llamafactory", "torchtune", "unsloth"}
+ALIASES = {"torch_compile": "compile"}
 
 
 def techniques(case: dict) -> list[str]:
     """Every memory technique the case names (both held-out files' ways of saying it)."""
     found = [k for k in ("optimizer_in_backward", "activation_offloading", "compile", "liger") if case.get(k)]
-    found += [t for t in case.get("techniques") or [] if t not in found]
+    # Later collectors wrote torch.compile as `torch_compile`; it is the same unmodelled technique.
+    found += [t2 for t in case.get("techniques") or [] for t2 in [ALIASES.get(t, t)] if t2 not in found]
     if case.get("loss") not in (None, "standard_ce"):
         found.append(f"loss {case['loss']}")
     # A GPTQ checkpoint is expressible since round 3 (memory/quant.py) when the plan carries its
