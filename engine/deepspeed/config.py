@@ -108,12 +108,8 @@ def _zero(strategy: Strategy, plan: Plan, facts: Any, hf: bool, pin_memory: bool
 def _plan_knobs(plan: Plan, stage: int) -> dict[str, Any]:
     """The zero_optimization values the plan sets itself (`training.deepspeed`), for the stages that
     read them: the stage3_ keys and sub_group_size only at stage 3 (DeepSpeed ignores them below)."""
-    out: dict[str, Any] = {}
-    for key, value in plan.training.deepspeed.model_dump().items():
-        if value is None or ((key.startswith("stage3_") or key == "sub_group_size") and stage != 3):
-            continue
-        out[key] = value if isinstance(value, bool) else int(value)
-    return out
+    return {k: v for k, v in plan.training.deepspeed.given().items()
+            if stage == 3 or not (k.startswith("stage3_") or k == "sub_group_size")}
 
 
 def _optimizer(plan: Plan, hf: bool, learning_rate: float) -> dict[str, Any] | None:

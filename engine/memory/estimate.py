@@ -187,7 +187,7 @@ def with_plan_knobs(strategy: Strategy, plan: Plan) -> Strategy:
     already carries (read from a config by `advise check`) win, and ZeRO-0 has none."""
     if strategy.zero_knobs is not None or strategy.zero_stage == 0:
         return strategy
-    knobs = knobs_from_plan(plan.training.deepspeed.model_dump())
+    knobs = knobs_from_plan(plan.training.deepspeed.given())
     return strategy if knobs is None else strategy.model_copy(update={"zero_knobs": knobs})
 
 

@@ -195,6 +195,10 @@ class DeepSpeedKnobs(_Strict):
             raise ValueError("must be a whole number of elements")
         return float(v) if isinstance(v, int) else v
 
+    def given(self) -> dict[str, int | bool]:
+        """The keys the plan sets, as DeepSpeed reads them: counts as whole ints, switches as bools."""
+        return {k: v if isinstance(v, bool) else int(v) for k, v in self.model_dump().items() if v is not None}
+
 
 class Training(_Strict):
     method: Union[Method, Auto] = "auto"

@@ -49,12 +49,11 @@ DS_KNOB_KEYS = {"reduce_bucket_size": "reduce_bucket_size", "stage3_prefetch_buc
                 "contiguous_gradients": "contiguous_gradients"}
 
 
-def knobs_from_plan(block: dict[str, object]) -> ZeroKnobs | None:
-    """The knobs a plan's `training.deepspeed` sets (DeepSpeed's key names), None when it sets none; a
-    key left out stays None, the value memfit writes."""
-    given = {DS_KNOB_KEYS[k]: (v if isinstance(v, bool) else int(v))  # type: ignore[call-overload]
-             for k, v in block.items() if v is not None and k in DS_KNOB_KEYS}
-    return ZeroKnobs(**given) if given else None
+def knobs_from_plan(given: dict[str, int | bool]) -> ZeroKnobs | None:
+    """ZeroKnobs of the values a plan's `training.deepspeed` sets (DeepSpeedKnobs.given, DeepSpeed's key
+    names), None when it sets none; a key left out stays None, the value memfit writes."""
+    knobs = {DS_KNOB_KEYS[k]: v for k, v in given.items() if k in DS_KNOB_KEYS}
+    return ZeroKnobs(**knobs) if knobs else None
 
 
 class Strategy(BaseModel):
