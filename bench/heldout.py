@@ -44,7 +44,7 @@ NOT_MODELLED_AT_START = {"foak_fused_ce", "liger_flce", "cut_cross_entropy", "fu
 # data.packing, the paged optimizers): as_plan_case writes these into the plan, mechanically, from the
 # case's own facts; everything else still has no term and stays out of the headline.
 NOW_MODELLED = {"liger_flce", "cut_cross_entropy", "unsloth", "paged_optimizer_8bit", "paged_optimizer_32bit",
-                "activation_offloading", "loss chunked_ce", "loss liger_fused_linear_ce"}
+                "activation_offloading", "loss chunked_ce", "loss liger_fused_linear_ce", "compile"}
 NOT_MODELLED = NOT_MODELLED_AT_START - NOW_MODELLED
 FRAMEWORKS = {"hf-trainer", "trl", "axolotl", "llamafactory", "torchtune", "unsloth"}
 ALIASES = {"torch_compile": "compile"}
@@ -76,7 +76,7 @@ def not_modelled(case: dict, unmodelled: set[str] = NOT_MODELLED) -> list[str]:
 def as_plan_case(case: dict) -> dict:
     """The case with the facts the plan format expresses moved into the plan: FSDP and its version, the
     training stack, the loss, activation offloading, packing, paged optimizers, torchtitan's selective
-    checkpointing. A key the case's plan already sets is kept."""
+    checkpointing, torch.compile. A key the case's plan already sets is kept."""
     out = copy.deepcopy(case)
     training = out["plan"].setdefault("training", {})
     if case.get("sharding") == "fsdp":
@@ -102,6 +102,9 @@ def as_plan_case(case: dict) -> dict:
     # (activation_checkpoint mode selective, option op), which its collector wrote as full checkpointing.
     if "selective_activation_checkpointing" in used and training.get("gradient_checkpointing") is True:
         training.setdefault("checkpoint_policy", "selective_op")
+    # Since freeze-s23: torch.compile (training.compile, engine/memory/compiled.py).
+    if "compile" in used:
+        training.setdefault("compile", True)
     return out
 
 

@@ -139,3 +139,17 @@ def test_torchtune_phi3_lora_targets_the_fused_layers():
     read = read_foreign(upstream("torchtune", "recipes/configs/phi3/mini_lora_single_device.yaml"), HW_8)
     targets = plan_of(read).training.lora.target_modules
     assert "qkv_proj" in targets and "q_proj" not in targets  # Phi3ForCausalLM fuses q, k and v
+
+
+def test_compile_keys_become_training_compile(ax_root, tmp_path):
+    # torchtune's recipes compile each layer and the loss when `compile: True` (the shipped file says
+    # False); axolotl's `torch_compile: true` goes to TrainingArguments.torch_compile.
+    path = upstream("torchtune", TT_LORA)
+    assert plan_of(read_foreign(path, HW_8)).training.compile is False
+    on = tmp_path / "8B_lora_single_device.yaml"
+    on.write_text(Path(path).read_text().replace("compile: False", "compile: True"))
+    read = read_foreign(on, HW_8)
+    assert plan_of(read).training.compile is True
+    assert any(n.startswith("compile: layers and loss compiled") for n in read.notes)
+    ax = read_foreign("examples/llama-3/3b-fp8-fsdp2.yaml", HW_8)  # torch_compile: true
+    assert plan_of(ax).training.compile is True

@@ -33,7 +33,7 @@ _ATTENTION = {"flash_attention_2": "flash_attention_2", "flash_attention_3": "fl
               "sdpa": "sdpa", "eager": "eager"}
 NOT_MODELED = ("layer_offloading", "tiled_mlp", "context_parallel_size",
                "tensor_parallel_size", "unfrozen_parameters", "peft_use_dora",
-               "torch_compile", "fp8", "lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "reinit_weights",
+               "fp8", "lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "reinit_weights",
                "flash_attn_fuse_mlp", "model_quantization_config", "max_memory", "gpu_memory_limit")
 
 
@@ -170,6 +170,10 @@ def _stack(ax: dict[str, Any], out: ForeignRead) -> tuple[dict[str, Any], dict[s
         training["activation_offloading"] = True
         out.notes.append(f"{'activation_offloading' if ao else 'gradient_checkpointing'}: "
                          f"{ao if ao else gc}: saved layer inputs in host memory (training.activation_offloading)")
+    if ax.get("torch_compile") is True:
+        # core/trainers/base.py passes torch_compile to TrainingArguments: the model (and its loss) compiled.
+        training["compile"] = True
+        out.notes.append("torch_compile: layers and loss keep what inductor saves (training.compile)")
     if ao == "offload_disk" or gc == "offload_disk":
         out.warnings.append("offload_disk: the checkpoints go to disk, memfit counts them in host memory (an over-estimate)")
     if ax.get("sample_packing"):

@@ -143,8 +143,9 @@ def _stack(cfg: dict[str, Any], out: ForeignRead) -> tuple[dict[str, Any], dict[
         training["loss"] = {"implementation": "standard"}
         out.notes.append(f"loss: {comp.rsplit('.', 1)[-1]}: whole fp32 logits (training.loss standard)")
     if cfg.get("compile"):
-        out.notes.append("compile: the loss is compiled (recipes: training.compile_loss); memfit's chunked term is "
-                         "the eager one, an upper bound")
+        # The recipes compile each decoder layer and the loss (training.compile_model, compile_loss).
+        training["compile"] = True
+        out.notes.append("compile: layers and loss compiled (training.compile: what inductor saves)")
     training["activation_offloading"] = bool(cfg.get("enable_activation_offloading", False))
     if training["activation_offloading"]:
         out.notes.append("enable_activation_offloading: checkpointed layer inputs in pinned host memory")

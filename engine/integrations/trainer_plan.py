@@ -89,6 +89,9 @@ def _stack(args: TrainingArguments, base: PreTrainedModel, method: str, notes: l
         out["kernels"] = "liger"
         notes.append("use_liger_kernel: Liger's layer kernels and fused linear cross-entropy "
                      "(training.kernels liger, training.loss fused_linear)")
+    if getattr(args, "torch_compile", False):  # the Trainer compiles the model, whose forward computes the loss
+        out["compile"] = True
+        notes.append("torch_compile: layers and loss keep what inductor saves (training.compile)")
     dtype = str(getattr(base, "dtype", ""))
     autocast = getattr(args, "bf16", False) or getattr(args, "fp16", False)
     if method != "qlora" and dtype == "torch.float32" and autocast:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from .arch_terms import dropout_per_token, layer_per_token
+from .compiled import layer_per_token as compiled_layer_per_token
 from .loss import loss_bytes, standard_loss_bytes
 
 if TYPE_CHECKING:
@@ -54,7 +55,12 @@ def _head_widths(facts: ModelSpec) -> tuple[int, int]:
 
 
 def _lora_widths(facts: ModelSpec, lora_targets: str | Sequence[str]) -> list[float]:
-    """Input widths of the adapted linear layers of one decoder layer.
+    """Input widths of the adapted linear layers of one decoder layer (_lora_linears)."""
+    return [width for _, width in _lora_linears(facts, lora_targets)]
+
+
+def _lora_linears(facts: ModelSpec, lora_targets: str | Sequence[str]) -> list[tuple[str, float]]:
+    """(name, input width) of the adapted linear layers of one decoder layer.
 
     From the model's own Linear layers (ModelSpec.linear_layers: phi3's fused qkv_proj and
     gate_up_proj are one adapter each, not three and two), else Llama's seven projections.
@@ -62,14 +68,14 @@ def _lora_widths(facts: ModelSpec, lora_targets: str | Sequence[str]) -> list[fl
     linears = [x for x in getattr(facts, "linear_layers", ()) if x.kind == "linear"]
     if linears:
         if lora_targets in (None, "all-linear"):
-            return [x.in_features for x in linears]
+            return [(x.name, x.in_features) for x in linears]
         targets = [lora_targets] if isinstance(lora_targets, str) else list(lora_targets)
-        return [x.in_features for x in linears
+        return [(x.name, x.in_features) for x in linears
                 if any(x.name == t or x.name.endswith("." + t) for t in targets)]
     h, inter = facts.hidden_size, _mlp_width(facts)
     width = {"h": h, "attn": _head_widths(facts)[0], "I": inter}
     names = list(_LINEAR_IN) if lora_targets in (None, "all-linear") else list(lora_targets)
-    return [width[_LINEAR_IN[n]] for n in names if n in _LINEAR_IN]
+    return [(n, width[_LINEAR_IN[n]]) for n in names if n in _LINEAR_IN]
 
 
 def _family_bytes(facts: ModelSpec, attention: str, trains_weights: bool, seq_len: int) -> float:
@@ -135,7 +141,8 @@ def adapter_bytes_per_token(facts: ModelSpec, lora_rank: int, lora_targets: str 
 
 def layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str, dtype_bytes: float = 2.0, *,
                 method: str = "full", lora_rank: int = 16, lora_targets: str | Sequence[str] = "all-linear",
-                lora_dropout: float = 0.0, liger: bool = False, residual_bytes: float = 2.0) -> float:
+                lora_dropout: float = 0.0, liger: bool = False, residual_bytes: float = 2.0,
+                compiled: bool = False) -> float:
     """Bytes one decoder layer stores for backward without checkpointing.
 
     Full fine-tuning, SDPA: s*b*[16*h + 4*q + 4*kv + 8*I + 4*a + 8] with q = a*head_dim and kv =
@@ -163,6 +170,8 @@ def layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str
         method, lora_rank, lora_targets, lora_dropout: full | lora | qlora and the adapter settings.
         liger: Liger's RMSNorm and SwiGLU kernels replace transformers' modules (_liger_saving).
         residual_bytes: bytes per element of the residual stream (4 under QLoRA's k-bit upcast).
+        compiled: torch.compile'd layers keep what inductor's partitioner saves (compiled.py), for the
+            model types and attentions with compiled terms; the model's own dropout as eager.
     Returns:
         Bytes per decoder layer.
     """
@@ -174,6 +183,12 @@ def layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str
     mtype = getattr(facts, "model_type", "llama")
     widths = {"h": h, "q": qw, "kv": kvw, "I": inter, "a": a, "1": 1.0, "as": a * s, "s": s,
               "kv_eager": qw if 1 < facts.num_kv_heads < a else kvw}
+    if compiled:
+        kept = compiled_layer_per_token(mtype, method, attention, widths, _lora_linears(facts, lora_targets)
+                                        if lora else (), lora_rank, lora_dropout)
+        if kept is not None:
+            dropout = dropout_per_token(mtype, method, attention, getattr(facts, "config", None) or {}, widths)
+            return s * b * (kept + dropout) * dtype_bytes / 2.0
     fitted = layer_per_token(mtype, method, attention, widths)
     if fitted is not None:
         dropout = dropout_per_token(mtype, method, attention, getattr(facts, "config", None) or {}, widths)
@@ -342,8 +357,10 @@ def activation_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention
     dtype_bytes = 4.0 if precision == "fp32" else 2.0
     residual = 4.0 if method == "qlora" and (stack.kbit_upcast if stack else True) else 2.0
     liger = bool(stack and stack.liger_kernels)
+    compiled = bool(stack and stack.compile)
     one_layer = layer_bytes(facts, s, b, attention, dtype_bytes, method=method, lora_rank=lora_rank,
-                            lora_targets=lora_targets, lora_dropout=lora_dropout, liger=liger, residual_bytes=residual)
+                            lora_targets=lora_targets, lora_dropout=lora_dropout, liger=liger, residual_bytes=residual,
+                            compiled=compiled)
     transient = _backward_transient(facts, s, b, attention, method, liger)
     # Final RMSNorm: fp32 copy (4h), plus the bf16 normalised tensor and output (4h) when it trains;
     # Liger's keeps its input instead (_liger_norm_saving).

@@ -54,6 +54,19 @@ def fused_linear_loss_bytes(tokens: int, vocab: int, hidden: int, head_trains: b
     return _LOGITS_16 * tokens * hidden + _LOGITS_16 * chunk * vocab + head_grad
 
 
+def compiled_loss_bytes(tokens: float, vocab: int, chunks: int = 1) -> float:
+    """The standard or chunked loss under torch.compile: 2*N*V + 2*N*V/chunks.
+
+    With inductor's decompositions log_softmax becomes max, exp, sum and log, and the partitioner saves
+    the 16-bit logits and a per-token log-sum-exp instead of the fp32 log-softmax (traced:
+    engine/probe/compiled.py, 2.0 bytes per token and vocabulary entry at Llama-3's vocabulary). In
+    backward, nll_loss's scatter into zeros is lowered to a pointwise kernel (inductor's
+    optimize_scatter_upon_const_tensor, on by default), which fuses with the log-softmax gradient and the
+    cast back: one 16-bit gradient of the logits is written (per chunk for a chunked loss).
+    """
+    return _LOGITS_16 * tokens * vocab + _LOGITS_16 * tokens * vocab / chunks
+
+
 def loss_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, stack: Stack | None, head_trains: bool) -> float:
     """Logits and loss tensors live at the start of backward, for the stack's loss implementation.
 
@@ -75,6 +88,9 @@ def loss_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, stack: Stack | 
     # Gemma-2 (modeling_gemma2.py Gemma2ForCausalLM.forward): logits / cap, tanh, * cap on the 16-bit
     # logits; tanh saves its output for backward: one more 16-bit N x V tensor.
     cap = _LOGITS_16 * tokens * vocab if stack.softcapping else 0.0
+    if stack.compile:
+        chunks = stack.loss_chunks if stack.loss_implementation == "chunked" else 1
+        return compiled_loss_bytes(tokens, vocab, chunks) + cap
     if stack.loss_implementation == "chunked":
         return chunked_loss_bytes(tokens, vocab, e, stack.loss_chunks) + cap
     return standard_loss_bytes(tokens, vocab, e) + cap

@@ -242,6 +242,10 @@ class Training(_Strict):
                             "gradient_checkpointing, torchtune, torchtitan's 'full'); selective_op = also the "
                             "outputs of attention and of every other matmul (torchtitan's per-op selective AC, "
                             "its default); only with gradient checkpointing on")
+    compile: bool = Field(
+        False, description="torch.compile of the model and its loss (HF Trainer torch_compile, torchtune and "
+                           "torchtitan compile, axolotl torch_compile): layers and the standard or chunked loss "
+                           "keep what inductor's partitioner saves (engine/memory/compiled.py)")
     sync_each_batch: bool | None = Field(
         None, description="FSDP with gradient accumulation: true = gradients reduce-scattered after every "
                           "micro-batch (accelerate's gradient_accumulation_kwargs sync_each_batch, torchtune); "

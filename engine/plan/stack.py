@@ -39,6 +39,7 @@ class Stack:
     sync_each_batch: bool      # FSDP gradient accumulation: reduce-scatter every micro-batch (else no_sync)
     zero_init: bool            # ZeRO-3: the model is built partitioned (deepspeed.zero.Init), not whole
     checkpoint_policy: str = "full"  # full | selective_op: what a checkpointed layer keeps (activations.py)
+    compile: bool = False            # torch.compile: layers and loss keep what inductor saves (compiled.py)
 
     @property
     def fixed_shapes(self) -> bool:
@@ -104,4 +105,5 @@ def resolve_stack(plan: Plan, facts: Any = None) -> Stack:
         sync_each_batch=bool(_given(t.sync_each_batch, base["sync_each_batch"])),
         zero_init=bool(_given(t.zero_init, base["zero_init"])),
         checkpoint_policy=t.checkpoint_policy,
+        compile=t.compile,
     )
