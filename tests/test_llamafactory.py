@@ -231,3 +231,15 @@ def test_memfit_plan_takes_hardware_from_the_option(tmp_path, capsys):
     assert "1 node(s) x 2 GPU(s) of 80.0 GiB" in capsys.readouterr().out
     assert main([str(plan)]) == 2
     assert "hardware" in capsys.readouterr().err
+
+
+def test_torch_compile_becomes_training_compile(lf_root):
+    # LLaMA-Factory's YAML carries TrainingArguments' keys; torch_compile: true has the Trainer compile
+    # the model, whose forward computes the loss (training.compile). The shipped example leaves it out.
+    path = lf_root / "examples/train_lora/qwen3_lora_sft_ds3.yaml"
+    assert plan_of(read_foreign(path, HW_8)).training.compile is False
+    on = lf_root / "examples/train_lora/compiled.yaml"
+    on.write_text(path.read_text() + "\ntorch_compile: true\n")
+    read = read_foreign(on, HW_8)
+    assert plan_of(read).training.compile is True
+    assert "torch_compile: layers and loss keep what inductor saves (training.compile)" in read.notes

@@ -198,6 +198,10 @@ def _stack(lf: dict[str, Any], out: ForeignRead) -> tuple[dict[str, Any], dict[s
     elif lf.get("enable_liger_kernel"):
         out.notes.append(f"enable_liger_kernel: stage {lf.get('stage')} needs the logits: Liger's cross-entropy on "
                          "whole logits, estimated as the standard loss (an upper bound)")
+    if lf.get("torch_compile") is True:
+        # Its YAML is TrainingArguments' keys: the Trainer compiles the model, whose forward computes the loss.
+        training["compile"] = True
+        out.notes.append("torch_compile: layers and loss keep what inductor saves (training.compile)")
     if lf.get("use_unsloth_gc"):
         # model_utils/checkpointing.py UnslothGradientCheckpointing: hidden_states.to("cpu") per layer.
         training["activation_offloading"] = True
