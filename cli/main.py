@@ -284,7 +284,9 @@ def probe_cmd(plan_file: str, as_json: bool) -> None:
     if as_json:
         _dump({**{k: v for k, v in report.result.__dict__.items()},
                "formula_layer_bytes": report.formula_layer_bytes,
-               "formula_gradient_checkpointing": report.gradient_checkpointing})
+               "formula_gradient_checkpointing": report.gradient_checkpointing,
+               "compiled_traced_layer_bytes": report.compiled_traced_layer_bytes,
+               "compiled_formula_layer_bytes": report.compiled_formula_layer_bytes})
         return
     click.echo(probe_text(report))
 

@@ -251,8 +251,12 @@ def probe_text(report: ProbeReport) -> str:
              f"optimizer {r.optimizer_bytes / gib:.2f} GiB",
              f"activations stored per layer: traced {r.activation_bytes_per_layer / 2**20:.1f} MiB, "
              f"formula {report.formula_layer_bytes / 2**20:.1f} MiB (both {ckpt} checkpointing)",
-             f"logits and loss {r.logits_loss_bytes / gib:.2f} GiB; activation peak {r.activation_peak_bytes / gib:.2f} GiB",
-             "by phase, live at each phase's peak (GiB):"]
+             f"logits and loss {r.logits_loss_bytes / gib:.2f} GiB; activation peak {r.activation_peak_bytes / gib:.2f} GiB"]
+    if report.compiled_traced_layer_bytes is not None and report.compiled_formula_layer_bytes is not None:
+        lines.append(f"compiled (training.compile, inductor's partition): stored per layer traced "
+                     f"{report.compiled_traced_layer_bytes / 2**20:.1f} MiB, formula "
+                     f"{report.compiled_formula_layer_bytes / 2**20:.1f} MiB; the step above is traced eager")
+    lines.append("by phase, live at each phase's peak (GiB):")
     for phase, values in r.by_phase.items():
         lines.append(f"  {phase}: peak {values['peak'] / gib:.2f} = " + _phase_parts(values))
     if r.extrapolated_from_layers:

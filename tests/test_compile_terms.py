@@ -154,3 +154,24 @@ def test_compile_lowers_the_estimate_by_what_the_terms_save():
     compiled = activation_bytes(facts, 2048, 1, "sdpa", "full", False, "bf16", stack=Stack(**base, compile=True))
     assert eager.stored_bytes - compiled.stored_bytes == 32 * 2048 * (200_840 - 139_400)
     assert eager.logits_loss_bytes - compiled.logits_loss_bytes == 8 * 2048 * 128_256
+
+
+@pytest.mark.slow
+def test_advise_probe_traces_the_compiled_layer_beside_the_eager_step(tmp_path, capsys):
+    # A plan with training.compile (no checkpointing): advise probe adds the layer as inductor's
+    # partition saves it, traced, beside memfit's compiled terms (which the traces above check).
+    import json
+
+    from memfit.cli.main import main
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("model: {model_type: llama, hidden_size: 1024, intermediate_size: 2816, num_attention_heads: 16,"
+                    " num_key_value_heads: 4, vocab_size: 32000, num_hidden_layers: 4, max_position_embeddings: 4096}\n"
+                    "hardware: {gpu_memory: 24, host_memory: 64}\n"
+                    "training: {method: lora, seq_len: 512, micro_batch_size: 2, gradient_checkpointing: false,"
+                    " compile: true, lora: {rank: 16, target_modules: [q_proj, v_proj]}}\n")
+    assert main(["probe", str(plan), "--json"]) in (0, None)
+    out = json.loads(capsys.readouterr().out)
+    traced, formula = out["compiled_traced_layer_bytes"], out["compiled_formula_layer_bytes"]
+    assert formula == pytest.approx(traced, rel=TOLERANCE)
+    assert traced < 0.8 * out["activation_bytes_per_layer"]  # the eager layer keeps more

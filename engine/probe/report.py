@@ -5,7 +5,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from ..memory.activations import stored_layer_bytes
+from ..memory.activations import layer_bytes, stored_layer_bytes
 from ..model.spec import plan_model
 from ..plan.schema import Plan
 from .probe import Progress, probe_plan
@@ -24,6 +24,10 @@ class ProbeReport(BaseModel):
     gradient_checkpointing: bool
     formula_layer_bytes: float
     result: Any  # engine.probe.ProbeResult
+    # training.compile without checkpointing: one layer's saved bytes under inductor's partition, traced
+    # (engine/probe/compiled.py) and by memfit's compiled terms; None otherwise
+    compiled_traced_layer_bytes: float | None = None
+    compiled_formula_layer_bytes: float | None = None
 
 
 def probe_report(plan: Plan, progress: Progress | None = None) -> ProbeReport:
@@ -40,6 +44,21 @@ def probe_report(plan: Plan, progress: Progress | None = None) -> ProbeReport:
     formula = stored_layer_bytes(facts, t.seq_len, mb, t.attention, "lora" if method == "qlora" else method, ckpt,
                                  t.precision, lora_rank=t.lora.rank, lora_targets=t.lora.target_modules,
                                  lora_dropout=t.lora.dropout, checkpoint_policy=t.checkpoint_policy)
+    compiled: dict[str, float] = {}
+    if t.compile and not ckpt:
+        # The eager trace above is the step without torch.compile; the compiled layer is traced apart
+        # (AOTAutograd with inductor's partitioner, micro-batch 1: what a layer saves is per token).
+        from .compiled import saved_per_token
+
+        lora_method = "lora" if method == "qlora" else method
+        per_token = saved_per_token(facts.config, t.seq_len, method=lora_method, attention=t.attention,
+                                    lora_rank=t.lora.rank, lora_targets=t.lora.target_modules,
+                                    lora_dropout=t.lora.dropout).per_layer
+        dtype_bytes = 4.0 if t.precision == "fp32" else 2.0
+        compiled = {"compiled_traced_layer_bytes": per_token * t.seq_len * mb,
+                    "compiled_formula_layer_bytes": layer_bytes(
+                        facts, t.seq_len, mb, t.attention, dtype_bytes, method=lora_method, lora_rank=t.lora.rank,
+                        lora_targets=t.lora.target_modules, lora_dropout=t.lora.dropout, compiled=True)}
     return ProbeReport(model=facts.name, method=method, seq_len=t.seq_len, micro_batch=mb,
                        num_layers=facts.num_layers, gradient_checkpointing=ckpt, formula_layer_bytes=formula,
-                       result=probe_plan(plan, progress=progress))
+                       result=probe_plan(plan, progress=progress), **compiled)
