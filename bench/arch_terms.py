@@ -217,18 +217,24 @@ def table() -> dict:
             "max_residual": round(worst, 6), "terms": terms}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="exit 1 when engine/memory/arch_terms.json is stale")
+def write_or_check(out: Path, compute, description: str, argv=None) -> int:
+    """The bench's command line, shared with bench/compile_terms.py: write the table to `out`, or with
+    --check exit 1 when the shipped file's terms differ from a fresh computation."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--check", action="store_true", help=f"exit 1 when {out.relative_to(ROOT)} is stale")
     args = ap.parse_args(argv)
-    text = json.dumps(table(), indent=1, sort_keys=True) + "\n"
+    text = json.dumps(compute(), indent=1, sort_keys=True) + "\n"
     if args.check:
-        stale = not OUT.exists() or json.loads(OUT.read_text())["terms"] != json.loads(text)["terms"]
-        print(f"{OUT.relative_to(ROOT)} is {'stale' if stale else 'up to date'}")
+        stale = not out.exists() or json.loads(out.read_text())["terms"] != json.loads(text)["terms"]
+        print(f"{out.relative_to(ROOT)} is {'stale' if stale else 'up to date'}")
         return 1 if stale else 0
-    OUT.write_text(text)
-    print(f"wrote {OUT.relative_to(ROOT)}")
+    out.write_text(text)
+    print(f"wrote {out.relative_to(ROOT)}")
     return 0
+
+
+def main(argv=None) -> int:
+    return write_or_check(OUT, table, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,6 @@ The loss is not fitted: the same trace shows that a compiled transformers loss s
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -116,17 +114,7 @@ def table() -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="exit 1 when engine/memory/compile_terms.json is stale")
-    args = ap.parse_args(argv)
-    text = json.dumps(table(), indent=1, sort_keys=True) + "\n"
-    if args.check:
-        stale = not OUT.exists() or json.loads(OUT.read_text())["terms"] != json.loads(text)["terms"]
-        print(f"{OUT.relative_to(ROOT)} is {'stale' if stale else 'up to date'}")
-        return 1 if stale else 0
-    OUT.write_text(text)
-    print(f"wrote {OUT.relative_to(ROOT)}")
-    return 0
+    return arch_terms.write_or_check(OUT, table, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

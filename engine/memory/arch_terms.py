@@ -15,11 +15,16 @@ from importlib import resources
 from typing import Any, Mapping
 
 
-@lru_cache(maxsize=1)
-def _terms() -> dict[str, dict[str, Any]]:
-    text = resources.files("memfit.engine.memory").joinpath("arch_terms.json").read_text(encoding="utf-8")
+@lru_cache(maxsize=2)
+def shipped_terms(name: str) -> dict[str, dict[str, Any]]:
+    """The `terms` of a fitted-terms file shipped beside this module (arch_terms.json, compile_terms.json)."""
+    text = resources.files("memfit.engine.memory").joinpath(name).read_text(encoding="utf-8")
     terms: dict[str, dict[str, Any]] = json.loads(text)["terms"]
     return terms
+
+
+def _terms() -> dict[str, dict[str, Any]]:
+    return shipped_terms("arch_terms.json")
 
 
 def fitted_types() -> frozenset[str]:

@@ -17,17 +17,13 @@ A model type without terms, or eager attention, keeps the eager count (activatio
 """
 from __future__ import annotations
 
-import json
-from functools import lru_cache
-from importlib import resources
 from typing import Any, Mapping, Sequence
 
+from .arch_terms import shipped_terms
 
-@lru_cache(maxsize=1)
+
 def _terms() -> dict[str, dict[str, Any]]:
-    text = resources.files("memfit.engine.memory").joinpath("compile_terms.json").read_text(encoding="utf-8")
-    terms: dict[str, dict[str, Any]] = json.loads(text)["terms"]
-    return terms
+    return shipped_terms("compile_terms.json")
 
 
 def compiled_types() -> frozenset[str]:
