@@ -93,7 +93,8 @@ def test_band_file_holds_every_level_from_held_out_runs_only():
                                    "bench/heldout22/cases.yaml", "bench/heldout23/cases.yaml",
                                    "bench/heldout24/cases.yaml", "bench/heldout25/cases.yaml",
                                    "bench/heldout26/cases.yaml", "bench/heldout27/cases.yaml",
-                                   "bench/heldout28/cases.yaml", "bench/heldout29/cases.yaml"]
+                                   "bench/heldout28/cases.yaml", "bench/heldout29/cases.yaml",
+                                   "bench/heldout30/cases.yaml", "bench/heldout31/cases.yaml"]
     assert set(table["levels"]) == {"0.8", "0.9"}
     for level, t in table["levels"].items():
         entries = [*t["families"].values(), *t["groups"].values(), *t["kinds"].values(), t["all"]]
