@@ -15,9 +15,10 @@ freeze-s12 and freeze-s12b, sets 15 and 16 those of freeze-s12b and freeze-s13, 
 freeze-s14 and freeze-s15, sets 19 to 21 those of freeze-s16 and freeze-s17, sets 22 to 24 those of freeze-s18 to
 freeze-s20, sets 25 and 26 that of freeze-s21, sets 27 to 29 those of freeze-s22 and freeze-s23, sets 30
 and 31 that of freeze-s24), so their residuals are the spread on runs memfit had not been fitted on. The
-in-sample cases (bench/cases/) are not used: the point model was built on them and their residuals understate its error (docs/accuracy.md shows both). Out-of-memory outcomes
-are not residuals (only a lower bound of one): they test the band (--verdicts, and the newest held-out
-set in bench/heldout.py), they do not set it.
+in-sample cases (bench/cases/) are not used: the point model was built on them and their residuals
+understate its error (docs/accuracy.md shows both). Out-of-memory outcomes are not residuals (only a
+lower bound of one): they test the band (--verdicts, and the newest held-out set in bench/heldout.py),
+they do not set it.
 
 Residual: measured / estimated GPU peak per device. Quantiles are weighted split-conformal: at level q
 the upper end is the smallest ratio whose weight at or below it, over the total weight plus the new
