@@ -13,7 +13,8 @@ input q/k/v share one, the attention output o its own, the MLP input gate/up/fc1
 product down_proj, width I, its own), less 4h once; phi's attention and MLP read one input. With
 dropout each adapter keeps its 1-byte mask and its own fp32 dropped input (5d), less 4h once.
 phi3's fused gate_up_proj, once adapted, also keeps its 16-bit 2I output.
-A model type without terms, or eager attention, keeps the eager count (activations.layer_bytes).
+A model type without terms keeps the eager count (activations.layer_bytes); eager attention has
+terms of its own (its score matrices: heads x tokens).
 """
 from __future__ import annotations
 
@@ -37,23 +38,22 @@ def layer_per_token(model_type: str, method: str, attention: str, widths: Mappin
     """Bytes per token one compiled decoder layer keeps (16-bit activations), adapters included.
 
     Args:
-        model_type, method, attention: as arch_terms.layer_per_token; eager attention has no terms.
-        widths: h, q, kv, I, a, "1" (activations.layer_bytes).
+        model_type, method, attention: as arch_terms.layer_per_token (flash_attention_2 takes SDPA's terms).
+        widths: h, q, kv, kv_eager, I, a, "1", "as", "s" (activations.layer_bytes).
         adapted: (name, input width) of each Linear LoRA adapts (activations._lora_linears).
         lora_rank, lora_dropout: the adapters' rank and dropout.
     Returns:
         The bytes, or None where the eager count applies.
     """
-    row = _terms().get(model_type)
-    if row is None or attention == "eager":
+    row = _terms().get(model_type) or {}
+    # A type's eager terms are shipped only where the traces are linear in the widths (bench/compile_terms.py).
+    terms = row.get("full" if method == "full" else "lora", {}).get("eager" if attention == "eager" else "sdpa")
+    if terms is None:
         return None
-
-    def total(kind: str) -> float:
-        return float(sum(c * widths[k] for k, c in row[kind]["sdpa"].items()))
-
+    layer = float(sum(c * widths[k] for k, c in terms.items()))
     if method == "full":
-        return total("full")
-    return total("lora") + adapter_per_token(adapted, widths, lora_rank, lora_dropout, model_type in _ONE_NORM)
+        return layer
+    return layer + adapter_per_token(adapted, widths, lora_rank, lora_dropout, model_type in _ONE_NORM)
 
 
 # The last name component of the Linears that read the attention output, the MLP input and the MLP
