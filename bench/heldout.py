@@ -62,7 +62,11 @@ def techniques(case: dict) -> list[str]:
     plan = case.get("plan") or {}
     quantised = ((plan.get("training") or {}).get("lora", {}).get("quantization_config")
                  or (isinstance(plan.get("model"), dict) and plan["model"].get("quantization_config")))
-    named = "gptq" in " ".join(map(str, case.get("inferred", []))).lower() or "int4" in str(case.get("plan", {}).get("model", "")).lower()
+    # Only a qlora plan can stand for a GPTQ base: set 35 reads unquantised configs from a GPTQ
+    # repository's vendored config.json (its inferred text names the repository) for full and LoRA runs.
+    method = (plan.get("training") or {}).get("method")
+    named = (method == "qlora" and "gptq" in " ".join(map(str, case.get("inferred", []))).lower()
+             or "int4" in str(plan.get("model", "")).lower())
     if named and not quantised:
         found.append("GPTQ base")
     return found
