@@ -109,6 +109,9 @@ def as_plan_case(case: dict) -> dict:
     # Since freeze-s23: torch.compile (training.compile, engine/memory/compiled.py).
     if "compile" in used:
         training.setdefault("compile", True)
+    # Since freeze-s26: peft's DoRA (training.lora.use_dora); torchtune's own DoRALinear is not peft's.
+    if "dora" in used and training.get("method") in ("lora", "qlora") and training.get("framework") != "torchtune":
+        training.setdefault("lora", {}).setdefault("use_dora", True)
     return out
 
 

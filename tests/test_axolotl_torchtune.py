@@ -153,3 +153,17 @@ def test_compile_keys_become_training_compile(ax_root, tmp_path):
     assert any(n.startswith("compile: layers and loss compiled") for n in read.notes)
     ax = read_foreign("examples/llama-3/3b-fp8-fsdp2.yaml", HW_8)  # torch_compile: true
     assert plan_of(ax).training.compile is True
+
+
+def test_peft_use_dora_becomes_lora_use_dora(ax_root, tmp_path):
+    # axolotl passes peft_use_dora to peft's LoraConfig(use_dora=...); torchtune's use_dora builds its
+    # own DoRALinear, which memfit does not model (a warning, and the plan stays plain LoRA).
+    on = tmp_path / "mistral_dora.yml"
+    on.write_text(Path("examples/mistral/lora.yml").read_text() + "\npeft_use_dora: true\n")
+    read = read_foreign(on, HW_8)
+    assert plan_of(read).training.lora.use_dora is True
+    assert not any("peft_use_dora" in w for w in read.warnings)
+    assert plan_of(read_foreign("examples/mistral/lora.yml", HW_8)).training.lora.use_dora is False
+    tt = read_foreign(upstream("torchtune", "recipes/configs/llama3/8B_dora.yaml"), HW_8)
+    assert plan_of(tt).training.lora.use_dora is False
+    assert any(w.startswith("model.use_dora: torchtune's DoRALinear is not modelled") for w in tt.warnings)

@@ -243,3 +243,15 @@ def test_torch_compile_becomes_training_compile(lf_root):
     read = read_foreign(on, HW_8)
     assert plan_of(read).training.compile is True
     assert "torch_compile: layers and loss keep what inductor saves (training.compile)" in read.notes
+
+
+def test_use_dora_becomes_lora_use_dora(lf_root):
+    # finetuning_args.use_dora goes to peft's LoraConfig(use_dora=...) (model/adapter.py): modelled
+    # (training.lora.use_dora), so no longer a not-modelled warning.
+    path = lf_root / "examples/train_lora/qwen3_lora_sft_ds3.yaml"
+    assert plan_of(read_foreign(path, HW_8)).training.lora.use_dora is False
+    on = lf_root / "examples/train_lora/dora.yaml"
+    on.write_text(path.read_text() + "\nuse_dora: true\n")
+    read = read_foreign(on, HW_8)
+    assert plan_of(read).training.lora.use_dora is True
+    assert not any("use_dora" in w for w in read.warnings)

@@ -32,7 +32,7 @@ _EIGHT_BIT_AO = {"ao_adamw_8bit"}  # axolotl's own name; the HF names go through
 _ATTENTION = {"flash_attention_2": "flash_attention_2", "flash_attention_3": "flash_attention_2",
               "sdpa": "sdpa", "eager": "eager"}
 NOT_MODELED = ("layer_offloading", "tiled_mlp", "context_parallel_size",
-               "tensor_parallel_size", "unfrozen_parameters", "peft_use_dora",
+               "tensor_parallel_size", "unfrozen_parameters",
                "fp8", "lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "reinit_weights",
                "flash_attn_fuse_mlp", "model_quantization_config", "max_memory", "gpu_memory_limit")
 
@@ -95,6 +95,8 @@ def _lora(ax: dict[str, Any]) -> dict[str, Any]:
         targets = [modules] if isinstance(modules, str) else [str(m) for m in modules]
     lora: dict[str, Any] = {"rank": rank, "alpha": ax.get("lora_alpha") or 2 * rank,
                             "dropout": float(ax.get("lora_dropout") or 0.0), "target_modules": targets}
+    if ax.get("peft_use_dora"):  # axolotl loaders/adapter.py: LoraConfig(use_dora=cfg.peft_use_dora)
+        lora["use_dora"] = True
     saved = ax.get("lora_modules_to_save")  # axolotl schemas/peft.py: passed to LoraConfig(modules_to_save=)
     if saved:
         lora["modules_to_save"] = [saved] if isinstance(saved, str) else [str(m) for m in saved]

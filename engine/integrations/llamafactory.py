@@ -40,7 +40,7 @@ _CUSTOM_OPTIMIZERS = {
 NOT_MODELED = (
     "shift_attn", "mixture_of_depths", "rope_scaling", "upcast_layernorm",
     "upcast_lmhead_output", "train_from_scratch", "use_v1_kernels",
-    "image_max_pixels", "video_max_pixels", "video_maxlen", "use_kt", "streaming", "use_dora", "pissa_init",
+    "image_max_pixels", "video_max_pixels", "video_maxlen", "use_kt", "streaming", "pissa_init",
     "use_llama_pro", "freeze_vision_tower", "freeze_multi_modal_projector", "freeze_language_model", "fp8",
     "fp8_backend", "fp8_enable_fsdp_float8_all_gather", "ray_num_workers", "use_reentrant_gc", "ppo_buffer_size",
     "use_mca", "use_megatron_bridge", "use_hyper_parallel", "per_device_eval_batch_size", "predict_with_generate",
@@ -129,6 +129,8 @@ def _lora(lf: dict[str, Any]) -> dict[str, Any]:
     targets = "all-linear" if target == "all" else [t.strip() for t in str(target).split(",") if t.strip()]
     alpha = lf.get("lora_alpha") or 2 * rank
     lora = {"rank": rank, "alpha": alpha, "dropout": float(lf.get("lora_dropout", 0.0)), "target_modules": targets}
+    if lf.get("use_dora"):  # model/adapter.py passes finetuning_args.use_dora to peft's LoraConfig
+        lora["use_dora"] = True
     # additional_target: "Name(s) of modules apart from LoRA layers to be set as trainable and saved"
     # (finetuning_args.py), passed to peft as modules_to_save (model/adapter.py).
     extra = lf.get("additional_target")

@@ -121,7 +121,9 @@ def _optimizer(cfg: dict[str, Any], out: ForeignRead) -> str:
 
 def _extras(cfg: dict[str, Any], model: dict[str, Any], out: ForeignRead) -> None:
     if model.get("use_dora"):
-        out.warnings.append("model.use_dora: DoRA's magnitude vectors and extra activations are not modelled")
+        # torchtune's DoRALinear (modules/peft/dora.py) is its own module in the model's dtype; memfit's
+        # DoRA terms are peft's (fp32 adapters), so they are not applied to it.
+        out.warnings.append("model.use_dora: torchtune's DoRALinear is not modelled (memfit's DoRA terms are peft's)")
     for key in ("tensor_parallel_dim", "context_parallel_dim", "custom_sharded_layers"):
         if cfg.get(key) not in (None, False, 1):
             out.warnings.append(f"{key}: {cfg[key]} is not modelled (effect unknown)")

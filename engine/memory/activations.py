@@ -60,7 +60,12 @@ def _lora_widths(facts: ModelSpec, lora_targets: str | Sequence[str]) -> list[fl
 
 
 def _lora_linears(facts: ModelSpec, lora_targets: str | Sequence[str]) -> list[tuple[str, float]]:
-    """(name, input width) of the adapted linear layers of one decoder layer.
+    """(name, input width) of the adapted linear layers of one decoder layer (_adapted)."""
+    return [(name, d_in) for name, d_in, _ in _adapted(facts, lora_targets)]
+
+
+def _adapted(facts: ModelSpec, lora_targets: str | Sequence[str]) -> list[tuple[str, float, float]]:
+    """(name, input width, output width) of the adapted linear layers of one decoder layer.
 
     From the model's own Linear layers (ModelSpec.linear_layers: phi3's fused qkv_proj and
     gate_up_proj are one adapter each, not three and two), else Llama's seven projections.
@@ -68,14 +73,56 @@ def _lora_linears(facts: ModelSpec, lora_targets: str | Sequence[str]) -> list[t
     linears = [x for x in getattr(facts, "linear_layers", ()) if x.kind == "linear"]
     if linears:
         if lora_targets in (None, "all-linear"):
-            return [(x.name, x.in_features) for x in linears]
+            return [(x.name, x.in_features, x.out_features) for x in linears]
         targets = [lora_targets] if isinstance(lora_targets, str) else list(lora_targets)
-        return [(x.name, x.in_features) for x in linears
+        return [(x.name, x.in_features, x.out_features) for x in linears
                 if any(x.name == t or x.name.endswith("." + t) for t in targets)]
     h, inter = facts.hidden_size, _mlp_width(facts)
-    width = {"h": h, "attn": _head_widths(facts)[0], "I": inter}
+    qw, kvw = _head_widths(facts)
+    width = {"h": h, "attn": qw, "I": inter}
+    out = {"q_proj": qw, "k_proj": kvw, "v_proj": kvw, "o_proj": h, "gate_proj": inter, "up_proj": inter, "down_proj": h}
     names = list(_LINEAR_IN) if lora_targets in (None, "all-linear") else list(lora_targets)
-    return [(n, width[_LINEAR_IN[n]]) for n in names if n in _LINEAR_IN]
+    return [(n, width[_LINEAR_IN[n]], out[n]) for n in names if n in _LINEAR_IN]
+
+
+def dora_per_token(facts: ModelSpec, lora_targets: str | Sequence[str], lora_dropout: float,
+                   dtype_bytes: float = 2.0) -> float:
+    """What DoRA's forward keeps per token beyond LoRA's, per decoder layer (peft tuners/lora/dora.py
+    DoraLinearLayer.forward, peft >= 0.14): `(m/||W+BA|| - 1) * base + m/||W+BA|| * lora_B(lora_A(x))`
+    saves the base result (the layer's 16-bit output, 2 bytes per output element) and the fp32
+    adapter result (4). With dropout > 0 the base result is recomputed from the dropped-out fp32
+    input in fp32 (4 instead of 2: 8 per output element), as it is under fp32 activations.
+    Probe-checked (tests/test_dora.py)."""
+    per_out = 4.0 + (4.0 if lora_dropout > 0 else dtype_bytes)
+    return sum(per_out * d_out for _, _, d_out in _adapted(facts, lora_targets))
+
+
+def dora_layer_bytes(facts: ModelSpec, lora_targets: str | Sequence[str], lora_dropout: float) -> float:
+    """Bytes a decoder layer's DoRA adapters keep whatever the batch: three fp32 vectors per adapted
+    Linear (the weight norm, m/||W+BA|| and m/||W+BA|| - 1 that the products save: 12 bytes per output
+    feature), and with dropout > 0 the fp32 copy of the frozen weight that the recomputed base result's
+    F.linear keeps for the input gradient (4 bytes per weight element; without dropout peft reuses the
+    base layer's output). Every layer is counted; without checkpointing the first layer's input needs
+    no gradient and keeps no copy, so this is high by one layer's copies there."""
+    shapes = _adapted(facts, lora_targets)
+    copies = sum(4.0 * d_in * d_out for _, d_in, d_out in shapes) if lora_dropout > 0 else 0.0
+    return copies + sum(12.0 * d_out for _, _, d_out in shapes)
+
+
+def dora_transient_bytes(facts: ModelSpec, lora_targets: str | Sequence[str]) -> float:
+    """The peak of DoRA's weight-norm temporaries inside one adapted Linear's forward (peft
+    DoraLinearLayer.get_lora_weight and get_weight_norm): the fp32 identity of the input width that
+    BA is computed from (lora_B(lora_A(eye)), kept by lora_A's graph while BA lives: 4*d_in^2), and
+    four fp32 matrices of the weight's shape (BA, the fp32 copy of W, s*BA and W + s*BA: 16*d_in*d_out).
+    The largest adapted Linear sets it; it is live during that module's forward, and during its
+    recompute under checkpointing. Probe-checked (tests/test_dora.py)."""
+    shapes = [4.0 * d_in * d_in + 16.0 * d_in * d_out for _, d_in, d_out in _adapted(facts, lora_targets)]
+    return max(shapes) if shapes else 0.0
+
+
+def dora_params(facts: ModelSpec, lora_targets: str | Sequence[str]) -> int:
+    """DoRA's trained magnitude vectors: one value per output feature of each adapted Linear."""
+    return int(facts.num_layers * sum(d_out for _, _, d_out in _adapted(facts, lora_targets)))
 
 
 def _family_bytes(facts: ModelSpec, attention: str, trains_weights: bool, seq_len: int) -> float:
@@ -142,8 +189,25 @@ def adapter_bytes_per_token(facts: ModelSpec, lora_rank: int, lora_targets: str 
 def layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str, dtype_bytes: float = 2.0, *,
                 method: str = "full", lora_rank: int = 16, lora_targets: str | Sequence[str] = "all-linear",
                 lora_dropout: float = 0.0, liger: bool = False, residual_bytes: float = 2.0,
-                compiled: bool = False) -> float:
-    """Bytes one decoder layer stores for backward without checkpointing.
+                compiled: bool = False, dora: bool = False) -> float:
+    """Bytes one decoder layer stores for backward without checkpointing: the LoRA or full layer
+    (_layer_bytes), plus DoRA's tensors (dora_per_token, dora_layer_bytes) when the adapters are DoRA.
+    DoRA layers are counted eagerly: the compiled terms were traced on plain LoRA adapters."""
+    dora = dora and method in ("lora", "qlora")
+    base = _layer_bytes(facts, seq_len, micro_batch, attention, dtype_bytes, method=method, lora_rank=lora_rank,
+                        lora_targets=lora_targets, lora_dropout=lora_dropout, liger=liger,
+                        residual_bytes=residual_bytes, compiled=compiled and not dora)
+    if not dora:
+        return base
+    return (base + seq_len * micro_batch * dora_per_token(facts, lora_targets, lora_dropout, dtype_bytes)
+            + dora_layer_bytes(facts, lora_targets, lora_dropout))
+
+
+def _layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str, dtype_bytes: float = 2.0, *,
+                 method: str = "full", lora_rank: int = 16, lora_targets: str | Sequence[str] = "all-linear",
+                 lora_dropout: float = 0.0, liger: bool = False, residual_bytes: float = 2.0,
+                 compiled: bool = False) -> float:
+    """Bytes one decoder layer stores for backward without checkpointing (LoRA as peft's plain adapters).
 
     Full fine-tuning, SDPA: s*b*[16*h + 4*q + 4*kv + 8*I + 4*a + 8] with q = a*head_dim and kv =
     kv_heads*head_dim (Llama: q = h, so (20 + 4*kv/a)*h + ...): two RMSNorms keep an fp32 input
@@ -286,7 +350,7 @@ def _backward_transient(facts: ModelSpec, s: int, b: int, attention: str, method
 def stored_layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str, method: str,
                        gradient_checkpointing: bool, precision: str, *, lora_rank: int = 16,
                        lora_targets: str | Sequence[str] = "all-linear", lora_dropout: float = 0.0,
-                       kbit_upcast: bool = True, checkpoint_policy: str = "full") -> float:
+                       kbit_upcast: bool = True, checkpoint_policy: str = "full", dora: bool = False) -> float:
     """Bytes one decoder layer keeps for backward at the end of forward (a probe's per-layer term).
 
     Args: as activation_bytes; kbit_upcast: QLoRA's non-quantised parameters are fp32 (Stack.kbit_upcast);
@@ -302,7 +366,7 @@ def stored_layer_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attenti
         saved = _selective_op_bytes(facts, dtype_bytes) if checkpoint_policy == "selective_op" else 0.0
         return seq_len * micro_batch * (facts.hidden_size * input_bytes + saved)
     return layer_bytes(facts, seq_len, micro_batch, attention, dtype_bytes, method=method, lora_rank=lora_rank,
-                       lora_targets=lora_targets, lora_dropout=lora_dropout)
+                       lora_targets=lora_targets, lora_dropout=lora_dropout, dora=dora)
 
 
 def _selective_op_bytes(facts: ModelSpec, dtype_bytes: float) -> float:
@@ -337,7 +401,7 @@ def _selective_op_bytes(facts: ModelSpec, dtype_bytes: float) -> float:
 def activation_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention: str, method: str,
                      gradient_checkpointing: bool, precision: str, *, lora_rank: int = 16,
                      lora_targets: str | Sequence[str] = "all-linear", lora_dropout: float = 0.0,
-                     stack: Stack | None = None) -> ActivationBytes:
+                     stack: Stack | None = None, dora: bool = False) -> ActivationBytes:
     """Activation memory per GPU for one micro-batch (activations are never sharded by ZeRO).
 
     Args:
@@ -348,6 +412,7 @@ def activation_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention
         gradient_checkpointing: full (non-reentrant) checkpointing of every decoder layer.
         precision: bf16 | fp16 | pure_bf16 | fp32 (fp32 doubles every activation).
         lora_rank, lora_targets, lora_dropout: adapter settings for lora/qlora.
+        dora: the adapters are peft's DoRA (layer_bytes; its weight-norm temporaries join the working set).
         stack: the resolved training stack (loss implementation, activation offloading, k-bit upcast);
             None: HF Trainer + peft (standard fp32 loss, no offloading, QLoRA upcast).
     Returns:
@@ -360,8 +425,11 @@ def activation_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention
     compiled = bool(stack and stack.compile)
     one_layer = layer_bytes(facts, s, b, attention, dtype_bytes, method=method, lora_rank=lora_rank,
                             lora_targets=lora_targets, lora_dropout=lora_dropout, liger=liger, residual_bytes=residual,
-                            compiled=compiled)
+                            compiled=compiled, dora=dora)
     transient = _backward_transient(facts, s, b, attention, method, liger)
+    # DoRA's weight norm (dora_transient_bytes) peaks inside a module's forward: on top of every stored
+    # layer at the last one, or of the recomputed layer under checkpointing.
+    dora_norm = dora_transient_bytes(facts, lora_targets) if dora and method in ("lora", "qlora") else 0.0
     # Final RMSNorm: fp32 copy (4h), plus the bf16 normalised tensor and output (4h) when it trains;
     # Liger's keeps its input instead (_liger_norm_saving).
     lora = method in ("lora", "qlora")
@@ -376,9 +444,9 @@ def activation_bytes(facts: ModelSpec, seq_len: int, micro_batch: int, attention
         per_layer = stored_layer_bytes(facts, s, b, attention, method, True, precision,
                                        kbit_upcast=stack.kbit_upcast if stack else True,
                                        checkpoint_policy=stack.checkpoint_policy if stack else "full")
-        working = one_layer + transient - final_norm
+        working = max(one_layer + transient, one_layer + dora_norm) - final_norm
     else:
-        per_layer, working = one_layer, transient
+        per_layer, working = one_layer, max(transient, dora_norm)
     kept, offloaded = _offload(n, per_layer, bool(stack and stack.activation_offloading))
     logits = loss_bytes(facts, s, b, stack, head_trains=method == "full")
     return ActivationBytes(kept + final_norm, working, logits, offloaded)

@@ -176,7 +176,8 @@ def estimate_memory(plan: Plan, facts: ModelSpec, strategy: Strategy) -> MemoryE
         gpu_fits=gpu_peak <= hw.gpu_memory_gib, host_fits=host_peak <= hw.host_memory_gib,
         nvme_fits=nvme <= hw.nvme_gib,
         trainable_params=trainable_params(facts, strategy.method, plan.training.lora.rank,
-                                          plan.training.lora.target_modules, plan.training.lora.modules_to_save),
+                                          plan.training.lora.target_modules, plan.training.lora.modules_to_save,
+                                          dora=plan.training.lora.use_dora),
         gradient_accumulation_steps=accum,
         gpu=gpu, host=host,
     )
@@ -211,7 +212,8 @@ def _gpu_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[GpuBrea
     t, world = plan.training, plan.hardware.world_size
     stack = resolve_stack(plan, facts)
     sb = state_bytes(t.precision, t.optimizer, facts.hidden_size)
-    n_train = trainable_params(facts, strategy.method, t.lora.rank, t.lora.target_modules, t.lora.modules_to_save)
+    n_train = trainable_params(facts, strategy.method, t.lora.rank, t.lora.target_modules, t.lora.modules_to_save,
+                               dora=t.lora.use_dora)
     w_div, g_div, o_div = _shards(strategy, world)
     whole_weights = (frozen_weight_bytes(facts, strategy.method, t.precision, t.lora.quantization_config,
                                          kbit_upcast=stack.kbit_upcast, base_fp32=fp32_base(plan, strategy))
@@ -238,7 +240,8 @@ def _gpu_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[GpuBrea
     lora = t.lora
     act = activation_bytes(facts, t.seq_len, strategy.micro_batch_size, t.attention, strategy.method,
                            strategy.gradient_checkpointing, t.precision, lora_rank=lora.rank,
-                           lora_targets=lora.target_modules, lora_dropout=lora.dropout, stack=stack)
+                           lora_targets=lora.target_modules, lora_dropout=lora.dropout, stack=stack,
+                           dora=lora.use_dora)
     act = with_copies(act, autocast_copies(facts, plan, strategy, stack), facts.num_layers,
                       strategy.gradient_checkpointing)
     accum = accumulation_steps(t.global_batch_size, strategy.micro_batch_size, world)
@@ -293,7 +296,8 @@ def _host_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[HostBr
     ranks = hw.gpus_per_node
     node_share = ranks / hw.world_size  # this node's share of ZeRO-partitioned states
     sb = state_bytes(t.precision, t.optimizer, facts.hidden_size)
-    n_train = trainable_params(facts, strategy.method, t.lora.rank, t.lora.target_modules, t.lora.modules_to_save)
+    n_train = trainable_params(facts, strategy.method, t.lora.rank, t.lora.target_modules, t.lora.modules_to_save,
+                               dora=t.lora.use_dora)
     base_fp32 = fp32_base(plan, strategy)
     weight_bytes = (frozen_weight_bytes(facts, strategy.method, t.precision, t.lora.quantization_config,
                                         kbit_upcast=stack.kbit_upcast, base_fp32=base_fp32)
@@ -337,7 +341,7 @@ def _host_peak(plan: Plan, facts: ModelSpec, strategy: Strategy) -> tuple[HostBr
     offloaded_acts = ranks * activation_bytes(
         facts, t.seq_len, strategy.micro_batch_size, t.attention, strategy.method, strategy.gradient_checkpointing,
         t.precision, lora_rank=lora.rank, lora_targets=lora.target_modules, lora_dropout=lora.dropout,
-        stack=stack).offloaded_bytes if stack.activation_offloading else 0.0
+        stack=stack, dora=lora.use_dora).offloaded_bytes if stack.activation_offloading else 0.0
     train = (opt_host + params_host + slack + swap + dataset + loader + save_gather + offloaded_acts)
     loading = params_host * (1 + slack_rate) + swap + dataset + load
     # Tokenisation runs before the model loads (the data set is built, then the Trainer starts).

@@ -177,7 +177,8 @@ def fsdp_terms(plan: Plan, facts: ModelSpec, strategy: Strategy, slack: float, f
     t, hw = plan.training, plan.hardware
     n = shard_group(strategy, hw.gpus_per_node, hw.world_size)
     d = _dtypes(t.precision, t.optimizer, facts.hidden_size, fused_optimizer)
-    n_train = trainable_params(facts, strategy.method, t.lora.rank, t.lora.target_modules, t.lora.modules_to_save)
+    n_train = trainable_params(facts, strategy.method, t.lora.rank, t.lora.target_modules, t.lora.modules_to_save,
+                               dora=t.lora.use_dora)
     # A base loaded in fp32 (training.load_dtype) stays fp32 in its shards; MixedPrecision gathers
     # it in param_dtype, 16-bit unless the precision is fp32.
     shard_fp32 = fp32_base(plan, strategy)
@@ -201,7 +202,7 @@ def fsdp_terms(plan: Plan, facts: ModelSpec, strategy: Strategy, slack: float, f
     act = activation_bytes(facts, t.seq_len, strategy.micro_batch_size, t.attention, strategy.method,
                            strategy.gradient_checkpointing, t.precision, lora_rank=t.lora.rank,
                            lora_targets=t.lora.target_modules, lora_dropout=t.lora.dropout,
-                           stack=stack)
+                           stack=stack, dora=t.lora.use_dora)
     accum = accumulation_steps(t.global_batch_size, strategy.micro_batch_size, hw.world_size)
     held = _held_gradients(accum, stack.sync_each_batch, n, on_gpu["grads"],
                            grad_params * (base_compute if in_layer else d["grad_compute"]))

@@ -180,14 +180,17 @@ def modules_to_save_params(facts: ModelSpec, modules: Sequence[str]) -> int:
 
 
 def trainable_params(facts: ModelSpec, method: str, lora_rank: int, lora_targets: str | Sequence[str],
-                     modules_to_save: Sequence[str] = ()) -> int:
-    """Parameters that receive gradients: the whole model, or the LoRA adapters plus the trainable
-    copies of `modules_to_save` (with the adapters' mixed-precision states: 16-bit copy, 16-bit
-    gradient, fp32 master and moments)."""
+                     modules_to_save: Sequence[str] = (), dora: bool = False) -> int:
+    """Parameters that receive gradients: the whole model, or the LoRA adapters (with DoRA's magnitude
+    vectors) plus the trainable copies of `modules_to_save` (with the adapters' mixed-precision states:
+    16-bit copy, 16-bit gradient, fp32 master and moments)."""
     if method == "full":
         return facts.total_params
+    from .activations import dora_params  # activations imports nothing of this module's users
+
     targets = lora_targets if isinstance(lora_targets, str) else tuple(lora_targets)
-    return _lora_params(facts, lora_rank, targets) + modules_to_save_params(facts, modules_to_save)
+    magnitudes = dora_params(facts, lora_targets) if dora else 0
+    return _lora_params(facts, lora_rank, targets) + magnitudes + modules_to_save_params(facts, modules_to_save)
 
 
 @lru_cache(maxsize=256)  # ModelSpec is frozen and hashable; a sweep asks the same question hundreds of times

@@ -135,6 +135,9 @@ class Lora(_Strict):
             raise ValueError(f"at most {MAX_LIST_ENTRIES} non-empty module names of up to 200 characters")
         return v if v == "all-linear" or isinstance(v, list) else [v]
 
+    use_dora: bool = Field(
+        False, description="peft's DoRA (LoraConfig use_dora): a trained magnitude vector per adapted Linear and "
+                           "the extra tensors its forward keeps (docs/explanation/activations.md)")
     modules_to_save: list[str] = Field(
         default_factory=list, max_length=MAX_LIST_ENTRIES,
         description="peft modules_to_save: modules trained in full besides the adapters (embed_tokens, lm_head)")

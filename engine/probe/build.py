@@ -16,8 +16,9 @@ LoraTargets = Union[str, Sequence[str]]  # peft's target_modules: "all-linear" o
 
 
 def build_model(config: Mapping[str, Any], layers: int, attention: str, dtype: torch.dtype, method: str,
-                 lora_rank: int, lora_targets: LoraTargets, lora_dropout: float) -> torch.nn.Module:
-    """The architecture on the meta device, with `layers` decoder layers (and peft adapters)."""
+                 lora_rank: int, lora_targets: LoraTargets, lora_dropout: float, dora: bool = False) -> torch.nn.Module:
+    """The architecture on the meta device, with `layers` decoder layers (and peft adapters, DoRA's when
+    `dora`)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -40,7 +41,7 @@ def build_model(config: Mapping[str, Any], layers: int, attention: str, dtype: t
         from peft import LoraConfig, get_peft_model
         # On meta: get_peft_model on fake parameters fails (sources.md §3).
         lora = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=lora_dropout,
-                          target_modules=lora_targets, task_type="CAUSAL_LM")
+                          target_modules=lora_targets, task_type="CAUSAL_LM", use_dora=dora)
         model = get_peft_model(model, lora)
     return model
 

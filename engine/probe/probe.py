@@ -58,7 +58,7 @@ class ProbeResult:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
-def _trace_step(model_args: tuple[Mapping[str, Any], int, str, torch.dtype, str, int, LoraTargets, float], *, seq_len: int, micro_batch: int, gradient_checkpointing: bool,
+def _trace_step(model_args: tuple[Mapping[str, Any], int, str, torch.dtype, str, int, LoraTargets, float, bool], *, seq_len: int, micro_batch: int, gradient_checkpointing: bool,
                 optimizer: str, fake: bool, notes: list[str], tick: Callable[[str], None],
                 checkpoint_policy: str = "full") -> dict[str, Any]:
     """Run one step with `layers` decoder layers under the tracker; return its measurements."""
@@ -147,7 +147,8 @@ def probe(config: Mapping[str, Any], *, seq_len: int, micro_batch: int, method: 
           gradient_checkpointing: bool = False, attention: str = "sdpa", precision: str = "bf16",
           optimizer: str = "adamw", lora_rank: int = 16, lora_targets: LoraTargets = "all-linear",
           layers_traced: int | None = None, progress: Progress | None = None,
-          lora_dropout: float = 0.0, checkpoint_policy: str = "full", _fake: bool = True) -> ProbeResult:
+          lora_dropout: float = 0.0, checkpoint_policy: str = "full", dora: bool = False,
+          _fake: bool = True) -> ProbeResult:
     """Trace one training step of the real architecture on fake tensors and measure its memory.
 
     Args:
@@ -159,7 +160,8 @@ def probe(config: Mapping[str, Any], *, seq_len: int, micro_batch: int, method: 
         attention: sdpa | eager | flash_attention_2 (traced as sdpa: flash kernels need CUDA).
         precision: bf16 | pure_bf16 | fp16 | fp32, the dtype weights and activations are traced in.
         optimizer: adamw | sgd | adafactor (others traced as AdamW, with a note).
-        lora_rank, lora_targets, lora_dropout: the peft LoraConfig for method lora/qlora.
+        lora_rank, lora_targets, lora_dropout, dora: the peft LoraConfig for method lora/qlora (dora:
+            use_dora).
         layers_traced: decoder layers in the larger trace (default min(num_layers, 4)).
         progress: called with (done, total, label) after each traced phase.
     Returns:
@@ -192,7 +194,7 @@ def probe(config: Mapping[str, Any], *, seq_len: int, micro_batch: int, method: 
     runs: dict[int, dict[str, Any]] = {}
     dtype = getattr(torch, _DTYPES.get(precision, "bfloat16"))
     for layers in counts:
-        args = (config, layers, attn, dtype, method, lora_rank, lora_targets, lora_dropout)
+        args = (config, layers, attn, dtype, method, lora_rank, lora_targets, lora_dropout, dora)
         try:
             runs[layers] = _trace_step(args, seq_len=seq_len, micro_batch=micro_batch,
                                        gradient_checkpointing=gradient_checkpointing,
@@ -241,4 +243,4 @@ def probe_plan(plan: Plan, strategy: Strategy | None = None, progress: Progress 
                  method=pick("method", "full"), gradient_checkpointing=pick("gradient_checkpointing", False),
                  attention=t.attention, precision=t.precision, optimizer=t.optimizer,
                  lora_rank=t.lora.rank, lora_targets=t.lora.target_modules, lora_dropout=t.lora.dropout,
-                 checkpoint_policy=t.checkpoint_policy, progress=progress)
+                 checkpoint_policy=t.checkpoint_policy, dora=t.lora.use_dora, progress=progress)

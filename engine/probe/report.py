@@ -43,7 +43,8 @@ def probe_report(plan: Plan, progress: Progress | None = None) -> ProbeReport:
     ckpt = t.gradient_checkpointing if t.gradient_checkpointing != "auto" else False
     formula = stored_layer_bytes(facts, t.seq_len, mb, t.attention, "lora" if method == "qlora" else method, ckpt,
                                  t.precision, lora_rank=t.lora.rank, lora_targets=t.lora.target_modules,
-                                 lora_dropout=t.lora.dropout, checkpoint_policy=t.checkpoint_policy)
+                                 lora_dropout=t.lora.dropout, checkpoint_policy=t.checkpoint_policy,
+                                 dora=t.lora.use_dora)
     compiled: dict[str, float] = {}
     if t.compile and not ckpt:
         # The eager trace above is the step without torch.compile; the compiled layer is traced apart
