@@ -6,7 +6,7 @@ per family, shipped as engine/memory/band.json.
     .venv/bin/python bench/band.py --verdicts # GPU verdicts of the calibration cases: point vs band top
     .venv/bin/python bench/band.py --cross-validate  # leave one set out: errors with and without the centre
 
-Calibration set: the published runs of held-out sets 1 to 31 (bench/heldout/ to bench/heldout31/) whose
+Calibration set: the published runs of held-out sets 1 to 37 (bench/heldout/ to bench/heldout37/) whose
 technique memfit models (bench/heldout.py's headline) and that printed a GPU peak. Each set was
 collected after a memory model was frozen and scored on it before joining this set (set 3 tested the
 band of tag freeze-s4, set 4 the model of freeze-s5, set 5 that of freeze-s6, set 6 that of freeze-s7, set 7 that of freeze-s8,
@@ -14,7 +14,7 @@ set 8 that of freeze-s9, set 9 that of freeze-s10, sets 10 and 11 that of freeze
 freeze-s12 and freeze-s12b, sets 15 and 16 those of freeze-s12b and freeze-s13, sets 17 and 18 those of
 freeze-s14 and freeze-s15, sets 19 to 21 those of freeze-s16 and freeze-s17, sets 22 to 24 those of freeze-s18 to
 freeze-s20, sets 25 and 26 that of freeze-s21, sets 27 to 29 those of freeze-s22 and freeze-s23, sets 30
-and 31 that of freeze-s24), so their residuals are the spread on runs memfit had not been fitted on. The
+and 31 that of freeze-s24, sets 32 to 37 that of freeze-s26), so their residuals are the spread on runs memfit had not been fitted on. The
 in-sample cases (bench/cases/) are not used: the point model was built on them and their residuals
 understate its error (docs/accuracy.md shows both). Out-of-memory outcomes are not residuals (only a
 lower bound of one): they test the band (--verdicts, and the newest held-out set in bench/heldout.py),
@@ -67,7 +67,9 @@ CASE_FILES = ("bench/heldout/cases.yaml", "bench/heldout2/cases.yaml", "bench/he
               "bench/heldout22/cases.yaml", "bench/heldout23/cases.yaml", "bench/heldout24/cases.yaml",
               "bench/heldout25/cases.yaml", "bench/heldout26/cases.yaml", "bench/heldout27/cases.yaml",
               "bench/heldout28/cases.yaml", "bench/heldout29/cases.yaml", "bench/heldout30/cases.yaml",
-              "bench/heldout31/cases.yaml")
+              "bench/heldout31/cases.yaml", "bench/heldout32/cases.yaml", "bench/heldout33/cases.yaml",
+              "bench/heldout34/cases.yaml", "bench/heldout35/cases.yaml", "bench/heldout36/cases.yaml",
+              "bench/heldout37/cases.yaml")
 # The most runs one source may weigh in a pool: held-out set 5 was collected with at most 5 runs per
 # source, so the calibration weighs sources as the fresh sets sample them (set 3 had 30 from one).
 SOURCE_CAP = 5.0

@@ -94,7 +94,10 @@ def test_band_file_holds_every_level_from_held_out_runs_only():
                                    "bench/heldout24/cases.yaml", "bench/heldout25/cases.yaml",
                                    "bench/heldout26/cases.yaml", "bench/heldout27/cases.yaml",
                                    "bench/heldout28/cases.yaml", "bench/heldout29/cases.yaml",
-                                   "bench/heldout30/cases.yaml", "bench/heldout31/cases.yaml"]
+                                   "bench/heldout30/cases.yaml", "bench/heldout31/cases.yaml",
+                                   "bench/heldout32/cases.yaml", "bench/heldout33/cases.yaml",
+                                   "bench/heldout34/cases.yaml", "bench/heldout35/cases.yaml",
+                                   "bench/heldout36/cases.yaml", "bench/heldout37/cases.yaml"]
     assert set(table["levels"]) == {"0.8", "0.9"}
     for level, t in table["levels"].items():
         entries = [*t["families"].values(), *t["groups"].values(), *t["kinds"].values(), t["all"]]
