@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ..core.errors import ModelSpecError
 from ..core.units import BYTES_PER_DTYPE
+from .activations import dora_params
 from .quant import base_format, quantized_base_bytes
 
 if TYPE_CHECKING:
@@ -186,8 +187,6 @@ def trainable_params(facts: ModelSpec, method: str, lora_rank: int, lora_targets
     16-bit copy, 16-bit gradient, fp32 master and moments)."""
     if method == "full":
         return facts.total_params
-    from .activations import dora_params  # activations imports nothing of this module's users
-
     targets = lora_targets if isinstance(lora_targets, str) else tuple(lora_targets)
     magnitudes = dora_params(facts, lora_targets) if dora else 0
     return _lora_params(facts, lora_rank, targets) + magnitudes + modules_to_save_params(facts, modules_to_save)
